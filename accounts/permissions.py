@@ -1,0 +1,68 @@
+"""The one place where roles become permissions.
+
+Views declare which capability each action needs (``required_capabilities``); services
+that guard a rule of their own (e.g. reviewing) ask ``user_has_capability`` too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.permissions import BasePermission
+
+from accounts.choices import Capability, Role
+
+C = Capability
+ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
+    Role.VIEWER: frozenset({C.VIEW, C.MANAGE_TOKENS}),
+    Role.DATA_SCIENTIST: frozenset(
+        {C.VIEW, C.MANAGE_TOKENS, C.MANAGE_MODELS, C.UPLOAD, C.SUBMIT, C.SET_ALIAS, C.RUN_BATCH}
+    ),
+    Role.REVIEWER: frozenset({C.VIEW, C.MANAGE_TOKENS, C.REVIEW}),
+    Role.OPERATOR: frozenset({C.VIEW, C.MANAGE_TOKENS, C.SET_ALIAS, C.DEPLOY, C.RUN_BATCH}),
+    Role.ADMIN: frozenset(Capability.values),
+}
+
+
+def user_capabilities(user: Any, token: Any = None) -> frozenset[str]:
+    if user is None or not user.is_authenticated or not user.is_active:
+        return frozenset()
+    role = Role.ADMIN if user.is_superuser else user.role
+    capabilities = ROLE_CAPABILITIES.get(role, frozenset())
+    if token is not None and token.scopes:
+        capabilities = capabilities & frozenset(token.scopes)
+    return capabilities
+
+
+def user_has_capability(user: Any, capability: str, token: Any = None) -> bool:
+    return capability in user_capabilities(user, token)
+
+
+class RolePermission(BasePermission):
+    """Default permission: signed in, and holding the capability the view's action needs.
+
+    A view lists ``required_capabilities = {"list": Capability.VIEW, ...}``; an action it
+    does not list is refused, so a new endpoint is closed until someone opens it.
+    """
+
+    message = "You do not have permission to perform this action."
+
+    def has_permission(self, request, view) -> bool:
+        if not request.user or not request.user.is_authenticated:
+            return False
+        required = getattr(view, "required_capabilities", {})
+        action = getattr(view, "action", None)
+        if action is None and not hasattr(view, request.method.lower()):
+            return True  # a method the view lacks: let it answer 405, not a misleading 403
+        action = action or request.method.lower()
+        capability = required.get(action)
+        if capability is None:
+            return False
+        token = request.auth if hasattr(request.auth, "scopes") else None
+        if not user_has_capability(request.user, capability, token):
+            self.message = (
+                f"Your role '{request.user.role}' does not allow this action "
+                f"(needs the '{capability}' capability)."
+            )
+            return False
+        return True

@@ -1,0 +1,7 @@
+from rest_framework.routers import SimpleRouter
+
+from core.api.views import AuditEventViewSet
+
+router = SimpleRouter()
+router.register("audit", AuditEventViewSet, basename="audit")
+urlpatterns = router.urls

@@ -1,0 +1,34 @@
+from django.db import models
+
+
+class AuditAction(models.TextChoices):
+    MODEL_CREATED = "model.created"
+    MODEL_UPDATED = "model.updated"
+    VERSION_UPLOADED = "version.uploaded"
+    VERSION_STATE_CHANGED = "version.state_changed"
+    VERSION_REVIEWED = "version.reviewed"
+    ALIAS_SET = "alias.set"
+    ALIAS_DELETED = "alias.deleted"
+    TOKEN_CREATED = "token.created"  # noqa: S105
+    TOKEN_REVOKED = "token.revoked"  # noqa: S105
+    USER_CREATED = "user.created"
+    DEPLOYMENT_CREATED = "deployment.created"
+    ROLLOUT_STATE_CHANGED = "rollout.state_changed"
+    ROLLBACK = "deployment.rollback"
+    BATCH_JOB_STATE_CHANGED = "batch_job.state_changed"
+
+
+class Capability(models.TextChoices):
+    """What an action needs. Lives in core so every layer can name one; roles map to capabilities in
+    accounts.permissions only."""
+
+    VIEW = "view"
+    MANAGE_MODELS = "manage_models"  # create/edit registered models
+    UPLOAD = "upload"
+    SUBMIT = "submit"
+    REVIEW = "review"
+    SET_ALIAS = "set_alias"
+    DEPLOY = "deploy"  # create deployments, roll out, roll back
+    RUN_BATCH = "run_batch"
+    MANAGE_TOKENS = "manage_tokens"  # own tokens
+    ADMIN = "admin"
