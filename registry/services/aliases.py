@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from accounts.models import User
+from core.choices import AuditAction
+from core.errors import InvalidInput, InvalidState, NotFound
+from core.services import audit_record
+from registry.choices import VersionState
+from registry.models import Alias, ModelVersion, RegisteredModel, name_validator
+
+# Aliases that are always protected, whatever the request says.
+PROTECTED_ALIAS_NAMES = frozenset({"champion", "production", "prod"})
+UNUSABLE_STATES = {VersionState.INVALID, VersionState.REJECTED, VersionState.ARCHIVED}
+
+
+@transaction.atomic
+def alias_set(
+    *,
+    model: RegisteredModel,
+    name: str,
+    version_number: int,
+    actor: User,
+    protected: bool | None = None,
+    reason: str = "",
+) -> Alias:
+    """Point ``model@name`` at a version. A protected alias only points at an approved one."""
+    try:
+        name_validator(name)
+    except ValidationError as exc:
+        raise InvalidInput(f"Alias name {name!r}: {exc.messages[0]}") from exc
+    version = ModelVersion.objects.filter(model=model, number=version_number).first()
+    if version is None:
+        raise NotFound(f"{model.name} has no version {version_number}.")
+    alias = Alias.objects.select_for_update().filter(model=model, name=name).first()
+    is_protected = (
+        name.lower() in PROTECTED_ALIAS_NAMES
+        or bool(protected)
+        or (alias is not None and alias.protected)
+    )
+    if version.state in UNUSABLE_STATES:
+        raise InvalidState(f"{version} is {version.state}; an alias cannot point at it.")
+    if is_protected and version.state != VersionState.APPROVED:
+        raise InvalidState(
+            f"Alias '{name}' is protected: it can only point at an approved "
+            f"version, and {version} is {version.state}.",
+            code="alias_protected",
+        )
+    before = {"version": alias.version.number, "protected": alias.protected} if alias else None
+    if alias is None:
+        alias = Alias(model=model, name=name)
+    alias.version = version
+    alias.protected = is_protected
+    alias.updated_by = actor
+    alias.save()
+    audit_record(
+        actor=actor,
+        action=AuditAction.ALIAS_SET,
+        obj=alias,
+        reason=reason,
+        before=before,
+        after={"version": version.number, "protected": is_protected},
+    )
+    return alias
+
+
+@transaction.atomic
+def alias_delete(*, model: RegisteredModel, name: str, actor: User, reason: str = "") -> None:
+    alias = Alias.objects.select_for_update().filter(model=model, name=name).first()
+    if alias is None:
+        raise NotFound(f"{model.name} has no alias {name!r}.")
+    before = {"version": alias.version.number, "protected": alias.protected}
+    audit_record(
+        actor=actor, action=AuditAction.ALIAS_DELETED, obj=alias, reason=reason, before=before
+    )
+    alias.delete()
