@@ -1,0 +1,780 @@
+"""The prediction gateway: a raw ASGI app that routes ``/d/{deployment}/{api}`` to a live slot.
+
+Behaviour
+---------
+========================================  ======  ==============================================
+request                                   status  body / headers
+========================================  ======  ==============================================
+``POST /d/{deployment}/{api}``, all good  (up)    the upstream's status, body and headers, plus
+                                                  ``X-Modelyard-Deployment``, ``-Version``
+path not ``/d/{deployment}/{api}``        404     ``not_found``
+deployment not in the route table         404     ``deployment_not_found``
+method other than POST                    405     ``method_not_allowed`` + ``Allow: POST``
+no key / key not in ``key_hashes``        401     ``missing_key`` / ``invalid_key`` +
+                                                  ``WWW-Authenticate: Bearer``
+route state ``draining`` or ``none``      503     ``deployment_unavailable`` + ``Retry-After``
+body over ``max_body_bytes``              413     ``payload_too_large``
+body not JSON / not a JSON object         400     ``invalid_json`` / ``body_not_object``
+upstream refuses or drops the connection  502     ``upstream_unreachable``
+upstream slower than ``upstream_timeout`` 504     ``upstream_timeout``
+client gone before its body arrived       499     ``client_disconnected`` (for the metrics only)
+a bug in the gateway                      500     ``internal_error`` (logged with traceback)
+``GET /healthz``                          200     process alive, with counters
+``GET /readyz``                           200/503 Redis answers a PING and routes were loaded
+========================================  ======  ==============================================
+
+Every error body is ``{"error": {"code": ..., "message": ..., "details": ...}}``. The key comes
+from ``Authorization: Bearer <key>`` or ``X-Modelyard-Key: <key>``; it is never forwarded.
+
+Why a raw ASGI callable and aiohttp: measured here on one hop to a trivial upstream (2 cores,
+wrk, uvicorn without uvloop/httptools; p50 at 1 client, req/s at 32 clients): raw ASGI + aiohttp
+380 µs / 5,000 req/s, Starlette + aiohttp 401 µs / 4,500 req/s, raw ASGI + httpx 900 µs /
+350 req/s. Three routes need no framework; httpx's pool collapsed under concurrency.
+
+Route table: held in memory (a dict swapped entry by entry); one task subscribes to
+``modelyard:routes:changed``, re-reads one deployment per message and the whole hash every
+``routes_reread_interval_s``. Doing both in ONE task keeps updates ordered, so an older full
+read can never overwrite a newer single read. A request reads the route once, at its start, and
+finishes on that upstream even if the route flips meanwhile (the old slot stays warm).
+While Redis is unreachable the table stays as it was and requests keep being served. A full
+re-read that finds NO routes while the table holds some is taken for a Redis that lost its data
+and ignored (logged); announced removals still apply, so only an unannounced removal of the very
+last route goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from yarl import URL
+
+from gateway.metrics import MetricsRecorder
+from gateway.routes import (
+    DEPLOYMENT_NAME_RE,
+    ROUTES_CHANNEL,
+    ROUTES_KEY,
+    Route,
+    route_read_async,
+    routes_read_all_async,
+)
+from gateway.sampling import PayloadSampler
+
+logger = logging.getLogger("modelyard.gateway")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+API_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# Request headers passed on to the model server; everything else (the deployment key above
+# all) stays at the gateway.
+FORWARDED_REQUEST_HEADERS = frozenset({b"content-type", b"accept", b"x-request-id"})
+# Upstream response headers that describe the upstream hop, not the answer.
+HOP_RESPONSE_HEADERS = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"content-length",
+        b"content-encoding",  # aiohttp already decoded the body
+        b"server",
+        b"date",
+        b"x-modelyard-version",
+        b"x-modelyard-deployment",
+    }
+)
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def _env_number(environ: Mapping[str, str], name: str, default: float, cast: type) -> Any:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a {cast.__name__}, got {raw!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Everything the gateway can be told; ``from_env`` reads ``MODELYARD_GATEWAY_<FIELD>``."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    max_body_bytes: int = 10 * 1024 * 1024
+    upstream_timeout_s: float = 60.0
+    upstream_connect_timeout_s: float = 2.0
+    upstream_pool_size: int = 512
+    # Below uvicorn's default server keep-alive (5 s), so the gateway drops an idle pooled
+    # connection before the model server does and never writes into one being closed.
+    upstream_keepalive_s: float = 4.0
+    routes_reread_interval_s: float = 5.0
+    startup_route_wait_s: float = 3.0
+    metrics_flush_interval_s: float = 2.0
+    metrics_max_pending_cells: int = 100_000
+    sample_rate: float = 0.1
+    sample_max_rows: int = 100
+    sample_buffer_size: int = 1000
+    sample_stream_maxlen: int = 10_000
+    sample_flush_interval_s: float = 0.5
+    retry_after_s: int = 5
+    redis_timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name != "redis_url" and value < 0:
+                raise ValueError(f"gateway setting {item.name} must be >= 0, got {value!r}")
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise ValueError(
+                f"gateway setting sample_rate must be in [0, 1], got {self.sample_rate}"
+            )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> GatewaySettings:
+        """Read ``MODELYARD_GATEWAY_*`` (and ``REDIS_URL``); a bad value stops start-up."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            if item.name == "redis_url":
+                values["redis_url"] = environ.get("REDIS_URL") or item.default
+                continue
+            name = f"MODELYARD_GATEWAY_{item.name.upper()}"
+            kind = int if isinstance(item.default, int) else float
+            values[item.name] = _env_number(environ, name, item.default, kind)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes ``from_env`` return these settings (for worker processes)."""
+        env = {"REDIS_URL": self.redis_url}
+        for item in fields(self):
+            if item.name != "redis_url":
+                env[f"MODELYARD_GATEWAY_{item.name.upper()}"] = str(getattr(self, item.name))
+        return env
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+class _Reject(Exception):
+    """A request the gateway answers itself (rows read so far travel along for metrics)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        rows: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers or []
+        self.rows = rows
+
+
+def error_body(code: str, message: str, details: Any = None) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message, "details": details}}).encode()
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# --- the app -----------------------------------------------------------------------------
+
+
+class Gateway:
+    """The ASGI application; one instance per process, its state shared by all requests."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.routes: dict[str, Route] = {}
+        self.routes_loaded = False
+        self.redis_ok = False
+        self.metrics = MetricsRecorder(max_pending_cells=settings.metrics_max_pending_cells)
+        self.sampler = PayloadSampler(
+            rate=settings.sample_rate,
+            max_rows=settings.sample_max_rows,
+            buffer_size=settings.sample_buffer_size,
+            stream_maxlen=settings.sample_stream_maxlen,
+        )
+        self.unknown_deployment_requests = 0
+        self.redis: aioredis.Redis | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self._urls: dict[tuple[str, str], URL] = {}
+        self._kept_routes_warned = False
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ASGI entry point -------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            if path.startswith("/d/"):
+                await self._predict(scope, receive, send)
+            elif path == "/healthz":
+                await _send(send, 200, self._health_body(), JSON_HEADERS)
+            elif path == "/readyz":
+                await self._readyz(send)
+            else:
+                await _send(
+                    send,
+                    404,
+                    error_body(
+                        "not_found",
+                        f"no such path {path!r}; predictions go to POST /d/{{deployment}}/{{api}}",
+                    ),
+                    JSON_HEADERS,
+                )
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    # prediction path --------------------------------------------------------------------
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        parts = scope["path"][3:].split("/")
+        if len(parts) != 2 or not API_NAME_RE.match(parts[1]):
+            await _send(
+                send,
+                404,
+                error_body(
+                    "not_found",
+                    "prediction paths are /d/{deployment}/{api}",
+                    {"path": scope["path"]},
+                ),
+                JSON_HEADERS,
+            )
+            return
+        deployment, api = parts
+        route = self.routes.get(deployment)
+        if route is None:
+            # Not recorded per deployment: arbitrary names would grow the metric keys forever.
+            self.unknown_deployment_requests += 1
+            await _send(
+                send,
+                404,
+                error_body(
+                    "deployment_not_found",
+                    f"no deployment named {deployment!r}",
+                    {"deployment": deployment},
+                ),
+                JSON_HEADERS,
+            )
+            return
+        ident_headers = [
+            (b"x-modelyard-deployment", deployment.encode()),
+            (b"x-modelyard-version", str(route.version).encode()),
+        ]
+        payload: dict[str, Any] | None
+        try:
+            status, body, headers, payload, rows = await self._handle(scope, receive, route, api)
+        except _Reject as reject:
+            status, body, rows = (
+                reject.status,
+                error_body(reject.code, reject.message, reject.details),
+                reject.rows,
+            )
+            headers = [*JSON_HEADERS, *reject.headers]
+            payload = None
+        except Exception:
+            # A bug of ours: answer in the documented shape and count it, rather than leave
+            # uvicorn's plain-text 500 and a hole in the metrics.
+            logger.exception("unexpected error handling %s %s", scope["method"], scope["path"])
+            status, rows, payload = 500, 0, None
+            body = error_body("internal_error", "the gateway failed to handle this request")
+            headers = JSON_HEADERS
+        await _send(send, status, body, [*headers, *ident_headers])
+        self.metrics.record(
+            deployment=deployment,
+            version=route.version,
+            status=status,
+            latency_s=time.perf_counter() - started,
+            rows=rows,
+        )
+        if payload is not None and 200 <= status < 300:
+            self.sampler.offer(
+                deployment=deployment,
+                version=route.version,
+                api=api,
+                rows=rows,
+                inputs=payload,
+                outputs=body,
+            )
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, route: Route, api: str
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], dict[str, Any], int]:
+        """Check and forward one request; raise :class:`_Reject` for answers of our own."""
+        if scope["method"] != "POST":
+            raise _Reject(
+                405,
+                "method_not_allowed",
+                f"{scope['method']} is not allowed here; predictions are POST",
+                headers=[(b"allow", b"POST")],
+            )
+        key: bytes | None = None
+        content_length: int | None = None
+        forward: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                if scheme.lower() == b"bearer" and credentials.strip():
+                    key = credentials.strip()
+            elif name == b"x-modelyard-key":
+                if value.strip():
+                    key = value.strip()
+            elif name == b"content-length":
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    raise _Reject(400, "bad_request", "Content-Length is not a number") from None
+            elif name in FORWARDED_REQUEST_HEADERS:
+                forward[name.decode("latin-1")] = value.decode("latin-1")
+        self._check_key(route, key)
+        if route.state != "live":
+            raise _Reject(
+                503,
+                "deployment_unavailable",
+                f"deployment {route.deployment!r} has no live slot (state {route.state!r}); "
+                "retry later",
+                {"deployment": route.deployment, "state": route.state},
+                headers=[(b"retry-after", str(self.settings.retry_after_s).encode())],
+            )
+        body = await self._read_body(receive, content_length)
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _Reject(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise _Reject(
+                400,
+                "body_not_object",
+                f"request body must be a JSON object, got {type(payload).__name__}",
+            )
+        instances = payload.get("instances")
+        rows = len(instances) if isinstance(instances, list) else 1
+        forward.setdefault("content-type", "application/json")
+        try:
+            status, out, headers = await self._forward(
+                route, api, scope["query_string"], body, forward
+            )
+        except _Reject as reject:
+            reject.rows = rows
+            raise
+        return status, out, headers, payload, rows
+
+    def _check_key(self, route: Route, key: bytes | None) -> None:
+        if key is None:
+            raise _Reject(
+                401,
+                "missing_key",
+                "a deployment key is required: 'Authorization: Bearer <key>' or "
+                "'X-Modelyard-Key: <key>'",
+                headers=[(b"www-authenticate", b"Bearer")],
+            )
+        # The raw header bytes: for a UTF-8 key this equals deployment_key_hash(key).
+        presented = hashlib.sha256(key).hexdigest()
+        valid = False
+        for key_hash in route.key_hashes:
+            # Compare against every hash, no early exit: timing must not tell which matched.
+            valid |= hmac.compare_digest(presented, key_hash)
+        if not valid:
+            raise _Reject(
+                401,
+                "invalid_key",
+                f"the key is not valid for deployment {route.deployment!r}",
+                headers=[(b"www-authenticate", b"Bearer")],
+            )
+
+    async def _read_body(self, receive: Receive, content_length: int | None) -> bytes:
+        limit = self.settings.max_body_bytes
+        too_large = _Reject(
+            413,
+            "payload_too_large",
+            f"request body is over the {limit}-byte limit",
+            {"limit_bytes": limit},
+        )
+        if content_length is not None and content_length > limit:
+            raise too_large  # refuse before reading a byte of it
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                # 499 (nginx's "client closed request"): nobody reads it, but metrics do.
+                raise _Reject(499, "client_disconnected", "client went away mid-request")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:  # chunked bodies have no Content-Length to check up front
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _upstream_url(self, upstream: str, api: str, query: bytes) -> URL:
+        cached = self._urls.get((upstream, api))
+        if cached is None:
+            if len(self._urls) > 4096:  # upstreams come and go with rollouts
+                self._urls.clear()
+            cached = self._urls[(upstream, api)] = URL(upstream.rstrip("/") + "/" + api)
+        if query:
+            return cached.with_query(query.decode("latin-1"))
+        return cached
+
+    async def _forward(
+        self, route: Route, api: str, query: bytes, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        assert self.session is not None, "the gateway answers requests only after startup"
+        url = self._upstream_url(route.upstream, api, query)
+        details = {"deployment": route.deployment, "version": route.version, "slot": route.slot}
+        for attempt in (1, 2):
+            try:
+                async with self.session.post(url, data=body, headers=headers) as response:
+                    out = await response.read()
+                    passed = [
+                        (name.lower(), value)
+                        for name, value in response.raw_headers
+                        if name.lower() not in HOP_RESPONSE_HEADERS
+                    ]
+                    return response.status, out, passed
+            except aiohttp.ServerDisconnectedError:
+                # A pooled keep-alive connection closed by the upstream just as we reused it.
+                # Predictions have no side effects, so one retry on a fresh connection is safe.
+                if attempt == 2:
+                    raise _Reject(
+                        502,
+                        "upstream_unreachable",
+                        f"the model server of {route.deployment!r} closed the connection",
+                        details,
+                    ) from None
+            except aiohttp.ConnectionTimeoutError:
+                raise _Reject(
+                    502,
+                    "upstream_unreachable",
+                    f"could not connect to the model server of {route.deployment!r} within "
+                    f"{self.settings.upstream_connect_timeout_s} s",
+                    details,
+                ) from None
+            except TimeoutError:
+                raise _Reject(
+                    504,
+                    "upstream_timeout",
+                    f"the model server of {route.deployment!r} did not answer within "
+                    f"{self.settings.upstream_timeout_s} s",
+                    details,
+                ) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise _Reject(
+                    502,
+                    "upstream_unreachable",
+                    f"could not reach the model server of {route.deployment!r}: "
+                    f"{type(exc).__name__}: {exc}",
+                    details,
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # health -----------------------------------------------------------------------------
+
+    def _health_body(self) -> bytes:
+        stats = self.sampler.stats
+        return json.dumps(
+            {
+                "status": "ok",
+                "routes": len(self.routes),
+                "routes_loaded": self.routes_loaded,
+                "redis_ok": self.redis_ok,
+                "unknown_deployment_requests": self.unknown_deployment_requests,
+                "metrics_pending_requests": self.metrics.pending_requests,
+                "metrics_flushed_requests": self.metrics.flushed_requests,
+                "metrics_dropped_cells": self.metrics.dropped_cells,
+                "samples_written": stats.written,
+                "samples_dropped_buffer_full": stats.dropped_buffer_full,
+                "samples_dropped_redis_error": stats.dropped_redis_error,
+                "samples_dropped_unusable": stats.dropped_unusable,
+            }
+        ).encode()
+
+    async def _readyz(self, send: Send) -> None:
+        problems = []
+        if not self.routes_loaded:
+            problems.append("the route table has not been loaded from Redis yet")
+        if self.redis is None:
+            problems.append("the gateway has not started (no lifespan startup)")
+        else:
+            try:
+                await asyncio.wait_for(self.redis.ping(), timeout=self.settings.redis_timeout_s)
+            except (RedisError, OSError, TimeoutError) as exc:
+                problems.append(f"Redis does not answer: {type(exc).__name__}: {exc}")
+        if problems:
+            body = error_body("not_ready", "; ".join(problems), {"problems": problems})
+            await _send(send, 503, body, JSON_HEADERS)
+        else:
+            body = json.dumps({"status": "ready", "routes": len(self.routes)}).encode()
+            await _send(send, 200, body, JSON_HEADERS)
+
+    # lifecycle --------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    logger.exception("gateway start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        settings = self.settings
+        self.redis = aioredis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            # No hidden retries: every loop here retries at its own pace, and a retried metrics
+            # flush whose first attempt did land would count those requests twice.
+            retry=Retry(NoBackoff(), 0),
+        )
+        # aiohttp sets TCP_NODELAY on every connection it opens (base_protocol.connection_made):
+        # without it Nagle + delayed ACK adds tens of ms to each small request on this hop.
+        connector = aiohttp.TCPConnector(
+            limit=settings.upstream_pool_size,
+            keepalive_timeout=settings.upstream_keepalive_s,
+            ttl_dns_cache=60,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=settings.upstream_timeout_s, connect=settings.upstream_connect_timeout_s
+            ),
+            # No Accept-Encoding: a compressed answer would cost a decode here for nothing.
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+            raise_for_status=False,
+        )
+        self._stop.clear()
+        first_load = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._route_sync_loop(first_load), name="gateway-routes"),
+            asyncio.create_task(
+                self._flush_loop("metrics", settings.metrics_flush_interval_s, self._flush_metrics),
+                name="gateway-metrics-flush",
+            ),
+            asyncio.create_task(
+                self._flush_loop("samples", settings.sample_flush_interval_s, self._flush_samples),
+                name="gateway-samples-flush",
+            ),
+        ]
+        try:
+            await asyncio.wait_for(first_load.wait(), timeout=settings.startup_route_wait_s)
+        except TimeoutError:
+            # Start anyway: /readyz says not ready until the table loads, and the sync task
+            # keeps trying. Refusing to start would turn a Redis blip into a crash loop.
+            logger.error(
+                "route table not loaded from %s within %.1f s; serving nothing until it is",
+                settings.redis_url,
+                settings.startup_route_wait_s,
+            )
+
+    async def shutdown(self) -> None:
+        """Stop background tasks; the flush loops flush one last time before they return."""
+        self._stop.set()
+        route_task, *flush_tasks = self._tasks
+        route_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await route_task
+        # The flush loops notice _stop, flush a final time and return; they are not cancelled,
+        # since a flush cancelled after Redis ran it would be kept and counted twice.
+        done, pending = await asyncio.wait(flush_tasks, timeout=10)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if task.exception() is not None:
+                logger.error("final flush failed: %s", task.exception())
+        if self.metrics.pending_requests:
+            logger.error(
+                "shut down with %d requests' metrics not flushed (Redis unreachable)",
+                self.metrics.pending_requests,
+            )
+        if self.session is not None:
+            await self.session.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    async def _flush_metrics(self) -> None:
+        assert self.redis is not None
+        await self.metrics.flush(self.redis)
+
+    async def _flush_samples(self) -> None:
+        assert self.redis is not None
+        await self.sampler.flush(self.redis)
+
+    async def _flush_loop(
+        self, what: str, interval: float, flush: Callable[[], Awaitable[None]]
+    ) -> None:
+        failing = False
+        while True:
+            stopping = False
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=interval)
+                stopping = True
+            except TimeoutError:
+                pass
+            try:
+                await flush()
+                if failing:
+                    logger.warning("%s flush to Redis works again", what)
+                failing = False
+            except (RedisError, OSError, TimeoutError) as exc:
+                if not failing:  # once per outage, not every few seconds
+                    logger.error("%s flush to Redis failed, will retry: %s", what, exc)
+                failing = True
+            except Exception:
+                # A bug must not end the loop: later flushes may still succeed.
+                logger.exception("%s flush failed unexpectedly", what)
+            if stopping:
+                return
+
+    async def _route_sync_loop(self, first_load: asyncio.Event) -> None:
+        """Keep ``self.routes`` equal to the Redis hash: pub/sub for speed, re-reads for safety."""
+        assert self.redis is not None
+        interval = self.settings.routes_reread_interval_s
+        backoff = 0.1
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                # Subscribe before the full read, so a change made between the two is not lost.
+                await pubsub.subscribe(ROUTES_CHANNEL)
+                await self._reload_all()
+                first_load.set()
+                if not self.redis_ok:
+                    logger.info("route table synced from Redis (%d routes)", len(self.routes))
+                self.redis_ok = True
+                backoff = 0.1
+                next_reread = time.monotonic() + interval
+                while True:
+                    timeout = max(0.0, next_reread - time.monotonic())
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=timeout
+                    )
+                    if message is not None and message["type"] == "message":
+                        await self._reload_one(message["data"].decode())
+                    if time.monotonic() >= next_reread:
+                        await self._reload_all()
+                        next_reread = time.monotonic() + interval
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self.redis_ok:
+                    logger.error(
+                        "lost Redis (%s); serving from the in-memory route table (%d routes) "
+                        "until it is back",
+                        exc,
+                        len(self.routes),
+                    )
+                self.redis_ok = False
+            except Exception:
+                # A bug must not stop route updates for good; log it and resync from scratch.
+                logger.exception("route sync failed unexpectedly; resyncing")
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _reload_all(self) -> None:
+        assert self.redis is not None
+        routes = await routes_read_all_async(self.redis)
+        if not routes and self.routes:
+            # An empty table while we serve some means Redis lost its data (a restart without
+            # persistence) far more often than every deployment being deleted unannounced.
+            # Keep serving; announced removals (route_remove) still apply one by one.
+            if not self._kept_routes_warned:
+                logger.error(
+                    "route hash %s is empty in Redis; keeping the %d in-memory routes until "
+                    "routes are published again",
+                    ROUTES_KEY,
+                    len(self.routes),
+                )
+                self._kept_routes_warned = True
+            self.routes_loaded = True
+            return
+        self._kept_routes_warned = False
+        if routes != self.routes:
+            changed = sorted(
+                name
+                for name in routes.keys() | self.routes.keys()
+                if routes.get(name) != self.routes.get(name)
+            )
+            logger.info("route table re-read: changed %s", ", ".join(changed))
+        self.routes = routes
+        self.routes_loaded = True
+
+    async def _reload_one(self, deployment: str) -> None:
+        assert self.redis is not None
+        if not DEPLOYMENT_NAME_RE.match(deployment):
+            logger.error("ignoring route change message for invalid name %r", deployment)
+            return
+        route = await route_read_async(self.redis, deployment)
+        # A fresh dict per change: readers holding the old one are unaffected, and the swap is
+        # one assignment.
+        routes = dict(self.routes)
+        if route is None:
+            routes.pop(deployment, None)
+        else:
+            routes[deployment] = route
+        self.routes = routes
+
+
+def create_app(settings: GatewaySettings | None = None) -> Gateway:
+    """Return the gateway ASGI app (settings from the environment when not given)."""
+    return Gateway(settings or GatewaySettings.from_env())
+
+
+def create_app_from_env() -> Gateway:
+    """Factory for ``uvicorn --factory`` and worker processes: settings from the environment."""
+    return create_app(GatewaySettings.from_env())

@@ -1,0 +1,132 @@
+"""A tiny model server that stands in for a BentoML slot in the gateway tests.
+
+Run as a real process: ``python tests/gateway/upstream_app.py --port P --version 2``.
+
+Endpoints (all answer JSON):
+
+- ``POST /predict``: ``{"instances": [[x, ...], ...]}`` -> ``{"predictions": [version * sum(row)],
+  "version": V, "slot": S}``; so a test can tell from the answer which server computed it.
+- ``POST /slow?ms=N``: the same after sleeping N ms (default 200).
+- ``POST /fail``: 500 with an error body.
+- ``POST /reject``: 422 with an error body (a model refusing its input).
+- ``POST /echo``: the request headers, query string and body size it received.
+- ``GET /readyz``: 200.
+
+``--work-us N`` burns N µs of CPU per predict, to imitate a real model's cost in benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def build_app(*, version: int, slot: str, work_us: int = 0) -> Callable[..., Awaitable[None]]:
+    """Return a raw ASGI app (no framework, so the upstream itself stays cheap to call)."""
+
+    async def respond(send: Send, status: int, payload: Any) -> None:
+        body = json.dumps(payload).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-upstream-slot", slot.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def predict(raw: bytes) -> dict[str, Any]:
+        payload = json.loads(raw or b"{}")
+        rows = payload.get("instances", [])
+        if work_us:
+            deadline = time.perf_counter() + work_us / 1e6
+            while time.perf_counter() < deadline:
+                pass
+        return {
+            "predictions": [version * sum(float(x) for x in row) for row in rows],
+            "version": version,
+            "slot": slot,
+        }
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope["path"]
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        raw = b"".join(chunks)
+        if path == "/readyz":
+            await respond(send, 200, {"ready": True, "version": version})
+        elif path == "/predict":
+            await respond(send, 200, predict(raw))
+        elif path == "/slow":
+            query = dict(
+                part.split("=", 1) for part in scope["query_string"].decode().split("&") if part
+            )
+            await asyncio.sleep(int(query.get("ms", "200")) / 1000)
+            await respond(send, 200, predict(raw))
+        elif path == "/fail":
+            await respond(send, 500, {"error": "model crashed", "version": version})
+        elif path == "/reject":
+            await respond(send, 422, {"error": "bad input", "version": version})
+        elif path == "/echo":
+            await respond(
+                send,
+                200,
+                {
+                    "headers": {k.decode(): v.decode() for k, v in scope["headers"]},
+                    "query_string": scope["query_string"].decode(),
+                    "body_size": len(raw),
+                    "version": version,
+                },
+            )
+        else:
+            await respond(send, 404, {"error": f"no route {path}"})
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--version", type=int, default=1)
+    parser.add_argument("--slot", default="blue")
+    parser.add_argument("--work-us", type=int, default=0)
+    args = parser.parse_args()
+    uvicorn.run(
+        build_app(version=args.version, slot=args.slot, work_us=args.work_us),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
