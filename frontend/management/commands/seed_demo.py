@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from frontend.demo import demo_model_ensure, demo_users_ensure
+from frontend.demo import demo_deployment_ensure, demo_model_ensure, demo_users_ensure
 
 
 class Command(BaseCommand):
@@ -14,6 +14,17 @@ class Command(BaseCommand):
         logins = demo_users_ensure(logins_path)
         model = demo_model_ensure()
         self.stdout.write(f"Demo model: {model.name} ({model.versions.count()} versions)")
+        name, key = demo_deployment_ensure(model)
+        if key:
+            with logins_path.open("a") as handle:
+                handle.write(f"gateway key for {name}: {key}\n")
+            self.stdout.write(
+                f"Deployment {name} is rolling out v1 (the worker builds and starts it). Try:\n"
+                f"  curl -s -X POST {settings.MODELYARD_GATEWAY_URL}/d/{name}/predict "
+                f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+                '-d \'{"instances": [{"tenure_months": 3, "monthly_charges": 90, '
+                '"support_calls": 5, "contract_years": 0}]}\''
+            )
         self.stdout.write("Demo logins (user, role, password) — also in " + str(logins_path))
         for username, role, password in logins:
             self.stdout.write(f"  {username:8} {role:15} {password}")

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers
+
+from deployments.choices import Environment
+from deployments.models import Deployment, Rollout, Slot
+
+
+class SlotSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(source="version.number", allow_null=True, default=None)
+
+    class Meta:
+        model = Slot
+        fields = ["color", "version", "state", "bento_tag", "url", "updated_at"]
+
+
+class RolloutSerializer(serializers.ModelSerializer):
+    deployment = serializers.CharField(source="deployment.name")
+    version = serializers.IntegerField(source="version.number")
+    previous_version = serializers.IntegerField(
+        source="previous_version.number", allow_null=True, default=None
+    )
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+
+    class Meta:
+        model = Rollout
+        fields = [
+            "id",
+            "deployment",
+            "kind",
+            "version",
+            "previous_version",
+            "target_slot",
+            "state",
+            "steps",
+            "error",
+            "reason",
+            "bake_until",
+            "created_by",
+            "created_at",
+            "state_changed_at",
+            "finished_at",
+        ]
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name")
+    slots = SlotSerializer(many=True, read_only=True)
+    live_version = serializers.SerializerMethodField()
+    endpoint = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "name",
+            "model",
+            "environment",
+            "description",
+            "bake_seconds",
+            "guard_policy",
+            "live_slot",
+            "live_version",
+            "slots",
+            "endpoint",
+            "created_at",
+        ]
+
+    def get_live_version(self, obj: Deployment) -> int | None:
+        for slot in obj.slots.all():
+            if slot.color == obj.live_slot and slot.version is not None:
+                return slot.version.number
+        return None
+
+    def get_endpoint(self, obj: Deployment) -> str:
+        return f"{settings.MODELYARD_GATEWAY_URL}/d/{obj.name}/predict"
+
+
+class DeploymentDetailSerializer(DeploymentSerializer):
+    current_rollout = RolloutSerializer(read_only=True, allow_null=True)
+
+    class Meta(DeploymentSerializer.Meta):
+        fields = [*DeploymentSerializer.Meta.fields, "current_rollout"]
+
+
+class DeploymentCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    model = serializers.CharField(max_length=100)
+    environment = serializers.ChoiceField(Environment.choices)
+    description = serializers.CharField(required=False, default="", allow_blank=True)
+    bake_seconds = serializers.IntegerField(
+        required=False, default=300, min_value=0, max_value=7 * 24 * 3600
+    )
+    guard_policy = serializers.DictField(required=False, default=dict)
+
+
+class RolloutCreateSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
+    reason = serializers.CharField(required=False, default="", allow_blank=True)
+
+
+class RollbackSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, default="", allow_blank=True)
+
+
+class KeyCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False, default="default")

@@ -1,0 +1,125 @@
+"""HTTP adapters over deployment services: parse, call one service, render."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from core.choices import Capability
+from deployments import selectors, services
+from deployments.api.serializers import (
+    DeploymentCreateSerializer,
+    DeploymentDetailSerializer,
+    DeploymentSerializer,
+    KeyCreateSerializer,
+    RollbackSerializer,
+    RolloutCreateSerializer,
+    RolloutSerializer,
+)
+from registry.selectors import model_get
+
+C = Capability
+
+
+class DeploymentViewSet(viewsets.GenericViewSet):
+    lookup_field = "name"
+    lookup_value_regex = r"[^/]+"
+    serializer_class = DeploymentSerializer
+    filterset_fields = ["environment"]
+    search_fields = ["name", "description", "model__name"]
+    required_capabilities = {
+        "list": C.VIEW,
+        "retrieve": C.VIEW,
+        "create": C.DEPLOY,
+        "rollouts": C.VIEW,
+        "rollout_detail": C.VIEW,
+        "rollback": C.DEPLOY,
+        "keys": C.DEPLOY,
+    }
+
+    def get_queryset(self):
+        return selectors.deployment_list()
+
+    def get_object(self):
+        return selectors.deployment_get(name=self.kwargs["name"])
+
+    def _detail(self, deployment, code=status.HTTP_200_OK):
+        deployment = selectors.deployment_get(name=deployment.name)
+        deployment.current_rollout = selectors.deployment_current_rollout(deployment)
+        return Response(DeploymentDetailSerializer(deployment).data, status=code)
+
+    def list(self, request):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        return self.get_paginated_response(DeploymentSerializer(page, many=True).data)
+
+    def retrieve(self, request, name=None):
+        return self._detail(self.get_object())
+
+    @extend_schema(request=DeploymentCreateSerializer, responses={201: DeploymentDetailSerializer})
+    def create(self, request):
+        data = DeploymentCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        model = model_get(name=fields.pop("model"), summary=False)
+        deployment = services.deployment_create(model=model, actor=request.user, **fields)
+        return self._detail(deployment, status.HTTP_201_CREATED)
+
+    @extend_schema(request=RolloutCreateSerializer, responses={202: RolloutSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def rollouts(self, request, name=None):
+        deployment = self.get_object()
+        if request.method == "GET":
+            page = self.paginate_queryset(selectors.rollout_list(deployment=deployment))
+            return self.get_paginated_response(RolloutSerializer(page, many=True).data)
+        if not self._can(C.DEPLOY):
+            return self.permission_denied(
+                request,
+                message=(
+                    f"Your role '{request.user.role}' does not allow rollouts (needs 'deploy')."
+                ),
+            )
+        data = RolloutCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        rollout = services.rollout_start(
+            deployment=deployment,
+            version_number=data.validated_data["version"],
+            actor=request.user,
+            reason=data.validated_data["reason"],
+        )
+        return Response(RolloutSerializer(rollout).data, status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=True, methods=["get"], url_path=r"rollouts/(?P<rollout_id>[0-9]+)")
+    def rollout_detail(self, request, name=None, rollout_id=None):
+        rollout = selectors.rollout_get(deployment=self.get_object(), rollout_id=int(rollout_id))
+        return Response(RolloutSerializer(rollout).data)
+
+    @extend_schema(request=RollbackSerializer, responses={202: RolloutSerializer})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request, name=None):
+        data = RollbackSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        rollout = services.deployment_rollback(
+            deployment=self.get_object(), actor=request.user, reason=data.validated_data["reason"]
+        )
+        return Response(RolloutSerializer(rollout).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=KeyCreateSerializer, responses={201: dict})
+    @action(detail=True, methods=["post"])
+    def keys(self, request, name=None):
+        data = KeyCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        record, key = services.deployment_key_create(
+            deployment=self.get_object(), name=data.validated_data["name"], actor=request.user
+        )
+        return Response(
+            {"id": record.pk, "name": record.name, "key": key, "created_at": record.created_at},
+            status=status.HTTP_201_CREATED,
+        )
+
+    def _can(self, capability: str) -> bool:
+        from accounts.permissions import user_has_capability
+
+        token = self.request.auth if hasattr(self.request.auth, "scopes") else None
+        return user_has_capability(self.request.user, capability, token)

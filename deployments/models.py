@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Lower
+
+from deployments.choices import (
+    ACTIVE_ROLLOUT_STATES,
+    BuildState,
+    Environment,
+    RolloutKind,
+    RolloutState,
+    SlotColor,
+    SlotState,
+)
+from registry.models import ModelVersion, RegisteredModel, name_validator
+
+
+class Deployment(models.Model):
+    """A named, stable endpoint with two slots; traffic goes to ``live_slot``."""
+
+    name = models.CharField(max_length=100, validators=[name_validator])
+    model = models.ForeignKey(RegisteredModel, on_delete=models.PROTECT, related_name="deployments")
+    environment = models.CharField(max_length=16, choices=Environment.choices)
+    description = models.TextField(blank=True)
+    # How long the previous slot stays warm (and guards watch) after a switch.
+    bake_seconds = models.PositiveIntegerField(default=300)
+    # Guard thresholds (monitoring reads them): error rate, p99, drift, cost.
+    guard_policy = models.JSONField(default=dict, blank=True)
+    live_slot = models.CharField(max_length=8, choices=SlotColor.choices, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(Lower("name"), name="deployments_name_unique_casefold"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DeploymentKey(models.Model):
+    """A key that clients present to the gateway; only its SHA-256 is stored."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="keys")
+    name = models.CharField(max_length=100)
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment} / {self.name}"
+
+
+class Slot(models.Model):
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="slots")
+    color = models.CharField(max_length=8, choices=SlotColor.choices)
+    version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="slots"
+    )
+    bento_tag = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=16, choices=SlotState.choices, default=SlotState.STOPPED)
+    url = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["deployment", "color"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "color"], name="deployments_slot_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment.name}.{self.color}"
+
+    @property
+    def runtime_key(self) -> str:
+        return f"{self.deployment.name}.{self.color}"
+
+
+class Build(models.Model):
+    """A version turned into a Bento: built once, exported, reused by every rollout."""
+
+    version = models.OneToOneField(ModelVersion, on_delete=models.PROTECT, related_name="build")
+    state = models.CharField(max_length=16, choices=BuildState.choices, default=BuildState.PENDING)
+    bento_tag = models.CharField(max_length=200, blank=True)
+    archive_path = models.CharField(max_length=255, blank=True)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"build of {self.version}"
+
+
+class Rollout(models.Model):
+    deployment = models.ForeignKey(Deployment, on_delete=models.PROTECT, related_name="rollouts")
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="rollouts")
+    previous_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    kind = models.CharField(max_length=16, choices=RolloutKind.choices, default=RolloutKind.ROLLOUT)
+    target_slot = models.CharField(max_length=8, choices=SlotColor.choices)
+    state = models.CharField(
+        max_length=16, choices=RolloutState.choices, default=RolloutState.PENDING, db_index=True
+    )
+    steps = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    reason = models.TextField(blank=True)
+    bake_until = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    state_changed_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # Two rollouts on one deployment never run at once, whatever the code does.
+            models.UniqueConstraint(
+                fields=["deployment"],
+                condition=models.Q(state__in=ACTIVE_ROLLOUT_STATES),
+                name="deployments_one_active_rollout",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.deployment} to v{self.version.number}"

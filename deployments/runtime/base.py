@@ -1,0 +1,126 @@
+"""What a serving runtime offers the rollout state machine: slots that serve one Bento each.
+
+A slot (``churn-prod.blue``) is a place where one Bento is served behind one URL. The local
+backend runs a ``bentoml serve`` process per slot; a Kubernetes backend would run a
+Deployment per slot. Callers hold only slot keys and Bento tags, never PIDs or pods, so the
+backends are interchangeable.
+
+Events are plain values that the caller records (audit log, rollout step log); backends do
+not import Django.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+
+# Slot keys name files and Kubernetes objects, so they keep to a portable alphabet.
+SLOT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def validate_slot_key(slot_key: str) -> str:
+    if not isinstance(slot_key, str) or not SLOT_KEY_PATTERN.match(slot_key):
+        raise ValueError(
+            f"slot key {slot_key!r} must be 1-128 characters of letters, digits, '.', '_' or "
+            f"'-', starting with a letter or digit (e.g. 'churn-prod.blue')"
+        )
+    return slot_key
+
+
+class RuntimeBackendError(Exception):
+    """A slot operation failed; the message says which slot and why."""
+
+
+class SlotStartError(RuntimeBackendError):
+    """A slot's server did not become ready; ``log_tail`` holds the end of its log."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class SlotNotFound(RuntimeBackendError):
+    """No slot with this key is known to the backend."""
+
+
+@dataclass(frozen=True)
+class SlotHandle:
+    slot_key: str
+    bento_tag: str
+    url: str  # base URL of the server, e.g. http://127.0.0.1:41234
+    identifier: str  # "pid:<pid>" locally; a pod or Deployment name elsewhere
+    pid: int | None
+    port: int
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class SlotEvent:
+    slot_key: str
+    kind: str  # started, stopped, crashed, restarted, restart_failed, adopted, orphans_killed
+    message: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    slot_key: str
+    bento_tag: str
+    url: str
+    running: bool  # the server process (tree) is alive
+    ready: bool  # /readyz answered 200 just now
+    restarts: int  # restarts by the supervisor since the slot was started
+    last_event: SlotEvent | None
+    pid: int | None = None
+    started_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ResourceSample:
+    """Resources of a slot's whole process tree at one moment.
+
+    ``cpu_seconds`` is cumulative (user + system) over the live processes: like a
+    Prometheus counter it drops when a process restarts, so consumers take deltas and
+    treat a decrease as a reset.
+    """
+
+    slot_key: str
+    cpu_seconds: float
+    rss_bytes: int
+    process_count: int
+    taken_at: datetime
+
+
+class RuntimeBackend(ABC):
+    """Serving slots: start, stop, inspect, measure and supervise them."""
+
+    @abstractmethod
+    def slot_start(self, *, slot_key: str, bento_tag: str) -> SlotHandle:
+        """Serve ``bento_tag`` in the slot and return once it is ready.
+
+        A no-op if the slot already serves this Bento; replaces the server if it serves
+        another. Raises SlotStartError (with the log tail) if it is not ready in time, and
+        leaves nothing running then.
+        """
+
+    @abstractmethod
+    def slot_stop(self, *, slot_key: str, timeout: float = 10) -> None:
+        """Stop the slot's server (gracefully, then forcibly after ``timeout``); idempotent."""
+
+    @abstractmethod
+    def slot_status(self, *, slot_key: str) -> SlotStatus:
+        """The slot's current state; raises SlotNotFound for an unknown slot."""
+
+    @abstractmethod
+    def slot_resources(self, *, slot_key: str) -> ResourceSample:
+        """CPU and memory of the slot's server, summed over its processes."""
+
+    @abstractmethod
+    def slots(self) -> list[SlotStatus]:
+        """Every slot the backend manages."""
+
+    @abstractmethod
+    def supervise_once(self) -> list[SlotEvent]:
+        """Check every slot once, restart crashed servers (with backoff); what happened."""

@@ -1,0 +1,760 @@
+"""Serving slots as local ``bentoml serve`` processes, supervised from a state directory.
+
+Everything the backend knows lives in ``state_dir`` (one JSON record per slot, written
+atomically), never only in memory, so a new backend instance — after the supervising
+process restarted — sees the servers its predecessor started: it re-adopts the live ones
+(PID checked together with the process start time, against PID reuse) and restarts the
+dead ones, instead of orphaning or duplicating them. All changes to a slot happen under
+that slot's file lock, so two supervisors, or a rollout and a supervisor, never start two
+servers for one slot.
+
+BentoML's serving arbiter starts its worker in a session of its own, and that worker
+outlives a SIGKILLed arbiter (still answering on the port). Every process of a slot
+therefore carries ``MODELYARD_SLOT=<state dir id>/<slot key>`` in its environment, which
+the workers inherit; stopping, crash recovery and supervision find leftovers by that
+mark, not by process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+from filelock import FileLock, Timeout
+
+from deployments.integrations import bentoml as bentoml_integration
+from deployments.runtime.base import (
+    ResourceSample,
+    RuntimeBackend,
+    RuntimeBackendError,
+    SlotEvent,
+    SlotHandle,
+    SlotNotFound,
+    SlotStartError,
+    SlotStatus,
+    validate_slot_key,
+)
+
+SLOT_ENV = "MODELYARD_SLOT"
+_LOG_TAIL_LINES = 40
+_PORT_ATTEMPTS = 3
+
+
+@dataclass
+class _SlotRecord:
+    """What is persisted per slot (state_dir/slots/<key>.json)."""
+
+    slot_key: str
+    bento_tag: str
+    host: str
+    port: int
+    workers: int
+    pid: int | None = None
+    create_time: float | None = None  # psutil create_time of pid: guards against PID reuse
+    started_at: float | None = None  # epoch seconds of the current server's start
+    restarts: int = 0
+    failures: int = 0  # consecutive crashes/failed starts without a stable run between
+    next_attempt_at: float | None = None  # when a crashed server may be restarted
+    unready_since: float | None = None
+    last_event: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class LocalProcessBackend(RuntimeBackend):
+    """One ``bentoml serve <bento>`` process tree per slot on this machine."""
+
+    def __init__(
+        self,
+        home: Path,
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        ready_timeout: float = 60,
+        *,
+        workers: int = 1,
+        backoff_base: float = 2.0,
+        backoff_max: float = 300.0,
+        stable_after: float = 60.0,
+        log_max_bytes: int = 10 * 1024 * 1024,
+    ) -> None:
+        self.home = Path(home).resolve()
+        self.state_dir = Path(state_dir).resolve()
+        self.host = host
+        self.ready_timeout = float(ready_timeout)
+        self.workers = workers
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.stable_after = stable_after
+        self.log_max_bytes = log_max_bytes
+        for sub in ("slots", "homes", "logs"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        # Marks this state dir's processes; two backends on two state dirs never mix.
+        self._mark_prefix = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12] + "/"
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._known: set[tuple[str, int]] = set()  # (slot, pid) this instance has seen alive
+
+    # ------------------------------------------------------------------ public API
+
+    def slot_start(self, *, slot_key: str, bento_tag: str) -> SlotHandle:
+        validate_slot_key(slot_key)
+        with self._slot_lock(slot_key, timeout=2 * self.ready_timeout + 30):
+            record = self._load(slot_key)
+            if record is not None and record.bento_tag == bento_tag and self._alive(record):
+                # Already serving this Bento: no-op, but only hand it out once it is ready
+                # (a supervisor may have just restarted it).
+                self._known.add((slot_key, record.pid or 0))
+                try:
+                    self._wait_ready(record, deadline=time.monotonic() + self.ready_timeout)
+                except SlotStartError:
+                    self._kill_slot(slot_key, record, timeout=5)
+                    self._delete_record(slot_key)
+                    raise
+                return self._handle(record)
+            if record is not None:
+                self._kill_slot(slot_key, record, timeout=10)
+                if record.bento_tag != bento_tag:
+                    self._event(record, "stopped", f"replaced {record.bento_tag} by {bento_tag}")
+            else:
+                self._kill_processes(self._marked(slot_key), timeout=5)
+            if not bentoml_integration.bento_exists(home=self.home, bento_tag=bento_tag):
+                raise SlotStartError(
+                    f"slot {slot_key}: Bento {bento_tag} is not built in the store at {self.home}"
+                )
+            new = _SlotRecord(
+                slot_key=slot_key,
+                bento_tag=bento_tag,
+                host=self.host,
+                port=0,
+                workers=self.workers,
+                history=record.history if record is not None else [],
+            )
+            try:
+                self._spawn_until_ready(new)
+            except SlotStartError:
+                self._delete_record(slot_key)
+                raise
+            self._event(new, "started", f"serving {bento_tag} at {self._url(new)} (pid {new.pid})")
+            self._save(new)
+            return self._handle(new)
+
+    def slot_stop(self, *, slot_key: str, timeout: float = 10) -> None:
+        validate_slot_key(slot_key)
+        with self._slot_lock(slot_key, timeout=2 * self.ready_timeout + 30):
+            record = self._load(slot_key)
+            if record is not None:
+                self._kill_slot(slot_key, record, timeout=timeout)
+            else:
+                self._kill_processes(self._marked(slot_key), timeout=timeout)
+            self._delete_record(slot_key)
+            with contextlib.suppress(FileNotFoundError):
+                # The slot's home only holds links and BentoML's scratch (metrics dir).
+                _remove_tree(self.state_dir / "homes" / slot_key)
+
+    def slot_status(self, *, slot_key: str) -> SlotStatus:
+        validate_slot_key(slot_key)
+        record = self._load(slot_key)
+        if record is None:
+            raise SlotNotFound(f"no slot {slot_key!r} in {self.state_dir}")
+        return self._status(record)
+
+    def slot_resources(self, *, slot_key: str) -> ResourceSample:
+        validate_slot_key(slot_key)
+        record = self._load(slot_key)
+        if record is None:
+            raise SlotNotFound(f"no slot {slot_key!r} in {self.state_dir}")
+        cpu, rss, count = 0.0, 0, 0
+        main = self._alive(record)
+        if main is not None:
+            for proc in _tree(main):
+                try:
+                    with proc.oneshot():
+                        times = proc.cpu_times()
+                        cpu += times.user + times.system
+                        rss += proc.memory_info().rss
+                    count += 1
+                except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                    continue
+        return ResourceSample(
+            slot_key=slot_key,
+            cpu_seconds=cpu,
+            rss_bytes=rss,
+            process_count=count,
+            taken_at=datetime.now(UTC),
+        )
+
+    def slots(self) -> list[SlotStatus]:
+        return [self._status(record) for record in self._records()]
+
+    def supervise_once(self) -> list[SlotEvent]:
+        """Check every slot: adopt live servers, kill strays, restart crashed ones.
+
+        A slot whose lock is held (a start or stop in progress elsewhere) is skipped this
+        round. A crashed server is restarted at once the first time, then after
+        ``backoff_base * 2**(n-2)`` seconds (capped at ``backoff_max``) for the n-th
+        consecutive failure; a server that ran ``stable_after`` seconds resets the count.
+        A server that stays unready for ``ready_timeout`` (a worker crash-looping in its
+        ``__init__`` while the arbiter lives on) counts as crashed.
+        """
+        events: list[SlotEvent] = []
+        marked = self._marked_by_slot()
+        keys = {record.slot_key for record in self._records()} | set(marked)
+        for slot_key in sorted(keys):
+            lock = self._slot_lock(slot_key, timeout=0)
+            try:
+                lock.acquire()
+            except RuntimeBackendError:
+                continue
+            try:
+                # Re-read under the lock: the record may have changed since the scan.
+                record = self._load(slot_key)
+                if record is None:
+                    # Processes of a slot nobody manages (e.g. a start that died before it
+                    # recorded its server): kill them rather than let them hold a port.
+                    strays = marked.get(slot_key, [])
+                    if self._kill_processes(strays, timeout=5):
+                        events.append(
+                            _new_event(
+                                slot_key,
+                                "orphans_killed",
+                                f"killed {len(strays)} process(es) of an unmanaged slot",
+                            )
+                        )
+                    continue
+                try:
+                    self._supervise_record(record, marked.get(slot_key, []), events)
+                finally:
+                    self._save(record)
+            finally:
+                lock.release()
+        return events
+
+    # ------------------------------------------------------------------ supervision
+
+    def _supervise_record(
+        self, record: _SlotRecord, marked: list[psutil.Process], events: list[SlotEvent]
+    ) -> None:
+        slot_key = record.slot_key
+        now = time.time()
+        main = self._alive(record)
+        if main is not None:
+            if (slot_key, main.pid) not in self._known:
+                self._known.add((slot_key, main.pid))
+                if main.pid not in self._children:
+                    events.append(
+                        self._event(record, "adopted", f"re-adopted running server pid {main.pid}")
+                    )
+            tree = {proc.pid for proc in _tree(main)}
+            strays = [proc for proc in marked if proc.pid not in tree]
+            if self._kill_processes(strays, timeout=5):
+                events.append(
+                    self._event(record, "orphans_killed", f"killed {len(strays)} stray process(es)")
+                )
+            if self._ready(record):
+                record.unready_since = None
+                if record.failures and now - (record.started_at or now) >= self.stable_after:
+                    record.failures = 0
+                return
+            if record.unready_since is None:
+                record.unready_since = now
+                return
+            if now - record.unready_since < self.ready_timeout:
+                return
+            self._kill_slot(slot_key, record, timeout=5)
+            self._crashed(
+                record,
+                now,
+                "unresponsive",
+                f"/readyz has not answered 200 for {now - record.unready_since:.0f} s; killed",
+                events,
+            )
+        elif record.pid is not None:
+            status = self._exit_status(record.pid)
+            self._kill_processes(self._marked(slot_key), timeout=5)
+            self._crashed(
+                record,
+                now,
+                "crashed",
+                f"server pid {record.pid} of {record.bento_tag} exited{status}; "
+                f"log: {self._log_tail(slot_key, lines=1) or '(empty)'}",
+                events,
+            )
+        if record.next_attempt_at is not None and now < record.next_attempt_at:
+            return
+        old_url = self._url(record)
+        try:
+            self._spawn_until_ready(record)
+        except SlotStartError as exc:
+            record.failures += 1
+            record.next_attempt_at = time.time() + self._backoff(record.failures)
+            events.append(
+                self._event(
+                    record,
+                    "restart_failed",
+                    # The first line says why; the full log tail stays in the slot's log.
+                    f"{str(exc).splitlines()[0]}; next attempt in "
+                    f"{self._backoff(record.failures):.0f} s",
+                )
+            )
+            return
+        record.restarts += 1
+        record.next_attempt_at = None
+        moved = "" if self._url(record) == old_url else f" (moved from {old_url})"
+        events.append(
+            self._event(
+                record,
+                "restarted",
+                f"restart {record.restarts}: serving {record.bento_tag} at "
+                f"{self._url(record)}{moved} (pid {record.pid})",
+            )
+        )
+
+    def _crashed(
+        self, record: _SlotRecord, now: float, kind: str, message: str, events: list[SlotEvent]
+    ) -> None:
+        if record.started_at is not None and now - record.started_at >= self.stable_after:
+            record.failures = 0
+        record.failures += 1
+        record.pid = None
+        record.create_time = None
+        record.unready_since = None
+        record.next_attempt_at = now + self._backoff(record.failures)
+        events.append(self._event(record, kind, message))
+
+    def _backoff(self, failures: int) -> float:
+        if failures <= 1:
+            return 0.0
+        return float(min(self.backoff_base * 2 ** (failures - 2), self.backoff_max))
+
+    # ------------------------------------------------------------------ processes
+
+    def _spawn_until_ready(self, record: _SlotRecord) -> None:
+        """Start the server for ``record`` and wait for /readyz; record pid/port on it.
+
+        The record is saved as soon as the process exists, so a supervisor that dies
+        while waiting leaves a record its successor can adopt or clean up.
+        """
+        slot_home = self._prepare_home(record.slot_key)
+        preferred = record.port
+        for attempt in range(_PORT_ATTEMPTS):
+            port = (
+                preferred
+                if attempt == 0 and _port_free(record.host, preferred)
+                else _free_port(record.host)
+            )
+            record.port = port
+            log_offset = self._open_log(
+                record.slot_key, f"starting {record.bento_tag} on port {port}"
+            )
+            env = dict(os.environ)
+            env.update(
+                bentoml_integration.serve_environment(
+                    bentoml_home=slot_home, workers=record.workers
+                )
+            )
+            env[SLOT_ENV] = self._mark_prefix + record.slot_key
+            command = bentoml_integration.serve_command(
+                bento_tag=record.bento_tag, host=record.host, port=port
+            )
+            with self._log_path(record.slot_key).open("ab") as log:
+                # Own session: a Ctrl-C or a death of the supervising process does not take
+                # the server down; a new supervisor adopts it instead.
+                proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=slot_home,
+                    env=env,
+                    start_new_session=True,
+                )
+            self._children[proc.pid] = proc
+            record.pid = proc.pid
+            record.started_at = time.time()
+            try:
+                record.create_time = psutil.Process(proc.pid).create_time()
+            except psutil.NoSuchProcess:
+                record.create_time = None
+            record.unready_since = None
+            self._save(record)
+            try:
+                self._wait_ready(
+                    record, deadline=time.monotonic() + self.ready_timeout, log_offset=log_offset
+                )
+                self._known.add((record.slot_key, proc.pid))
+                return
+            except SlotStartError as exc:
+                self._kill_slot(record.slot_key, record, timeout=5)
+                record.pid = None
+                record.create_time = None
+                if (
+                    "address already in use" in exc.log_tail.lower()
+                    and attempt + 1 < _PORT_ATTEMPTS
+                ):
+                    continue  # another process took the port between our probe and bind
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _wait_ready(
+        self, record: _SlotRecord, *, deadline: float, log_offset: int | None = None
+    ) -> None:
+        while True:
+            if self._ready(record):
+                return
+            proc = self._children.get(record.pid or -1)
+            exited = proc.poll() if proc is not None else None
+            if exited is not None or self._alive(record) is None:
+                status = f" with status {exited}" if exited is not None else ""
+                tail = self._log_tail(record.slot_key, offset=log_offset)
+                raise SlotStartError(
+                    f"slot {record.slot_key}: server for {record.bento_tag} exited{status} "
+                    f"before it was ready{_cause(tail)}; last log lines:\n{tail}",
+                    tail,
+                )
+            if time.monotonic() >= deadline:
+                tail = self._log_tail(record.slot_key, offset=log_offset)
+                # A service whose __init__ raises never exits: BentoML restarts the worker
+                # every few seconds and /readyz stays 503, so the deadline decides.
+                raise SlotStartError(
+                    f"slot {record.slot_key}: server for {record.bento_tag} did not answer "
+                    f"/readyz with 200 within {self.ready_timeout:.0f} s (pid {record.pid} "
+                    f"killed){_cause(tail)}; last log lines:\n{tail}",
+                    tail,
+                )
+            time.sleep(0.1)
+
+    def _ready(self, record: _SlotRecord) -> bool:
+        if not record.port:
+            return False
+        # http.client, not httpx: no proxy settings apply, and no INFO log line per poll.
+        connection = http.client.HTTPConnection(
+            self._connect_host(record), record.port, timeout=1.0
+        )
+        try:
+            connection.request("GET", "/readyz")
+            return connection.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            connection.close()
+
+    def _alive(self, record: _SlotRecord) -> psutil.Process | None:
+        """The slot's main process if it is still the very process we started."""
+        if record.pid is None:
+            return None
+        child = self._children.get(record.pid)
+        if child is not None and child.poll() is not None:
+            return None  # exited (and now reaped)
+        try:
+            proc = psutil.Process(record.pid)
+            if (
+                record.create_time is not None
+                and abs(proc.create_time() - record.create_time) > 0.5
+            ):
+                return None  # the PID now belongs to another process
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return None
+        except psutil.AccessDenied:
+            return None
+        return proc
+
+    def _exit_status(self, pid: int) -> str:
+        child = self._children.pop(pid, None)
+        if child is None or child.returncode is None:
+            return ""
+        code = child.returncode
+        return f" with signal {-code}" if code < 0 else f" with status {code}"
+
+    def _kill_slot(self, slot_key: str, record: _SlotRecord, *, timeout: float) -> None:
+        """Stop everything of a slot: SIGTERM, then SIGKILL what is left after ``timeout``.
+
+        With the arbiter alive only it gets SIGTERM (it shuts its workers down in order);
+        without it, the leftover workers get SIGTERM themselves.
+        """
+        main = self._alive(record)
+        if main is not None:
+            procs = [*_tree(main), *self._marked(slot_key)]
+            with contextlib.suppress(psutil.NoSuchProcess):
+                main.terminate()
+            self._kill_processes(procs, timeout=timeout, terminate=False)
+        # Leftovers, and a worker the arbiter restarted while shutting down (a new PID).
+        self._kill_processes(self._marked(slot_key), timeout=min(timeout, 5))
+        if record.pid is not None:
+            child = self._children.pop(record.pid, None)
+            if child is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=1)
+
+    def _kill_processes(
+        self, procs: list[psutil.Process], *, timeout: float, terminate: bool = True
+    ) -> bool:
+        """SIGTERM ``procs`` (unless told not to), SIGKILL those alive after ``timeout``.
+
+        Returns whether there was anything to stop.
+        """
+        unique = {proc.pid: proc for proc in procs if proc.pid != os.getpid()}
+        if not unique:
+            return False
+        if terminate:
+            for proc in unique.values():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.terminate()
+        _, alive = psutil.wait_procs(list(unique.values()), timeout=timeout)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+        for pid in unique:
+            child = self._children.get(pid)
+            if child is not None:
+                child.poll()  # reap our own child so it does not linger as a zombie
+        return True
+
+    def _marked(self, slot_key: str) -> list[psutil.Process]:
+        return self._marked_by_slot().get(slot_key, [])
+
+    def _marked_by_slot(self) -> dict[str, list[psutil.Process]]:
+        """Live processes carrying this state dir's slot mark, by slot key."""
+        found: dict[str, list[psutil.Process]] = {}
+        me = os.getpid()
+        for proc in psutil.process_iter():
+            if proc.pid == me:
+                continue
+            try:
+                mark = proc.environ().get(SLOT_ENV)
+                if mark is None or not mark.startswith(self._mark_prefix):
+                    continue
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+                continue
+            found.setdefault(mark[len(self._mark_prefix) :], []).append(proc)
+        return found
+
+    # ------------------------------------------------------------------ files
+
+    def _prepare_home(self, slot_key: str) -> Path:
+        """The slot's own BENTOML_HOME, with the shared stores linked in.
+
+        Every ``bentoml serve`` wipes $BENTOML_HOME/prometheus_multiproc_dir, so slots
+        sharing a home would mix up each other's /metrics.
+        """
+        slot_home = self.state_dir / "homes" / slot_key
+        slot_home.mkdir(parents=True, exist_ok=True)
+        for name in bentoml_integration.STORE_DIRS:
+            target = self.home / name
+            target.mkdir(parents=True, exist_ok=True)
+            link = slot_home / name
+            if link.is_symlink() and Path(os.readlink(link)) == target:
+                continue
+            if link.is_symlink() or link.is_file():
+                link.unlink()
+            elif link.exists():
+                _remove_tree(link)
+            link.symlink_to(target, target_is_directory=True)
+        return slot_home
+
+    def _log_path(self, slot_key: str) -> Path:
+        return self.state_dir / "logs" / f"{slot_key}.log"
+
+    def _open_log(self, slot_key: str, line: str) -> int:
+        """Rotate a large log, append a header line; the offset where this run's output starts."""
+        path = self._log_path(slot_key)
+        if path.exists() and path.stat().st_size > self.log_max_bytes:
+            os.replace(path, path.with_suffix(".log.1"))
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(f"--- {datetime.now(UTC).isoformat(timespec='seconds')} {line}\n")
+        return path.stat().st_size
+
+    def _log_tail(
+        self, slot_key: str, *, offset: int | None = None, lines: int = _LOG_TAIL_LINES
+    ) -> str:
+        path = self._log_path(slot_key)
+        try:
+            with path.open("rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                start = max(offset or 0, size - 64 * 1024)
+                fh.seek(start)
+                text = fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+        kept = [line for line in text.splitlines() if line.strip()]
+        return "\n".join(kept[-lines:])
+
+    def _record_path(self, slot_key: str) -> Path:
+        return self.state_dir / "slots" / f"{slot_key}.json"
+
+    def _slot_lock(self, slot_key: str, *, timeout: float) -> _SlotLock:
+        return _SlotLock(self.state_dir / "slots" / f"{slot_key}.lock", slot_key, timeout)
+
+    def _load(self, slot_key: str) -> _SlotRecord | None:
+        try:
+            data = json.loads(self._record_path(slot_key).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise RuntimeBackendError(f"slot {slot_key}: unreadable state file: {exc}") from exc
+        return _SlotRecord(**data)
+
+    def _records(self) -> list[_SlotRecord]:
+        records = []
+        for path in sorted((self.state_dir / "slots").glob("*.json")):
+            record = self._load(path.stem)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def _save(self, record: _SlotRecord) -> None:
+        path = self._record_path(record.slot_key)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(record), indent=2))
+        os.replace(tmp, path)  # atomic: readers never see half a record
+
+    def _delete_record(self, slot_key: str) -> None:
+        self._record_path(slot_key).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ values
+
+    def _connect_host(self, record: _SlotRecord) -> str:
+        # A server bound to all interfaces is reached on the loopback address.
+        return "127.0.0.1" if record.host in ("0.0.0.0", "") else record.host  # noqa: S104
+
+    def _url(self, record: _SlotRecord) -> str:
+        return f"http://{self._connect_host(record)}:{record.port}"
+
+    def _event(self, record: _SlotRecord, kind: str, message: str) -> SlotEvent:
+        event = _new_event(record.slot_key, kind, message)
+        record.last_event = {"kind": kind, "message": message, "at": event.at.isoformat()}
+        record.history = ([*record.history, record.last_event])[-20:]
+        return event
+
+    def _handle(self, record: _SlotRecord) -> SlotHandle:
+        return SlotHandle(
+            slot_key=record.slot_key,
+            bento_tag=record.bento_tag,
+            url=self._url(record),
+            identifier=f"pid:{record.pid}",
+            pid=record.pid,
+            port=record.port,
+            started_at=_dt(record.started_at) or datetime.now(UTC),
+        )
+
+    def _status(self, record: _SlotRecord) -> SlotStatus:
+        running = self._alive(record) is not None
+        last = record.last_event
+        return SlotStatus(
+            slot_key=record.slot_key,
+            bento_tag=record.bento_tag,
+            url=self._url(record),
+            running=running,
+            ready=running and self._ready(record),
+            restarts=record.restarts,
+            last_event=(
+                SlotEvent(
+                    slot_key=record.slot_key,
+                    kind=last["kind"],
+                    message=last["message"],
+                    at=datetime.fromisoformat(last["at"]),
+                )
+                if last
+                else None
+            ),
+            pid=record.pid if running else None,
+            started_at=_dt(record.started_at),
+        )
+
+
+class _SlotLock:
+    """A slot's file lock; ``timeout=0`` tries once (supervision skips busy slots)."""
+
+    def __init__(self, path: Path, slot_key: str, timeout: float) -> None:
+        self._lock = FileLock(str(path))
+        self._slot_key = slot_key
+        self._timeout = timeout
+
+    def acquire(self) -> None:
+        try:
+            self._lock.acquire(timeout=self._timeout, blocking=self._timeout > 0)
+        except Timeout:
+            raise RuntimeBackendError(
+                f"slot {self._slot_key} is busy (another start/stop holds its lock)"
+            ) from None
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> _SlotLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _new_event(slot_key: str, kind: str, message: str) -> SlotEvent:
+    return SlotEvent(slot_key=slot_key, kind=kind, message=message, at=datetime.now(UTC))
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b(: .*)?$")
+
+
+def _cause(log_tail: str) -> str:
+    """The last exception line of a log (``ValueError: ...``), as ``: <line>``, or ``""``."""
+    for line in reversed(log_tail.splitlines()):
+        line = line.strip()
+        if _EXCEPTION_LINE.match(line):
+            return f": {line[:300]}"
+    return ""
+
+
+def _tree(main: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [main, *main.children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return [main]
+
+
+def _dt(epoch: float | None) -> datetime | None:
+    return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_free(host: str, port: int) -> bool:
+    if not port:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the server will: a port in TIME_WAIT from the previous server is reusable.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    # Never follow the links to the shared store: remove the links themselves.
+    for name in bentoml_integration.STORE_DIRS:
+        link = path / name
+        if link.is_symlink():
+            link.unlink()
+    shutil.rmtree(path)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Prefetch, QuerySet
+
+from core.errors import NotFound
+from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState
+from deployments.models import Deployment, Rollout, Slot
+from registry.models import ModelVersion
+
+
+def deployment_list() -> QuerySet[Deployment]:
+    return (
+        Deployment.objects.select_related("model", "created_by")
+        .prefetch_related(
+            Prefetch("slots", Slot.objects.select_related("version")),
+        )
+        .order_by("name")
+    )
+
+
+def deployment_get(*, name: str) -> Deployment:
+    deployment = deployment_list().filter(name__iexact=name).first()
+    if deployment is None:
+        raise NotFound(f"No deployment named {name!r}.")
+    return deployment
+
+
+def deployment_current_rollout(deployment: Deployment) -> Rollout | None:
+    return (
+        Rollout.objects.select_related("version")
+        .filter(deployment=deployment, state__in=[*ACTIVE_ROLLOUT_STATES, RolloutState.BAKING])
+        .order_by("-created_at")
+        .first()
+    )
+
+
+def rollout_list(*, deployment: Deployment) -> QuerySet[Rollout]:
+    return Rollout.objects.select_related(
+        "version", "previous_version", "created_by", "deployment"
+    ).filter(deployment=deployment)
+
+
+def rollout_get(*, deployment: Deployment, rollout_id: int) -> Rollout:
+    rollout = rollout_list(deployment=deployment).filter(pk=rollout_id).first()
+    if rollout is None:
+        raise NotFound(f"{deployment} has no rollout {rollout_id}.")
+    return rollout
+
+
+def lineage_deployments_of_version(version: ModelVersion) -> list[dict[str, Any]]:
+    """Deployments whose slots serve this version, as downstream lineage nodes."""
+    items = []
+    for slot in Slot.objects.select_related("deployment").filter(version=version):
+        node_id = f"deployment:{slot.deployment.name}"
+        items.append(
+            {
+                "id": node_id,
+                "node": {
+                    "id": node_id,
+                    "type": "deployment",
+                    "label": slot.deployment.name,
+                    "environment": slot.deployment.environment,
+                    "live": slot.deployment.live_slot == slot.color,
+                },
+                "edge": {
+                    "source": f"version:{version.pk}",
+                    "target": node_id,
+                    "relation": f"served ({slot.color})",
+                },
+            }
+        )
+    return items

@@ -1,0 +1,697 @@
+"""Deployment writes: creating deployments, builds, and the blue-green rollout state machine.
+
+A rollout moves through pending → building → starting → verifying → switching → baking →
+live (or failed / rolled_back). Each step's work is idempotent (building reuses the Bento,
+starting a slot that already serves the Bento is a no-op, publishing a route twice is
+harmless), and each transition is a conditional UPDATE on the state it starts from, so a
+redelivered task or the reconciliation sweep can run any step again without harm.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import tempfile
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import User
+from core.choices import AuditAction
+from core.errors import Conflict, InvalidInput, InvalidState, NotFound
+from core.services import audit_record
+from deployments import backends
+from deployments.choices import (
+    ACTIVE_ROLLOUT_STATES,
+    BuildState,
+    Environment,
+    RolloutKind,
+    RolloutState,
+    SlotColor,
+    SlotState,
+)
+from deployments.integrations import bentoml as bento
+from deployments.models import Build, Deployment, DeploymentKey, Rollout, Slot
+from deployments.runtime.base import RuntimeBackendError, SlotNotFound
+from gateway.routes import Route, deployment_key_hash, route_publish
+from registry.choices import VersionState
+from registry.models import ModelVersion, RegisteredModel, name_validator
+from registry.services.artifacts import artifact_local_path, artifact_store
+
+logger = logging.getLogger(__name__)
+
+S = RolloutState
+DEPLOYABLE_STATES = {
+    Environment.PRODUCTION: {VersionState.APPROVED},
+    Environment.STAGING: {VersionState.VALIDATED, VersionState.IN_REVIEW, VersionState.APPROVED},
+}
+KEY_PREFIX = "myd_"
+
+
+def _other(color: str) -> str:
+    return SlotColor.GREEN if color == SlotColor.BLUE else SlotColor.BLUE
+
+
+# --- deployments and keys ----------------------------------------------------------------
+
+
+@transaction.atomic
+def deployment_create(
+    *,
+    name: str,
+    model: RegisteredModel,
+    environment: str,
+    actor: User,
+    bake_seconds: int = 300,
+    guard_policy: dict[str, Any] | None = None,
+    description: str = "",
+) -> Deployment:
+    """A deployment with its two (stopped) slots; nothing serves until the first rollout."""
+    try:
+        name_validator(name)
+    except ValidationError as exc:
+        raise InvalidInput(f"name: {exc.messages[0]}") from exc
+    if environment not in Environment.values:
+        raise InvalidInput(f"environment must be one of {', '.join(Environment.values)}.")
+    if Deployment.objects.filter(name__iexact=name).exists():
+        raise Conflict(f"A deployment named {name!r} already exists.", code="name_taken")
+    try:
+        with transaction.atomic():
+            deployment = Deployment.objects.create(
+                name=name,
+                model=model,
+                environment=environment,
+                bake_seconds=bake_seconds,
+                guard_policy=guard_policy or {},
+                description=description,
+                created_by=actor,
+            )
+    except IntegrityError as exc:
+        raise Conflict(f"A deployment named {name!r} already exists.", code="name_taken") from exc
+    Slot.objects.bulk_create(Slot(deployment=deployment, color=c) for c in SlotColor.values)
+    audit_record(
+        actor=actor,
+        action=AuditAction.DEPLOYMENT_CREATED,
+        obj=deployment,
+        after={"model": model.name, "environment": environment, "bake_seconds": bake_seconds},
+    )
+    return deployment
+
+
+@transaction.atomic
+def deployment_key_create(
+    *, deployment: Deployment, name: str, actor: User
+) -> tuple[DeploymentKey, str]:
+    """Issue a gateway key for the deployment; the plaintext is returned once."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    record = DeploymentKey.objects.create(
+        deployment=deployment, name=name or "default", digest=deployment_key_hash(key)
+    )
+    audit_record(
+        actor=actor,
+        action=AuditAction.TOKEN_CREATED,
+        obj=record,
+        after={"deployment": deployment.name, "name": record.name},
+    )
+    transaction.on_commit(lambda: route_sync(deployment_id=deployment.pk))
+    return record, key
+
+
+@transaction.atomic
+def deployment_key_revoke(*, key: DeploymentKey, actor: User) -> DeploymentKey:
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+        audit_record(
+            actor=actor,
+            action=AuditAction.TOKEN_REVOKED,
+            obj=key,
+            after={"deployment": key.deployment.name, "name": key.name},
+        )
+        transaction.on_commit(lambda: route_sync(deployment_id=key.deployment_id))
+    return key
+
+
+def deployment_key_matches(deployment: Deployment, key: str) -> bool:
+    digest = deployment_key_hash(key)
+    return any(
+        hmac.compare_digest(digest, k.digest) for k in deployment.keys.all() if k.revoked_at is None
+    )
+
+
+def route_sync(*, deployment_id: int) -> Route | None:
+    """Publish the deployment's route as the database records it (idempotent)."""
+    deployment = Deployment.objects.prefetch_related("keys").get(pk=deployment_id)
+    live = (
+        Slot.objects.select_related("version")
+        .filter(deployment=deployment, color=deployment.live_slot)
+        .first()
+        if deployment.live_slot
+        else None
+    )
+    key_hashes = tuple(k.digest for k in deployment.keys.all() if k.revoked_at is None)
+    if live is None or live.version is None or not live.url:
+        route = Route(
+            deployment=deployment.name,
+            version=0,
+            slot=SlotColor.BLUE,
+            upstream="http://127.0.0.1:1",
+            key_hashes=key_hashes,
+            state="none",
+        )
+    else:
+        route = Route(
+            deployment=deployment.name,
+            version=live.version.number,
+            slot=live.color,
+            upstream=live.url,
+            key_hashes=key_hashes,
+            state="live",
+        )
+    route_publish(backends.route_store(), route)
+    return route
+
+
+# --- builds ------------------------------------------------------------------------------
+
+
+def build_ensure(*, version: ModelVersion) -> Build:
+    build, _ = Build.objects.get_or_create(version=version)
+    return build
+
+
+def build_claim(*, build_id: int) -> bool:
+    """pending (or a build abandoned by a dead worker) → building, by one worker only."""
+    stale = timezone.now() - timedelta(seconds=settings.MODELYARD_BUILD_TIMEOUT_SECONDS + 60)
+    claimed = Build.objects.filter(pk=build_id, state=BuildState.PENDING).update(
+        state=BuildState.BUILDING, started_at=timezone.now()
+    )
+    if not claimed:
+        claimed = Build.objects.filter(
+            pk=build_id, state=BuildState.BUILDING, started_at__lt=stale
+        ).update(started_at=timezone.now())
+    return bool(claimed)
+
+
+def build_run(*, build_id: int) -> Build:
+    """Turn the version into a Bento (once), export it to artifact storage, wake rollouts."""
+    if not build_claim(build_id=build_id):
+        return Build.objects.get(pk=build_id)
+    build = Build.objects.select_related("version__model").get(pk=build_id)
+    version = build.version
+    home = backends.bento_home()
+    with tempfile.TemporaryDirectory(prefix="modelyard-build-") as tmp:
+        log_path = Path(tmp) / "build.log"
+        try:
+            with artifact_local_path(version.artifact_path) as artifact:
+                result = bento.bento_build(
+                    home=home,
+                    model_name=version.model.name,
+                    version=version.number,
+                    artifact_path=artifact,
+                    framework=version.framework,
+                    fmt=version.artifact_format,
+                    feature_names=version.signature.get("feature_names"),
+                    log_path=log_path,
+                    timeout=settings.MODELYARD_BUILD_TIMEOUT_SECONDS,
+                )
+            archive = bento.bento_export(
+                home=home, bento_tag=result.bento_tag, dest=Path(tmp) / "export.bento"
+            )
+            stored = artifact_store(
+                local_path=archive,
+                folder=f"bentos/{version.model_id}",
+                basename=f"v{version.number}.bento",
+            )
+        except bento.BentoError as exc:
+            Build.objects.filter(pk=build_id).update(
+                state=BuildState.FAILED,
+                error=str(exc),
+                log=exc.log[-200_000:],
+                finished_at=timezone.now(),
+            )
+            logger.warning("build %s failed: %s", build_id, exc)
+        else:
+            Build.objects.filter(pk=build_id).update(
+                state=BuildState.SUCCEEDED,
+                bento_tag=result.bento_tag,
+                archive_path=stored.path,
+                log=result.log[-200_000:],
+                seconds=result.seconds,
+                finished_at=timezone.now(),
+                error="",
+            )
+    build.refresh_from_db()
+    for rollout_id in Rollout.objects.filter(version=version, state=S.BUILDING).values_list(
+        "id", flat=True
+    ):
+        _enqueue_advance(rollout_id)
+    return build
+
+
+# --- rollouts ------------------------------------------------------------------------------
+
+
+def _log_step(rollout: Rollout, message: str, **extra: Any) -> None:
+    rollout.steps = [
+        *rollout.steps,
+        {"at": timezone.now().isoformat(), "state": rollout.state, "message": message, **extra},
+    ]
+
+
+def _enqueue_advance(rollout_id: int, countdown: float = 0) -> None:
+    from deployments.tasks import rollout_advance_task
+
+    transaction.on_commit(
+        lambda: rollout_advance_task.apply_async((rollout_id,), countdown=countdown)
+    )
+
+
+def _deployable(deployment: Deployment, version: ModelVersion) -> None:
+    allowed = DEPLOYABLE_STATES[deployment.environment]
+    if version.state not in allowed:
+        need = (
+            "approved"
+            if deployment.environment == Environment.PRODUCTION
+            else "validated, in review or approved"
+        )
+        raise InvalidState(
+            f"{version} is {version.state}; a {deployment.environment} "
+            f"deployment needs a version that is {need}.",
+            code="version_not_deployable",
+        )
+
+
+def _finish_baking(deployment: Deployment, *, note: str) -> None:
+    for baking in Rollout.objects.select_for_update().filter(deployment=deployment, state=S.BAKING):
+        baking.state = S.LIVE
+        baking.finished_at = timezone.now()
+        _log_step(baking, note)
+        baking.save(update_fields=["state", "finished_at", "steps"])
+
+
+@transaction.atomic
+def rollout_start(
+    *, deployment: Deployment, version_number: int, actor: User | None, reason: str = ""
+) -> Rollout:
+    """Queue a rollout of a version into the idle slot. One active rollout per deployment."""
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    version = ModelVersion.objects.filter(model=deployment.model_id, number=version_number).first()
+    if version is None:
+        raise NotFound(f"{deployment.model.name} has no version {version_number}.")
+    _deployable(deployment, version)
+    active = Rollout.objects.filter(deployment=deployment, state__in=ACTIVE_ROLLOUT_STATES).first()
+    if active is not None:
+        raise Conflict(
+            f"Rollout {active.pk} of {deployment} is still {active.state}; wait for it to finish.",
+            code="rollout_in_progress",
+        )
+    live = (
+        Slot.objects.select_related("version")
+        .filter(deployment=deployment, color=deployment.live_slot)
+        .first()
+    )
+    if live is not None and live.version_id == version.pk:
+        raise Conflict(f"{deployment} already serves {version}.", code="already_live")
+    # A rollout still baking is done baking: the slot it kept warm is about to be reused.
+    _finish_baking(deployment, note="bake ended early: a new rollout started")
+    target = _other(deployment.live_slot) if deployment.live_slot else SlotColor.BLUE
+    rollout = Rollout.objects.create(
+        deployment=deployment,
+        version=version,
+        kind=RolloutKind.ROLLOUT,
+        target_slot=target,
+        previous_version=live.version if live else None,
+        created_by=actor,
+        reason=reason,
+    )
+    _log_step(rollout, f"rollout of v{version.number} into the {target} slot requested")
+    rollout.save(update_fields=["steps"])
+    audit_record(
+        actor=actor,
+        action=AuditAction.ROLLOUT_STATE_CHANGED,
+        obj=rollout,
+        reason=reason,
+        after={"state": rollout.state, "version": version.number, "slot": target},
+    )
+    _enqueue_advance(rollout.pk)
+    return rollout
+
+
+def _slot_is_warm(slot: Slot, version: ModelVersion) -> bool:
+    if slot.version_id != version.pk or slot.state != SlotState.READY or not slot.url:
+        return False
+    try:
+        status = backends.runtime_backend().slot_status(slot_key=slot.runtime_key)
+    except (SlotNotFound, RuntimeBackendError):
+        return False
+    return status.running and status.bento_tag == slot.bento_tag
+
+
+@transaction.atomic
+def deployment_rollback(
+    *,
+    deployment: Deployment,
+    actor: User | None,
+    reason: str = "",
+    evidence: dict[str, Any] | None = None,
+) -> Rollout:
+    """Flip traffic back to the previous version: instantly when its slot is still warm."""
+    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    if not deployment.live_slot:
+        raise InvalidState(f"{deployment} serves nothing yet; there is nothing to roll back.")
+    active = Rollout.objects.filter(deployment=deployment, state__in=ACTIVE_ROLLOUT_STATES).first()
+    if active is not None:
+        raise Conflict(
+            f"Rollout {active.pk} is still {active.state} and has not moved "
+            "traffic yet; the live version is unchanged.",
+            code="rollout_in_progress",
+        )
+    slots = {
+        s.color: s for s in Slot.objects.select_related("version").filter(deployment=deployment)
+    }
+    live, other = slots[deployment.live_slot], slots[_other(deployment.live_slot)]
+    last = (
+        Rollout.objects.filter(deployment=deployment, state__in=[S.BAKING, S.LIVE])
+        .select_related("previous_version")
+        .order_by("-created_at")
+        .first()
+    )
+    target_version = other.version or (last.previous_version if last else None)
+    if target_version is None or target_version.pk == live.version_id:
+        raise InvalidState(f"{deployment} has no previous version to roll back to.")
+    for baking in Rollout.objects.select_for_update().filter(deployment=deployment, state=S.BAKING):
+        baking.state = S.ROLLED_BACK
+        baking.finished_at = timezone.now()
+        _log_step(baking, "rolled back" + (f": {reason}" if reason else ""))
+        baking.save(update_fields=["state", "finished_at", "steps"])
+    warm = _slot_is_warm(other, target_version)
+    rollout = Rollout.objects.create(
+        deployment=deployment,
+        version=target_version,
+        previous_version=live.version,
+        kind=RolloutKind.ROLLBACK,
+        target_slot=other.color,
+        state=S.SWITCHING if warm else S.STARTING,
+        created_by=actor,
+        reason=reason,
+    )
+    _log_step(
+        rollout,
+        f"rollback to v{target_version.number} "
+        + ("(slot warm: instant switch)" if warm else "(slot cold: starting it first)"),
+        evidence=evidence or {},
+    )
+    rollout.save(update_fields=["steps"])
+    audit_record(
+        actor=actor,
+        action=AuditAction.ROLLBACK,
+        obj=rollout,
+        reason=reason,
+        before={"version": live.version.number if live.version else None},
+        after={"version": target_version.number, "warm": warm, "evidence": evidence or {}},
+    )
+    if warm:
+        _switch(rollout)  # in this request: on-call sees the flip at once
+    else:
+        _enqueue_advance(rollout.pk)
+    return rollout
+
+
+def _transition(rollout: Rollout, to: str, message: str, **fields: Any) -> bool:
+    """Move ``rollout`` from its current state to ``to`` if nobody else has (conditional)."""
+    with transaction.atomic():
+        current = (
+            Rollout.objects.select_for_update().filter(pk=rollout.pk, state=rollout.state).first()
+        )
+        if current is None:
+            return False
+        before = current.state
+        current.state = to
+        current.state_changed_at = timezone.now()
+        for name, value in fields.items():
+            setattr(current, name, value)
+        if to in (S.LIVE, S.FAILED, S.ROLLED_BACK):
+            current.finished_at = timezone.now()
+        _log_step(current, message)
+        current.save()
+        audit_record(
+            actor=None,
+            action=AuditAction.ROLLOUT_STATE_CHANGED,
+            obj=current,
+            reason=message[:500],
+            before={"state": before},
+            after={"state": to, "version": current.version.number},
+        )
+    rollout.refresh_from_db()
+    return True
+
+
+def _fail(rollout: Rollout, error: str) -> None:
+    logger.warning("rollout %s failed: %s", rollout.pk, error)
+    if _transition(rollout, S.FAILED, f"failed: {error}", error=error[:5000]):
+        slot = Slot.objects.select_related("deployment").get(
+            deployment=rollout.deployment, color=rollout.target_slot
+        )
+        if slot.deployment.live_slot != slot.color:  # never stop what serves traffic
+            _slot_stop(slot)
+
+
+def _slot_stop(slot: Slot) -> None:
+    try:
+        backends.runtime_backend().slot_stop(slot_key=slot.runtime_key)
+    except RuntimeBackendError as exc:
+        logger.warning("stopping %s failed: %s", slot, exc)
+    Slot.objects.filter(pk=slot.pk).update(state=SlotState.STOPPED, url="")
+
+
+def _step_pending(rollout: Rollout) -> bool:
+    build = build_ensure(version=rollout.version)
+    if not _transition(rollout, S.BUILDING, "build requested"):
+        return False
+    if build.state != BuildState.SUCCEEDED:
+        from deployments.tasks import build_run_task
+
+        transaction.on_commit(lambda: build_run_task.delay(build.pk))
+        return False  # the build task wakes this rollout when it is done
+    return True
+
+
+def _step_building(rollout: Rollout) -> bool:
+    build = build_ensure(version=rollout.version)
+    if build.state == BuildState.FAILED:
+        _fail(rollout, f"build failed: {build.error}")
+        return False
+    if build.state != BuildState.SUCCEEDED:
+        from deployments.tasks import build_run_task
+
+        build_run_task.delay(build.pk)  # harmless if one is already running (claim)
+        return False
+    return _transition(
+        rollout,
+        S.STARTING,
+        f"Bento {build.bento_tag} ready"
+        + (f" (built in {build.seconds:.1f}s)" if build.seconds else ""),
+    )
+
+
+def _bento_available(build: Build) -> None:
+    """Import the exported Bento when this machine's store does not have it yet."""
+    home = backends.bento_home()
+    if bento.bento_exists(home=home, bento_tag=build.bento_tag) or not build.archive_path:
+        return
+    with artifact_local_path(build.archive_path) as archive:
+        bento.bento_import(home=home, archive=archive)
+
+
+def _step_starting(rollout: Rollout) -> bool:
+    build = build_ensure(version=rollout.version)
+    slot = Slot.objects.select_related("deployment").get(
+        deployment=rollout.deployment, color=rollout.target_slot
+    )
+    Slot.objects.filter(pk=slot.pk).update(
+        state=SlotState.STARTING, version=rollout.version, bento_tag=build.bento_tag, url=""
+    )
+    try:
+        _bento_available(build)
+        handle = backends.runtime_backend().slot_start(
+            slot_key=slot.runtime_key, bento_tag=build.bento_tag
+        )
+    except (RuntimeBackendError, bento.BentoError) as exc:
+        Slot.objects.filter(pk=slot.pk).update(state=SlotState.FAILED)
+        tail = getattr(exc, "log_tail", "") or getattr(exc, "log", "")
+        _fail(rollout, f"{slot} did not start: {exc}" + (f"\n{tail[-2000:]}" if tail else ""))
+        return False
+    Slot.objects.filter(pk=slot.pk).update(state=SlotState.READY, url=handle.url)
+    return _transition(rollout, S.VERIFYING, f"{slot} ready at {handle.url}")
+
+
+def _smoke_instances(version: ModelVersion, rows: int) -> list[dict[str, Any]] | None:
+    if not version.reference_path:
+        return None
+    from registry.validation.reference import load_reference_frame
+
+    with artifact_local_path(version.reference_path) as path:
+        frame = load_reference_frame(path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS)
+    return frame.head(rows).to_dict(orient="records")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
+    return a == b
+
+
+def _step_verifying(rollout: Rollout) -> bool:
+    slot = Slot.objects.get(deployment=rollout.deployment, color=rollout.target_slot)
+    version = rollout.version
+    expected = (version.validation_report.get("load") or {}).get("predictions_preview") or []
+    instances = _smoke_instances(version, rows=max(len(expected), 5))
+    try:
+        body = (
+            {"instances": instances}
+            if instances
+            else {"instances": [[0.0] * int(version.signature.get("n_features") or 1)]}
+        )
+        response = httpx.post(f"{slot.url}/predict", json=body, timeout=30)
+        response.raise_for_status()
+        predictions = response.json()["predictions"]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        _fail(rollout, f"smoke request to {slot} failed: {exc}")
+        return False
+    if instances and expected and not _same(predictions[: len(expected)], expected):
+        _fail(
+            rollout,
+            f"{slot} answered {predictions[: len(expected)]} on the reference sample; "
+            f"validation answered {expected}",
+        )
+        return False
+    return _transition(
+        rollout,
+        S.SWITCHING,
+        f"smoke request answered {len(predictions)} prediction(s)"
+        + (" matching validation" if instances and expected else ""),
+    )
+
+
+def _switch(rollout: Rollout) -> bool:
+    """Flip the gateway route to the rollout's slot (atomic in Redis) and start baking."""
+    deployment = rollout.deployment
+    Deployment.objects.filter(pk=deployment.pk).update(live_slot=rollout.target_slot)
+    route = route_sync(deployment_id=deployment.pk)
+    bake_until = timezone.now() + timedelta(seconds=deployment.bake_seconds)
+    moved = _transition(
+        rollout,
+        S.BAKING,
+        f"traffic switched to {rollout.target_slot} (v{route.version}); "
+        f"previous slot kept warm until {bake_until:%H:%M:%S}",
+        bake_until=bake_until,
+    )
+    if moved:
+        _enqueue_advance(rollout.pk, countdown=deployment.bake_seconds)
+    return False  # baking continues later
+
+
+def _step_baking(rollout: Rollout) -> bool:
+    remaining = (rollout.bake_until - timezone.now()).total_seconds() if rollout.bake_until else 0
+    if remaining > 0:
+        _enqueue_advance(rollout.pk, countdown=remaining)
+        return False
+    deployment = Deployment.objects.get(pk=rollout.deployment_id)
+    if deployment.live_slot == rollout.target_slot:
+        old = Slot.objects.select_related("deployment").get(
+            deployment=deployment, color=_other(rollout.target_slot)
+        )
+        _slot_stop(old)
+    return _transition(rollout, S.LIVE, "bake period over; previous slot stopped")
+
+
+STEPS: dict[str, Callable[[Rollout], bool]] = {
+    S.PENDING: _step_pending,
+    S.BUILDING: _step_building,
+    S.STARTING: _step_starting,
+    S.VERIFYING: _step_verifying,
+    S.SWITCHING: _switch,
+    S.BAKING: _step_baking,
+}
+
+
+def rollout_advance(*, rollout_id: int) -> Rollout:
+    """Run the rollout's steps until it waits (for a build or the bake timer) or ends."""
+    while True:
+        rollout = Rollout.objects.select_related("deployment", "version__model").get(pk=rollout_id)
+        step = STEPS.get(rollout.state)
+        if step is None:
+            return rollout
+        try:
+            if not step(rollout):
+                return Rollout.objects.get(pk=rollout_id)
+        except Exception as exc:  # an unexpected error fails the rollout cleanly, not silently
+            logger.exception("rollout %s: step %s crashed", rollout_id, rollout.state)
+            if rollout.state in ACTIVE_ROLLOUT_STATES:
+                _fail(rollout, f"{rollout.state} step crashed: {exc.__class__.__name__}: {exc}")
+            raise
+
+
+def rollouts_stuck() -> list[int]:
+    """Active rollouts whose state has not moved for a while (killed worker, lost message)."""
+    limit = timezone.now() - timedelta(seconds=settings.MODELYARD_ROLLOUT_STUCK_SECONDS)
+    # A pending rollout only waits for its first task: a minute means the message was lost.
+    pending = Rollout.objects.filter(
+        state=S.PENDING, state_changed_at__lt=timezone.now() - timedelta(seconds=60)
+    )
+    baking_due = Rollout.objects.filter(
+        state=S.BAKING, bake_until__lt=timezone.now() - timedelta(seconds=60)
+    )
+    stuck = Rollout.objects.filter(state__in=ACTIVE_ROLLOUT_STATES, state_changed_at__lt=limit)
+    return sorted(
+        {
+            *stuck.values_list("id", flat=True),
+            *pending.values_list("id", flat=True),
+            *baking_due.values_list("id", flat=True),
+        }
+    )
+
+
+def deployments_reconcile() -> list[str]:
+    """Converge every deployment on its recorded state; return what was done.
+
+    Restarts crashed slot servers (supervisor), republishes every route (Redis may have
+    lost them), stops slots that nothing needs, and resumes stuck rollouts.
+    """
+    actions: list[str] = []
+    backend = backends.runtime_backend()
+    for event in backend.supervise_once():
+        actions.append(f"{event.slot_key}: {event.kind}: {event.message}")
+    needed = set()
+    for deployment in Deployment.objects.all():
+        route_sync(deployment_id=deployment.pk)
+        active = Rollout.objects.filter(
+            deployment=deployment, state__in=[*ACTIVE_ROLLOUT_STATES, S.BAKING]
+        )
+        for slot in Slot.objects.select_related("deployment").filter(deployment=deployment):
+            if (
+                slot.color == deployment.live_slot
+                or active.filter(target_slot=slot.color).exists()
+                or (active.filter(state=S.BAKING).exists())
+            ):
+                needed.add(slot.runtime_key)
+    for status in backend.slots():
+        if status.running and status.slot_key not in needed:
+            backend.slot_stop(slot_key=status.slot_key)
+            actions.append(f"{status.slot_key}: stopped (no deployment needs it)")
+    for rollout_id in rollouts_stuck():
+        Rollout.objects.filter(pk=rollout_id).update(state_changed_at=timezone.now())
+        _enqueue_advance(rollout_id)
+        actions.append(f"rollout {rollout_id}: resumed")
+    return actions

@@ -1,0 +1,215 @@
+"""LocalProcessBackend against real ``bentoml serve`` processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+
+from deployments.integrations.bentoml import bento_build, bento_delete
+from deployments.runtime.base import SlotNotFound, SlotStartError
+
+from .conftest import FEATURES, serving_processes
+
+
+def predict(url: str, rows: list) -> dict:
+    response = httpx.post(f"{url}/predict", json={"instances": rows}, timeout=30, trust_env=False)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def pids(procs: list[psutil.Process]) -> set[int]:
+    return {proc.pid for proc in procs}
+
+
+def wait_dead(pid: int) -> None:
+    """Until the killed process is really gone (a signal is delivered asynchronously)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} survived SIGKILL")
+
+
+def all_gone(procs: list[psutil.Process]) -> bool:
+    # is_running() compares the start time too, so a reused PID does not count as alive.
+    return not any(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE for proc in procs)
+
+
+def test_started_slot_serves_and_a_second_start_is_a_noop(backend, store, training_data):
+    matrix, _ = training_data
+    handle = backend.slot_start(slot_key="scorer.blue", bento_tag=store["v1"])
+    assert handle.url == f"http://127.0.0.1:{handle.port}"
+    body = predict(handle.url, matrix[:20].tolist())
+    assert body["predictions"] == store["models"][1].predict(matrix[:20]).tolist()
+    assert body["model_version"] == 1
+    named = [dict(zip(FEATURES, row, strict=True)) for row in matrix[:5].tolist()]
+    assert predict(handle.url, named)["predictions"] == body["predictions"][:5]
+
+    before = pids(serving_processes(backend.state_dir))
+    assert len(before) == 2  # the arbiter and its one worker
+    again = backend.slot_start(slot_key="scorer.blue", bento_tag=store["v1"])
+    assert again == handle
+    assert pids(serving_processes(backend.state_dir)) == before
+
+    status = backend.slot_status(slot_key="scorer.blue")
+    assert (status.running, status.ready, status.restarts) == (True, True, 0)
+    assert status.last_event.kind == "started"
+    assert [s.slot_key for s in backend.slots()] == ["scorer.blue"]
+
+    sample = backend.slot_resources(slot_key="scorer.blue")
+    assert sample.process_count == 2
+    assert sample.cpu_seconds > 0
+    assert sample.rss_bytes > 50 * 1024 * 1024  # two Python processes with sklearn loaded
+
+
+def test_stop_leaves_no_process_of_the_tree(backend, store):
+    backend.slot_start(slot_key="scorer.green", bento_tag=store["v1"])
+    tree = serving_processes(backend.state_dir)
+    assert len(tree) == 2
+    backend.slot_stop(slot_key="scorer.green")
+    assert all_gone(tree)
+    assert serving_processes(backend.state_dir) == []
+    with pytest.raises(SlotNotFound):
+        backend.slot_status(slot_key="scorer.green")
+    backend.slot_stop(slot_key="scorer.green")  # stopping a stopped slot is harmless
+
+
+def test_start_with_another_bento_replaces_the_server(backend, store, training_data):
+    matrix, _ = training_data
+    first = backend.slot_start(slot_key="scorer.blue", bento_tag=store["v1"])
+    old_tree = serving_processes(backend.state_dir)
+    second = backend.slot_start(slot_key="scorer.blue", bento_tag=store["v2"])
+    assert second.pid != first.pid
+    assert all_gone(old_tree)
+    assert len(serving_processes(backend.state_dir)) == 2
+    body = predict(second.url, matrix[:20].tolist())
+    assert body["model_version"] == 2
+    assert body["predictions"] == store["models"][2].predict(matrix[:20]).tolist()
+
+
+def test_killed_server_is_restarted_by_supervision(backend, store, training_data):
+    matrix, _ = training_data
+    handle = backend.slot_start(slot_key="scorer.blue", bento_tag=store["v1"])
+    worker = next(p for p in serving_processes(backend.state_dir) if p.pid != handle.pid)
+
+    os.kill(handle.pid, signal.SIGKILL)
+    wait_dead(handle.pid)
+    # The BentoML trap this backend guards against: the worker outlives its arbiter.
+    assert worker.is_running()
+
+    events = backend.supervise_once()
+    assert [event.kind for event in events] == ["crashed", "restarted"]
+    assert "signal 9" in events[0].message
+    assert not worker.is_running()  # the orphaned worker was killed, not left serving
+    status = backend.slot_status(slot_key="scorer.blue")
+    assert (status.running, status.ready, status.restarts) == (True, True, 1)
+    assert status.last_event.kind == "restarted"
+    assert status.pid != handle.pid
+    assert status.url == handle.url  # the same port again, so routes stay valid
+    assert len(serving_processes(backend.state_dir)) == 2
+    assert predict(status.url, matrix[:3].tolist())["model_version"] == 1
+
+    assert backend.supervise_once() == []  # healthy now: nothing to report
+
+
+def test_new_backend_instance_adopts_running_slot_without_a_duplicate(make_backend, store):
+    first = make_backend()
+    handle = first.slot_start(slot_key="scorer.blue", bento_tag=store["v1"])
+    before = pids(serving_processes(first.state_dir))
+
+    successor = make_backend()  # e.g. the supervising process restarted
+    events = successor.supervise_once()
+    assert [(event.kind, event.slot_key) for event in events] == [("adopted", "scorer.blue")]
+    assert successor.supervise_once() == []
+    assert successor.slot_start(slot_key="scorer.blue", bento_tag=store["v1"]) == handle
+    assert pids(serving_processes(first.state_dir)) == before
+    assert successor.slot_status(slot_key="scorer.blue").ready
+
+
+def test_new_backend_instance_restarts_a_slot_that_died_unsupervised(make_backend, store):
+    first = make_backend()
+    first.slot_start(slot_key="scorer.blue", bento_tag=store["v1"])
+    tree = serving_processes(first.state_dir)
+    for proc in tree:
+        proc.kill()  # the whole tree, e.g. the machine's OOM killer
+    psutil.wait_procs(tree, timeout=10)
+
+    successor = make_backend()
+    events = successor.supervise_once()
+    assert [event.kind for event in events] == ["crashed", "restarted"]
+    assert successor.slot_status(slot_key="scorer.blue").ready
+
+
+def test_supervision_kills_processes_of_a_slot_it_has_no_record_of(backend, store):
+    backend.slot_start(slot_key="scorer.blue", bento_tag=store["v1"])
+    tree = serving_processes(backend.state_dir)
+    # As if the supervisor died between spawning a server and recording it.
+    (backend.state_dir / "slots" / "scorer.blue.json").unlink()
+
+    events = backend.supervise_once()
+    assert [event.kind for event in events] == ["orphans_killed"]
+    assert all_gone(tree)
+
+
+def test_restart_failures_back_off(make_backend, store, tmp_path):
+    import joblib
+
+    joblib.dump(store["models"][1], tmp_path / "v9.joblib")
+    tag = bento_build(
+        home=store["home"],
+        model_name="scorer",
+        version=9,
+        artifact_path=tmp_path / "v9.joblib",
+        framework="sklearn",
+        fmt="joblib",
+        feature_names=None,
+        log_path=tmp_path / "build.log",
+    ).bento_tag
+    backend = make_backend(backoff_base=30)
+    handle = backend.slot_start(slot_key="scorer.blue", bento_tag=tag)
+    assert bento_delete(home=store["home"], bento_tag=tag)
+    os.kill(handle.pid, signal.SIGKILL)
+    wait_dead(handle.pid)
+
+    events = backend.supervise_once()
+    # First crash: restarted at once — which fails fast, the Bento being gone.
+    assert [event.kind for event in events] == ["crashed", "restart_failed"]
+    assert "exited" in events[1].message and "next attempt in 30 s" in events[1].message
+    # Second consecutive failure: the next attempt waits, so this round does nothing.
+    assert backend.supervise_once() == []
+    status = backend.slot_status(slot_key="scorer.blue")
+    assert (status.running, status.restarts, status.last_event.kind) == (False, 0, "restart_failed")
+    backend.slot_stop(slot_key="scorer.blue")
+
+
+def test_model_that_cannot_load_hits_the_readiness_deadline(make_backend, store):
+    backend = make_backend(ready_timeout=8)
+    started = time.monotonic()
+    with pytest.raises(SlotStartError) as raised:
+        backend.slot_start(slot_key="broken.blue", bento_tag=store["broken"])
+    assert time.monotonic() - started < 30
+    first_line = str(raised.value).splitlines()[0]
+    assert "did not answer /readyz with 200 within 8 s" in first_line
+    # It says why: the exception the service's __init__ raised unpickling the file...
+    assert re.search(r"\w+Error: ", first_line), first_line
+    # ...and the log tail shows where.
+    assert "load_model" in raised.value.log_tail
+    assert serving_processes(backend.state_dir) == []
+    assert backend.slots() == []
+
+
+def test_unbuilt_bento_and_bad_slot_keys_are_refused(backend):
+    with pytest.raises(SlotStartError, match="Bento scorer:v404 is not built"):
+        backend.slot_start(slot_key="scorer.blue", bento_tag="scorer:v404")
+    with pytest.raises(ValueError, match="slot key"):
+        backend.slot_start(slot_key="../escape", bento_tag="scorer:v1")

@@ -1,0 +1,144 @@
+"""Upload → approve → deploy → predict → roll out v2 → roll back, all over HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from accounts.services import token_create
+from core.models import AuditEvent
+from tests.factories import UserFactory
+from tests.models import train_sklearn_joblib
+
+pytestmark = pytest.mark.stack
+
+
+def _headers(username: str, role: str) -> dict[str, str]:
+    user = UserFactory(username=username, role=role)
+    return {"Authorization": f"Token {token_create(user=user, name='t').key}"}
+
+
+def _wait(http, url, headers, done, timeout=300, what=""):
+    deadline = time.monotonic() + timeout
+    while True:
+        body = http.get(url, headers=headers).json()
+        if done(body) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.5)
+
+
+def _approved_version(http, base, ds, rev, trained) -> int:
+    uploaded = http.post(
+        f"{base}/models/churn/versions/",
+        headers=ds,
+        data={"framework": "sklearn"},
+        files={
+            "file": ("m.joblib", trained.artifact),
+            "reference_data": ("r.csv", trained.reference_csv),
+        },
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    number = uploaded.json()["number"]
+    url = f"{base}/models/churn/versions/{number}/"
+    version = _wait(http, url, ds, lambda b: b["state"] in ("validated", "invalid"), 120)
+    assert version["state"] == "validated", version
+    assert http.post(f"{url}submit/", headers=ds, json={}).status_code == 200
+    assert http.post(f"{url}reviews/", headers=rev, json={"decision": "approve"}).status_code == 201
+    return number
+
+
+def _roll_out(http, base, ops, version, stack):
+    started = http.post(
+        f"{base}/deployments/churn-prod/rollouts/", headers=ops, json={"version": version}
+    )
+    assert started.status_code == 202, started.text
+    url = f"{base}/deployments/churn-prod/rollouts/{started.json()['id']}/"
+    rollout = _wait(http, url, ops, lambda b: b["state"] in ("baking", "live", "failed"), 420)
+    assert rollout["state"] in ("baking", "live"), (
+        rollout,
+        stack["worker_log"].read_text()[-4000:],
+    )
+    return rollout
+
+
+def _predict(http, gateway, key, rows):
+    response = http.post(
+        f"{gateway}/d/churn-prod/predict",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"instances": rows},
+    )
+    assert response.status_code == 200, response.text
+    return int(response.headers["X-Modelyard-Version"]), response.json()["predictions"]
+
+
+def test_blue_green_rollout_and_instant_rollback_over_http(live_stack):
+    from sklearn.tree import DecisionTreeClassifier
+
+    v1_model = train_sklearn_joblib(seed=0)
+    v2_model = train_sklearn_joblib(seed=1, estimator=DecisionTreeClassifier(max_depth=2))
+    rows = v1_model.frame.head(30).to_dict(orient="records")
+    expected = {
+        1: [int(p) for p in v1_model.model.predict(v1_model.frame.head(30))],
+        2: [int(p) for p in v2_model.model.predict(v1_model.frame.head(30))],
+    }
+    assert expected[1] != expected[2], "the two versions must be told apart by their answers"
+
+    base, gateway = live_stack["url"] + "/api/v1", live_stack["gateway"]
+    ds, rev = _headers("dana", "data_scientist"), _headers("rory", "reviewer")
+    ops = _headers("olive", "operator")
+    with httpx.Client(timeout=60) as http:
+        assert http.post(f"{base}/models/", headers=ds, json={"name": "churn"}).status_code == 201
+        assert _approved_version(http, base, ds, rev, v1_model) == 1
+        assert _approved_version(http, base, ds, rev, v2_model) == 2
+
+        created = http.post(
+            f"{base}/deployments/",
+            headers=ops,
+            json={
+                "name": "churn-prod",
+                "model": "churn",
+                "environment": "production",
+                "bake_seconds": 900,
+            },
+        )
+        assert created.status_code == 201, created.text
+        key = http.post(
+            f"{base}/deployments/churn-prod/keys/", headers=ops, json={"name": "app"}
+        ).json()["key"]
+
+        first = _roll_out(http, base, ops, 1, live_stack)
+        assert first["target_slot"] == "blue"
+        assert _predict(http, gateway, key, rows) == (1, expected[1])
+
+        second = _roll_out(http, base, ops, 2, live_stack)
+        assert second["target_slot"] == "green" and second["previous_version"] == 1
+        assert _predict(http, gateway, key, rows) == (2, expected[2])
+
+        detail = http.get(f"{base}/deployments/churn-prod/", headers=ops).json()
+        assert detail["live_version"] == 2 and detail["live_slot"] == "green"
+        assert {s["color"]: s["state"] for s in detail["slots"]} == {
+            "blue": "ready",
+            "green": "ready",
+        }  # v1 stays warm while v2 bakes
+
+        flipped_at = time.monotonic()
+        rollback = http.post(
+            f"{base}/deployments/churn-prod/rollback/", headers=ops, json={"reason": "v2 looks off"}
+        )
+        assert rollback.status_code == 202, rollback.text
+        assert rollback.json()["kind"] == "rollback" and rollback.json()["version"] == 1
+        while _predict(http, gateway, key, rows)[0] != 1:
+            assert time.monotonic() - flipped_at < 5, "rollback not visible within 5 s"
+        assert _predict(http, gateway, key, rows) == (1, expected[1])
+
+        wrong_key = http.post(
+            f"{gateway}/d/churn-prod/predict",
+            headers={"Authorization": "Bearer nope"},
+            json={"instances": rows},
+        )
+        assert wrong_key.status_code == 401
+
+    actions = set(AuditEvent.objects.values_list("action", flat=True))
+    assert {"deployment.created", "rollout.state_changed", "deployment.rollback"} <= actions
