@@ -2,8 +2,9 @@
 
 Run by file path as ``python -I -B _child.py`` with resource limits already applied. It
 reads one JSON request on stdin and writes one JSON response to the original stdout.
-Isolated mode keeps the project off ``sys.path``, so this file must stay self-contained:
-it imports only the standard library and the model libraries.
+The project is kept out of reach (isolated mode, plus an import hook for the packages the
+request names), so this file must stay self-contained: it imports only the standard
+library and the model libraries.
 """
 
 from __future__ import annotations
@@ -33,6 +34,21 @@ _ONNX_TYPES = {
 }
 
 
+class _ProjectBlocker:
+    """Import hook that refuses the project's own packages (first on ``sys.meta_path``)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = frozenset(names)
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(
+                f"No module named {fullname!r} (the model sandbox cannot import the project)",
+                name=fullname,
+            )
+        return None
+
+
 class SampleError(Exception):
     """The sample cannot be shaped into the model's input."""
 
@@ -45,6 +61,9 @@ def main() -> int:
     sys.stdout = sys.stderr
     faulthandler.enable()  # a crashing native loader leaves a traceback on stderr
     request = json.loads(sys.stdin.read())
+    # Before anything imports a model library: an editable install of the project puts it
+    # on every interpreter's path, -I or not.
+    sys.meta_path.insert(0, _ProjectBlocker(request.get("blocked_packages", [])))
     response = run(request)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     response["peak_rss_bytes"] = usage.ru_maxrss * 1024  # Linux reports KiB

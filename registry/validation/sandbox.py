@@ -1,7 +1,8 @@
 """Load a model and smoke-predict only in a separate, resource-limited child process.
 
 The child (``_child.py``) runs isolated (``python -I``: neither the working directory nor
-PYTHONPATH is on its path, so it cannot import the project or its settings), in its own
+PYTHONPATH is on its path) and refuses to import the project's packages even when they are
+installed into the environment, so it cannot reach the project or its settings; in its own
 session, with limits on address space, CPU time, open files, file size and core dumps, a
 trimmed environment and a scratch directory as HOME and working directory. A wall-clock
 deadline kills its whole process tree. These limits contain runaway or hostile loads; they
@@ -93,6 +94,7 @@ def sandbox_load_and_predict(
         "format": fmt,
         "sample_path": str(sample_path) if sample_path else None,
         "sample_rows": SAMPLE_ROWS,
+        "blocked_packages": _project_packages(),
     }
     if fmt == SKOPS:
         from .scanning import skops_trusted_types
@@ -109,6 +111,27 @@ def sandbox_load_and_predict(
         response_bytes = stdout.read(_MAX_RESPONSE_BYTES)
         stderr_tail = _tail(stderr)
     return _report(limits, timed_out, returncode, response_bytes, stderr_tail)
+
+
+def _project_packages() -> list[str]:
+    """Top-level packages of this project, which the child refuses to import.
+
+    ``python -I`` keeps the working directory and PYTHONPATH off the child's path, but an
+    editable install (``pip install -e .``) puts the project on every interpreter's path
+    through the environment itself.
+    """
+    own = __name__.partition(".")[0]
+    root = Path(__file__).resolve().parents[2]
+    if root.name in ("site-packages", "dist-packages"):
+        # Installed as a regular distribution: its metadata names its packages.
+        from importlib.metadata import packages_distributions
+
+        owners = packages_distributions()
+        dists = set(owners.get(own, []))
+        names = {name for name, found in owners.items() if dists & set(found)}
+        return sorted(names | {own})
+    # A source checkout: every package directory next to this one is the project's.
+    return sorted(p.name for p in root.iterdir() if (p / "__init__.py").is_file())
 
 
 def _run_child(
