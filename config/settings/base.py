@@ -214,6 +214,14 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # Several models have a `state`: name each choice set after its own life cycle.
+    "ENUM_NAME_OVERRIDES": {
+        "VersionStateEnum": "registry.choices.VersionState",
+        "RolloutStateEnum": "deployments.choices.RolloutState",
+        "SlotStateEnum": "deployments.choices.SlotState",
+        "BuildStateEnum": "deployments.choices.BuildState",
+        "SlotColorEnum": "deployments.choices.SlotColor",
+    },
 }
 
 # --- Celery ----------------------------------------------------------------------------

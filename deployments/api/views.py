@@ -90,6 +90,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         )
         return Response(RolloutSerializer(rollout).data, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(operation_id="deployments_rollout_detail", responses={200: RolloutSerializer})
     @action(detail=True, methods=["get"], url_path=r"rollouts/(?P<rollout_id>[0-9]+)")
     def rollout_detail(self, request, name=None, rollout_id=None):
         rollout = selectors.rollout_get(deployment=self.get_object(), rollout_id=int(rollout_id))
