@@ -9,5 +9,8 @@ urlpatterns = [
     path("", include("accounts.api.urls")),
     path("", include("core.api.urls")),
     path("", include("registry.api.urls")),
+    # Before deployments: deployments/<name>/metrics/ is monitoring's.
+    path("", include("monitoring.api.urls")),
     path("", include("deployments.api.urls")),
+    path("", include("batch.api.urls")),
 ]

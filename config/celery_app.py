@@ -22,5 +22,7 @@ app.conf.task_routes = {
     "deployments.build_run": {"queue": "builds"},
     "deployments.rollout_advance": {"queue": "rollouts"},
     "deployments.reconcile": {"queue": "rollouts"},
+    "batch.*": {"queue": "batch"},
+    "monitoring.*": {"queue": "monitoring"},
 }
 app.autodiscover_tasks()

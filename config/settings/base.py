@@ -36,6 +36,8 @@ INSTALLED_APPS = [
     "accounts",
     "registry",
     "deployments",
+    "batch",
+    "monitoring",
     "frontend",
 ]
 
@@ -181,6 +183,30 @@ MODELYARD_WEBHOOK_BACKOFF_SECONDS = env_float("MODELYARD_WEBHOOK_BACKOFF_SECONDS
 # Alerts are also e-mailed to these addresses (Django's mail backend) when set.
 MODELYARD_ALERT_EMAILS = env_list("MODELYARD_ALERT_EMAILS", [])
 
+# --- Batch jobs --------------------------------------------------------------------------
+# Server paths a batch job may read its input from (comma-separated); empty: uploads only.
+MODELYARD_BATCH_ALLOWED_ROOTS = env_list("MODELYARD_BATCH_ALLOWED_ROOTS", [])
+MODELYARD_BATCH_CHUNK_ROWS = env_int("MODELYARD_BATCH_CHUNK_ROWS", 100_000, minimum=1)
+# Every chunk is a row and a task: a job refuses to be split finer than this.
+MODELYARD_BATCH_MAX_CHUNKS = env_int("MODELYARD_BATCH_MAX_CHUNKS", 10_000, minimum=1)
+# A chunk's claim; renewed every third of it while the chunk runs, so only a dead
+# worker's chunk expires and is run again by the sweep.
+MODELYARD_BATCH_LEASE_SECONDS = env_int("MODELYARD_BATCH_LEASE_SECONDS", 60, minimum=3)
+# Claim of the prepare and join steps (also their time limit).
+MODELYARD_BATCH_STEP_LEASE_SECONDS = env_int("MODELYARD_BATCH_STEP_LEASE_SECONDS", 1800, minimum=10)
+MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS = env_int(
+    "MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS", 600, minimum=1
+)
+MODELYARD_BATCH_CHILD_START_TIMEOUT_SECONDS = env_float(
+    "MODELYARD_BATCH_CHILD_START_TIMEOUT_SECONDS", 120, minimum=1
+)
+# Threads of each batch child's numeric libraries (BLAS/OpenMP); chunks give parallelism.
+MODELYARD_BATCH_CHILD_THREADS = env_int("MODELYARD_BATCH_CHILD_THREADS", 1, minimum=1)
+# Transient chunk failures (child crashed or hung) are retried this often in all.
+MODELYARD_BATCH_CHUNK_MAX_ATTEMPTS = env_int("MODELYARD_BATCH_CHUNK_MAX_ATTEMPTS", 3, minimum=1)
+MODELYARD_BATCH_RETRY_DELAY_SECONDS = env_float("MODELYARD_BATCH_RETRY_DELAY_SECONDS", 2, minimum=0)
+MODELYARD_BATCH_BUILD_POLL_SECONDS = env_float("MODELYARD_BATCH_BUILD_POLL_SECONDS", 5, minimum=0.1)
+
 # --- REST API --------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -244,8 +270,21 @@ CELERY_BEAT_SCHEDULE = {
     "registry-validation-sweep": {"task": "registry.version_validation_sweep", "schedule": 60.0},
     # Deployments converge on their recorded state (crashed slots, lost routes, stuck rollouts).
     "deployments-reconcile": {"task": "deployments.reconcile", "schedule": 15.0},
+    # Batch: chunks and steps of dead workers run again; due schedules start their jobs.
+    "batch-jobs-sweep": {"task": "batch.jobs_sweep", "schedule": 15.0},
+    "batch-schedules-due": {"task": "batch.schedules_due", "schedule": 30.0},
     # Monitoring: gateway buffers → roll-ups (the gateway flushes every 2 s), slot resources,
     # guards while baking, closed drift windows, alerts, retention.
+    "monitoring-metrics-rollup": {"task": "monitoring.metrics_rollup", "schedule": 10.0},
+    "monitoring-resources-sample": {
+        "task": "monitoring.resources_sample",
+        "schedule": float(MODELYARD_RESOURCE_SAMPLE_SECONDS),
+    },
+    "monitoring-guards-check": {"task": "monitoring.guards_check", "schedule": 15.0},
+    "monitoring-drift-windows": {"task": "monitoring.drift_windows", "schedule": 60.0},
+    "monitoring-alerts-detect": {"task": "monitoring.alerts_detect", "schedule": 15.0},
+    "monitoring-webhooks-deliver": {"task": "monitoring.webhooks_deliver", "schedule": 10.0},
+    "monitoring-retention": {"task": "monitoring.retention", "schedule": 3600.0},
 }
 
 LOGGING = {

@@ -1,0 +1,141 @@
+"""HTTP adapters over monitoring selectors and services."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.choices import Capability
+from deployments.selectors import deployment_get
+from monitoring import selectors, services
+from monitoring.api.serializers import (
+    AlertSerializer,
+    DriftComputeSerializer,
+    GuardBreachSerializer,
+    WebhookDeliverySerializer,
+    WebhookEndpointCreateSerializer,
+    WebhookEndpointSerializer,
+    WindowQuerySerializer,
+)
+from monitoring.models import WebhookEndpoint
+
+C = Capability
+
+
+class DeploymentMetricsView(APIView):
+    """Latency percentiles, throughput, errors, cost per prediction and drift, per version."""
+
+    required_capabilities = {"get": C.VIEW}
+
+    @extend_schema(parameters=[WindowQuerySerializer], responses={200: dict})
+    def get(self, request, name: str):
+        query = WindowQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        deployment = deployment_get(name=name)
+        return Response(
+            selectors.deployment_metrics(
+                deployment=deployment, window=query.validated_data["window"]
+            )
+        )
+
+
+class DeploymentDriftView(APIView):
+    """GET: each feature's drift status over the window (a time series); POST: compute now."""
+
+    required_capabilities = {"get": C.VIEW, "post": C.DEPLOY}
+
+    @extend_schema(parameters=[WindowQuerySerializer], responses={200: dict})
+    def get(self, request, name: str):
+        query = WindowQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        deployment = deployment_get(name=name)
+        start, end = selectors.window_bounds(query.validated_data["window"])
+        series: dict[str, list[dict]] = {}
+        for row in selectors.drift_feature_series(
+            deployment=deployment, start=start, end=end, feature=request.query_params.get("feature")
+        ):
+            series.setdefault(row.feature, []).append(
+                {
+                    "end": row.window.end,
+                    "version": row.window.version,
+                    "kind": row.window.kind,
+                    "status": row.status,
+                    "psi": row.psi,
+                    "ks": row.ks,
+                    "js": row.js,
+                    "live_rows": row.live_rows,
+                }
+            )
+        return Response(
+            {"deployment": deployment.name, "start": start, "end": end, "features": series}
+        )
+
+    @extend_schema(request=DriftComputeSerializer, responses={202: dict})
+    def post(self, request, name: str):
+        data = DriftComputeSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        deployment = deployment_get(name=name)
+        from monitoring.tasks import drift_compute_task
+
+        result = drift_compute_task.delay(deployment.pk, data.validated_data.get("seconds"))
+        return Response({"task_id": result.id}, status=status.HTTP_202_ACCEPTED)
+
+
+class DeploymentGuardBreachesView(APIView):
+    required_capabilities = {"get": C.VIEW}
+
+    @extend_schema(responses={200: GuardBreachSerializer(many=True)})
+    def get(self, request, name: str):
+        deployment = deployment_get(name=name)
+        breaches = selectors.guard_breach_list(deployment=deployment)[:100]
+        return Response(GuardBreachSerializer(breaches, many=True).data)
+
+
+class DeploymentAlertsView(APIView):
+    required_capabilities = {"get": C.VIEW}
+
+    @extend_schema(responses={200: AlertSerializer(many=True)})
+    def get(self, request, name: str):
+        alerts = selectors.alert_list(deployment=deployment_get(name=name))[:100]
+        return Response(AlertSerializer(alerts, many=True).data)
+
+
+class WebhookListView(APIView):
+    """Webhook endpoints are admin business: they make the platform call out."""
+
+    required_capabilities = {"get": C.ADMIN, "post": C.ADMIN}
+
+    @extend_schema(responses={200: WebhookEndpointSerializer(many=True)})
+    def get(self, request):
+        return Response(
+            WebhookEndpointSerializer(selectors.webhook_endpoint_list(), many=True).data
+        )
+
+    @extend_schema(request=WebhookEndpointCreateSerializer, responses={201: dict})
+    def post(self, request):
+        data = WebhookEndpointCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        name = fields.pop("deployment")
+        endpoint = services.webhook_endpoint_create(
+            actor=request.user, deployment=deployment_get(name=name) if name else None, **fields
+        )
+        # The secret is shown once, at creation; receivers need it to check signatures.
+        body = {**WebhookEndpointSerializer(endpoint).data, "secret": endpoint.secret}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class WebhookDeliveriesView(APIView):
+    required_capabilities = {"get": C.ADMIN}
+
+    @extend_schema(responses={200: WebhookDeliverySerializer(many=True)})
+    def get(self, request, pk: int):
+        from core.errors import NotFound
+
+        endpoint = WebhookEndpoint.objects.filter(pk=pk).first()
+        if endpoint is None:
+            raise NotFound(f"No webhook {pk}.")
+        deliveries = selectors.webhook_delivery_list(endpoint=endpoint)[:200]
+        return Response(WebhookDeliverySerializer(deliveries, many=True).data)

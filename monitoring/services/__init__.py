@@ -1,0 +1,45 @@
+"""Monitoring writes, one module per concern; import from here."""
+
+from __future__ import annotations
+
+from monitoring.services.alerts import (
+    alerts_detect,
+    alerts_email,
+    webhook_deliver,
+    webhook_deliveries_due,
+    webhook_endpoint_create,
+    webhook_sign,
+    webhook_url_check,
+)
+from monitoring.services.drift import (
+    drift_compute_now,
+    drift_compute_window,
+    drift_profile_ensure,
+    drift_retention,
+    drift_windows_due,
+)
+from monitoring.services.guards import guards_check, guards_check_deployment
+from monitoring.services.resources import resources_retention, resources_sample
+from monitoring.services.rollups import metrics_downsample, metrics_retention, metrics_rollup
+
+__all__ = [
+    "alerts_detect",
+    "alerts_email",
+    "drift_compute_now",
+    "drift_compute_window",
+    "drift_profile_ensure",
+    "drift_retention",
+    "drift_windows_due",
+    "guards_check",
+    "guards_check_deployment",
+    "metrics_downsample",
+    "metrics_retention",
+    "metrics_rollup",
+    "resources_retention",
+    "resources_sample",
+    "webhook_deliver",
+    "webhook_deliveries_due",
+    "webhook_endpoint_create",
+    "webhook_sign",
+    "webhook_url_check",
+]

@@ -1,0 +1,406 @@
+"""Alerts: detected from what the platform recorded, delivered by signed webhooks and e-mail.
+
+Detection reads rollouts, drift windows and guard breaches; it needs no hook in the layers
+below (deployments never imports monitoring). Each alert has a unique ``key``
+(``rollout:42:live``), so detecting the same thing again is harmless.
+
+Webhooks: ``POST`` of the alert as JSON with
+
+- ``X-Modelyard-Event``: the alert kind; ``X-Modelyard-Delivery``: the delivery id
+- ``X-Modelyard-Timestamp``: unix seconds
+- ``X-Modelyard-Signature``: ``sha256=`` + hex HMAC-SHA256 of ``"{timestamp}.{body}"`` with the
+  endpoint's secret (the timestamp inside the MAC stops replays of old deliveries)
+
+A 2xx answer is success; anything else (redirects included: they are never followed) is
+retried with exponential backoff up to ``MODELYARD_WEBHOOK_MAX_ATTEMPTS`` times, each
+attempt logged on the delivery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import smtplib
+import socket
+import time
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from django.conf import settings
+from django.core.mail import send_mail
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import User
+from core.errors import InvalidInput
+from deployments.choices import RolloutKind, RolloutState
+from deployments.models import Deployment, Rollout
+from monitoring.choices import AlertKind, DeliveryState, DriftStatus, GuardAction
+from monitoring.models import Alert, DriftWindow, GuardBreach, WebhookDelivery, WebhookEndpoint
+
+logger = logging.getLogger(__name__)
+
+# Cloud metadata names that resolve to link-local addresses on the cloud itself; refused by
+# name too, in case a resolver maps them elsewhere.
+_METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
+_LOOKBACK = timedelta(days=1)
+
+
+# --- webhook targets ------------------------------------------------------------------------
+
+
+def _host_allowed(host: str) -> bool:
+    allowed = {h.lower() for h in settings.MODELYARD_WEBHOOK_ALLOWED_HOSTS}
+    return host.lower() in allowed
+
+
+def webhook_url_check(url: str) -> list[str]:
+    """Refuse URLs that would make the platform call into its own network (SSRF).
+
+    http(s) only, no credentials in the URL, and every address the host resolves to must be
+    public: loopback, private, link-local (cloud metadata lives there), multicast, reserved
+    and unspecified addresses are refused unless an admin listed the host in
+    ``MODELYARD_WEBHOOK_ALLOWED_HOSTS``. Checked again before every delivery, since DNS
+    answers change. Returns the checked addresses (empty for an allowed host), which the
+    delivery connects to, so a second DNS answer cannot swap in an internal one.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise InvalidInput("A webhook URL must start with http:// or https://.", code="bad_url")
+    if parts.username or parts.password:
+        raise InvalidInput("A webhook URL must not carry credentials.", code="bad_url")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise InvalidInput("A webhook URL needs a host.", code="bad_url")
+    if _host_allowed(host):
+        return []
+    if host.lower() in _METADATA_HOSTS:
+        raise InvalidInput(f"{host} is a cloud metadata service.", code="forbidden_target")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise InvalidInput(f"Bad port in webhook URL: {exc}", code="bad_url") from exc
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise InvalidInput(f"{host} does not resolve: {exc}", code="unresolvable") from exc
+    addresses: list[str] = []
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if not address.is_global or address.is_multicast:
+            raise InvalidInput(
+                f"{host} resolves to {address}, which is not a public address; an admin can "
+                "allow the host in MODELYARD_WEBHOOK_ALLOWED_HOSTS.",
+                code="forbidden_target",
+                details={"host": host, "address": str(address)},
+            )
+        addresses.append(str(address))
+    return addresses
+
+
+def _pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The URL with its host replaced by the checked address, plus the Host header and the
+    TLS server name that keep the request (and certificate check) about the real host."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal + (f":{parts.port}" if parts.port else "")
+    host_header = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return (
+        parts._replace(netloc=netloc).geturl(),
+        {"Host": host_header},
+        {"sni_hostname": host} if parts.scheme == "https" else {},
+    )
+
+
+@transaction.atomic
+def webhook_endpoint_create(
+    *,
+    name: str,
+    url: str,
+    actor: User | None,
+    kinds: list[str] | None = None,
+    deployment: Deployment | None = None,
+    secret: str = "",
+) -> WebhookEndpoint:
+    """A webhook target (URL checked against SSRF); the secret is generated if not given."""
+    webhook_url_check(url)
+    unknown = set(kinds or []) - set(AlertKind.values)
+    if unknown:
+        raise InvalidInput(
+            f"Unknown alert kinds: {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(AlertKind.values)}.",
+            code="unknown_kind",
+        )
+    return WebhookEndpoint.objects.create(
+        name=name,
+        url=url,
+        secret=secret or secrets.token_urlsafe(32),
+        kinds=list(kinds or []),
+        deployment=deployment,
+        created_by=actor if actor is not None and actor.is_authenticated else None,
+    )
+
+
+def webhook_sign(secret: str, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+# --- detection ------------------------------------------------------------------------------
+
+
+def _alert(
+    key: str, kind: str, deployment: Deployment, message: str, payload: dict
+) -> Alert | None:
+    """Create the alert once; None if it existed (so its deliveries are not made twice)."""
+    if Alert.objects.filter(key=key).exists():
+        return None
+    try:
+        with transaction.atomic():
+            alert = Alert.objects.create(
+                key=key,
+                kind=kind,
+                deployment=deployment,
+                message=message,
+                payload=json.loads(json.dumps(payload, cls=DjangoJSONEncoder)),
+            )
+    except IntegrityError:  # a concurrent detection won the race
+        return None
+    endpoints = WebhookEndpoint.objects.filter(active=True).filter(
+        Q(deployment__isnull=True) | Q(deployment=deployment)
+    )
+    WebhookDelivery.objects.bulk_create(
+        WebhookDelivery(alert=alert, endpoint=e, next_attempt_at=timezone.now())
+        for e in endpoints
+        if not e.kinds or kind in e.kinds
+    )
+    return alert
+
+
+def alerts_detect(*, now: datetime | None = None) -> list[Alert]:
+    """Create alerts for what happened lately: finished/failed rollouts, rollbacks, drift,
+    guard breaches. Idempotent (unique keys)."""
+    since = (now or timezone.now()) - _LOOKBACK
+    created: list[Alert | None] = []
+    for rollout in Rollout.objects.select_related("deployment", "version", "created_by").filter(
+        Q(finished_at__gte=since) | Q(kind=RolloutKind.ROLLBACK, created_at__gte=since)
+    ):
+        base = {
+            "deployment": rollout.deployment.name,
+            "rollout": rollout.pk,
+            "version": rollout.version.number,
+            "state": rollout.state,
+        }
+        if rollout.kind == RolloutKind.ROLLBACK:
+            automatic = rollout.created_by_id is None
+            evidence = next((s.get("evidence") for s in rollout.steps if s.get("evidence")), None)
+            created.append(
+                _alert(
+                    f"rollback:{rollout.pk}",
+                    AlertKind.ROLLBACK,
+                    rollout.deployment,
+                    f"{rollout.deployment}: {'automatic' if automatic else 'manual'} rollback "
+                    f"to v{rollout.version.number}"
+                    + (f" ({rollout.reason})" if rollout.reason else ""),
+                    {
+                        **base,
+                        "automatic": automatic,
+                        "by": rollout.created_by.username if rollout.created_by else None,
+                        "reason": rollout.reason,
+                        "evidence": evidence,
+                    },
+                )
+            )
+        elif rollout.state == RolloutState.LIVE:
+            created.append(
+                _alert(
+                    f"rollout:{rollout.pk}:live",
+                    AlertKind.ROLLOUT_DONE,
+                    rollout.deployment,
+                    f"{rollout.deployment}: v{rollout.version.number} is live",
+                    base,
+                )
+            )
+        elif rollout.state == RolloutState.FAILED:
+            created.append(
+                _alert(
+                    f"rollout:{rollout.pk}:failed",
+                    AlertKind.ROLLOUT_FAILED,
+                    rollout.deployment,
+                    f"{rollout.deployment}: rollout of v{rollout.version.number} failed: "
+                    f"{rollout.error[:200]}",
+                    {**base, "error": rollout.error},
+                )
+            )
+    for window in DriftWindow.objects.select_related("deployment").filter(
+        status=DriftStatus.DRIFT, computed_at__gte=since
+    ):
+        flagged = list(
+            window.features.filter(status=DriftStatus.DRIFT).values_list("feature", flat=True)
+        )
+        created.append(
+            _alert(
+                f"drift:{window.pk}",
+                AlertKind.DRIFT_DETECTED,
+                window.deployment,
+                f"{window.deployment}: drift on v{window.version} in {', '.join(flagged)}",
+                {
+                    "deployment": window.deployment.name,
+                    "version": window.version,
+                    "window": {"start": window.start, "end": window.end, "kind": window.kind},
+                    "features": flagged,
+                },
+            )
+        )
+    for breach in GuardBreach.objects.select_related("deployment").filter(at__gte=since):
+        created.append(
+            _alert(
+                f"guard:{breach.pk}",
+                AlertKind.GUARD_BREACH,
+                breach.deployment,
+                f"{breach.deployment}: {breach.message}",
+                {
+                    "deployment": breach.deployment.name,
+                    "version": breach.version,
+                    "rules": breach.rules,
+                    "rolled_back": breach.action == GuardAction.ROLLED_BACK,
+                    "evidence": breach.evidence,
+                },
+            )
+        )
+    alerts = [a for a in created if a is not None]
+    if settings.MODELYARD_ALERT_EMAILS:
+        unsent = Alert.objects.filter(emailed_at__isnull=True, created_at__gte=since)
+        alerts_email(alerts=list(unsent))
+    return alerts
+
+
+def alerts_email(*, alerts: list[Alert]) -> int:
+    """One e-mail per alert through Django's mail backend; marks them so they go once."""
+    sent = 0
+    for alert in alerts:
+        # Claim first: a concurrent run must not send the same mail.
+        if not Alert.objects.filter(pk=alert.pk, emailed_at__isnull=True).update(
+            emailed_at=timezone.now()
+        ):
+            continue
+        try:
+            send_mail(
+                subject=f"[Modelyard] {alert.kind}: {alert.message[:120]}",
+                message=json.dumps(alert.payload, indent=2, cls=DjangoJSONEncoder),
+                from_email=None,
+                recipient_list=list(settings.MODELYARD_ALERT_EMAILS),
+                fail_silently=False,
+            )
+        except (OSError, smtplib.SMTPException):
+            # Unclaim, so the next detection run mails it again.
+            logger.exception("alert %s could not be e-mailed", alert.pk)
+            Alert.objects.filter(pk=alert.pk).update(emailed_at=None)
+            continue
+        sent += 1
+    return sent
+
+
+# --- delivery -------------------------------------------------------------------------------
+
+
+def _backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=settings.MODELYARD_WEBHOOK_BACKOFF_SECONDS * 2 ** (attempts - 1))
+
+
+def webhook_deliver(*, delivery_id: int) -> WebhookDelivery:
+    """One attempt of one delivery, claimed first (a lease) so two workers never both send."""
+    lease = timezone.now() + timedelta(seconds=settings.MODELYARD_WEBHOOK_TIMEOUT_SECONDS * 4)
+    claimed = WebhookDelivery.objects.filter(
+        pk=delivery_id, state=DeliveryState.PENDING, next_attempt_at__lte=timezone.now()
+    ).update(next_attempt_at=lease)
+    delivery = WebhookDelivery.objects.select_related("alert__deployment", "endpoint").get(
+        pk=delivery_id
+    )
+    if not claimed:
+        return delivery
+    alert, endpoint = delivery.alert, delivery.endpoint
+    body = json.dumps(
+        {
+            "id": alert.pk,
+            "kind": alert.kind,
+            "deployment": alert.deployment.name,
+            "message": alert.message,
+            "created_at": alert.created_at,
+            "payload": alert.payload,
+        },
+        cls=DjangoJSONEncoder,
+    ).encode()
+    timestamp = int(time.time())
+    status_code: int | None = None
+    error = ""
+    try:
+        addresses = webhook_url_check(endpoint.url)
+        url, pin_headers, extensions = (
+            _pinned(endpoint.url, addresses[0]) if addresses else (endpoint.url, {}, {})
+        )
+        with httpx.Client(
+            timeout=settings.MODELYARD_WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False
+        ) as http:
+            response = http.post(
+                url,
+                content=body,
+                extensions=extensions,
+                headers={
+                    **pin_headers,
+                    "Content-Type": "application/json",
+                    "User-Agent": "Modelyard-Webhook/1",
+                    "X-Modelyard-Event": alert.kind,
+                    "X-Modelyard-Delivery": str(delivery.pk),
+                    "X-Modelyard-Timestamp": str(timestamp),
+                    "X-Modelyard-Signature": webhook_sign(endpoint.secret, timestamp, body),
+                },
+            )
+        status_code = response.status_code
+        if not 200 <= status_code < 300:
+            error = f"HTTP {status_code}" + (
+                " (redirects are not followed)" if 300 <= status_code < 400 else ""
+            )
+    except InvalidInput as exc:
+        error = f"target refused: {exc.message}"
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    attempts = delivery.attempts + 1
+    now = timezone.now()
+    entry = {"at": now.isoformat(), "attempt": attempts, "status": status_code, "error": error}
+    if not error:
+        state, next_at = DeliveryState.SUCCEEDED, None
+    elif attempts >= settings.MODELYARD_WEBHOOK_MAX_ATTEMPTS:
+        state, next_at = DeliveryState.FAILED, None
+    else:
+        state, next_at = DeliveryState.PENDING, now + _backoff(attempts)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        state=state,
+        attempts=attempts,
+        next_attempt_at=next_at,
+        last_status_code=status_code,
+        last_error=error,
+        log=[*delivery.log, entry],
+        delivered_at=now if state == DeliveryState.SUCCEEDED else None,
+    )
+    delivery.refresh_from_db()
+    return delivery
+
+
+def webhook_deliveries_due(*, now: datetime | None = None) -> list[int]:
+    return list(
+        WebhookDelivery.objects.filter(
+            state=DeliveryState.PENDING, next_attempt_at__lte=now or timezone.now()
+        ).values_list("id", flat=True)[:500]
+    )

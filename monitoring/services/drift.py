@@ -1,0 +1,437 @@
+"""Drift: pre-bin a version's reference sample once, compare each live window against it.
+
+Live data comes from the gateway's capped sample stream ``modelyard:samples:{deployment}``
+(see ``gateway.sampling``): request bodies (``instances``, cut to a few rows) and answers
+(``predictions``). Windows are keyed by (deployment, version, kind, start, end), so computing
+one again replaces it instead of adding a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from deployments.choices import SlotState
+from deployments.models import Deployment, Slot
+from gateway.sampling import samples_key
+from monitoring import drift_stats as ds
+from monitoring.choices import DriftStatus, DriftWindowKind, FeatureKind
+from monitoring.models import DriftFeature, DriftProfile, DriftWindow, MonitoringPolicy
+from monitoring.services.rollups import metrics_redis
+from registry.models import ModelVersion
+from registry.services.artifacts import artifact_local_path
+from registry.validation.reference import infer_schema, load_reference_frame
+
+logger = logging.getLogger(__name__)
+
+PREDICTION = "__prediction__"
+_PREDICT_CHUNK = 1000
+
+
+# --- profiles -------------------------------------------------------------------------------
+
+
+def build_profiles(
+    frame: pd.DataFrame, schema: list[dict[str, Any]] | None = None
+) -> dict[str, ds.NumericProfile | ds.CategoricalProfile]:
+    """Profile every column of a reference frame by the kind its schema gives it."""
+    schema = schema or infer_schema(frame)
+    profiles: dict[str, ds.NumericProfile | ds.CategoricalProfile] = {}
+    for column in schema:
+        name = column["name"]
+        if name not in frame.columns:
+            continue
+        values = frame[name]
+        try:
+            if column["kind"] == FeatureKind.NUMERIC:
+                profiles[name] = ds.numeric_profile(
+                    pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64),
+                    bins=settings.MODELYARD_DRIFT_BINS,
+                )
+            else:
+                profiles[name] = ds.categorical_profile(
+                    values.to_numpy(dtype=object),
+                    max_categories=settings.MODELYARD_DRIFT_MAX_CATEGORIES,
+                )
+        except ValueError as exc:  # an all-empty column: nothing to compare against
+            logger.info("no drift profile for column %r: %s", name, exc)
+    return profiles
+
+
+def prediction_profile(values: list[Any]) -> ds.NumericProfile | ds.CategoricalProfile | None:
+    """Predictions are categorical when they are labels (strings, bools, few integers)."""
+    scalars = [v for v in values if not isinstance(v, (list, dict))]
+    if not scalars:
+        return None
+    if _looks_categorical(scalars):
+        return ds.categorical_profile(
+            np.asarray(scalars, dtype=object),
+            max_categories=settings.MODELYARD_DRIFT_MAX_CATEGORIES,
+        )
+    return ds.numeric_profile(
+        np.asarray(scalars, dtype=np.float64), bins=settings.MODELYARD_DRIFT_BINS
+    )
+
+
+def _looks_categorical(values: list[Any]) -> bool:
+    if any(isinstance(v, (str, bool)) or v is None for v in values):
+        return True
+    integral = all(float(v).is_integer() for v in values)
+    return integral and len(set(values)) <= settings.MODELYARD_DRIFT_MAX_CATEGORIES
+
+
+@transaction.atomic
+def drift_profile_ensure(*, version: ModelVersion) -> DriftProfile | None:
+    """The version's reference profile, built once (again only if the reference changed)."""
+    if not version.reference_path:
+        return None
+    profile = DriftProfile.objects.select_for_update().filter(version=version).first()
+    if profile is not None and profile.reference_sha256 == version.reference_sha256:
+        return profile
+    with artifact_local_path(version.reference_path) as path:
+        frame = load_reference_frame(path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS)
+    profiles = build_profiles(frame, version.reference_schema or None)
+    described, blob = ds.profiles_to_storage(profiles)
+    profile, _ = DriftProfile.objects.update_or_create(
+        version=version,
+        defaults={
+            "reference_sha256": version.reference_sha256,
+            "reference_rows": len(frame),
+            "features": described,
+            "arrays": blob,
+            "prediction": None,
+            "prediction_arrays": None,
+        },
+    )
+    return profile
+
+
+def drift_prediction_profile_ensure(*, profile: DriftProfile, version: ModelVersion) -> bool:
+    """Baseline of the prediction distribution: the version's answers on its reference.
+
+    Asked of a ready slot serving the version (models are only ever loaded in a serving or
+    sandbox process, never here); False while none serves it, so the next window retries.
+    """
+    if profile.prediction is not None:
+        return True
+    slot = Slot.objects.filter(version=version, state=SlotState.READY).exclude(url="").first()
+    if slot is None:
+        return False
+    with artifact_local_path(version.reference_path) as path:
+        frame = load_reference_frame(path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS)
+    records = json.loads(frame.to_json(orient="records"))
+    predictions: list[Any] = []
+    try:
+        with httpx.Client(timeout=30) as http:
+            for offset in range(0, len(records), _PREDICT_CHUNK):
+                response = http.post(
+                    f"{slot.url}/predict",
+                    json={"instances": records[offset : offset + _PREDICT_CHUNK]},
+                )
+                response.raise_for_status()
+                predictions += _prediction_values(response.json())
+    except (httpx.HTTPError, ValueError) as exc:
+        logger.warning("prediction baseline of %s not built: %s", version, exc)
+        return False
+    built = prediction_profile(predictions)
+    if built is None:
+        return False
+    described, blob = ds.profiles_to_storage({PREDICTION: built})
+    DriftProfile.objects.filter(pk=profile.pk).update(prediction=described, prediction_arrays=blob)
+    profile.prediction, profile.prediction_arrays = described, blob
+    return True
+
+
+def _profiles_of(profile: DriftProfile) -> dict[str, ds.NumericProfile | ds.CategoricalProfile]:
+    return ds.profiles_from_storage(profile.features, profile.arrays)
+
+
+# --- live samples ---------------------------------------------------------------------------
+
+
+@dataclass
+class LiveSamples:
+    """Sampled rows of one version: inputs as records or lists, predictions as scalars."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    lists: list[list[Any]] = field(default_factory=list)
+    predictions: list[Any] = field(default_factory=list)
+
+    def frame(self, feature_names: list[str]) -> pd.DataFrame:
+        parts = []
+        if self.records:
+            parts.append(pd.DataFrame.from_records(self.records))
+        if self.lists:
+            width = max(len(row) for row in self.lists)
+            names = (feature_names + [f"f{i}" for i in range(len(feature_names), width)])[:width]
+            parts.append(pd.DataFrame(self.lists, columns=names))
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _prediction_values(answer: Any) -> list[Any]:
+    values = answer.get("predictions", []) if isinstance(answer, dict) else answer
+    return list(values) if isinstance(values, list) else []
+
+
+def samples_read(
+    *, deployment: str, start: datetime, end: datetime, client: redis.Redis | None = None
+) -> dict[int, LiveSamples]:
+    """Sampled requests of ``[start, end)`` per version (stream ids are ms timestamps)."""
+    client = client or metrics_redis()
+    low, high = int(start.timestamp() * 1000), int(end.timestamp() * 1000) - 1
+    by_version: dict[int, LiveSamples] = {}
+    cursor = str(low)
+    while True:
+        entries = client.xrange(samples_key(deployment), min=cursor, max=str(high), count=2000)
+        for _entry_id, fields in entries:
+            values = {k.decode(): v for k, v in fields.items()}
+            try:
+                version = int(values["version"])
+                inputs = json.loads(values["inputs"])
+                outputs = json.loads(values["outputs"])
+            except (KeyError, ValueError):
+                continue
+            live = by_version.setdefault(version, LiveSamples())
+            instances = inputs.get("instances") if isinstance(inputs, dict) else None
+            if isinstance(instances, list):
+                for row in instances:
+                    if isinstance(row, dict):
+                        live.records.append(row)
+                    elif isinstance(row, list):
+                        live.lists.append(row)
+            live.predictions += _prediction_values(outputs)
+        if len(entries) < 2000:
+            break
+        last = entries[-1][0].decode()
+        ms, seq = last.split("-")
+        cursor = f"{ms}-{int(seq) + 1}"
+    return by_version
+
+
+# --- windows --------------------------------------------------------------------------------
+
+
+def drift_thresholds(deployment: Deployment) -> dict[str, float]:
+    policy = MonitoringPolicy.objects.filter(deployment=deployment).first()
+    overrides = (policy.drift_thresholds if policy else None) or {}
+    return {**ds.DEFAULT_THRESHOLDS, **{k: float(v) for k, v in overrides.items()}}
+
+
+def _compare_one(
+    name: str,
+    profile: ds.NumericProfile | ds.CategoricalProfile,
+    column: Any,
+    thresholds: dict[str, float],
+) -> tuple[str, str, ds.FeatureResult]:
+    min_rows = settings.MODELYARD_DRIFT_MIN_ROWS
+    if isinstance(profile, ds.NumericProfile):
+        values = pd.to_numeric(pd.Series(column), errors="coerce").to_numpy(dtype=np.float64)
+        result = ds.numeric_drift(profile, values, thresholds=thresholds, min_rows=min_rows)
+        return name, FeatureKind.NUMERIC, result
+    result = ds.categorical_drift(profile, column, thresholds=thresholds, min_rows=min_rows)
+    return name, FeatureKind.CATEGORICAL, result
+
+
+def drift_compare(
+    profiles: dict[str, ds.NumericProfile | ds.CategoricalProfile],
+    columns: dict[str, Any],
+    *,
+    thresholds: dict[str, float] | None = None,
+    workers: int | None = None,
+) -> dict[str, tuple[str, ds.FeatureResult]]:
+    """Compare every profiled feature with its live column; missing columns are no_data.
+
+    Features run on a small thread pool: numpy's sort and searchsorted release the GIL.
+    """
+    thresholds = {**ds.DEFAULT_THRESHOLDS, **(thresholds or {})}
+    results: dict[str, tuple[str, ds.FeatureResult]] = {}
+    present = []
+    for name, profile in profiles.items():
+        column = columns.get(name)
+        if column is None or len(column) == 0:
+            kind = (
+                FeatureKind.NUMERIC
+                if isinstance(profile, ds.NumericProfile)
+                else FeatureKind.CATEGORICAL
+            )
+            results[name] = (kind, ds.FeatureResult(status=DriftStatus.NO_DATA, live_rows=0))
+        else:
+            present.append((name, profile, column))
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers > 1 and len(present) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            done = list(pool.map(lambda job: _compare_one(*job, thresholds), present))
+    else:
+        done = [_compare_one(*job, thresholds) for job in present]
+    for name, kind, result in done:
+        results[name] = (kind, result)
+    return results
+
+
+def drift_compute_window(
+    *,
+    deployment: Deployment,
+    version: ModelVersion,
+    start: datetime,
+    end: datetime,
+    kind: str,
+    samples: LiveSamples | None = None,
+) -> DriftWindow | None:
+    """Compare the version's sampled traffic in ``[start, end)`` with its reference profile.
+
+    Returns None when the version has no reference sample. Idempotent: the window row for
+    (deployment, version, kind, start, end) is replaced, never duplicated.
+    """
+    began = time.perf_counter()
+    profile = drift_profile_ensure(version=version)
+    if profile is None:
+        return None
+    if samples is None:
+        samples = samples_read(deployment=deployment.name, start=start, end=end).get(
+            version.number, LiveSamples()
+        )
+    feature_names = [f["name"] for f in profile.features]
+    signature_names = version.signature.get("feature_names") or feature_names
+    frame = samples.frame(list(signature_names))
+    thresholds = drift_thresholds(deployment)
+    profiles = _profiles_of(profile)
+    columns = {name: frame[name].to_numpy() for name in profiles if name in frame.columns}
+    results = drift_compare(profiles, columns, thresholds=thresholds)
+    prediction: dict[str, Any] | None = None
+    if drift_prediction_profile_ensure(profile=profile, version=version):
+        predicted = ds.profiles_from_storage(profile.prediction, profile.prediction_arrays or b"")
+        outcome = drift_compare(
+            predicted,
+            {PREDICTION: np.asarray(samples.predictions, dtype=object)},
+            thresholds=thresholds,
+        )
+        pred_kind, pred_result = outcome[PREDICTION]
+        prediction = {"kind": pred_kind, **pred_result.as_dict()}
+    statuses = [result.status for _, result in results.values()]
+    status = ds.worst_status(statuses)
+    # Scheduled and on-demand windows are keyed by their span. A guard re-checks a growing
+    # span every few seconds: it keeps ONE window per version, updated in place, so neither
+    # the time series nor the drift alerts fill up with near-copies.
+    key: dict[str, Any] = {"deployment": deployment, "version": version.number, "kind": kind}
+    span = {"start": start, "end": end}
+    if kind != DriftWindowKind.GUARD:
+        key, span = {**key, **span}, {}
+    with transaction.atomic():
+        window, _ = DriftWindow.objects.update_or_create(
+            **key,
+            defaults={
+                **span,
+                "live_rows": len(frame),
+                "status": status,
+                "prediction": prediction,
+                "thresholds": thresholds,
+                "seconds": time.perf_counter() - began,
+            },
+        )
+        window.features.all().delete()
+        DriftFeature.objects.bulk_create(
+            DriftFeature(
+                window=window,
+                feature=name,
+                kind=feature_kind,
+                status=result.status,
+                live_rows=result.live_rows,
+                missing_rate=result.missing_rate,
+                psi=result.psi,
+                ks=result.ks,
+                ks_pvalue=result.ks_pvalue,
+                chi2=result.chi2,
+                chi2_pvalue=result.chi2_pvalue,
+                js=result.js,
+            )
+            for name, (feature_kind, result) in results.items()
+        )
+    return window
+
+
+def _window_seconds(deployment: Deployment) -> int:
+    policy = MonitoringPolicy.objects.filter(deployment=deployment).first()
+    return (
+        policy.drift_window_seconds if policy else None
+    ) or settings.MODELYARD_DRIFT_WINDOW_SECONDS
+
+
+def _versions_by_number(deployment: Deployment, numbers: Iterable[int]) -> dict[int, ModelVersion]:
+    return {
+        v.number: v
+        for v in ModelVersion.objects.filter(model_id=deployment.model_id, number__in=list(numbers))
+    }
+
+
+def drift_windows_due(*, now: datetime | None = None) -> list[DriftWindow]:
+    """Compute the last closed scheduled window of every deployment, if not done yet."""
+    now = now or timezone.now()
+    computed = []
+    for deployment in Deployment.objects.exclude(live_slot=""):
+        seconds = _window_seconds(deployment)
+        end_ts = int(now.timestamp()) // seconds * seconds
+        start = datetime.fromtimestamp(end_ts - seconds, tz=UTC)
+        end = datetime.fromtimestamp(end_ts, tz=UTC)
+        # One run computes every version seen in the window, so any row means it is done
+        # (and the stream, up to a million rows, need not be read again every minute).
+        if DriftWindow.objects.filter(
+            deployment=deployment, kind=DriftWindowKind.SCHEDULED, start=start, end=end
+        ).exists():
+            continue
+        samples = samples_read(deployment=deployment.name, start=start, end=end)
+        versions = _versions_by_number(deployment, samples)
+        for number, version in versions.items():
+            window = drift_compute_window(
+                deployment=deployment,
+                version=version,
+                start=start,
+                end=end,
+                kind=DriftWindowKind.SCHEDULED,
+                samples=samples[number],
+            )
+            if window is not None:
+                computed.append(window)
+    return computed
+
+
+def drift_compute_now(
+    *, deployment: Deployment, seconds: int | None = None, now: datetime | None = None
+) -> list[DriftWindow]:
+    """On demand: every version seen in the last ``seconds`` (default: the window length)."""
+    end = now or timezone.now()
+    start = end - timedelta(seconds=seconds or _window_seconds(deployment))
+    samples = samples_read(deployment=deployment.name, start=start, end=end)
+    windows = []
+    for number, version in _versions_by_number(deployment, samples).items():
+        window = drift_compute_window(
+            deployment=deployment,
+            version=version,
+            start=start,
+            end=end,
+            kind=DriftWindowKind.ON_DEMAND,
+            samples=samples[number],
+        )
+        if window is not None:
+            windows.append(window)
+    return windows
+
+
+def drift_retention(*, now: datetime | None = None) -> int:
+    cutoff = (now or timezone.now()) - timedelta(days=settings.MODELYARD_DRIFT_RETENTION_DAYS)
+    deleted, _ = DriftWindow.objects.filter(end__lt=cutoff).delete()
+    return deleted

@@ -1,0 +1,267 @@
+"""Guards: rules over a deployment's live version that roll it back by themselves.
+
+Guards watch a deployment while its last rollout bakes (and always, if its guard policy or
+``MODELYARD_GUARDS_ALWAYS`` says so). Rules, from ``Deployment.guard_policy``:
+
+========================== ==================================================================
+``max_error_rate``         5xx share of requests since the switch (default 0.05)
+``max_p99_ms``             p99 latency (ms) since the switch
+``drift``                  ``"drift"`` or ``"warn"``: the worst feature status that trips it
+``max_cost_per_prediction`` resource cost / predictions since the switch
+``min_requests``           requests needed before error rate / latency / cost count (20)
+``window_seconds``         look back at most this far (300); never before the switch
+``always``                 also guard after the bake period
+========================== ==================================================================
+
+A breach calls ``deployments.services.deployment_rollback`` with the figures that tripped it
+as evidence; that writes the audit record. A live version that arrived by a rollback is never
+rolled back automatically (that would flip-flop between two bad versions).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from core.errors import Conflict, InvalidState
+from deployments.choices import RolloutKind, RolloutState
+from deployments.models import Deployment, Rollout, Slot
+from deployments.services import deployment_rollback
+from monitoring import drift_stats as ds
+from monitoring import selectors
+from monitoring.choices import DriftStatus, DriftWindowKind, GuardAction, GuardRule
+from monitoring.models import GuardBreach
+from monitoring.services.drift import drift_compute_window
+from registry.models import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+GUARD_DEFAULTS: dict[str, Any] = {
+    "max_error_rate": 0.05,
+    "min_requests": 20,
+    "window_seconds": 300,
+}
+KNOWN_KEYS = {
+    "max_error_rate",
+    "max_p99_ms",
+    "drift",
+    "max_cost_per_prediction",
+    "min_requests",
+    "window_seconds",
+    "always",
+}
+
+
+def guard_policy(deployment: Deployment) -> dict[str, Any]:
+    policy = {**GUARD_DEFAULTS, **(deployment.guard_policy or {})}
+    unknown = set(policy) - KNOWN_KEYS
+    if unknown:
+        logger.warning("%s: unknown guard policy keys ignored: %s", deployment, sorted(unknown))
+    return policy
+
+
+def _switched_at(rollout: Rollout) -> datetime:
+    """When traffic moved to the rollout's version (its step log says so)."""
+    for step in reversed(rollout.steps or []):
+        if str(step.get("message", "")).startswith(("traffic switched", "rollback to")):
+            try:
+                return datetime.fromisoformat(step["at"])
+            except (KeyError, ValueError):
+                break
+    return rollout.state_changed_at
+
+
+def guard_evaluate(
+    *, deployment: Deployment, version_number: int, start: datetime, end: datetime
+) -> tuple[list[str], dict[str, Any]]:
+    """Which rules the version breaks over ``[start, end)``, and the figures for each."""
+    policy = guard_policy(deployment)
+    min_requests = int(policy["min_requests"])
+    # Roll-up rows are per minute: widen to the minute the switch happened in.
+    minute_start = start.replace(second=0, microsecond=0)
+    traffic = selectors.traffic_by_version(
+        deployment=deployment, start=minute_start, end=end, version=version_number
+    ).get(version_number, selectors.TrafficSummary())
+    window = {"start": start.isoformat(), "end": end.isoformat()}
+    breached: list[str] = []
+    evidence: dict[str, Any] = {
+        "version": version_number,
+        "window": window,
+        "requests": traffic.requests,
+        "errors": traffic.errors,
+    }
+    enough = traffic.requests >= min_requests
+    if policy.get("max_error_rate") is not None and enough:
+        rate = traffic.errors / traffic.requests
+        evidence["error_rate"] = {"value": rate, "threshold": float(policy["max_error_rate"])}
+        if rate > float(policy["max_error_rate"]):
+            breached.append(GuardRule.ERROR_RATE)
+    if policy.get("max_p99_ms") is not None and enough:
+        p99 = traffic.percentile_ms(0.99)
+        evidence["p99_ms"] = {"value": p99, "threshold": float(policy["max_p99_ms"])}
+        if p99 is not None and p99 > float(policy["max_p99_ms"]):
+            breached.append(GuardRule.P99_LATENCY)
+    if policy.get("max_cost_per_prediction") is not None and enough:
+        use = selectors.resources_by_version(deployment=deployment, start=start, end=end).get(
+            version_number
+        )
+        cost = selectors.cost_summary(use, traffic.predictions, selectors.prices_for(deployment))
+        evidence["cost_per_prediction"] = {
+            **cost,
+            "threshold": float(policy["max_cost_per_prediction"]),
+        }
+        value = cost["cost_per_prediction"]
+        if value is not None and value > float(policy["max_cost_per_prediction"]):
+            breached.append(GuardRule.COST_PER_PREDICTION)
+    level = policy.get("drift")
+    if level in (DriftStatus.WARN, DriftStatus.DRIFT):
+        version = ModelVersion.objects.filter(
+            model_id=deployment.model_id, number=version_number
+        ).first()
+        drift = (
+            drift_compute_window(
+                deployment=deployment,
+                version=version,
+                start=start,
+                end=end,
+                kind=DriftWindowKind.GUARD,
+            )
+            if version is not None
+            else None
+        )
+        if drift is not None:
+            features = {f.feature: f for f in drift.features.all()}
+            flagged = {
+                name: {
+                    "status": f.status,
+                    "psi": f.psi,
+                    "ks": f.ks,
+                    "ks_pvalue": f.ks_pvalue,
+                    "chi2": f.chi2,
+                    "chi2_pvalue": f.chi2_pvalue,
+                    "js": f.js,
+                    "live_rows": f.live_rows,
+                }
+                for name, f in features.items()
+                if ds.worst_status([f.status, level]) == f.status
+            }
+            evidence["drift"] = {
+                "threshold": level,
+                "status": drift.status,
+                "window_id": drift.pk,
+                "live_rows": drift.live_rows,
+                "features": flagged,
+                "thresholds": drift.thresholds,
+            }
+            if flagged:
+                breached.append(GuardRule.DRIFT)
+    return breached, evidence
+
+
+def _guarded_rollout(deployment: Deployment, *, always: bool) -> Rollout | None:
+    """The rollout that put the live version there, if guards watch it now.
+
+    Only the latest rollout that did not fail counts: one still in flight has not moved
+    traffic yet, and a rollback (or a version it replaced) is never undone automatically.
+    """
+    latest = (
+        Rollout.objects.select_related("version")
+        .filter(deployment=deployment)
+        .exclude(state=RolloutState.FAILED)
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    if latest is None or latest.kind != RolloutKind.ROLLOUT:
+        return None
+    live = Slot.objects.filter(deployment=deployment, color=deployment.live_slot).first()
+    if live is None or live.version_id != latest.version_id:
+        return None
+    if latest.state == RolloutState.BAKING or (latest.state == RolloutState.LIVE and always):
+        return latest
+    return None
+
+
+def guards_check_deployment(
+    *, deployment: Deployment, now: datetime | None = None
+) -> GuardBreach | None:
+    """Evaluate the deployment's guards once; on a breach roll back and record it."""
+    now = now or timezone.now()
+    policy = guard_policy(deployment)
+    always = bool(policy.get("always", settings.MODELYARD_GUARDS_ALWAYS))
+    rollout = _guarded_rollout(deployment, always=always)
+    if rollout is None:
+        return None
+    start = max(_switched_at(rollout), now - timedelta(seconds=int(policy["window_seconds"])))
+    breached, evidence = guard_evaluate(
+        deployment=deployment, version_number=rollout.version.number, start=start, end=now
+    )
+    if not breached:
+        return None
+    reason = f"guard breached: {', '.join(breached)} on v{rollout.version.number}"
+    evidence = {"rules": breached, **evidence}
+    try:
+        with transaction.atomic():
+            rollback = deployment_rollback(
+                deployment=deployment, actor=None, reason=reason, evidence=evidence
+            )
+            return _breach_rolled_back(deployment, rollout, rollback, breached, evidence, reason)
+    except (InvalidState, Conflict) as exc:
+        # Nothing to go back to, or a rollout is moving traffic: record it (once per quarter
+        # hour, not every check) so it is alerted; the next checks try again.
+        logger.warning("%s: %s; rollback refused: %s", deployment, reason, exc)
+        recent = GuardBreach.objects.filter(
+            rollout=rollout,
+            action=GuardAction.ROLLBACK_REFUSED,
+            at__gt=now - timedelta(minutes=15),
+        ).exists()
+        if recent:
+            return None
+        return GuardBreach.objects.create(
+            deployment=deployment,
+            rollout=rollout,
+            version=rollout.version.number,
+            rules=breached,
+            evidence=evidence,
+            action=GuardAction.ROLLBACK_REFUSED,
+            message=f"{reason}; rollback refused: {exc}",
+        )
+
+
+def _breach_rolled_back(
+    deployment: Deployment,
+    rollout: Rollout,
+    rollback: Rollout,
+    breached: list[str],
+    evidence: dict[str, Any],
+    reason: str,
+) -> GuardBreach:
+    logger.warning("%s: %s; rolled back to v%s", deployment, reason, rollback.version.number)
+    return GuardBreach.objects.create(
+        deployment=deployment,
+        rollout=rollout,
+        rollback=rollback,
+        version=rollout.version.number,
+        rules=breached,
+        evidence=evidence,
+        action=GuardAction.ROLLED_BACK,
+        message=f"{reason}; rolled back to v{rollback.version.number}",
+    )
+
+
+def guards_check(*, now: datetime | None = None) -> list[GuardBreach]:
+    """Every deployment with a live slot, once."""
+    breaches = []
+    for deployment in Deployment.objects.exclude(live_slot=""):
+        try:
+            breach = guards_check_deployment(deployment=deployment, now=now)
+        except Exception:  # one broken deployment must not stop the others' guards
+            logger.exception("guards of %s failed", deployment)
+            continue
+        if breach is not None:
+            breaches.append(breach)
+    return breaches
