@@ -1,0 +1,178 @@
+"""The batch child: loads one Bento's model once and predicts many chunks over a pipe.
+
+Started by path with the platform's Python (``python batch/_child.py <bento dir>``) by a
+batch worker, never imported by Django code except for the framing helpers below. The
+model is only ever loaded here, never in the Celery worker itself: unpickling a model runs
+its code, and a crashing or leaking model must only take this process down.
+
+Protocol over stdin/stdout (stdout is kept for frames only; anything the model or BentoML
+prints goes to stderr): a frame is two big-endian u64 lengths, a JSON header and a body.
+Requests carry the chunk's feature columns as an Arrow IPC stream in the model's order;
+replies carry a ``prediction`` column (and ``probability_<class>`` columns when asked).
+The child exits when stdin closes, so it never outlives the worker that started it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import sys
+import time
+from typing import Any, BinaryIO
+
+_LENGTHS = struct.Struct(">QQ")
+
+
+def encode_message(header: dict[str, Any], body: bytes = b"", body_len: int | None = None) -> bytes:
+    """A frame; with ``body_len`` only its head, the body to be written after it."""
+    raw = json.dumps(header).encode()
+    size = len(body) if body_len is None else body_len
+    return _LENGTHS.pack(len(raw), size) + raw + body
+
+
+def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
+    parts, remaining = [], size
+    while remaining:
+        part = stream.read(remaining)
+        if not part:
+            return None
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
+
+
+def read_message(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    """One frame from a blocking stream; None on a clean end of stream."""
+    lengths = _read_exact(stream, _LENGTHS.size)
+    if lengths is None:
+        return None
+    header_len, body_len = _LENGTHS.unpack(lengths)
+    header = _read_exact(stream, header_len)
+    body = _read_exact(stream, body_len) if body_len else b""
+    if header is None or body is None:
+        return None
+    return json.loads(header), body
+
+
+def table_to_bytes(table: Any) -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def table_from_bytes(body: bytes) -> Any:
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+
+
+class _Predictor:
+    """The Bento's service instance, asked through the model's own batch API where known."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        # scikit-learn family: the service holds the estimator and the columns it was fit on.
+        self.native = hasattr(service, "model") and hasattr(service, "frame_columns")
+
+    def predict(self, table: Any, probabilities: bool) -> Any:
+        import numpy as np
+        import pyarrow as pa
+
+        classes = None
+        if self.native:
+            service = self.service
+            if service.frame_columns:
+                features = table.select(service.frame_columns).to_pandas()
+            else:
+                columns = [column.to_numpy(zero_copy_only=False) for column in table.columns]
+                try:
+                    features = np.column_stack(columns).astype(np.float64, copy=False)
+                except (TypeError, ValueError):
+                    features = np.column_stack(columns).astype(object)
+            predictions = service.model.predict(features)
+            proba = None
+            if probabilities and service.has_proba:
+                proba = service.model.predict_proba(features)
+                classes = getattr(service.model, "classes_", None)
+        else:
+            # Other families answer through the service's own synchronous core (row lists).
+            rows = [list(row) for row in zip(*(c.to_pylist() for c in table.columns), strict=True)]
+            body = self.service.predict_records(rows, probabilities)
+            predictions = np.asarray(body["predictions"])
+            proba = np.asarray(body["probabilities"]) if body.get("probabilities") else None
+        arrays = {"prediction": pa.array(np.asarray(predictions))}
+        if proba is not None:
+            proba = np.asarray(proba, dtype=np.float64).reshape(len(table), -1)
+            labels = [str(c) for c in classes] if classes is not None else None
+            for j in range(proba.shape[1]):
+                name = f"probability_{labels[j] if labels else j}"
+                arrays[name] = pa.array(proba[:, j])
+        return pa.table(arrays)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")[:2000]
+
+
+def main(argv: list[str]) -> int:
+    here = os.path.dirname(os.path.abspath(__file__))
+    # Run by path, Python puts batch/ first on sys.path; its modules (api, models, tasks)
+    # would shadow top-level names that a model's code may import.
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the worker
+    frames_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # print() from the model or BentoML must not corrupt the frames
+    frames_in = os.fdopen(os.dup(0), "rb", buffering=1 << 20)
+    (bento_dir,) = argv
+    started = time.monotonic()
+    try:
+        import bentoml
+
+        predictor = _Predictor(bentoml.load(bento_dir)())
+    except BaseException as exc:
+        frames_out.write(encode_message({"ok": False, "kind": "load", "error": _describe(exc)}))
+        frames_out.flush()
+        return 1
+    frames_out.write(
+        encode_message(
+            {
+                "ok": True,
+                "ready": True,
+                "pid": os.getpid(),
+                "native": predictor.native,
+                "load_seconds": round(time.monotonic() - started, 3),
+            }
+        )
+    )
+    frames_out.flush()
+    while True:
+        message = read_message(frames_in)
+        if message is None:
+            return 0
+        header, body = message
+        began = time.monotonic()
+        try:
+            table = table_from_bytes(body)
+            result = predictor.predict(table, bool(header.get("probabilities")))
+            if result.num_rows != table.num_rows:
+                raise ValueError(f"model answered {result.num_rows} rows for {table.num_rows}")
+            body = table_to_bytes(result)
+            head = encode_message(
+                {"ok": True, "seconds": round(time.monotonic() - began, 6)}, b"", len(body)
+            )
+        except Exception as exc:
+            head = encode_message({"ok": False, "kind": "predict", "error": _describe(exc)})
+            body = b""
+        frames_out.write(head)
+        frames_out.write(body)
+        frames_out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,335 @@
+"""Batch inputs: where they may come from, what they must contain, and staging them.
+
+A path input is only read under ``MODELYARD_BATCH_ALLOWED_ROOTS``: the path is resolved
+(symlinks included) and checked, and the file is checked again after it is opened (the
+path the open file descriptor really names), so a symlink swapped in between cannot lead
+outside the roots. Staging validates every row against the version's inferred schema and
+writes the features (and the id column) as Parquet with one row group per chunk, before
+any chunk runs; a chunk then reads exactly its row group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+
+from core.errors import InvalidInput, NotAllowed
+from registry.models import ModelVersion
+
+PARQUET_MAGIC = b"PAR1"
+_SNIFF_BYTES = 64 * 1024
+
+
+def allowed_roots() -> list[Path]:
+    return [Path(root).resolve() for root in settings.MODELYARD_BATCH_ALLOWED_ROOTS]
+
+
+def _under_roots(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def input_path_resolve(raw: str) -> Path:
+    """The real path of a server-side input, or a domain error saying why it is refused."""
+    roots = allowed_roots()
+    if not roots:
+        raise NotAllowed(
+            "Reading batch input from a server path is disabled "
+            "(MODELYARD_BATCH_ALLOWED_ROOTS is empty); upload the file instead.",
+            code="path_input_disabled",
+        )
+    if not raw or "\x00" in raw or not os.path.isabs(raw):
+        raise InvalidInput("input_path must be an absolute path.", code="invalid_path")
+    try:
+        real = Path(raw).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise InvalidInput(f"Input path {raw!r} does not exist.", code="input_not_found") from None
+    if not _under_roots(real, roots):
+        raise NotAllowed(
+            f"Input path {raw!r} is outside the allowed batch input roots.",
+            code="path_not_allowed",
+        )
+    if not real.is_file():
+        raise InvalidInput(f"Input path {raw!r} is not a file.", code="invalid_path")
+    return real
+
+
+@contextlib.contextmanager
+def input_path_open(raw: str) -> Iterator[IO[bytes]]:
+    """Open a path input; the opened file itself is checked to be under the roots."""
+    real = input_path_resolve(raw)
+    fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        opened = (
+            Path(os.readlink(f"/proc/self/fd/{fd}")) if Path("/proc/self/fd").is_dir() else real
+        )
+        if not _under_roots(opened, allowed_roots()):
+            raise NotAllowed(
+                "Input path changed to outside the allowed roots.", code="path_not_allowed"
+            )
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        yield handle
+
+
+def sniff_format(handle: IO[bytes]) -> tuple[str, bytes]:
+    head = handle.read(_SNIFF_BYTES)
+    handle.seek(0)
+    if not head:
+        raise InvalidInput("The input file is empty.", code="empty_input")
+    return ("parquet" if head.startswith(PARQUET_MAGIC) else "csv"), head
+
+
+# --- schema ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """Which columns to read, in the model's order, and the type each must have."""
+
+    features: list[str]
+    types: dict[str, str]  # feature -> int64 | float64 | bool | string | "" (as read)
+    id_column: str
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.features, *([self.id_column] if self.id_column else [])]
+
+
+def _portable(dtype: str) -> str:
+    if re.fullmatch(r"u?int\d*", dtype or ""):
+        return "int64"
+    if re.fullmatch(r"float\d*", dtype or ""):
+        return "float64"
+    return dtype if dtype in ("bool", "string") else ""
+
+
+def input_plan(*, version: ModelVersion, header: list[str], id_column: str) -> InputPlan:
+    """Match an input's columns to the version's signature; clear errors when they differ."""
+    signature = version.signature or {}
+    inputs = signature.get("inputs") or []
+    names = signature.get("feature_names")
+    if not header:
+        raise InvalidInput("The input has no columns.", code="empty_input")
+    if id_column and id_column not in header:
+        raise InvalidInput(
+            f"The id column {id_column!r} is not in the input.",
+            code="missing_columns",
+            details={"missing": [id_column]},
+        )
+    if id_column and names and id_column in names:
+        raise InvalidInput(
+            f"The id column {id_column!r} is one of the model's features; name another column.",
+            code="invalid_id_column",
+        )
+    if names:
+        missing = [name for name in names if name not in header]
+        if missing:
+            raise InvalidInput(
+                f"The input lacks {len(missing)} column(s) that {version} needs: "
+                + ", ".join(missing[:20]),
+                code="missing_columns",
+                details={"missing": missing, "expected": names},
+            )
+        features = list(names)
+        dtypes = {item["name"]: item.get("dtype", "") for item in inputs}
+        types = {name: _portable(dtypes.get(name, "")) for name in features}
+    else:
+        # No feature names: columns are taken by position, as the model was trained.
+        features = [column for column in header if column != id_column]
+        expected = signature.get("n_features")
+        if expected is not None and len(features) != int(expected):
+            raise InvalidInput(
+                f"{version} takes {expected} features by position; the input has "
+                f"{len(features)} column(s) besides the id column.",
+                code="wrong_column_count",
+                details={"expected": expected, "found": len(features)},
+            )
+        types = {
+            name: _portable(inputs[i].get("dtype", "")) if i < len(inputs) else ""
+            for i, name in enumerate(features)
+        }
+    return InputPlan(features=features, types=types, id_column=id_column)
+
+
+def csv_header(head: bytes) -> list[str]:
+    if b"\x00" in head:
+        raise InvalidInput(
+            "The input is neither CSV nor Parquet (binary content).", code="bad_input"
+        )
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:
+            raise InvalidInput("The input is not UTF-8 encoded CSV.", code="bad_input") from exc
+        text = head[: exc.start].decode("utf-8-sig")
+    header = next(csv.reader(io.StringIO(text)), [])
+    if not any(cell.strip() for cell in header):
+        raise InvalidInput(
+            "The input has no columns (the CSV header is empty).", code="empty_input"
+        )
+    return header
+
+
+def input_header(handle: IO[bytes]) -> tuple[str, list[str]]:
+    """(format, column names) of an input file, sniffed by content."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fmt, head = sniff_format(handle)
+    if fmt == "csv":
+        return fmt, csv_header(head)
+    try:
+        names = pq.ParquetFile(handle).schema_arrow.names
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidInput(
+            f"The input is not a readable Parquet file: {exc}", code="bad_input"
+        ) from exc
+    finally:
+        handle.seek(0)
+    return fmt, names
+
+
+def input_check(
+    *, handle: IO[bytes], version: ModelVersion, id_column: str
+) -> tuple[str, InputPlan]:
+    """The quick check at submission: columns, and the types of the first rows."""
+    fmt, header = input_header(handle)
+    plan = input_plan(version=version, header=header, id_column=id_column)
+    for batch in _batches(handle, fmt, plan, header, block_size=1 << 16):
+        del batch
+        break
+    handle.seek(0)
+    return fmt, plan
+
+
+# --- reading and staging -------------------------------------------------------------------
+
+
+def _arrow_type(name: str) -> Any:
+    import pyarrow as pa
+
+    return {
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "bool": pa.bool_(),
+        "string": pa.string(),
+    }.get(name)
+
+
+def _wrong_type(exc: Exception, header: list[str], plan: InputPlan) -> InvalidInput:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    found = re.search(r"column #(\d+)", message)
+    column = header[int(found.group(1))] if found and int(found.group(1)) < len(header) else None
+    expected = plan.types.get(column or "", "") if column else ""
+    text = (
+        f"Column {column!r} does not hold {expected or 'the expected'} values: {message}"
+        if column
+        else f"The input does not match the model's schema: {message}"
+    )
+    return InvalidInput(text, code="wrong_type", details={"column": column, "expected": expected})
+
+
+def _batches(
+    handle: IO[bytes], fmt: str, plan: InputPlan, header: list[str], block_size: int = 16 << 20
+) -> Iterator[Any]:
+    """Record batches of the planned columns, cast to the planned types."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if fmt == "csv":
+        types = {n: _arrow_type(t) for n, t in plan.types.items() if _arrow_type(t) is not None}
+        try:
+            reader = pacsv.open_csv(
+                handle,
+                read_options=pacsv.ReadOptions(block_size=block_size),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=types, include_columns=plan.columns
+                ),
+            )
+            for batch in reader:
+                yield batch
+        except pa.ArrowInvalid as exc:
+            raise _wrong_type(exc, header, plan) from exc
+        return
+    parquet = pq.ParquetFile(handle)
+    schema = parquet.schema_arrow
+    for name in plan.features:
+        want, have = plan.types.get(name, ""), schema.field(name).type
+        numeric = (
+            pa.types.is_integer(have) or pa.types.is_floating(have) or pa.types.is_boolean(have)
+        )
+        if want in ("int64", "float64", "bool") and not (numeric or pa.types.is_null(have)):
+            raise InvalidInput(
+                f"Column {name!r} is {have} in the input; {want} values are expected.",
+                code="wrong_type",
+                details={"column": name, "expected": want, "found": str(have)},
+            )
+    for batch in parquet.iter_batches(batch_size=max(1, block_size // 64), columns=plan.columns):
+        arrays = []
+        for name in plan.columns:
+            column = batch.column(batch.schema.get_field_index(name))
+            target = _arrow_type(plan.types.get(name, ""))
+            if target is not None and column.type != target:
+                try:
+                    column = pc.cast(column, target, safe=True)
+                except pa.ArrowInvalid as exc:
+                    raise InvalidInput(
+                        f"Column {name!r} does not hold {plan.types[name]} values: {exc}",
+                        code="wrong_type",
+                        details={"column": name, "expected": plan.types[name]},
+                    ) from exc
+            arrays.append(column)
+        yield pa.RecordBatch.from_arrays(arrays, names=plan.columns)
+
+
+def input_stage(
+    *, handle: IO[bytes], fmt: str, plan: InputPlan, header: list[str], dest: Path, chunk_rows: int
+) -> int:
+    """Validate every row and write them to ``dest``, one row group per chunk; row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    pending: list[Any] = []
+    pending_rows = total = 0
+
+    def flush(rows: int) -> None:
+        nonlocal pending, pending_rows, writer, total
+        table = pa.Table.from_batches(pending)
+        chunk, rest = table.slice(0, rows), table.slice(rows)
+        if writer is None:
+            writer = pq.ParquetWriter(dest, chunk.schema, compression="snappy")
+        writer.write_table(chunk, row_group_size=rows)
+        total += chunk.num_rows
+        pending = rest.to_batches() if rest.num_rows else []
+        pending_rows = rest.num_rows
+
+    try:
+        for batch in _batches(handle, fmt, plan, header):
+            if batch.num_rows:
+                pending.append(batch)
+                pending_rows += batch.num_rows
+            while pending_rows >= chunk_rows:
+                flush(chunk_rows)
+        if pending_rows:
+            flush(pending_rows)
+    finally:
+        if writer is not None:
+            writer.close()
+    if total == 0:
+        raise InvalidInput("The input has a header but no rows.", code="empty_input")
+    return total

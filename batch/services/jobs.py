@@ -1,0 +1,737 @@
+"""Batch job writes: the job state machine, chunk claims and the join.
+
+queued → preparing → running → joining → succeeded; any active state → failed;
+queued/preparing/running → cancelled.
+
+Every step is claimed by a conditional UPDATE with a lease (a token and an expiry), so a
+redelivered task (acks_late) finds nothing to claim, and a step whose worker was killed is
+claimed again once its lease expires (by the sweep). A chunk's output has one fixed name,
+written to a temp name and renamed, and a chunk only counts once (its success is a
+conditional UPDATE on the claim token, under the job's row lock): every input row appears
+exactly once in the output however often a chunk ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.models import User
+from batch.choices import (
+    ACTIVE_JOB_STATES,
+    CANCELLABLE_JOB_STATES,
+    ChunkState,
+    InputSource,
+    JobState,
+)
+from batch.models import BatchChunk, BatchJob, BatchSchedule
+from batch.services import files, inputs, runner
+from core.choices import AuditAction
+from core.errors import InvalidInput, InvalidState, NotAllowed, NotFound
+from core.services import audit_record
+from deployments import backends
+from deployments.choices import BuildState
+from deployments.integrations import bentoml as bento
+from deployments.models import Build
+from deployments.services import build_ensure
+from registry.choices import VersionState
+from registry.models import Alias, ModelVersion, RegisteredModel
+from registry.services.artifacts import (
+    artifact_delete_quietly,
+    artifact_local_path,
+    artifact_store,
+    file_sha256,
+    uploaded_file_on_disk,
+)
+
+logger = logging.getLogger(__name__)
+
+J, C = JobState, ChunkState
+
+
+# --- creating ------------------------------------------------------------------------------
+
+
+def _version_for(model: RegisteredModel, version_number: int | None, alias: str) -> ModelVersion:
+    if version_number is not None:
+        version = ModelVersion.objects.filter(model=model, number=version_number).first()
+        if version is None:
+            raise NotFound(f"{model.name} has no version {version_number}.")
+    else:
+        found = Alias.objects.select_related("version").filter(model=model, name=alias).first()
+        if found is None:
+            raise NotFound(f"{model.name} has no alias {alias!r}.")
+        version = found.version
+    if version.state != VersionState.APPROVED:
+        raise InvalidState(
+            f"{version} is {version.state}; batch jobs run approved versions only.",
+            code="version_not_approved",
+        )
+    return version
+
+
+@transaction.atomic
+def batch_job_create(
+    *,
+    model: RegisteredModel,
+    actor: User | None,
+    version_number: int | None = None,
+    alias: str = "",
+    upload: UploadedFile | None = None,
+    input_path: str = "",
+    id_column: str = "",
+    chunk_rows: int | None = None,
+    probabilities: bool = False,
+    schedule: BatchSchedule | None = None,
+) -> BatchJob:
+    """A queued job over an upload or an allowed path, its columns checked against the
+    version (or the alias's current version; the alias is resolved again when it starts)."""
+    if (version_number is None) == (not alias):
+        raise InvalidInput("Give exactly one of 'version' and 'alias'.", code="version_or_alias")
+    if (upload is None) == (not input_path):
+        raise InvalidInput("Give exactly one of 'file' and 'input_path'.", code="input_required")
+    chunk_rows = int(chunk_rows or settings.MODELYARD_BATCH_CHUNK_ROWS)
+    if chunk_rows < 1:
+        raise InvalidInput("chunk_rows must be at least 1.")
+    version = _version_for(model, version_number, alias)
+    stored: list[str] = []
+    if upload is not None:
+        if not upload.size:
+            raise InvalidInput("The input file is empty.", code="empty_input")
+        with uploaded_file_on_disk(upload) as local, local.open("rb") as handle:
+            fmt, _ = inputs.input_check(handle=handle, version=version, id_column=id_column)
+            saved = artifact_store(local_path=local, folder="batch-inputs", basename=f"input.{fmt}")
+        stored.append(saved.path)
+        source, path, name = InputSource.UPLOAD, saved.path, upload.name or ""
+    else:
+        with inputs.input_path_open(input_path) as handle:
+            fmt, _ = inputs.input_check(handle=handle, version=version, id_column=id_column)
+        source, path, name = (
+            InputSource.PATH,
+            str(inputs.input_path_resolve(input_path)),
+            input_path,
+        )
+    try:
+        job = _job_insert(
+            model=model,
+            version=version,
+            version_number=version_number,
+            alias=alias,
+            schedule=schedule,
+            source=source,
+            path=path,
+            name=name,
+            fmt=fmt,
+            id_column=id_column,
+            probabilities=probabilities,
+            chunk_rows=chunk_rows,
+            actor=actor,
+        )
+    except BaseException:
+        artifact_delete_quietly(stored)  # no job points at the stored copy
+        raise
+    transaction.on_commit(lambda: _enqueue("prepare", job.pk))
+    return job
+
+
+def _job_insert(
+    *,
+    model: RegisteredModel,
+    version: ModelVersion,
+    version_number: int | None,
+    alias: str,
+    schedule: BatchSchedule | None,
+    source: str,
+    path: str,
+    name: str,
+    fmt: str,
+    id_column: str,
+    probabilities: bool,
+    chunk_rows: int,
+    actor: User | None,
+) -> BatchJob:
+    job = BatchJob.objects.create(
+        model=model,
+        requested_version=version if version_number is not None else None,
+        alias=alias,
+        schedule=schedule,
+        input_source=source,
+        input_path=path,
+        input_name=name[:1000],
+        input_format=fmt,
+        id_column=id_column,
+        probabilities=probabilities,
+        chunk_rows=chunk_rows,
+        created_by=actor,
+    )
+    audit_record(
+        actor=actor,
+        action=AuditAction.BATCH_JOB_STATE_CHANGED,
+        obj=job,
+        after={
+            "state": J.QUEUED,
+            "model": model.name,
+            "version": version_number,
+            "alias": alias,
+            "input": name[:200],
+            "schedule": schedule.name if schedule else None,
+        },
+    )
+    return job
+
+
+def _locked_jobs() -> Any:
+    # of=self: the version join is nullable, and only the job row needs the lock.
+    return BatchJob.objects.select_for_update(of=("self",)).select_related("version")
+
+
+def _enqueue(step: str, object_id: int, countdown: float | None = None) -> None:
+    from batch import tasks
+
+    task = {
+        "prepare": tasks.batch_job_prepare_task,
+        "chunk": tasks.batch_chunk_run_task,
+        "join": tasks.batch_job_join_task,
+    }[step]
+    task.apply_async((object_id,), countdown=countdown)
+
+
+def _enqueue_chunks(chunk_ids: list[int], countdown: float | None = None) -> None:
+    BatchChunk.objects.filter(pk__in=chunk_ids).update(enqueued_at=timezone.now())
+    for chunk_id in chunk_ids:
+        _enqueue("chunk", chunk_id, countdown)
+
+
+# --- transitions ---------------------------------------------------------------------------
+
+
+def _lease(seconds: float | None = None) -> Any:
+    return timezone.now() + timedelta(seconds=seconds or settings.MODELYARD_BATCH_LEASE_SECONDS)
+
+
+def _set_state(
+    job: BatchJob, to: str, *, actor: Any = None, reason: str = "", **fields: Any
+) -> None:
+    """Record a transition on a job row the caller holds locked."""
+    before = job.state
+    job.state = to
+    job.state_changed_at = timezone.now()
+    if to in (J.SUCCEEDED, J.FAILED, J.CANCELLED):
+        job.finished_at = job.state_changed_at
+        job.step_token = None
+    for name, value in fields.items():
+        setattr(job, name, value)
+    job.save()
+    after: dict[str, Any] = {"state": to}
+    if job.version_id:
+        after["version"] = job.version.number
+    if to == J.SUCCEEDED:
+        after["rows"] = job.output_rows
+    audit_record(
+        actor=actor,
+        action=AuditAction.BATCH_JOB_STATE_CHANGED,
+        obj=job,
+        reason=reason[:500],
+        before={"state": before},
+        after=after,
+    )
+    if to in (J.FAILED, J.CANCELLED):
+        BatchChunk.objects.filter(job=job, state__in=[C.PENDING, C.RUNNING]).update(
+            state=C.CANCELLED, claim_token=None, lease_expires_at=None
+        )
+        transaction.on_commit(lambda: files.job_files_delete(job.pk))
+
+
+def batch_job_fail(*, job_id: int, error: str, details: dict[str, Any] | None = None) -> BatchJob:
+    """Fail an active job with a message people can act on; its remaining chunks stop."""
+    with transaction.atomic():
+        job = _locked_jobs().get(pk=job_id)
+        if job.state in ACTIVE_JOB_STATES:
+            logger.warning("batch job %s failed: %s", job_id, error)
+            _set_state(job, J.FAILED, reason=error, error=error[:5000], error_details=details or {})
+    return job
+
+
+@transaction.atomic
+def batch_job_cancel(*, job: BatchJob, actor: User | None, reason: str = "") -> BatchJob:
+    """Stop a job: no further chunk starts; chunks already predicting are discarded."""
+    job = _locked_jobs().get(pk=job.pk)
+    if job.state not in CANCELLABLE_JOB_STATES:
+        raise InvalidState(f"Batch job {job.pk} is {job.state}; it can no longer be cancelled.")
+    _set_state(job, J.CANCELLED, actor=actor, reason=reason or "cancelled")
+    return job
+
+
+# --- prepare: resolve the version, stage the input, create the chunks ------------------------
+
+
+def _claim_step(job_id: int, *, start: str, to: str) -> uuid.UUID | None:
+    """Claim the prepare or join step: unclaimed in ``start``, or ``to`` with a dead lease."""
+    token = uuid.uuid4()
+    now = timezone.now()
+    claimed = (
+        BatchJob.objects.filter(pk=job_id)
+        .filter(
+            Q(state=start, step_token__isnull=True) | Q(state=to, step_lease_expires_at__lt=now)
+        )
+        .update(
+            state=to,
+            step_token=token,
+            step_lease_expires_at=_lease(settings.MODELYARD_BATCH_STEP_LEASE_SECONDS),
+            state_changed_at=now,
+        )
+    )
+    return token if claimed else None
+
+
+def _resolve_version(job: BatchJob) -> ModelVersion:
+    if job.version_id:  # resolved by an earlier attempt of this step: what ran stays fixed
+        return job.version
+    if job.requested_version_id:
+        version = job.requested_version
+    else:
+        alias = (
+            Alias.objects.select_related("version").filter(model=job.model, name=job.alias).first()
+        )
+        if alias is None:
+            raise InvalidInput(f"{job.model.name} has no alias {job.alias!r} any more.")
+        version = alias.version
+    if version.state != VersionState.APPROVED:
+        raise InvalidInput(f"{version} is {version.state}; batch jobs run approved versions only.")
+    BatchJob.objects.filter(pk=job.pk, version__isnull=True).update(version=version)
+    job.refresh_from_db()
+    return job.version
+
+
+def _open_input(job: BatchJob) -> Any:
+    if job.input_source == InputSource.PATH:
+        return inputs.input_path_open(job.input_path)
+    return _open_stored(job.input_path)
+
+
+class _open_stored:
+    def __init__(self, name: str) -> None:
+        self._local = artifact_local_path(name)
+
+    def __enter__(self) -> Any:
+        path = self._local.__enter__()
+        self._handle = path.open("rb")
+        return self._handle
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.close()
+        self._local.__exit__(*exc)
+
+
+def batch_job_prepare(*, job_id: int) -> BatchJob:
+    """queued → preparing → running: resolve the version (once), make sure its Bento is
+    built, validate and stage every input row, create the chunks and enqueue them."""
+    token = _claim_step(job_id, start=J.QUEUED, to=J.PREPARING)
+    if token is None:
+        return BatchJob.objects.get(pk=job_id)
+    job = BatchJob.objects.select_related("model", "version", "requested_version").get(pk=job_id)
+    try:
+        version = _resolve_version(job)
+    except InvalidInput as exc:
+        return batch_job_fail(job_id=job_id, error=exc.message)
+    build = build_ensure(version=version)
+    if build.state == BuildState.FAILED:
+        return batch_job_fail(
+            job_id=job_id, error=f"the Bento of {version} failed to build: {build.error}"
+        )
+    if build.state != BuildState.SUCCEEDED:
+        from deployments.tasks import build_run_task
+
+        # Wait for the build without holding a worker: hand the step back and look again.
+        BatchJob.objects.filter(pk=job_id, step_token=token).update(state=J.QUEUED, step_token=None)
+        build_run_task.delay(build.pk)  # harmless if one runs already (the build is claimed)
+        _enqueue("prepare", job_id, countdown=settings.MODELYARD_BATCH_BUILD_POLL_SECONDS)
+        return BatchJob.objects.get(pk=job_id)
+    try:
+        with _open_input(job) as handle:
+            fmt, header = inputs.input_header(handle)
+            plan = inputs.input_plan(version=version, header=header, id_column=job.id_column)
+            with files.storage_write_atomic(files.staged_name(job_id)) as dest:
+                total = inputs.input_stage(
+                    handle=handle,
+                    fmt=fmt,
+                    plan=plan,
+                    header=header,
+                    dest=dest,
+                    chunk_rows=job.chunk_rows,
+                )
+    except (InvalidInput, NotAllowed) as exc:
+        return batch_job_fail(job_id=job_id, error=exc.message, details=exc.details or {})
+    except Exception as exc:  # a corrupt file fails the same way on every retry: say so once
+        logger.exception("batch job %s: staging its input failed", job_id)
+        return batch_job_fail(
+            job_id=job_id, error=f"The input could not be read: {type(exc).__name__}: {exc}"
+        )
+    size = job.chunk_rows
+    count = -(-total // size)
+    if count > settings.MODELYARD_BATCH_MAX_CHUNKS:
+        least = -(-total // settings.MODELYARD_BATCH_MAX_CHUNKS)
+        return batch_job_fail(
+            job_id=job_id,
+            error=f"{total:,} rows in chunks of {size:,} would make {count:,} chunks; at most "
+            f"{settings.MODELYARD_BATCH_MAX_CHUNKS:,} are allowed (use chunk_rows >= {least:,}).",
+        )
+    with transaction.atomic():
+        job = _locked_jobs().get(pk=job_id)
+        if job.state != J.PREPARING or job.step_token != token:
+            if job.state not in ACTIVE_JOB_STATES:  # cancelled while staging
+                transaction.on_commit(lambda: files.job_files_delete(job_id))
+            return job  # or the lease was lost to the worker that now prepares it
+        BatchChunk.objects.filter(job=job).delete()  # left by an attempt that lost its lease
+        BatchChunk.objects.bulk_create(
+            BatchChunk(job=job, index=i, row_start=i * size, row_stop=min(total, (i + 1) * size))
+            for i in range(count)
+        )
+        _set_state(
+            job,
+            J.RUNNING,
+            reason=f"{total:,} rows in {count} chunk(s) on {version}",
+            bento_tag=build.bento_tag,
+            staged_path=files.staged_name(job_id),
+            total_rows=total,
+            chunks_total=count,
+            started_at=timezone.now(),
+            step_token=None,
+        )
+        chunk_ids = list(BatchChunk.objects.filter(job=job).values_list("pk", flat=True))
+        transaction.on_commit(lambda: _enqueue_chunks(chunk_ids))
+    return job
+
+
+# --- chunks ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    status: str  # done | skipped | retry | failed
+    detail: str = ""
+
+
+def _claim_chunk(chunk_id: int, worker: str) -> uuid.UUID | None:
+    token, now = uuid.uuid4(), timezone.now()
+    claimed = (
+        BatchChunk.objects.filter(pk=chunk_id, job__state=J.RUNNING)
+        .filter(Q(state=C.PENDING) | Q(state=C.RUNNING, lease_expires_at__lt=now))
+        .update(
+            state=C.RUNNING,
+            claim_token=token,
+            lease_expires_at=_lease(),
+            attempts=F("attempts") + 1,
+            started_at=now,
+            worker=worker[:200],
+        )
+    )
+    return token if claimed else None
+
+
+class _LeaseKeeper:
+    """Extends a chunk's lease while it runs, so only a dead worker's chunk expires."""
+
+    def __init__(self, chunk_id: int, token: uuid.UUID) -> None:
+        self.chunk_id, self.token = chunk_id, token
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        interval = settings.MODELYARD_BATCH_LEASE_SECONDS / 3
+        try:
+            while not self._stop.wait(interval):
+                BatchChunk.objects.filter(
+                    pk=self.chunk_id, claim_token=self.token, state=C.RUNNING
+                ).update(lease_expires_at=_lease())
+        except Exception:  # a missed renewal only risks a harmless duplicate run
+            logger.exception("renewing the lease of chunk %s failed", self.chunk_id)
+        finally:
+            connection.close()
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _bento_dir(bento_tag: str) -> Path:
+    home = backends.bento_home()
+    name, _, version = bento_tag.partition(":")
+    return home / "bentos" / name / version
+
+
+def _bento_available(bento_tag: str, version_id: int) -> None:
+    """Import the version's exported Bento when this machine's store lacks it."""
+    home = backends.bento_home()
+    if bento.bento_exists(home=home, bento_tag=bento_tag):
+        return
+    build = Build.objects.get(version_id=version_id)
+    if not build.archive_path:
+        raise runner.ChildError(f"Bento {bento_tag} is not on this machine and was not exported")
+    with artifact_local_path(build.archive_path) as archive:
+        bento.bento_import(home=home, archive=archive)
+
+
+def _predict_chunk(job: BatchJob, chunk: BatchChunk, timings: dict[str, float]) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    clock = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        timings[name] = round(now - clock, 4)
+        clock = now
+
+    _bento_available(job.bento_tag, job.version_id)
+    child = runner.child_for(
+        bento_tag=job.bento_tag,
+        bento_dir=_bento_dir(job.bento_tag),
+        home=backends.bento_home(),
+        start_timeout=settings.MODELYARD_BATCH_CHILD_START_TIMEOUT_SECONDS,
+        threads=settings.MODELYARD_BATCH_CHILD_THREADS,
+    )
+    lap("child")
+    with artifact_local_path(job.staged_path) as staged:
+        table = pq.ParquetFile(staged).read_row_group(chunk.index)
+    lap("read")
+    if table.num_rows != chunk.rows:
+        raise runner.ChildError(
+            f"row group {chunk.index} has {table.num_rows} rows, expected {chunk.rows}"
+        )
+    features = table.drop_columns([job.id_column]) if job.id_column else table
+    result = child.predict(
+        features,
+        probabilities=job.probabilities,
+        timeout=settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS,
+    )
+    lap("predict")
+    if job.id_column:
+        result = pa.table(
+            {
+                job.id_column: table.column(job.id_column),
+                **{n: result.column(n) for n in result.column_names},
+            }
+        )
+    with files.storage_write_atomic(files.chunk_name(job.pk, chunk.index)) as tmp:
+        pq.write_table(result, tmp, compression="snappy")
+    lap("write")
+    return result.num_rows
+
+
+def batch_chunk_run(*, chunk_id: int, worker: str = "") -> ChunkOutcome:
+    """Claim one chunk, predict it in this worker's child, write its file, count it once."""
+    worker = worker or socket.gethostname()
+    token = _claim_chunk(chunk_id, worker)
+    if token is None:
+        return ChunkOutcome("skipped", "not claimable (done, running elsewhere, or job inactive)")
+    chunk = BatchChunk.objects.select_related("job__version").get(pk=chunk_id)
+    job = chunk.job
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    try:
+        with _LeaseKeeper(chunk_id, token):
+            rows = _predict_chunk(job, chunk, timings)
+    except runner.PredictError as exc:
+        error = f"rows {chunk.row_start}-{chunk.row_stop - 1} (chunk {chunk.index}): {exc}"
+        _chunk_fail(chunk, token, error)
+        batch_job_fail(
+            job_id=job.pk,
+            error=error,
+            details={
+                "chunk": chunk.index,
+                "row_start": chunk.row_start,
+                "row_stop": chunk.row_stop,
+            },
+        )
+        return ChunkOutcome("failed", error)
+    except Exception as exc:  # the child died, hung, or storage failed: transient
+        logger.warning("batch chunk %s attempt failed: %s", chunk_id, exc, exc_info=True)
+        return _chunk_transient(chunk, token, f"{type(exc).__name__}: {exc}")
+    outcome = _chunk_finish(chunk, token, rows, time.monotonic() - started)
+    return ChunkOutcome(outcome.status, f"{outcome.detail} {timings}")
+
+
+def _chunk_fail(chunk: BatchChunk, token: uuid.UUID, error: str) -> None:
+    BatchChunk.objects.filter(pk=chunk.pk, claim_token=token).update(
+        state=C.FAILED, error=error[:5000], finished_at=timezone.now(), claim_token=None
+    )
+
+
+def _chunk_transient(chunk: BatchChunk, token: uuid.UUID, error: str) -> ChunkOutcome:
+    attempts = BatchChunk.objects.get(pk=chunk.pk).attempts
+    if attempts >= settings.MODELYARD_BATCH_CHUNK_MAX_ATTEMPTS:
+        message = (
+            f"rows {chunk.row_start}-{chunk.row_stop - 1} (chunk {chunk.index}) failed "
+            f"{attempts} times; last error: {error}"
+        )
+        _chunk_fail(chunk, token, message)
+        batch_job_fail(
+            job_id=chunk.job_id,
+            error=message,
+            details={
+                "chunk": chunk.index,
+                "row_start": chunk.row_start,
+                "row_stop": chunk.row_stop,
+            },
+        )
+        return ChunkOutcome("failed", message)
+    released = BatchChunk.objects.filter(pk=chunk.pk, claim_token=token, state=C.RUNNING).update(
+        state=C.PENDING, claim_token=None, lease_expires_at=None, error=error[:5000]
+    )
+    if released:
+        _enqueue_chunks(
+            [chunk.pk], countdown=settings.MODELYARD_BATCH_RETRY_DELAY_SECONDS * attempts
+        )
+    return ChunkOutcome("retry", error)
+
+
+def _chunk_finish(chunk: BatchChunk, token: uuid.UUID, rows: int, seconds: float) -> ChunkOutcome:
+    with transaction.atomic():
+        # The job's row lock orders concurrent finishes: counters and the last-chunk check
+        # see every earlier chunk.
+        job = _locked_jobs().get(pk=chunk.job_id)
+        if job.state != J.RUNNING:
+            return ChunkOutcome("skipped", f"job is {job.state}")
+        done = BatchChunk.objects.filter(pk=chunk.pk, claim_token=token, state=C.RUNNING).update(
+            state=C.SUCCEEDED,
+            finished_at=timezone.now(),
+            seconds=seconds,
+            claim_token=None,
+            lease_expires_at=None,
+            error="",
+        )
+        if not done:  # the lease was lost and another run counted (or will count) this chunk
+            return ChunkOutcome("skipped", "lease lost; the chunk belongs to another run")
+        job.rows_done += rows
+        job.chunks_done += 1
+        job.save(update_fields=["rows_done", "chunks_done"])
+        if job.chunks_done == job.chunks_total:
+            _set_state(job, J.JOINING, reason="every chunk done")
+            transaction.on_commit(lambda: _enqueue("join", job.pk))
+    return ChunkOutcome("done", f"{rows} rows in {seconds:.2f}s")
+
+
+# --- join ----------------------------------------------------------------------------------
+
+
+def batch_job_join(*, job_id: int) -> BatchJob:
+    """joining → succeeded: stream the chunk files in order into one output file."""
+    import pyarrow.parquet as pq
+
+    token = _claim_step(job_id, start=J.JOINING, to=J.JOINING)
+    if token is None:
+        return BatchJob.objects.get(pk=job_id)
+    job = BatchJob.objects.select_related("model", "version").get(pk=job_id)
+    chunks = list(BatchChunk.objects.filter(job=job).order_by("index"))
+    total = 0
+    try:
+        # Written straight to its final, unique storage name (no second copy of the output).
+        output_name = f"batch-outputs/{uuid.uuid4().hex}/output.parquet"
+        with files.storage_write_atomic(output_name) as out:
+            writer = None
+            try:
+                for chunk in chunks:
+                    with artifact_local_path(files.chunk_name(job_id, chunk.index)) as path:
+                        parquet = pq.ParquetFile(path)
+                        if parquet.metadata.num_rows != chunk.rows:
+                            raise InvalidState(
+                                f"chunk {chunk.index} holds {parquet.metadata.num_rows} rows, "
+                                f"expected {chunk.rows}"
+                            )
+                        for group in range(parquet.num_row_groups):
+                            table = parquet.read_row_group(group)
+                            if writer is None:
+                                writer = pq.ParquetWriter(out, table.schema, compression="snappy")
+                            writer.write_table(table)
+                            total += table.num_rows
+            finally:
+                if writer is not None:
+                    writer.close()
+            if total != job.total_rows:
+                raise InvalidState(f"the chunks hold {total} rows; the input had {job.total_rows}")
+            sha256 = file_sha256(out)
+    except InvalidState as exc:
+        return batch_job_fail(job_id=job_id, error=f"joining failed: {exc.message}")
+    with transaction.atomic():
+        job = _locked_jobs().get(pk=job_id)
+        if job.state != J.JOINING or job.step_token != token:
+            artifact_delete_quietly([output_name])  # another join (lease lost) owns the job
+            return job
+        _set_state(
+            job,
+            J.SUCCEEDED,
+            reason=f"{total:,} rows written",
+            output_path=output_name,
+            output_rows=total,
+            output_sha256=sha256,
+        )
+        transaction.on_commit(lambda: files.job_files_delete(job_id))
+    return job
+
+
+# --- sweep ---------------------------------------------------------------------------------
+
+
+def batch_jobs_sweep() -> list[str]:
+    """Recover work whose worker died or whose message was lost; return what was done."""
+    now = timezone.now()
+    actions: list[str] = []
+    lease = timedelta(seconds=settings.MODELYARD_BATCH_LEASE_SECONDS)
+    expired = list(
+        BatchChunk.objects.filter(
+            job__state=J.RUNNING, state=C.RUNNING, lease_expires_at__lt=now
+        ).values_list("pk", flat=True)
+    )
+    # Released first, so the next claim starts clean; the claim would also take them as is.
+    BatchChunk.objects.filter(pk__in=expired, state=C.RUNNING, lease_expires_at__lt=now).update(
+        state=C.PENDING,
+        claim_token=None,
+        lease_expires_at=None,
+        error="lease expired (worker lost)",
+    )
+    lost = list(
+        BatchChunk.objects.filter(job__state=J.RUNNING, state=C.PENDING)
+        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - lease))
+        .exclude(pk__in=expired)
+        .values_list("pk", flat=True)
+    )
+    if expired or lost:
+        _enqueue_chunks(sorted({*expired, *lost}))
+        actions.append(f"re-enqueued {len(expired)} expired and {len(lost)} waiting chunk(s)")
+    quiet = now - timedelta(seconds=settings.MODELYARD_BATCH_STEP_LEASE_SECONDS)
+    for job_id in BatchJob.objects.filter(
+        Q(state=J.QUEUED, state_changed_at__lt=quiet)
+        | Q(state=J.PREPARING, step_lease_expires_at__lt=now)
+    ).values_list("pk", flat=True):
+        _enqueue("prepare", job_id)
+        actions.append(f"job {job_id}: prepare re-enqueued")
+    for job_id in BatchJob.objects.filter(
+        Q(
+            state=J.JOINING,
+            step_token__isnull=True,
+            state_changed_at__lt=now - timedelta(seconds=30),
+        )
+        | Q(state=J.JOINING, step_lease_expires_at__lt=now)
+    ).values_list("pk", flat=True):
+        _enqueue("join", job_id)
+        actions.append(f"job {job_id}: join re-enqueued")
+    return actions

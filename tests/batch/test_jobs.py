@@ -1,0 +1,249 @@
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from django.utils import timezone
+
+from batch import services
+from batch.choices import JobState
+from batch.services import runner
+from core.errors import InvalidState
+from tests.batch.conftest import csv_upload, input_frame, read_output, run_job_inline
+
+
+def test_uploaded_csv_job_predicts_every_row_in_order(batch_setup):
+    frame = input_frame(2_500)
+    job = services.batch_job_create(
+        model=batch_setup["model"],
+        actor=batch_setup["owner"],
+        version_number=1,
+        upload=csv_upload(frame),
+        id_column="row_id",
+        chunk_rows=1_000,
+    )
+    job = run_job_inline(job)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert (job.total_rows, job.chunks_total, job.rows_done) == (2500, 3, 2500)
+    assert job.output_rows == 2500
+    output = read_output(job)
+    expected = batch_setup["built"][1].trained.model.predict(frame.drop(columns="row_id"))
+    assert list(output.columns) == ["row_id", "prediction"]
+    assert output["row_id"].tolist() == list(range(2500))
+    assert np.array_equal(output["prediction"].to_numpy(), expected)
+    # The model was loaded and run in the child only, never in this (the worker's) process.
+    assert "bentoml" not in sys.modules
+    child = runner._children["batchmodel:v1"]
+    assert child.alive and child.info["pid"] != os.getpid() and child.info["native"]
+
+
+def test_batch_settings_and_task_policy_took_effect(settings):
+    from batch import tasks
+    from config.celery_app import app
+
+    for task in (
+        tasks.batch_job_prepare_task,
+        tasks.batch_chunk_run_task,
+        tasks.batch_job_join_task,
+        tasks.batch_jobs_sweep_task,
+        tasks.batch_schedules_due_task,
+    ):
+        assert app.amqp.router.route({}, task.name)["queue"].name == "batch"
+        assert task.acks_late and task.time_limit > task.soft_time_limit
+    assert settings.MODELYARD_BATCH_ALLOWED_ROOTS == []  # uploads only unless configured
+    schedule = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert {"batch.jobs_sweep", "batch.schedules_due"} <= schedule
+
+
+def _job(setup, frame, **kwargs):
+    params = {"version_number": 1, "id_column": "row_id", "chunk_rows": 1_000, **kwargs}
+    return services.batch_job_create(
+        model=setup["model"], actor=setup["owner"], upload=csv_upload(frame), **params
+    )
+
+
+def _chunks(job):
+    from batch.models import BatchChunk
+
+    return list(BatchChunk.objects.filter(job=job).order_by("index"))
+
+
+def test_second_delivery_of_a_chunk_task_writes_nothing_twice(batch_setup):
+    from django.core.files.storage import default_storage
+
+    from batch.models import BatchJob
+    from batch.services import files
+    from batch.tasks import batch_chunk_run_task
+
+    job = _job(batch_setup, input_frame(1_500))
+    services.batch_job_prepare(job_id=job.pk)
+    first = _chunks(job)[0]
+    assert batch_chunk_run_task.apply(args=(first.pk,)).get() == "done"
+    path = default_storage.path(files.chunk_name(job.pk, 0))
+    written = (os.stat(path).st_mtime_ns, os.stat(path).st_ino)
+    # The same message again (acks_late redelivery): claimed by nobody, nothing written.
+    assert batch_chunk_run_task.apply(args=(first.pk,)).get() == "skipped"
+    assert (os.stat(path).st_mtime_ns, os.stat(path).st_ino) == written
+    job = BatchJob.objects.get(pk=job.pk)
+    assert (job.rows_done, job.chunks_done) == (1_000, 1)
+    assert sorted(os.listdir(os.path.dirname(path))) == ["chunk-000000.parquet"]
+
+
+def test_chunk_whose_lease_was_lost_counts_once(batch_setup):
+    from batch.models import BatchChunk, BatchJob
+    from batch.services.jobs import _chunk_finish, _claim_chunk
+
+    job = _job(batch_setup, input_frame(1_500))
+    services.batch_job_prepare(job_id=job.pk)
+    chunk = _chunks(job)[0]
+    stale = _claim_chunk(chunk.pk, "worker-that-hangs")
+    BatchChunk.objects.filter(pk=chunk.pk).update(lease_expires_at=timezone.now())
+    assert services.batch_chunk_run(chunk_id=chunk.pk).status == "done"  # took it over
+    # The first run wakes up and tries to count its (identical) result too.
+    assert _chunk_finish(chunk, stale, chunk.rows, 1.0).status == "skipped"
+    job = BatchJob.objects.get(pk=job.pk)
+    assert (job.rows_done, job.chunks_done) == (1_000, 1)
+    assert BatchChunk.objects.get(pk=chunk.pk).attempts == 2
+
+
+def test_transient_failure_retries_the_chunk_alone_then_fails_the_job(batch_setup, settings):
+    from batch.models import BatchChunk, BatchJob
+
+    job = _job(batch_setup, input_frame(2_500))
+    services.batch_job_prepare(job_id=job.pk)
+    first, second, third = _chunks(job)
+    assert services.batch_chunk_run(chunk_id=first.pk).status == "done"
+    settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS = 0  # the child cannot answer in time
+    outcome = services.batch_chunk_run(chunk_id=second.pk)
+    assert outcome.status == "retry" and "did not answer in time" in outcome.detail
+    second.refresh_from_db()
+    assert (second.state, second.attempts) == ("pending", 1)
+    assert BatchJob.objects.get(pk=job.pk).state == "running"
+    settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS = 600
+    assert services.batch_chunk_run(chunk_id=second.pk).status == "done"  # retried alone
+    settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS = 0
+    for _ in range(settings.MODELYARD_BATCH_CHUNK_MAX_ATTEMPTS):
+        outcome = services.batch_chunk_run(chunk_id=third.pk)
+    assert outcome.status == "failed"
+    job = BatchJob.objects.get(pk=job.pk)
+    assert job.state == "failed"
+    assert job.error.startswith("rows 2000-2499 (chunk 2) failed 3 times")
+    assert job.error_details == {"chunk": 2, "row_start": 2000, "row_stop": 2500}
+    assert BatchChunk.objects.get(pk=first.pk).state == "succeeded"
+
+
+def test_model_error_fails_the_job_with_the_row_range(batch_setup):
+    from batch.models import BatchJob
+
+    frame = input_frame(2_000)
+    frame.loc[1_500, "income"] = np.nan  # LogisticRegression refuses NaN
+    job = run_job_inline(_job(batch_setup, frame))
+    assert job.state == JobState.FAILED
+    assert job.error.startswith("rows 1000-1999 (chunk 1): ValueError: Input X contains NaN")
+    assert set(_chunks(job)[i].state for i in range(2)) == {"succeeded", "failed"}
+    assert BatchJob.objects.get(pk=job.pk).output_path == ""
+
+
+def test_cancel_stops_the_remaining_chunks(batch_setup):
+    from batch.models import BatchJob
+    from core.models import AuditEvent
+
+    job = _job(batch_setup, input_frame(3_000))
+    services.batch_job_prepare(job_id=job.pk)
+    first, second, _ = _chunks(job)
+    services.batch_chunk_run(chunk_id=first.pk)
+    services.batch_job_cancel(job=job, actor=batch_setup["owner"], reason="wrong input")
+    assert services.batch_chunk_run(chunk_id=second.pk).status == "skipped"
+    assert [c.state for c in _chunks(job)] == ["succeeded", "cancelled", "cancelled"]
+    job = BatchJob.objects.get(pk=job.pk)
+    assert (job.state, job.rows_done) == ("cancelled", 1_000)
+    with pytest.raises(InvalidState):
+        services.batch_job_cancel(job=job, actor=batch_setup["owner"])
+    cancelled = AuditEvent.objects.filter(object_id=str(job.pk), after__state="cancelled").get()
+    assert cancelled.actor_name == "dana" and cancelled.reason == "wrong input"
+
+
+def test_alias_job_records_the_version_it_ran(batch_setup):
+    from registry.services.aliases import alias_set
+
+    owner = batch_setup["owner"]
+    alias_set(model=batch_setup["model"], name="nightly", version_number=2, actor=owner)
+    frame = input_frame(1_200)
+    job = services.batch_job_create(
+        model=batch_setup["model"], actor=batch_setup["owner"], alias="nightly",
+        upload=csv_upload(frame), id_column="row_id",
+    )  # fmt: skip
+    assert job.version is None
+    # The alias moves after submission and before the job starts: the job runs v1.
+    alias_set(model=batch_setup["model"], name="nightly", version_number=1, actor=owner)
+    job = run_job_inline(job)
+    assert (job.state, job.version.number, job.bento_tag) == ("succeeded", 1, "batchmodel:v1")
+    expected = batch_setup["built"][1].trained.model.predict(frame.drop(columns="row_id"))
+    assert np.array_equal(read_output(job)["prediction"].to_numpy(), expected)
+
+
+def test_parquet_input_with_probabilities(batch_setup):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.batch.conftest import parquet_bytes
+
+    frame = input_frame(800, with_id=False)
+    job = services.batch_job_create(
+        model=batch_setup["model"],
+        actor=batch_setup["owner"],
+        version_number=2,
+        upload=SimpleUploadedFile("x.parquet", parquet_bytes(frame)),
+        probabilities=True,
+    )
+    job = run_job_inline(job)
+    assert (job.state, job.input_format) == ("succeeded", "parquet")
+    output = read_output(job)
+    model = batch_setup["built"][2].trained.model
+    assert list(output.columns) == ["prediction", "probability_0", "probability_1"]
+    assert np.array_equal(output["prediction"].to_numpy(), model.predict(frame))
+    proba = output[["probability_0", "probability_1"]].to_numpy()
+    assert np.allclose(proba, model.predict_proba(frame))
+
+
+def test_second_delivery_of_prepare_and_join_does_nothing(batch_setup):
+    from batch.models import BatchChunk, BatchJob
+    from batch.tasks import batch_job_join_task, batch_job_prepare_task
+    from core.models import AuditEvent
+
+    job = _job(batch_setup, input_frame(1_500))
+    assert batch_job_prepare_task.apply(args=(job.pk,)).get() == "running"
+    chunk_ids = list(BatchChunk.objects.filter(job=job).values_list("pk", flat=True))
+    assert batch_job_prepare_task.apply(args=(job.pk,)).get() == "running"
+    assert list(BatchChunk.objects.filter(job=job).values_list("pk", flat=True)) == chunk_ids
+    for chunk_id in chunk_ids:
+        services.batch_chunk_run(chunk_id=chunk_id)
+    assert batch_job_join_task.apply(args=(job.pk,)).get() == "succeeded"
+    output = BatchJob.objects.get(pk=job.pk).output_path
+    assert batch_job_join_task.apply(args=(job.pk,)).get() == "succeeded"
+    assert BatchJob.objects.get(pk=job.pk).output_path == output
+    states = AuditEvent.objects.filter(object_id=str(job.pk), object_type="batch.batchjob")
+    assert [e.after["state"] for e in states.order_by("id")] == [
+        "queued",
+        "running",
+        "joining",
+        "succeeded",
+    ]
+
+
+def test_too_many_chunks_is_a_clear_error(batch_setup, settings):
+    settings.MODELYARD_BATCH_MAX_CHUNKS = 4
+    job = run_job_inline(_job(batch_setup, input_frame(5_000), chunk_rows=1_000))
+    assert job.state == "failed"
+    assert job.error == (
+        "5,000 rows in chunks of 1,000 would make 5 chunks; at most 4 are allowed "
+        "(use chunk_rows >= 1,250)."
+    )
+
+
+def test_id_column_cannot_be_a_feature(batch_setup):
+    from core.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="one of the model's features"):
+        _job(batch_setup, input_frame(10), id_column="age")

@@ -1,0 +1,175 @@
+"""Batch throughput: a 1,000,000-row job against model.predict over the same data.
+
+Run: .venv/bin/python -m devstack test -- -m benchmark -s tests/benchmarks/test_batch_bench.py
+(prints figures; asserts only correctness, never speed)
+
+For each model, in the same run and on the same machine:
+- ``predict``: ``model.predict`` on the frame already in memory, one process;
+- ``read+predict+write``: the same file read, predicted and written as Parquet, one process
+  (the single-process equivalent of a batch job);
+- ``batch``: the job over HTTP, from submission (upload included) to a succeeded job,
+  with 1 and then 2 worker processes; their children are warmed by a small job first, as
+  on a running platform, and the chunk phase (first chunk to last) is reported alone too.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from batch.models import BatchJob
+from deployments.choices import BuildState
+from deployments.integrations.bentoml import bento_build
+from deployments.models import Build
+from registry.choices import VersionState
+from registry.models import ModelVersion
+from registry.services.artifacts import artifact_store
+from tests.batch.conftest import (  # noqa: F401 - fixtures
+    _signature,
+    batch_bentos,
+    batch_setup,
+    input_frame,
+    parquet_bytes,
+)
+from tests.batch.test_stack import _auth, _output, _submit, _wait
+from tests.models import train_sklearn_joblib
+
+pytestmark = [pytest.mark.benchmark, pytest.mark.stack]
+
+ROWS = 1_000_000
+
+
+def _forest_version(setup, home: Path, folder: Path):
+    """v3: a small random forest (30 trees, depth 10), heavier to predict than v1."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    trained = train_sklearn_joblib(
+        seed=2, estimator=RandomForestClassifier(n_estimators=30, max_depth=10, random_state=0)
+    )
+    artifact = folder / "v3.joblib"
+    artifact.write_bytes(trained.artifact)
+    result = bento_build(
+        home=home,
+        model_name="batchmodel",
+        version=3,
+        artifact_path=artifact,
+        framework="sklearn",
+        fmt="joblib",
+        feature_names=None,
+        log_path=folder / "build.log",
+    )
+    stored = artifact_store(local_path=artifact, folder="artifacts", basename="model.joblib")
+    version = ModelVersion.objects.create(
+        model=setup["model"],
+        number=3,
+        state=VersionState.APPROVED,
+        created_by=setup["owner"],
+        framework="sklearn",
+        artifact_format="joblib",
+        safe_format=False,
+        artifact_path=stored.path,
+        artifact_sha256=stored.sha256,
+        artifact_size=stored.size,
+        signature=_signature(trained),
+    )
+    Build.objects.create(version=version, state=BuildState.SUCCEEDED, bento_tag=result.bento_tag)
+    return trained
+
+
+def _one_process(model, frame: pd.DataFrame, folder: Path) -> tuple[float, float]:
+    features = frame.drop(columns="row_id")
+    started = time.perf_counter()
+    model.predict(features)
+    predict = time.perf_counter() - started
+    source = folder / "input.parquet"
+    frame.to_parquet(source, index=False)
+    started = time.perf_counter()
+    read = pd.read_parquet(source)
+    out = pd.DataFrame(
+        {"row_id": read["row_id"], "prediction": model.predict(read.drop(columns="row_id"))}
+    )
+    out.to_parquet(folder / "output.parquet", index=False)
+    return predict, time.perf_counter() - started
+
+
+def _workers(stack, concurrency: int) -> None:
+    stack.worker_kill()
+    stack.worker_starts += 1
+    stack._spawn(
+        "worker",
+        [
+            "-m", "celery", "-A", "config", "worker", "--pool", "prefork",
+            "--concurrency", str(concurrency), "--queues", "batch,builds,default",
+            "--loglevel", "INFO", "--hostname", f"bench{stack.worker_starts}@%h",
+            "--without-heartbeat", "--without-gossip", "--without-mingle",
+        ],
+    )  # fmt: skip
+
+
+def _job(
+    http, stack, headers, frame, version, chunk_rows=100_000
+) -> tuple[float, dict[str, float], BatchJob]:
+    started = time.perf_counter()
+    job = _submit(http, stack, headers, frame, chunk_rows=str(chunk_rows), version=str(version))
+    upload = time.perf_counter() - started
+    _wait(http, stack, headers, job["id"], lambda b: b["state"] in ("succeeded", "failed"), 600)
+    row = BatchJob.objects.get(pk=job["id"])
+    assert row.state == "succeeded", row.error
+    chunks = list(row.chunks.order_by("started_at"))
+    first, last = chunks[0].started_at, max(c.finished_at for c in chunks)
+    phases = {
+        "chunk work (mean)": sum(c.seconds for c in chunks) / len(chunks),
+        "upload+check": upload,
+        "prepare": (row.started_at - row.created_at).total_seconds(),
+        "chunks": (last - first).total_seconds(),
+        "join": (row.finished_at - last).total_seconds(),
+    }
+    # The job's own time (submission stored → output stored), without HTTP polling.
+    return upload + (row.finished_at - row.created_at).total_seconds(), phases, row
+
+
+def test_batch_throughput_against_model_predict(live_stack, batch_setup, bento_dirs):  # noqa: F811
+    frame = input_frame(ROWS)
+    warm = input_frame(2_000, seed=1)
+    headers = _auth(batch_setup["owner"])
+    with tempfile.TemporaryDirectory() as tmp:
+        forest = _forest_version(batch_setup, bento_dirs["home"], Path(tmp))
+        models = {1: batch_setup["built"][1].trained.model, 3: forest.model}
+        names = {1: "logistic regression pipeline", 3: "random forest (30 trees, depth 10)"}
+        lines = []
+        with httpx.Client(timeout=300) as http:
+            for number, model in models.items():
+                predict, single = _one_process(model, frame, Path(tmp))
+                expected = model.predict(frame.drop(columns="row_id"))
+                lines.append(f"\n{names[number]} (v{number}), {ROWS:,} rows, 4 features:")
+                lines.append(f"  model.predict, in memory        {ROWS / predict:>12,.0f} rows/s")
+                lines.append(f"  read+predict+write, 1 process   {ROWS / single:>12,.0f} rows/s")
+                for workers in (1, 2):
+                    _workers(live_stack, workers)
+                    for _ in range(workers + 1):  # warm every worker process's child
+                        _job(http, live_stack, headers, warm, number)
+                    for chunk_rows in (100_000, 250_000):
+                        wall, phases, job = _job(
+                            http, live_stack, headers, frame, number, chunk_rows
+                        )
+                        output = _output(http, live_stack, headers, job.pk)
+                        assert len(output) == ROWS
+                        assert np.array_equal(output["prediction"].to_numpy(), expected)
+                        lines.append(
+                            f"  batch, {workers} worker(s), chunks of {chunk_rows:,}: end to end "
+                            f"{ROWS / wall:,.0f} rows/s = {predict / wall:.2f}x predict, "
+                            f"{single / wall:.2f}x 1-process"
+                        )
+                        lines.append(
+                            f"      chunk phase {ROWS / phases['chunks']:,.0f} rows/s "
+                            f"= {predict / phases['chunks']:.2f}x predict; seconds: "
+                            + ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+                        )
+    print("\n".join(lines), file=sys.stderr)
