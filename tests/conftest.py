@@ -231,6 +231,14 @@ class LiveStack:
                 proc.kill()
         self.procs["worker"].wait(10)
 
+    def worker_supervise(self) -> bool:
+        """Start the worker again if it exited, as compose's restart policy or Kubernetes
+        would; True if it had to."""
+        if self.procs["worker"].poll() is None:
+            return False
+        self.worker_start()
+        return True
+
     def redis_restart(self) -> None:
         """Restart the private Redis; it keeps nothing on disk, so all its data is gone."""
         assert self.redis_server is not None, "use @pytest.mark.stack_private_redis"

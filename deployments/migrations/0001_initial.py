@@ -8,126 +8,332 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('registry', '0001_initial'),
+        ("registry", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Build',
+            name="Build",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('building', 'Building'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], default='pending', max_length=16)),
-                ('bento_tag', models.CharField(blank=True, max_length=200)),
-                ('archive_path', models.CharField(blank=True, max_length=255)),
-                ('log', models.TextField(blank=True)),
-                ('error', models.TextField(blank=True)),
-                ('seconds', models.FloatField(blank=True, null=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('version', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='build', to='registry.modelversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("building", "Building"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("bento_tag", models.CharField(blank=True, max_length=200)),
+                ("archive_path", models.CharField(blank=True, max_length=255)),
+                ("log", models.TextField(blank=True)),
+                ("error", models.TextField(blank=True)),
+                ("seconds", models.FloatField(blank=True, null=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "version",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="build",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Deployment',
+            name="Deployment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, validators=[django.core.validators.RegexValidator('^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$', "Use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit.")])),
-                ('environment', models.CharField(choices=[('staging', 'Staging'), ('production', 'Production')], max_length=16)),
-                ('description', models.TextField(blank=True)),
-                ('bake_seconds', models.PositiveIntegerField(default=300)),
-                ('guard_policy', models.JSONField(blank=True, default=dict)),
-                ('live_slot', models.CharField(blank=True, choices=[('blue', 'Blue'), ('green', 'Green')], max_length=8)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('model', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='deployments', to='registry.registeredmodel')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "name",
+                    models.CharField(
+                        max_length=100,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+                                "Use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit.",
+                            )
+                        ],
+                    ),
+                ),
+                (
+                    "environment",
+                    models.CharField(
+                        choices=[("staging", "Staging"), ("production", "Production")],
+                        max_length=16,
+                    ),
+                ),
+                ("description", models.TextField(blank=True)),
+                ("bake_seconds", models.PositiveIntegerField(default=300)),
+                ("guard_policy", models.JSONField(blank=True, default=dict)),
+                (
+                    "live_slot",
+                    models.CharField(
+                        blank=True, choices=[("blue", "Blue"), ("green", "Green")], max_length=8
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="deployments",
+                        to="registry.registeredmodel",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='DeploymentEvent',
+            name="DeploymentEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slot', models.CharField(blank=True, choices=[('blue', 'Blue'), ('green', 'Green')], max_length=8)),
-                ('kind', models.CharField(max_length=32)),
-                ('message', models.TextField()),
-                ('at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='deployments.deployment')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "slot",
+                    models.CharField(
+                        blank=True, choices=[("blue", "Blue"), ("green", "Green")], max_length=8
+                    ),
+                ),
+                ("kind", models.CharField(max_length=32)),
+                ("message", models.TextField()),
+                ("at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="deployments.deployment",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-at', '-id'],
+                "ordering": ["-at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='DeploymentKey',
+            name="DeploymentKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('digest', models.CharField(max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='keys', to='deployments.deployment')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("digest", models.CharField(max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="keys",
+                        to="deployments.deployment",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at'],
+                "ordering": ["created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Rollout',
+            name="Rollout",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('rollout', 'Rollout'), ('rollback', 'Rollback')], default='rollout', max_length=16)),
-                ('target_slot', models.CharField(choices=[('blue', 'Blue'), ('green', 'Green')], max_length=8)),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('building', 'Building'), ('starting', 'Starting'), ('verifying', 'Verifying'), ('switching', 'Switching'), ('baking', 'Baking'), ('live', 'Live'), ('failed', 'Failed'), ('rolled_back', 'Rolled Back'), ('superseded', 'Superseded')], db_index=True, default='pending', max_length=16)),
-                ('steps', models.JSONField(blank=True, default=list)),
-                ('error', models.TextField(blank=True)),
-                ('reason', models.TextField(blank=True)),
-                ('bake_until', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('state_changed_at', models.DateTimeField(auto_now_add=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='rollouts', to='deployments.deployment')),
-                ('previous_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='registry.modelversion')),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='rollouts', to='registry.modelversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("rollout", "Rollout"), ("rollback", "Rollback")],
+                        default="rollout",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "target_slot",
+                    models.CharField(choices=[("blue", "Blue"), ("green", "Green")], max_length=8),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("building", "Building"),
+                            ("starting", "Starting"),
+                            ("verifying", "Verifying"),
+                            ("switching", "Switching"),
+                            ("baking", "Baking"),
+                            ("live", "Live"),
+                            ("failed", "Failed"),
+                            ("rolled_back", "Rolled Back"),
+                            ("superseded", "Superseded"),
+                        ],
+                        db_index=True,
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("steps", models.JSONField(blank=True, default=list)),
+                ("error", models.TextField(blank=True)),
+                ("reason", models.TextField(blank=True)),
+                ("bake_until", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("state_changed_at", models.DateTimeField(auto_now_add=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="rollouts",
+                        to="deployments.deployment",
+                    ),
+                ),
+                (
+                    "previous_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="registry.modelversion",
+                    ),
+                ),
+                (
+                    "version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="rollouts",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='Slot',
+            name="Slot",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('color', models.CharField(choices=[('blue', 'Blue'), ('green', 'Green')], max_length=8)),
-                ('bento_tag', models.CharField(blank=True, max_length=200)),
-                ('state', models.CharField(choices=[('stopped', 'Stopped'), ('starting', 'Starting'), ('ready', 'Ready'), ('failed', 'Failed')], default='stopped', max_length=16)),
-                ('url', models.CharField(blank=True, max_length=200)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('deployment', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='slots', to='deployments.deployment')),
-                ('version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='slots', to='registry.modelversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "color",
+                    models.CharField(choices=[("blue", "Blue"), ("green", "Green")], max_length=8),
+                ),
+                ("bento_tag", models.CharField(blank=True, max_length=200)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("stopped", "Stopped"),
+                            ("starting", "Starting"),
+                            ("ready", "Ready"),
+                            ("failed", "Failed"),
+                        ],
+                        default="stopped",
+                        max_length=16,
+                    ),
+                ),
+                ("url", models.CharField(blank=True, max_length=200)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "deployment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="slots",
+                        to="deployments.deployment",
+                    ),
+                ),
+                (
+                    "version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="slots",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['deployment', 'color'],
+                "ordering": ["deployment", "color"],
             },
         ),
         migrations.AddConstraint(
-            model_name='deployment',
-            constraint=models.UniqueConstraint(django.db.models.functions.text.Lower('name'), name='deployments_name_unique_casefold'),
+            model_name="deployment",
+            constraint=models.UniqueConstraint(
+                django.db.models.functions.text.Lower("name"),
+                name="deployments_name_unique_casefold",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='rollout',
-            constraint=models.UniqueConstraint(condition=models.Q(('state__in', ('pending', 'building', 'starting', 'verifying', 'switching'))), fields=('deployment',), name='deployments_one_active_rollout'),
+            model_name="rollout",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(
+                    ("state__in", ("pending", "building", "starting", "verifying", "switching"))
+                ),
+                fields=("deployment",),
+                name="deployments_one_active_rollout",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='slot',
-            constraint=models.UniqueConstraint(fields=('deployment', 'color'), name='deployments_slot_unique'),
+            model_name="slot",
+            constraint=models.UniqueConstraint(
+                fields=("deployment", "color"), name="deployments_slot_unique"
+            ),
         ),
     ]

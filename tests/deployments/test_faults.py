@@ -11,45 +11,24 @@ import pytest
 from deployments import backends
 from deployments.models import Build, DeploymentEvent, Rollout
 from deployments.services import deployments_reconcile
-from tests.deployments.test_rollout_e2e import _approved_version, _headers, _predict, _roll_out
-from tests.models import train_sklearn_joblib
+from tests.deployments.flows import _predict, _roll_out, churn_deployment
 
 pytestmark = pytest.mark.stack
 
 
 def _deployment(http, stack, versions=1):
-    from sklearn.tree import DecisionTreeClassifier
-
-    base = stack.url + "/api/v1"
-    ds, rev = _headers("dana", "data_scientist"), _headers("rory", "reviewer")
-    ops = _headers("olive", "operator")
-    models = [
-        train_sklearn_joblib(seed=0),
-        train_sklearn_joblib(seed=1, estimator=DecisionTreeClassifier(max_depth=2)),
-    ]
-    http.post(f"{base}/models/", headers=ds, json={"name": "churn"})
-    for trained in models[:versions]:
-        _approved_version(http, base, ds, rev, trained)
-    http.post(
-        f"{base}/deployments/",
-        headers=ops,
-        json={
-            "name": "churn-prod",
-            "model": "churn",
-            "environment": "production",
-            "bake_seconds": 900,
-        },
-    )
-    key = http.post(f"{base}/deployments/churn-prod/keys/", headers=ops, json={}).json()["key"]
-    rows = models[0].frame.head(3).to_dict(orient="records")
-    return base, ops, key, rows
+    flow = churn_deployment(http, stack, versions=versions, rows=3)
+    return flow.base, flow.ops, flow.key, flow.rows
 
 
-def _converge(until, timeout=90, what=""):
-    """Run the reconcile sweep (as beat does) until ``until()`` holds."""
+def _converge(until, timeout=90, what="", stack=None):
+    """Run the reconcile sweep (as beat does) until ``until()`` holds; with ``stack``, also
+    restart its worker if it exited (as the production process supervisor does)."""
     deadline = time.monotonic() + timeout
     while not until():
         assert time.monotonic() < deadline, f"did not converge: {what}"
+        if stack is not None:
+            stack.worker_supervise()
         deployments_reconcile()
         time.sleep(0.5)
 
@@ -145,8 +124,21 @@ def test_redis_restart_loses_nothing(live_stack):
         _converge(
             lambda: backends.route_store().hget("modelyard:routes", "churn-prod"),
             what="route republished",
+            stack=live_stack,
         )
         assert DeploymentEvent.objects.filter(kind="route_republished").exists()
-        # The worker reconnects: a new rollout still goes all the way.
-        _roll_out(http, base, ops, 2, live_stack)
+        # The worker reconnects (or, if kombu gave up, its supervisor restarts it, and the
+        # sweep resumes what its dead predecessor left): a new rollout still goes all the way.
+        started = http.post(
+            f"{base}/deployments/churn-prod/rollouts/", headers=ops, json={"version": 2}
+        )
+        assert started.status_code == 202, started.text
+        rollout_id = started.json()["id"]
+        _converge(
+            lambda: Rollout.objects.get(pk=rollout_id).state in ("baking", "failed"),
+            timeout=180,
+            what="rollout after Redis restart",
+            stack=live_stack,
+        )
+        assert Rollout.objects.get(pk=rollout_id).state == "baking"
         assert _predict(http, live_stack.gateway, key, rows)[0] == 2

@@ -7,70 +7,13 @@ import time
 import httpx
 import pytest
 
-from accounts.services import token_create
 from core.models import AuditEvent
-from tests.factories import UserFactory
+from tests.deployments.flows import _approved_version, _headers, _predict, _roll_out, _wait
 from tests.models import train_sklearn_joblib
 
+__all__ = ["_approved_version", "_headers", "_predict", "_roll_out", "_wait"]  # old imports
+
 pytestmark = pytest.mark.stack
-
-
-def _headers(username: str, role: str) -> dict[str, str]:
-    user = UserFactory(username=username, role=role)
-    return {"Authorization": f"Token {token_create(user=user, name='t').key}"}
-
-
-def _wait(http, url, headers, done, timeout=300, what=""):
-    deadline = time.monotonic() + timeout
-    while True:
-        body = http.get(url, headers=headers).json()
-        if done(body) or time.monotonic() > deadline:
-            return body
-        time.sleep(0.5)
-
-
-def _approved_version(http, base, ds, rev, trained) -> int:
-    uploaded = http.post(
-        f"{base}/models/churn/versions/",
-        headers=ds,
-        data={"framework": "sklearn"},
-        files={
-            "file": ("m.joblib", trained.artifact),
-            "reference_data": ("r.csv", trained.reference_csv),
-        },
-    )
-    assert uploaded.status_code == 201, uploaded.text
-    number = uploaded.json()["number"]
-    url = f"{base}/models/churn/versions/{number}/"
-    version = _wait(http, url, ds, lambda b: b["state"] in ("validated", "invalid"), 120)
-    assert version["state"] == "validated", version
-    assert http.post(f"{url}submit/", headers=ds, json={}).status_code == 200
-    assert http.post(f"{url}reviews/", headers=rev, json={"decision": "approve"}).status_code == 201
-    return number
-
-
-def _roll_out(http, base, ops, version, stack):
-    started = http.post(
-        f"{base}/deployments/churn-prod/rollouts/", headers=ops, json={"version": version}
-    )
-    assert started.status_code == 202, started.text
-    url = f"{base}/deployments/churn-prod/rollouts/{started.json()['id']}/"
-    rollout = _wait(http, url, ops, lambda b: b["state"] in ("baking", "live", "failed"), 420)
-    assert rollout["state"] in ("baking", "live"), (
-        rollout,
-        stack["worker_log"].read_text()[-4000:],
-    )
-    return rollout
-
-
-def _predict(http, gateway, key, rows):
-    response = http.post(
-        f"{gateway}/d/churn-prod/predict",
-        headers={"Authorization": f"Bearer {key}"},
-        json={"instances": rows},
-    )
-    assert response.status_code == 200, response.text
-    return int(response.headers["X-Modelyard-Version"]), response.json()["predictions"]
 
 
 def test_blue_green_rollout_and_instant_rollback_over_http(live_stack):

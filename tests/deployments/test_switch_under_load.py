@@ -9,12 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.deployments.test_rollout_e2e import (
-    _approved_version,
-    _headers,
-    _roll_out,
-)
-from tests.models import train_sklearn_joblib
+from tests.deployments.flows import _roll_out, churn_deployment
 
 pytestmark = pytest.mark.stack
 
@@ -57,29 +52,10 @@ class Load:
 
 
 def test_twenty_switches_under_load_fail_no_request(live_stack):
-    from sklearn.tree import DecisionTreeClassifier
-
-    base, gateway = live_stack["url"] + "/api/v1", live_stack["gateway"]
-    ds, rev = _headers("dana", "data_scientist"), _headers("rory", "reviewer")
-    ops = _headers("olive", "operator")
-    v1 = train_sklearn_joblib(seed=0)
-    v2 = train_sklearn_joblib(seed=1, estimator=DecisionTreeClassifier(max_depth=2))
-    rows = v1.frame.head(5).to_dict(orient="records")
+    gateway = live_stack.gateway
     with httpx.Client(timeout=60) as http:
-        http.post(f"{base}/models/", headers=ds, json={"name": "churn"})
-        _approved_version(http, base, ds, rev, v1)
-        _approved_version(http, base, ds, rev, v2)
-        http.post(
-            f"{base}/deployments/",
-            headers=ops,
-            json={
-                "name": "churn-prod",
-                "model": "churn",
-                "environment": "production",
-                "bake_seconds": 1800,
-            },
-        )
-        key = http.post(f"{base}/deployments/churn-prod/keys/", headers=ops, json={}).json()["key"]
+        flow = churn_deployment(http, live_stack, bake_seconds=1800)
+        base, ops, key, rows = flow.base, flow.ops, flow.key, flow.rows
         _roll_out(http, base, ops, 1, live_stack)
         _roll_out(http, base, ops, 2, live_stack)
 

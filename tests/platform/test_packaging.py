@@ -43,7 +43,9 @@ def test_compose_file_validates_with_docker_compose():
 
 def test_procfile_starts_every_process_and_platform_holds_no_python():
     procfile = (ROOT / "platform" / "Procfile").read_text()
-    assert {line.split(":")[0] for line in procfile.splitlines() if line} == {
+    assert {
+        line.split(":")[0] for line in procfile.splitlines() if line and not line.startswith("#")
+    } == {
         "web",
         "worker",
         "beat",
