@@ -472,9 +472,13 @@ class LocalProcessBackend(RuntimeBackend):
 
     def _exit_status(self, pid: int) -> str:
         child = self._children.pop(pid, None)
-        if child is None or child.returncode is None:
+        if child is None:
             return ""
-        code = child.returncode
+        try:
+            # A dead child may not have been reaped yet: reap it now to learn how it died.
+            code = child.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            return ""
         return f" with signal {-code}" if code < 0 else f" with status {code}"
 
     def _kill_slot(self, slot_key: str, record: _SlotRecord, *, timeout: float) -> None:
