@@ -9,7 +9,6 @@ redelivered task or the reconciliation sweep can run any step again without harm
 
 from __future__ import annotations
 
-import hmac
 import logging
 import secrets
 import tempfile
@@ -138,13 +137,6 @@ def deployment_key_revoke(*, key: DeploymentKey, actor: User) -> DeploymentKey:
         )
         transaction.on_commit(lambda: route_sync(deployment_id=key.deployment_id))
     return key
-
-
-def deployment_key_matches(deployment: Deployment, key: str) -> bool:
-    digest = deployment_key_hash(key)
-    return any(
-        hmac.compare_digest(digest, k.digest) for k in deployment.keys.all() if k.revoked_at is None
-    )
 
 
 def route_sync(*, deployment_id: int) -> Route:
@@ -323,9 +315,10 @@ def _deployable(deployment: Deployment, version: ModelVersion) -> None:
         )
 
 
-def _finish_baking(deployment: Deployment, *, note: str) -> None:
+def _end_baking(deployment: Deployment, *, to: str, note: str) -> None:
+    """End the deployment's baking rollout (live, or rolled back), with a step note."""
     for baking in Rollout.objects.select_for_update().filter(deployment=deployment, state=S.BAKING):
-        baking.state = S.LIVE
+        baking.state = to
         baking.finished_at = timezone.now()
         _log_step(baking, note)
         baking.save(update_fields=["state", "finished_at", "steps"])
@@ -355,7 +348,7 @@ def rollout_start(
     if live is not None and live.version_id == version.pk:
         raise Conflict(f"{deployment} already serves {version}.", code="already_live")
     # A rollout still baking is done baking: the slot it kept warm is about to be reused.
-    _finish_baking(deployment, note="bake ended early: a new rollout started")
+    _end_baking(deployment, to=S.LIVE, note="bake ended early: a new rollout started")
     target = _other(deployment.live_slot) if deployment.live_slot else SlotColor.BLUE
     rollout = Rollout.objects.create(
         deployment=deployment,
@@ -421,11 +414,9 @@ def deployment_rollback(
     target_version = other.version or (last.previous_version if last else None)
     if target_version is None or target_version.pk == live.version_id:
         raise InvalidState(f"{deployment} has no previous version to roll back to.")
-    for baking in Rollout.objects.select_for_update().filter(deployment=deployment, state=S.BAKING):
-        baking.state = S.ROLLED_BACK
-        baking.finished_at = timezone.now()
-        _log_step(baking, "rolled back" + (f": {reason}" if reason else ""))
-        baking.save(update_fields=["state", "finished_at", "steps"])
+    _end_baking(
+        deployment, to=S.ROLLED_BACK, note="rolled back" + (f": {reason}" if reason else "")
+    )
     warm = _slot_is_warm(other, target_version)
     rollout = Rollout.objects.create(
         deployment=deployment,
