@@ -13,4 +13,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    # Pages last: the UI owns every path the API, admin and probes do not.
+    path("", include("frontend.urls")),
 ]

@@ -16,6 +16,20 @@ class AuditAction(models.TextChoices):
     ROLLOUT_STATE_CHANGED = "rollout.state_changed"
     ROLLBACK = "deployment.rollback"
     BATCH_JOB_STATE_CHANGED = "batch_job.state_changed"
+    BATCH_SCHEDULE_CREATED = "batch_schedule.created"
+    BATCH_SCHEDULE_UPDATED = "batch_schedule.updated"
+    BATCH_SCHEDULE_DELETED = "batch_schedule.deleted"
+    BATCH_SCHEDULE_FIRED = "batch_schedule.fired"
+    DEPLOYMENT_UPDATED = "deployment.updated"
+    DEPLOYMENT_KEY_CREATED = "deployment_key.created"
+    DEPLOYMENT_KEY_REVOKED = "deployment_key.revoked"
+    MONITORING_POLICY_UPDATED = "monitoring_policy.updated"
+    WEBHOOK_CREATED = "webhook.created"
+    WEBHOOK_UPDATED = "webhook.updated"
+    WEBHOOK_DELETED = "webhook.deleted"
+    LOGIN_SUCCEEDED = "auth.login"
+    LOGIN_FAILED = "auth.login_failed"
+    LOGOUT = "auth.logout"
 
 
 class Capability(models.TextChoices):
