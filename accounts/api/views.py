@@ -16,6 +16,7 @@ class ApiTokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     """Your API tokens (an admin sees all). The key is returned once, at creation."""
 
     serializer_class = ApiTokenSerializer
+    lookup_value_regex = "[0-9]+"  # a non-numeric id is an unknown token (404), not a crash
     required_capabilities = {a: Capability.MANAGE_TOKENS for a in ("list", "create", "revoke")}
     filterset_fields = ["name"]
 

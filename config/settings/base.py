@@ -5,9 +5,11 @@ Values come from the environment through config.env's strict helpers.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 
 from config.env import env_bool, env_float, env_int, env_list, env_secret, env_str
 
@@ -30,6 +32,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
+    "csp",
+    "axes",
     # Modelyard, lowest layer first:
     # core ← accounts ← registry ← deployments ← monitoring ← frontend
     "core",
@@ -42,7 +46,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every log record of the request, including other middlewares', carries its id.
+    "core.middleware.RequestIdMiddleware",
+    "core.middleware.PrometheusMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -52,6 +60,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes requires: turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -94,6 +104,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "modelyard",
+        # JSON, not Django's default pickle: see core/cache.py.
+        "OPTIONS": {"serializer": "core.cache.JsonRedisSerializer"},
     }
 }
 
@@ -104,7 +116,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "frontend:login"
+LOGIN_REDIRECT_URL = "frontend:model_list"
+LOGOUT_REDIRECT_URL = "frontend:login"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -112,7 +126,15 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# The image collects static files at build time into its own read-only tree
+# (platform/Dockerfile sets MODELYARD_STATIC_ROOT), so every web replica serves its version's.
+STATIC_ROOT = Path(env_str("MODELYARD_STATIC_ROOT", str(DATA_DIR / "static"))).resolve()
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    # plotly.js from the plotly package itself (one file, not its whole data folder).
+    "frontend.staticfiles.PlotlyJsFinder",
+]
 MEDIA_ROOT = DATA_DIR / "artifacts"
 STORAGES = {
     # Artifacts: server-chosen names only (see registry.services.artifact_store).
@@ -143,6 +165,20 @@ MODELYARD_SLOT_READY_TIMEOUT_SECONDS = env_float(
     "MODELYARD_SLOT_READY_TIMEOUT_SECONDS", 90, minimum=1
 )
 MODELYARD_SLOT_WORKERS = env_int("MODELYARD_SLOT_WORKERS", 1, minimum=1)
+# Where slots run: "local" (bentoml serve processes here) or "kubernetes" (a Deployment +
+# Service per slot, images from MODELYARD_K8S_IMAGE_REGISTRY); deployments.backends checks
+# the values. See README "Running in production".
+MODELYARD_RUNTIME_BACKEND = env_str("MODELYARD_RUNTIME_BACKEND", "local")
+MODELYARD_K8S_NAMESPACE = env_str("MODELYARD_K8S_NAMESPACE", "modelyard")
+MODELYARD_K8S_IMAGE_REGISTRY = env_str("MODELYARD_K8S_IMAGE_REGISTRY", "")
+MODELYARD_K8S_IMAGE_PULL_SECRET = env_str("MODELYARD_K8S_IMAGE_PULL_SECRET", "")
+MODELYARD_K8S_IN_CLUSTER = env_bool("MODELYARD_K8S_IN_CLUSTER", False)
+MODELYARD_K8S_KUBECONFIG = env_str("MODELYARD_K8S_KUBECONFIG", "")
+MODELYARD_K8S_CONTEXT = env_str("MODELYARD_K8S_CONTEXT", "")
+MODELYARD_K8S_SLOT_REPLICAS = env_int("MODELYARD_K8S_SLOT_REPLICAS", 1, minimum=1)
+# JSON: {"requests": {...}, "limits": {...}}; per deployment name: {"churn-prod": {...}}.
+MODELYARD_K8S_SLOT_RESOURCES = env_str("MODELYARD_K8S_SLOT_RESOURCES", "")
+MODELYARD_K8S_DEPLOYMENT_RESOURCES = env_str("MODELYARD_K8S_DEPLOYMENT_RESOURCES", "")
 MODELYARD_BUILD_TIMEOUT_SECONDS = env_float("MODELYARD_BUILD_TIMEOUT_SECONDS", 900, minimum=1)
 # A build claimed longer ago than this belongs to a dead worker and may be claimed again.
 MODELYARD_BUILD_STALE_SECONDS = env_int(
@@ -207,6 +243,60 @@ MODELYARD_BATCH_CHUNK_MAX_ATTEMPTS = env_int("MODELYARD_BATCH_CHUNK_MAX_ATTEMPTS
 MODELYARD_BATCH_RETRY_DELAY_SECONDS = env_float("MODELYARD_BATCH_RETRY_DELAY_SECONDS", 2, minimum=0)
 MODELYARD_BATCH_BUILD_POLL_SECONDS = env_float("MODELYARD_BATCH_BUILD_POLL_SECONDS", 5, minimum=0.1)
 
+# --- Security --------------------------------------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    # django-axes first: a locked-out (user name, address) pair is refused before any
+    # password is checked, on the UI login and the admin login alike.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("MODELYARD_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("MODELYARD_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+# The pair, not the user name alone: otherwise anyone could lock an admin out by typing
+# wrong passwords for them. The address is REMOTE_ADDR (django-ipware is not installed):
+# a client-supplied X-Forwarded-For must not let an attacker pick a fresh address per try.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Successful sign-ins are in the audit log already; axes keeps only the failures.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_HTTP_RESPONSE_CODE = 429
+
+# Content Security Policy (django-csp). Pages carry no inline scripts; plotly.js sets
+# inline styles, hence 'unsafe-inline' for styles only.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+
+# Client IPs for throttling and lockouts: the number of reverse proxies in front of the web
+# process whose X-Forwarded-For entries are trusted. 0 trusts none (REMOTE_ADDR only).
+MODELYARD_NUM_PROXIES = env_int("MODELYARD_NUM_PROXIES", 0, minimum=0)
+# Failed API token authentications per client address (any key, valid or not, is refused
+# with 429 past it), so keys cannot be guessed at request speed.
+MODELYARD_TOKEN_AUTH_FAILURE_RATE = env_str("MODELYARD_TOKEN_AUTH_FAILURE_RATE", "30/min")
+
+# /metrics (Prometheus) of the web process: a scraper presents `Authorization: Bearer
+# <token>`; without a configured token only signed-in admins may read it.
+MODELYARD_METRICS_TOKEN = env_str("MODELYARD_METRICS_TOKEN", "")
+# Request ids: a client's X-Request-ID is kept when it looks like an id, else replaced.
+MODELYARD_REQUEST_ID_HEADER = "HTTP_X_REQUEST_ID"
+
 # --- REST API --------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -227,7 +317,8 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_THROTTLE_RATES": {"token_auth_failures": "30/min"},
+    "DEFAULT_THROTTLE_RATES": {"token_auth_failures": MODELYARD_TOKEN_AUTH_FAILURE_RATE},
+    "NUM_PROXIES": MODELYARD_NUM_PROXIES,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Modelyard API",
@@ -287,11 +378,28 @@ CELERY_BEAT_SCHEDULE = {
     "monitoring-retention": {"task": "monitoring.retention", "schedule": 3600.0},
 }
 
+# Logs: one JSON object per line (MODELYARD_LOG_FORMAT=plain for humans at a terminal);
+# every record of a request carries its request_id.
+MODELYARD_LOG_FORMAT = env_str("MODELYARD_LOG_FORMAT", "json")
+if MODELYARD_LOG_FORMAT not in {"json", "plain"}:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("MODELYARD_LOG_FORMAT must be 'json' or 'plain'.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "core.logging.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "core.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": MODELYARD_LOG_FORMAT,
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("MODELYARD_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -7,10 +7,18 @@ from django.core.exceptions import ImproperlyConfigured
 from config.env import env_bool, env_int, env_list
 
 from .base import *  # noqa: F403
-from .base import DEBUG
+from .base import DEBUG, SECRET_KEY
 
 if DEBUG:
     raise ImproperlyConfigured("DJANGO_DEBUG must be false with config.settings.production.")
+# A placeholder copied from an example (platform/secrets/*.example, the README) or the
+# test/local defaults would let anyone forge sessions and CSRF tokens: refuse to start.
+_PLACEHOLDER_KEYS = ("replace-me", "change-me", "changeme", "django-insecure", "not-secret")
+if len(SECRET_KEY) < 50 or any(marker in SECRET_KEY.lower() for marker in _PLACEHOLDER_KEYS):
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY must be 50+ random characters, not a placeholder; make one with: "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", [])
 if not ALLOWED_HOSTS:

@@ -29,3 +29,9 @@ STORAGES["default"] = {
     "OPTIONS": {"location": str(MEDIA_ROOT), "file_permissions_mode": 0o640},
 }
 MODELYARD_SANDBOX_TIMEOUT_SECONDS = 60
+# django-axes refuses authenticate() calls without a request, which the test client's
+# login() makes; tests/security turns it on where lockouts are what is tested.
+AXES_ENABLED = False
+# Suites try hundreds of bad tokens from 127.0.0.1 within a minute; tests/security checks
+# the production rate (MODELYARD_TOKEN_AUTH_FAILURE_RATE) itself.
+MODELYARD_TOKEN_AUTH_FAILURE_RATE = "100000/min"  # noqa: S105 - a rate, not a secret
