@@ -1,0 +1,828 @@
+"""Serving slots as Kubernetes Deployments: one Deployment + one Service per slot.
+
+A slot ``churn-prod.blue`` becomes Deployment and Service ``slot-churn-prod-blue-<hash>``
+in the configured namespace. The pods run the Bento's own image,
+``<registry>/<bento name>:<bento version>``, built from the context BentoML's containerize
+writes (:func:`image_build_context`) and pushed by CI or an operator beforehand: the backend
+never builds images, it fails the slot with a clear message when the image cannot be pulled.
+
+Everything the backend knows lives in the cluster (labels and annotations on the
+Deployment), never only in memory, so any number of web/worker processes share one view
+and a restarted worker needs no state directory. Traffic moves the same way as with the
+local backend: the rollout points the gateway's route at the new slot's upstream, here the
+slot Service's DNS name ``http://<service>.<namespace>.svc:3000``; the Services never change
+selectors, so a slot's URL is stable for its whole life.
+
+Kubernetes restarts crashed containers itself; ``supervise_once`` only observes and reports
+what happened (restarts, crash loops, pull failures) once per change, for the audit trail.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from deployments.integrations import bentoml as bentoml_integration
+from deployments.integrations.kubernetes import (
+    KubeClient,
+    KubeError,
+    KubeNotFound,
+    parse_quantity,
+)
+from deployments.runtime.base import (
+    ResourceSample,
+    RuntimeBackend,
+    RuntimeBackendError,
+    SlotEvent,
+    SlotHandle,
+    SlotNotFound,
+    SlotStartError,
+    SlotStatus,
+    validate_slot_key,
+)
+
+BENTO_PORT = 3000  # BentoML's default HTTP port; the generated image EXPOSEs it
+# The generated Dockerfile creates user "bentoml" with this uid/gid (BENTO_USER_UID).
+BENTO_UID = 1034
+CONTAINER = "bento"
+# BentoML writes its Prometheus multiprocess dir and scratch under $BENTOML_HOME; the Bento
+# and its models live under $BENTO_PATH (/home/bentoml/bento), so pointing the home at an
+# emptyDir lets the root filesystem stay read-only.
+BENTOML_HOME = "/var/lib/bentoml"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_SLOT_ID = "modelyard.io/slot-id"
+LABEL_DEPLOYMENT = "modelyard.io/deployment"
+LABEL_SLOT = "modelyard.io/slot"
+LABEL_VERSION = "modelyard.io/version"
+LABEL_BENTO = "modelyard.io/bento"
+ANN_SLOT_KEY = "modelyard.io/slot-key"
+ANN_BENTO_TAG = "modelyard.io/bento-tag"
+ANN_STARTED_AT = "modelyard.io/started-at"
+ANN_LAST_EVENT = "modelyard.io/last-event"
+ANN_REPORTED = "modelyard.io/reported"  # restarts + problem last reported by supervise_once
+ANN_CPU = "modelyard.io/cpu-seconds"  # CPU counter integrated from the metrics API
+SLOT_SELECTOR = f"{LABEL_NAME}=modelyard-slot,{LABEL_MANAGED_BY}=modelyard"
+
+DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "250m", "memory": "512Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
+
+# Waiting reasons that mean the image will not arrive by waiting longer.
+IMAGE_PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+
+_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+_NAME_BAD = re.compile(r"[^a-z0-9-]+")
+# Docker reference grammar: path components and tag.
+_REPO_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_LOG_TAIL_LINES = 40
+
+
+class ResourceUsageUnknown(RuntimeBackendError):
+    """The cluster serves no metrics API, so a slot's CPU and memory cannot be measured."""
+
+
+@dataclass(frozen=True)
+class ImageBuild:
+    """How to turn a Bento into the image a slot runs (see README "Running in production")."""
+
+    image: str
+    context: Path
+    dockerfile: Path
+
+    @property
+    def commands(self) -> list[list[str]]:
+        return [
+            ["docker", "build", "-f", str(self.dockerfile), "-t", self.image, str(self.context)],
+            ["docker", "push", self.image],
+        ]
+
+
+class KubernetesBackend(RuntimeBackend):
+    """One Deployment (``replicas`` pods of the Bento's image) + one Service per slot."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        namespace: str,
+        image_registry: str,
+        image_pull_secret: str = "",
+        resources: dict[str, dict[str, str]] | None = None,
+        deployment_resources: dict[str, dict[str, dict[str, str]]] | None = None,
+        replicas: int = 1,
+        workers: int = 1,
+        ready_timeout: float = 300,
+        poll_interval: float = 2.0,
+        service_account: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not namespace:
+            raise ValueError("namespace must not be empty")
+        registry = image_registry.strip().rstrip("/")
+        if not registry or "://" in registry:
+            raise ValueError(
+                f"image registry {image_registry!r} must be a registry host and path without "
+                f"a scheme, e.g. 'registry.example.com/modelyard'"
+            )
+        if replicas < 1 or workers < 1:
+            raise ValueError("replicas and workers must be >= 1")
+        self.client = client
+        self.namespace = namespace
+        self.image_registry = registry
+        self.image_pull_secret = image_pull_secret
+        self.resources = copy.deepcopy(resources or DEFAULT_RESOURCES)
+        self.deployment_resources = copy.deepcopy(deployment_resources or {})
+        self.replicas = replicas
+        self.workers = workers
+        self.ready_timeout = float(ready_timeout)
+        self.poll_interval = poll_interval
+        self.service_account = service_account
+        self._clock = clock
+
+    # ------------------------------------------------------------------ naming + rendering
+
+    @staticmethod
+    def object_name(slot_key: str) -> str:
+        """The Deployment/Service name of a slot: a DNS-1035 label, unique per slot key.
+
+        The hash keeps ``a.b`` and ``a-b`` (which both sanitise to ``a-b``) apart.
+        """
+        validate_slot_key(slot_key)
+        digest = hashlib.sha256(slot_key.encode()).hexdigest()[:8]
+        slug = _NAME_BAD.sub("-", slot_key.lower()).strip("-")[:44].rstrip("-")
+        return f"slot-{slug}-{digest}" if slug else f"slot-{digest}"
+
+    def image_for(self, bento_tag: str) -> str:
+        return image_reference(registry=self.image_registry, bento_tag=bento_tag)
+
+    def url_for(self, slot_key: str) -> str:
+        return f"http://{self.object_name(slot_key)}.{self.namespace}.svc:{BENTO_PORT}"
+
+    def resources_for(self, slot_key: str) -> dict[str, dict[str, str]]:
+        deployment, _ = _split_slot_key(slot_key)
+        return copy.deepcopy(self.deployment_resources.get(deployment, self.resources))
+
+    def render(
+        self, *, slot_key: str, bento_tag: str, started_at: datetime | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The Deployment and Service manifests of a slot serving ``bento_tag``."""
+        name = self.object_name(slot_key)
+        image = self.image_for(bento_tag)
+        deployment_name, color = _split_slot_key(slot_key)
+        bento_name, bento_version = bento_tag.split(":", 1)
+        selector = {LABEL_SLOT_ID: name}
+        labels = {
+            LABEL_NAME: "modelyard-slot",
+            LABEL_MANAGED_BY: "modelyard",
+            LABEL_SLOT_ID: name,
+            LABEL_DEPLOYMENT: _label_value(deployment_name),
+            LABEL_SLOT: _label_value(color),
+            LABEL_VERSION: _label_value(bento_version),
+            LABEL_BENTO: _label_value(bento_name),
+        }
+        annotations = {
+            ANN_SLOT_KEY: slot_key,
+            ANN_BENTO_TAG: bento_tag,
+            ANN_STARTED_AT: (started_at or datetime.now(UTC)).isoformat(timespec="seconds"),
+        }
+        probe = {"port": BENTO_PORT, "scheme": "HTTP"}
+        container: dict[str, Any] = {
+            "name": CONTAINER,
+            "image": image,
+            # Tags name immutable Bento versions; IfNotPresent avoids a registry round trip
+            # per pod start.
+            "imagePullPolicy": "IfNotPresent",
+            "args": ["serve"],  # the image's entrypoint runs `bentoml serve $BENTO_PATH`
+            "ports": [{"name": "http", "containerPort": BENTO_PORT, "protocol": "TCP"}],
+            "env": [
+                {"name": "BENTOML_HOME", "value": BENTOML_HOME},
+                {"name": "BENTOML_DO_NOT_TRACK", "value": "True"},
+                {
+                    "name": "BENTOML_CONFIG_OPTIONS",
+                    "value": f"services.{bentoml_integration.SERVICE_NAME}.workers={self.workers}",
+                },
+            ],
+            "resources": self.resources_for(slot_key),
+            # A model may take a while to load: the startup probe holds the liveness probe
+            # off for up to ready_timeout instead of killing a slow first start.
+            "startupProbe": {
+                "httpGet": {"path": "/livez", **probe},
+                "periodSeconds": 5,
+                "failureThreshold": max(1, int(self.ready_timeout // 5)),
+            },
+            "readinessProbe": {
+                "httpGet": {"path": "/readyz", **probe},
+                "periodSeconds": 5,
+                "timeoutSeconds": 3,
+                "failureThreshold": 3,
+            },
+            "livenessProbe": {
+                "httpGet": {"path": "/livez", **probe},
+                "periodSeconds": 10,
+                "timeoutSeconds": 5,
+                "failureThreshold": 3,
+            },
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "runAsNonRoot": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": [
+                {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - the pod's own emptyDir
+                {"name": "bentoml-home", "mountPath": BENTOML_HOME},
+            ],
+        }
+        pod_spec: dict[str, Any] = {
+            # Slots call nothing in the cluster: no API token in the pods.
+            "automountServiceAccountToken": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": BENTO_UID,
+                "runAsGroup": BENTO_UID,
+                "fsGroup": BENTO_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "terminationGracePeriodSeconds": 30,
+            "containers": [container],
+            "volumes": [
+                {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                {"name": "bentoml-home", "emptyDir": {"sizeLimit": "256Mi"}},
+            ],
+        }
+        if self.service_account:
+            pod_spec["serviceAccountName"] = self.service_account
+        if self.image_pull_secret:
+            pod_spec["imagePullSecrets"] = [{"name": self.image_pull_secret}]
+        deployment = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": labels,
+                "annotations": annotations,
+            },
+            "spec": {
+                "replicas": self.replicas,
+                "revisionHistoryLimit": 2,
+                # Never fewer ready pods than wanted while a slot's pods are replaced.
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+                },
+                "progressDeadlineSeconds": max(60, int(self.ready_timeout)),
+                "selector": {"matchLabels": selector},
+                "template": {
+                    "metadata": {"labels": labels, "annotations": {ANN_BENTO_TAG: bento_tag}},
+                    "spec": pod_spec,
+                },
+            },
+        }
+        service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": labels,
+                "annotations": {ANN_SLOT_KEY: slot_key},
+            },
+            "spec": {
+                "type": "ClusterIP",
+                "selector": selector,
+                "ports": [
+                    {"name": "http", "port": BENTO_PORT, "targetPort": "http", "protocol": "TCP"}
+                ],
+            },
+        }
+        return deployment, service
+
+    def image_build_context(self, *, home: Path, bento_tag: str, dest: Path) -> ImageBuild:
+        return image_build_context(
+            registry=self.image_registry, home=home, bento_tag=bento_tag, dest=dest
+        )
+
+    # ------------------------------------------------------------------ public API
+
+    def slot_start(self, *, slot_key: str, bento_tag: str) -> SlotHandle:
+        validate_slot_key(slot_key)
+        name = self.object_name(slot_key)
+        try:
+            self.image_for(bento_tag)
+        except ValueError as exc:
+            raise SlotStartError(f"slot {slot_key}: {exc}") from None
+        deadline = self._clock() + self.ready_timeout
+        existing = self._get_deployment(name)
+        annotations = (existing or {}).get("metadata", {}).get("annotations") or {}
+        if existing is not None and annotations.get(ANN_BENTO_TAG) == bento_tag:
+            # Already serving this Bento: a no-op apart from making sure the Service exists
+            # and handing the slot out only once it is ready.
+            started_at = _parse_dt(annotations.get(ANN_STARTED_AT))
+            deployment, service = self.render(
+                slot_key=slot_key, bento_tag=bento_tag, started_at=started_at
+            )
+            self._kube(f"slot {slot_key}", self.client.service_apply, body=service)
+            self._wait_ready(slot_key, bento_tag, deadline)
+            return self._handle(slot_key, bento_tag, started_at)
+        started_at = datetime.now(UTC)
+        deployment, service = self.render(
+            slot_key=slot_key, bento_tag=bento_tag, started_at=started_at
+        )
+        replaced = annotations.get(ANN_BENTO_TAG) if existing is not None else None
+        self._kube(f"slot {slot_key}", self.client.deployment_apply, body=deployment)
+        self._kube(f"slot {slot_key}", self.client.service_apply, body=service)
+        self._wait_ready(slot_key, bento_tag, deadline)
+        message = f"serving {bento_tag} at {self.url_for(slot_key)} (deployment {name})"
+        if replaced:
+            message += f"; replaced {replaced}"
+        self._record_event(name, _new_event(slot_key, "started", message))
+        return self._handle(slot_key, bento_tag, started_at)
+
+    def slot_stop(self, *, slot_key: str, timeout: float = 10) -> None:
+        validate_slot_key(slot_key)
+        name = self.object_name(slot_key)
+        # Pods get SIGTERM, then SIGKILL after the grace period: BentoML drains in-flight
+        # requests on SIGTERM.
+        self._kube(
+            f"slot {slot_key}",
+            self.client.deployment_delete,
+            name=name,
+            grace_seconds=max(0, int(timeout)),
+        )
+        self._kube(f"slot {slot_key}", self.client.service_delete, name=name)
+
+    def slot_status(self, *, slot_key: str) -> SlotStatus:
+        validate_slot_key(slot_key)
+        name = self.object_name(slot_key)
+        deployment = self._get_deployment(name)
+        if deployment is None:
+            raise SlotNotFound(f"no slot {slot_key!r} (Deployment {self.namespace}/{name})")
+        pods = self._kube(
+            f"slot {slot_key}",
+            self.client.pod_list,
+            label_selector=f"{LABEL_SLOT_ID}={name}",
+        )
+        return self._status(deployment, pods)
+
+    def slot_serving(self, *, slot_key: str, bento_tag: str) -> bool:
+        """One read of the Deployment: it runs ``bento_tag`` and all its pods are ready."""
+        validate_slot_key(slot_key)
+        deployment = self._get_deployment(self.object_name(slot_key))
+        if deployment is None:
+            return False
+        annotations = deployment["metadata"].get("annotations") or {}
+        return annotations.get(ANN_BENTO_TAG) == bento_tag and _deployment_ready(deployment)
+
+    def slot_resources(self, *, slot_key: str) -> ResourceSample:
+        """Memory (working set) and a CPU-seconds counter from the metrics API.
+
+        The metrics API reports CPU as a rate averaged over a short window; the counter
+        integrates it between the API's own sample timestamps and is kept on the
+        Deployment, so every process reading it sees one series. It starts at zero on the
+        first sample (and again when the slot is restarted), which consumers treat as a
+        reset. Without the metrics API (no metrics-server), usage is unknown and this
+        raises ResourceUsageUnknown rather than report made-up numbers.
+        """
+        validate_slot_key(slot_key)
+        name = self.object_name(slot_key)
+        deployment = self._get_deployment(name)
+        if deployment is None:
+            raise SlotNotFound(f"no slot {slot_key!r} (Deployment {self.namespace}/{name})")
+        try:
+            items = self.client.pod_metrics(
+                namespace=self.namespace, label_selector=f"{LABEL_SLOT_ID}={name}"
+            )
+        except KubeNotFound:
+            raise ResourceUsageUnknown(
+                f"slot {slot_key}: resource usage is unknown: the cluster does not serve the "
+                f"metrics.k8s.io API (install metrics-server)"
+            ) from None
+        except KubeError as exc:
+            raise RuntimeBackendError(f"slot {slot_key}: {exc}") from None
+        cores, memory, containers, newest = Decimal(0), 0, 0, None
+        for item in items:
+            stamp = _parse_dt(item.get("timestamp"))
+            if stamp is not None and (newest is None or stamp > newest):
+                newest = stamp
+            for entry in item.get("containers") or []:
+                usage = entry.get("usage") or {}
+                cores += parse_quantity(usage.get("cpu", "0"))
+                memory += int(parse_quantity(usage.get("memory", "0")))
+                containers += 1
+        taken_at = newest or datetime.now(UTC)
+        cpu_seconds = self._advance_cpu_counter(deployment, cores, taken_at) if containers else 0.0
+        return ResourceSample(
+            slot_key=slot_key,
+            cpu_seconds=cpu_seconds,
+            rss_bytes=memory,
+            process_count=containers,
+            taken_at=taken_at,
+        )
+
+    def slots(self) -> list[SlotStatus]:
+        deployments = self._kube(
+            "listing slots", self.client.deployment_list, label_selector=SLOT_SELECTOR
+        )
+        pods = self._kube("listing slots", self.client.pod_list, label_selector=SLOT_SELECTOR)
+        return [self._status(d, pods) for d in deployments if _slot_key_of(d)]
+
+    def supervise_once(self) -> list[SlotEvent]:
+        """Report, once per change, container restarts and pods that cannot become ready.
+
+        Kubernetes does the restarting (with its own backoff); the last reported state is
+        kept on the Deployment, so several supervisors, or a restarted one, report each
+        change once.
+        """
+        events: list[SlotEvent] = []
+        deployments = self._kube(
+            "supervising", self.client.deployment_list, label_selector=SLOT_SELECTOR
+        )
+        pods = self._kube("supervising", self.client.pod_list, label_selector=SLOT_SELECTOR)
+        for deployment in deployments:
+            slot_key = _slot_key_of(deployment)
+            if not slot_key:
+                continue
+            name = deployment["metadata"]["name"]
+            own = _pods_of(name, pods)
+            reported = _json_annotation(deployment, ANN_REPORTED) or {}
+            restarts = _restarts(own)
+            seen = int(reported.get("restarts", 0))
+            problem = _problem(own)
+            found: list[SlotEvent] = []
+            if restarts > seen:
+                found.append(
+                    _new_event(
+                        slot_key,
+                        "restarted",
+                        f"Kubernetes restarted the server {restarts - seen} "
+                        f"time(s) (total {restarts}){_last_termination(own)}",
+                    )
+                )
+            if problem and problem != reported.get("problem", ""):
+                kind = "crashed" if "CrashLoopBackOff" in problem else "unavailable"
+                found.append(_new_event(slot_key, kind, problem))
+            if found or restarts != seen or problem != reported.get("problem", ""):
+                patch = {
+                    "metadata": {
+                        "annotations": {
+                            ANN_REPORTED: json.dumps({"restarts": restarts, "problem": problem})
+                        }
+                    }
+                }
+                if found:
+                    patch["metadata"]["annotations"][ANN_LAST_EVENT] = _event_json(found[-1])
+                try:
+                    self.client.deployment_patch(namespace=self.namespace, name=name, patch=patch)
+                except KubeNotFound:
+                    continue  # stopped meanwhile
+                except KubeError as exc:
+                    raise RuntimeBackendError(f"slot {slot_key}: {exc}") from None
+            events.extend(found)
+        return events
+
+    # ------------------------------------------------------------------ readiness
+
+    def _wait_ready(self, slot_key: str, bento_tag: str, deadline: float) -> None:
+        """Poll until the slot's Deployment is fully available; on failure delete it."""
+        name = self.object_name(slot_key)
+        image = self.image_for(bento_tag)
+        selector = f"{LABEL_SLOT_ID}={name}"
+        while True:
+            deployment = self._get_deployment(name)
+            if deployment is None:
+                raise SlotStartError(f"slot {slot_key}: Deployment {name} vanished while starting")
+            pods = self._kube(f"slot {slot_key}", self.client.pod_list, label_selector=selector)
+            pulls = _image_pull_failures(pods)
+            if pulls:
+                self._fail_start(
+                    slot_key,
+                    f"slot {slot_key}: image {image} cannot be pulled ({pulls}); build the "
+                    f"Bento's image and push it to {self.image_registry} first (README: "
+                    f"'Running in production')",
+                    pods,
+                )
+            if _deployment_ready(deployment):
+                return
+            stalled = _condition(deployment, "Progressing")
+            if stalled and stalled.get("reason") == "ProgressDeadlineExceeded":
+                self._fail_start(
+                    slot_key,
+                    f"slot {slot_key}: {bento_tag} made no progress: {stalled.get('message', '')}",
+                    pods,
+                )
+            if self._clock() >= deadline:
+                self._fail_start(
+                    slot_key,
+                    f"slot {slot_key}: {bento_tag} was not ready within "
+                    f"{self.ready_timeout:.0f} s ({_summary(deployment, pods)})",
+                    pods,
+                )
+            time.sleep(self.poll_interval)
+
+    def _fail_start(self, slot_key: str, message: str, pods: list[dict[str, Any]]) -> None:
+        """Leave nothing running, then raise with the pods' states and log tail."""
+        tail = self._pod_report(pods)
+        self.slot_stop(slot_key=slot_key, timeout=5)
+        raise SlotStartError(message, log_tail=tail)
+
+    def _pod_report(self, pods: list[dict[str, Any]]) -> str:
+        lines = []
+        for pod in pods:
+            pod_name = pod["metadata"]["name"]
+            lines.append(f"pod {pod_name}: {_pod_state(pod)}")
+            try:
+                log = self.client.pod_log_tail(
+                    namespace=self.namespace,
+                    name=pod_name,
+                    container=CONTAINER,
+                    lines=_LOG_TAIL_LINES,
+                )
+            except KubeError:
+                log = ""
+            lines.extend(line for line in log.splitlines() if line.strip())
+        return "\n".join(lines[-_LOG_TAIL_LINES:])
+
+    # ------------------------------------------------------------------ helpers
+
+    def _get_deployment(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.client.deployment_get(namespace=self.namespace, name=name)
+        except KubeNotFound:
+            return None
+        except KubeError as exc:
+            raise RuntimeBackendError(str(exc)) from None
+
+    def _kube(self, context: str, method: Callable[..., Any], **kwargs: Any) -> Any:
+        try:
+            return method(namespace=self.namespace, **kwargs)
+        except KubeError as exc:
+            raise RuntimeBackendError(f"{context}: {exc}") from None
+
+    def _record_event(self, name: str, event: SlotEvent) -> None:
+        patch = {"metadata": {"annotations": {ANN_LAST_EVENT: _event_json(event)}}}
+        try:
+            self.client.deployment_patch(namespace=self.namespace, name=name, patch=patch)
+        except KubeError as exc:
+            raise RuntimeBackendError(f"slot {event.slot_key}: {exc}") from None
+
+    def _advance_cpu_counter(
+        self, deployment: dict[str, Any], cores: Decimal, taken_at: datetime
+    ) -> float:
+        state = _json_annotation(deployment, ANN_CPU) or {}
+        total = float(state.get("cpu_seconds", 0.0))
+        last = _parse_dt(state.get("at"))
+        if last is not None and taken_at <= last:
+            return total  # the metrics API has no newer sample yet
+        if last is not None:
+            total += float(cores) * (taken_at - last).total_seconds()
+        patch = {
+            "metadata": {
+                "annotations": {
+                    ANN_CPU: json.dumps(
+                        {"cpu_seconds": round(total, 6), "at": taken_at.isoformat()}
+                    )
+                }
+            }
+        }
+        try:
+            self.client.deployment_patch(
+                namespace=self.namespace, name=deployment["metadata"]["name"], patch=patch
+            )
+        except KubeError as exc:
+            raise RuntimeBackendError(str(exc)) from None
+        return total
+
+    def _handle(self, slot_key: str, bento_tag: str, started_at: datetime | None) -> SlotHandle:
+        return SlotHandle(
+            slot_key=slot_key,
+            bento_tag=bento_tag,
+            url=self.url_for(slot_key),
+            identifier=f"deployment:{self.namespace}/{self.object_name(slot_key)}",
+            pid=None,
+            port=BENTO_PORT,
+            started_at=started_at or datetime.now(UTC),
+        )
+
+    def _status(self, deployment: dict[str, Any], pods: list[dict[str, Any]]) -> SlotStatus:
+        metadata = deployment["metadata"]
+        annotations = metadata.get("annotations") or {}
+        slot_key = annotations.get(ANN_SLOT_KEY, "")
+        own = _pods_of(metadata["name"], pods)
+        last = _json_annotation(deployment, ANN_LAST_EVENT)
+        return SlotStatus(
+            slot_key=slot_key,
+            bento_tag=annotations.get(ANN_BENTO_TAG, ""),
+            url=self.url_for(slot_key),
+            running=any((pod.get("status") or {}).get("phase") == "Running" for pod in own),
+            ready=_deployment_ready(deployment),
+            restarts=_restarts(own),
+            last_event=(
+                SlotEvent(
+                    slot_key=slot_key,
+                    kind=last["kind"],
+                    message=last["message"],
+                    at=datetime.fromisoformat(last["at"]),
+                )
+                if last
+                else None
+            ),
+            pid=None,
+            started_at=_parse_dt(annotations.get(ANN_STARTED_AT)),
+        )
+
+
+# ---------------------------------------------------------------------- pure helpers
+
+
+def image_reference(*, registry: str, bento_tag: str) -> str:
+    """``<registry>/<bento name>:<bento version>``; ValueError for a tag no image can have."""
+    name, sep, version = bento_tag.partition(":")
+    if not sep or not _REPO_COMPONENT.match(name) or not _IMAGE_TAG.match(version):
+        raise ValueError(
+            f"Bento tag {bento_tag!r} cannot name an image: the name must be a Docker "
+            f"repository component and the version a Docker tag"
+        )
+    return f"{registry.strip().rstrip('/')}/{name}:{version}"
+
+
+def image_build_context(*, registry: str, home: Path, bento_tag: str, dest: Path) -> ImageBuild:
+    """Write the Bento's Docker build context to ``dest``; the image and how to build it."""
+    image = image_reference(registry=registry, bento_tag=bento_tag)
+    context = bentoml_integration.bento_image_context(home=home, bento_tag=bento_tag, dest=dest)
+    return ImageBuild(
+        image=image, context=context, dockerfile=context / "env" / "docker" / "Dockerfile"
+    )
+
+
+def _split_slot_key(slot_key: str) -> tuple[str, str]:
+    """``churn-prod.blue`` -> (``churn-prod``, ``blue``); a key without a dot is its own name."""
+    deployment, sep, color = slot_key.rpartition(".")
+    return (deployment, color) if sep and deployment else (slot_key, "")
+
+
+def _label_value(value: str) -> str:
+    """A valid label value (<= 63 chars, alphanumeric at both ends); full values live in
+    annotations."""
+    cleaned = _LABEL_VALUE_BAD.sub("-", value)[:63]
+    return cleaned.strip("-._")
+
+
+def _slot_key_of(deployment: dict[str, Any]) -> str:
+    return ((deployment.get("metadata") or {}).get("annotations") or {}).get(ANN_SLOT_KEY, "")
+
+
+def _pods_of(name: str, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        pod
+        for pod in pods
+        if ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_SLOT_ID) == name
+        and not (pod.get("metadata") or {}).get("deletionTimestamp")
+    ]
+
+
+def _deployment_ready(deployment: dict[str, Any]) -> bool:
+    """Every wanted pod runs the current template and is available; no old pods remain."""
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    wanted = int(spec.get("replicas", 1))
+    generation = int((deployment.get("metadata") or {}).get("generation", 0))
+    return (
+        wanted > 0
+        and int(status.get("observedGeneration", 0)) >= generation
+        and int(status.get("updatedReplicas", 0)) >= wanted
+        and int(status.get("availableReplicas", 0)) >= wanted
+        and int(status.get("readyReplicas", 0)) >= wanted
+        and int(status.get("replicas", 0)) <= wanted
+    )
+
+
+def _condition(deployment: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for condition in (deployment.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return condition
+    return None
+
+
+def _container_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def _image_pull_failures(pods: list[dict[str, Any]]) -> str:
+    found = []
+    for pod in pods:
+        for container in _container_statuses(pod):
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in IMAGE_PULL_FAILURES:
+                detail = waiting.get("message", "")
+                found.append(f"{waiting['reason']}" + (f": {detail}" if detail else ""))
+    return "; ".join(dict.fromkeys(found))
+
+
+def _restarts(pods: list[dict[str, Any]]) -> int:
+    return sum(int(c.get("restartCount", 0)) for pod in pods for c in _container_statuses(pod))
+
+
+def _pod_state(pod: dict[str, Any]) -> str:
+    status = pod.get("status") or {}
+    parts = [status.get("phase", "Unknown")]
+    for container in _container_statuses(pod):
+        state = container.get("state") or {}
+        for key in ("waiting", "terminated"):
+            if state.get(key):
+                reason = state[key].get("reason", key)
+                message = state[key].get("message", "")
+                parts.append(
+                    f"{container.get('name')} {reason}" + (f": {message}" if message else "")
+                )
+        if container.get("restartCount"):
+            parts.append(f"{container['restartCount']} restart(s)")
+        if not container.get("ready") and "running" in state:
+            parts.append(f"{container.get('name')} running, not ready")
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            parts.append(f"unschedulable: {condition.get('message', '')}")
+    return ", ".join(parts)
+
+
+def _problem(pods: list[dict[str, Any]]) -> str:
+    """Why a slot's pods cannot serve (crash loop, pull failure, unschedulable), or ""."""
+    problems = []
+    for pod in pods:
+        for container in _container_statuses(pod):
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason", "")
+            if reason == "CrashLoopBackOff" or reason in IMAGE_PULL_FAILURES:
+                problems.append(f"{reason}: {waiting.get('message', '')}".rstrip(": "))
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                problems.append(f"Unschedulable: {condition.get('message', '')}")
+    return "; ".join(dict.fromkeys(problems))
+
+
+def _last_termination(pods: list[dict[str, Any]]) -> str:
+    for pod in pods:
+        for container in _container_statuses(pod):
+            terminated = (container.get("lastState") or {}).get("terminated") or {}
+            if terminated:
+                return (
+                    f"; last exit: {terminated.get('reason', 'terminated')} "
+                    f"(exit code {terminated.get('exitCode', '?')})"
+                )
+    return ""
+
+
+def _summary(deployment: dict[str, Any], pods: list[dict[str, Any]]) -> str:
+    status = deployment.get("status") or {}
+    wanted = (deployment.get("spec") or {}).get("replicas", 1)
+    text = f"{status.get('availableReplicas', 0) or 0}/{wanted} pods available"
+    if pods:
+        text += "; " + "; ".join(
+            f"{pod['metadata']['name']}: {_pod_state(pod)}" for pod in pods[:3]
+        )
+    else:
+        text += "; no pods were created (check the namespace's quota and events)"
+    return text
+
+
+def _json_annotation(deployment: dict[str, Any], key: str) -> dict[str, Any] | None:
+    raw = ((deployment.get("metadata") or {}).get("annotations") or {}).get(key)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None  # hand-edited: ignore rather than fail every status read
+    return value if isinstance(value, dict) else None
+
+
+def _event_json(event: SlotEvent) -> str:
+    return json.dumps({"kind": event.kind, "message": event.message, "at": event.at.isoformat()})
+
+
+def _new_event(slot_key: str, kind: str, message: str) -> SlotEvent:
+    return SlotEvent(slot_key=slot_key, kind=kind, message=message, at=datetime.now(UTC))
+
+
+def _parse_dt(value: Any) -> datetime | None:
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
