@@ -6,7 +6,7 @@ from django.db.models import Prefetch, QuerySet
 
 from core.errors import NotFound
 from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState
-from deployments.models import Deployment, Rollout, Slot
+from deployments.models import Deployment, DeploymentKey, Rollout, Slot
 from registry.models import ModelVersion
 
 
@@ -25,6 +25,22 @@ def deployment_get(*, name: str) -> Deployment:
     if deployment is None:
         raise NotFound(f"No deployment named {name!r}.")
     return deployment
+
+
+def deployment_ref(*, name: str) -> Deployment:
+    """The deployment row alone (no slots or model prefetched), for writes that lock it anyway.
+
+    The rollback endpoint uses it: every query before the route flips is on the clock.
+    """
+    deployment = Deployment.objects.filter(name__iexact=name).first()
+    if deployment is None:
+        raise NotFound(f"No deployment named {name!r}.")
+    return deployment
+
+
+def deployment_key_list(*, deployment: Deployment) -> QuerySet[DeploymentKey]:
+    """The deployment's keys, active and revoked, oldest first."""
+    return DeploymentKey.objects.filter(deployment=deployment).order_by("created_at", "id")
 
 
 def deployment_current_rollout(deployment: Deployment) -> Rollout | None:

@@ -10,8 +10,10 @@ redelivered task or the reconciliation sweep can run any step again without harm
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -39,7 +41,7 @@ from deployments.choices import (
 )
 from deployments.integrations import bentoml as bento
 from deployments.models import Build, Deployment, DeploymentEvent, DeploymentKey, Rollout, Slot
-from deployments.runtime.base import RuntimeBackendError, SlotNotFound
+from deployments.runtime.base import RuntimeBackendError
 from gateway.routes import ROUTES_KEY, Route, deployment_key_hash, route_parse_one, route_publish
 from registry.choices import VersionState
 from registry.models import ModelVersion, RegisteredModel, name_validator
@@ -107,77 +109,118 @@ def deployment_create(
 
 @transaction.atomic
 def deployment_key_create(
-    *, deployment: Deployment, name: str, actor: User
+    *, deployment: Deployment, name: str, actor: User | None
 ) -> tuple[DeploymentKey, str]:
-    """Issue a gateway key for the deployment; the plaintext is returned once."""
+    """Issue a gateway key for the deployment; the plaintext is returned once, never stored."""
+    name = (name or "default").strip()
+    if not name:
+        raise InvalidInput("name: a key needs a name (or leave it out for 'default').")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     record = DeploymentKey.objects.create(
-        deployment=deployment, name=name or "default", digest=deployment_key_hash(key)
+        deployment=deployment, name=name, digest=deployment_key_hash(key)
     )
     audit_record(
         actor=actor,
-        action=AuditAction.TOKEN_CREATED,
+        action=AuditAction.DEPLOYMENT_KEY_CREATED,
         obj=record,
-        after={"deployment": deployment.name, "name": record.name},
+        after={"deployment": deployment.name, "name": record.name, "key_id": record.pk},
     )
+    # The gateway learns the key when the route is republished (pub/sub: milliseconds).
     transaction.on_commit(lambda: route_sync(deployment_id=deployment.pk))
     return record, key
 
 
 @transaction.atomic
-def deployment_key_revoke(*, key: DeploymentKey, actor: User) -> DeploymentKey:
-    if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
-        audit_record(
-            actor=actor,
-            action=AuditAction.TOKEN_REVOKED,
-            obj=key,
-            after={"deployment": key.deployment.name, "name": key.name},
+def deployment_key_revoke(
+    *, deployment: Deployment, key_id: int, actor: User | None, reason: str = ""
+) -> DeploymentKey:
+    """Revoke one of the deployment's keys; the gateway refuses it once the route is republished.
+
+    Revoking is final (a revoked key cannot come back; issue a new one), so revoking twice is a
+    conflict rather than a silent success.
+    """
+    key = (
+        DeploymentKey.objects.select_for_update()
+        .select_related("deployment")
+        .filter(deployment=deployment, pk=key_id)
+        .first()
+    )
+    if key is None:
+        raise NotFound(f"{deployment} has no key with id {key_id}.")
+    if key.revoked_at is not None:
+        raise Conflict(
+            f"Key {key.name!r} (id {key.pk}) of {deployment} was already revoked at "
+            f"{key.revoked_at:%Y-%m-%d %H:%M:%S} UTC.",
+            code="key_already_revoked",
         )
-        transaction.on_commit(lambda: route_sync(deployment_id=key.deployment_id))
+    key.revoked_at = timezone.now()
+    key.save(update_fields=["revoked_at"])
+    audit_record(
+        actor=actor,
+        action=AuditAction.DEPLOYMENT_KEY_REVOKED,
+        obj=key,
+        reason=reason,
+        before={"revoked_at": None},
+        after={"deployment": deployment.name, "name": key.name, "key_id": key.pk},
+    )
+    transaction.on_commit(lambda: route_sync(deployment_id=deployment.pk))
     return key
 
 
 def route_sync(*, deployment_id: int) -> Route:
-    """Publish the deployment's route as the database records it (idempotent)."""
-    deployment = Deployment.objects.prefetch_related("keys").get(pk=deployment_id)
-    live = (
-        Slot.objects.select_related("version")
-        .filter(deployment=deployment, color=deployment.live_slot)
-        .first()
-        if deployment.live_slot
-        else None
-    )
-    key_hashes = tuple(k.digest for k in deployment.keys.all() if k.revoked_at is None)
-    if live is None or live.version is None or not live.url:
-        route = Route(
-            deployment=deployment.name,
-            version=0,
-            slot=SlotColor.BLUE,
-            upstream="http://127.0.0.1:1",
-            key_hashes=key_hashes,
-            state="none",
+    """Publish the deployment's route as the database records it (idempotent).
+
+    Under the deployment's row lock, published before the lock is released: a switch or a
+    rollback publishes its route inside the transaction that records it (holding this lock),
+    so a concurrent sync -- the reconcile sweep, a key change -- waits for it and publishes the
+    committed state after it, never a stale one over it.
+    """
+    with transaction.atomic(savepoint=False):
+        deployment = Deployment.objects.select_for_update().get(pk=deployment_id)
+        live = (
+            Slot.objects.select_related("version")
+            .filter(deployment=deployment, color=deployment.live_slot)
+            .first()
+            if deployment.live_slot
+            else None
         )
-    else:
-        route = Route(
-            deployment=deployment.name,
-            version=live.version.number,
-            slot=live.color,
-            upstream=live.url,
-            key_hashes=key_hashes,
-            state="live",
+        key_hashes = tuple(
+            DeploymentKey.objects.filter(deployment=deployment, revoked_at__isnull=True)
+            .order_by("created_at", "id")
+            .values_list("digest", flat=True)
         )
-    route_publish(backends.route_store(), route)
+        if live is None or live.version is None or not live.url:
+            route = Route(
+                deployment=deployment.name,
+                version=0,
+                slot=SlotColor.BLUE,
+                upstream="http://127.0.0.1:1",
+                key_hashes=key_hashes,
+                state="none",
+            )
+        else:
+            route = Route(
+                deployment=deployment.name,
+                version=live.version.number,
+                slot=live.color,
+                upstream=live.url,
+                key_hashes=key_hashes,
+                state="live",
+            )
+        route_publish(backends.route_store(), route)
     return route
 
 
 def route_repair(*, deployment: Deployment) -> bool:
     """Republish a route that Redis lost or that disagrees with the database."""
-    stored = route_parse_one(
-        deployment.name, backends.route_store().hget(ROUTES_KEY, deployment.name)
-    )
-    wanted = route_sync(deployment_id=deployment.pk)
+    with transaction.atomic():
+        # The lock first (route_sync takes it again, harmlessly): what Redis holds is read
+        # after any switch in flight has committed and published.
+        Deployment.objects.select_for_update().only("pk").get(pk=deployment.pk)
+        stored = route_parse_one(
+            deployment.name, backends.route_store().hget(ROUTES_KEY, deployment.name)
+        )
+        wanted = route_sync(deployment_id=deployment.pk)
     if stored is not None and (
         stored.version,
         stored.slot,
@@ -227,10 +270,22 @@ def build_claim(*, build_id: int) -> bool:
 
 
 def build_run(*, build_id: int) -> Build:
-    """Turn the version into a Bento (once), export it to artifact storage, wake rollouts."""
+    """Turn the version into a Bento (once), wake the rollouts waiting on it, then export it.
+
+    The rollouts are woken as soon as the Bento is in this machine's store: exporting the
+    archive to artifact storage (a child process importing BentoML, plus tar.xz: 1-3 s here)
+    is only needed by other machines, so it runs after, off the rollout's critical path
+    (bento_export packs a private copy of the Bento, so the slot starting meanwhile never sees
+    BentoML's half-filled export directory). A build whose export failed stays succeeded
+    without an archive; running the task again exports it (see build_archive_ensure).
+    """
     if not build_claim(build_id=build_id):
+        build = Build.objects.get(pk=build_id)
+        if build.state == BuildState.SUCCEEDED and not build.archive_path:
+            build_archive_ensure(build_id=build_id)
         return Build.objects.get(pk=build_id)
     build = Build.objects.select_related("version__model").get(pk=build_id)
+    _pause_for_tests("build", build)  # claimed (building), nothing built yet
     version = build.version
     home = backends.bento_home()
     with tempfile.TemporaryDirectory(prefix="modelyard-build-") as tmp:
@@ -248,14 +303,6 @@ def build_run(*, build_id: int) -> Build:
                     log_path=log_path,
                     timeout=settings.MODELYARD_BUILD_TIMEOUT_SECONDS,
                 )
-            archive = bento.bento_export(
-                home=home, bento_tag=result.bento_tag, dest=Path(tmp) / "export.bento"
-            )
-            stored = artifact_store(
-                local_path=archive,
-                folder=f"bentos/{version.model_id}",
-                basename=f"v{version.number}.bento",
-            )
         except bento.BentoError as exc:
             Build.objects.filter(pk=build_id).update(
                 state=BuildState.FAILED,
@@ -268,7 +315,6 @@ def build_run(*, build_id: int) -> Build:
             Build.objects.filter(pk=build_id).update(
                 state=BuildState.SUCCEEDED,
                 bento_tag=result.bento_tag,
-                archive_path=stored.path,
                 log=result.log[-200_000:],
                 seconds=result.seconds,
                 finished_at=timezone.now(),
@@ -279,6 +325,36 @@ def build_run(*, build_id: int) -> Build:
         "id", flat=True
     ):
         _enqueue_advance(rollout_id)
+    if build.state == BuildState.SUCCEEDED:
+        build_archive_ensure(build_id=build_id)
+        build.refresh_from_db()
+    return build
+
+
+def build_archive_ensure(*, build_id: int) -> Build:
+    """Export a succeeded build's Bento to artifact storage once (for other machines)."""
+    build = Build.objects.select_related("version").get(pk=build_id)
+    if build.state != BuildState.SUCCEEDED or build.archive_path:
+        return build
+    version = build.version
+    with tempfile.TemporaryDirectory(prefix="modelyard-export-") as tmp:
+        try:
+            archive = bento.bento_export(
+                home=backends.bento_home(),
+                bento_tag=build.bento_tag,
+                dest=Path(tmp) / "export.bento",
+            )
+            stored = artifact_store(
+                local_path=archive,
+                folder=f"bentos/{version.model_id}",
+                basename=f"v{version.number}.bento",
+            )
+        except (bento.BentoError, OSError) as exc:
+            # Serving here does not need the archive; only another machine would.
+            logger.warning("build %s: exporting the Bento failed: %s", build_id, exc)
+            return build
+    Build.objects.filter(pk=build_id, archive_path="").update(archive_path=stored.path)
+    build.refresh_from_db()
     return build
 
 
@@ -373,16 +449,24 @@ def rollout_start(
 
 
 def _slot_is_warm(slot: Slot, version: ModelVersion) -> bool:
+    """Whether ``slot`` can take traffic back right now, judged without probing its server.
+
+    The backend answers from its own records (its process still alive, the supervisor's last
+    /readyz probe not failing): an HTTP probe inside the rollback call cost 5-100 ms under
+    load, which is most of the rollback's budget. A slot that died since the last probe
+    answers 502 for the seconds until the sweep restarts it -- the same as if it died a
+    moment after a probe.
+    """
     if slot.version_id != version.pk or slot.state != SlotState.READY or not slot.url:
         return False
     try:
-        status = backends.runtime_backend().slot_status(slot_key=slot.runtime_key)
-    except (SlotNotFound, RuntimeBackendError):
+        return backends.runtime_backend().slot_serving(
+            slot_key=slot.runtime_key, bento_tag=slot.bento_tag
+        )
+    except RuntimeBackendError:
         return False
-    return status.running and status.bento_tag == slot.bento_tag
 
 
-@transaction.atomic
 def deployment_rollback(
     *,
     deployment: Deployment,
@@ -390,7 +474,46 @@ def deployment_rollback(
     reason: str = "",
     evidence: dict[str, Any] | None = None,
 ) -> Rollout:
-    """Flip traffic back to the previous version: instantly when its slot is still warm."""
+    """Flip traffic back to the previous version: instantly when its slot is still warm.
+
+    With a warm slot the route flips first, inside the transaction that records the rollback
+    (rollout row, audit, step log), so traffic moves without waiting for those writes. If the
+    transaction then fails, the route is put back to what the database says; if the process
+    dies before it commits, the reconcile sweep's route_repair does the same.
+    """
+    flipped: list[bool] = []
+    try:
+        rollout = _rollback(
+            deployment=deployment,
+            actor=actor,
+            reason=reason,
+            evidence=evidence,
+            flipped=flipped,
+        )
+    except BaseException:
+        if flipped:
+            # The database rolled back to the old live slot: make the route agree again.
+            try:
+                route_sync(deployment_id=deployment.pk)
+            except Exception:
+                logger.exception(
+                    "rollback of %s failed after its route flipped, and the route could not be "
+                    "put back; the reconcile sweep will repair it",
+                    deployment,
+                )
+        raise
+    return rollout
+
+
+@transaction.atomic
+def _rollback(
+    *,
+    deployment: Deployment,
+    actor: User | None,
+    reason: str,
+    evidence: dict[str, Any] | None,
+    flipped: list[bool],
+) -> Rollout:
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     if not deployment.live_slot:
         raise InvalidState(f"{deployment} serves nothing yet; there is nothing to roll back.")
@@ -405,19 +528,30 @@ def deployment_rollback(
         s.color: s for s in Slot.objects.select_related("version").filter(deployment=deployment)
     }
     live, other = slots[deployment.live_slot], slots[_other(deployment.live_slot)]
-    last = (
-        Rollout.objects.filter(deployment=deployment, state__in=[S.BAKING, S.LIVE])
-        .select_related("previous_version")
-        .order_by("-created_at")
-        .first()
-    )
-    target_version = other.version or (last.previous_version if last else None)
+    target_version = other.version
+    if target_version is None:
+        last = (
+            Rollout.objects.filter(deployment=deployment, state__in=[S.BAKING, S.LIVE])
+            .select_related("previous_version")
+            .order_by("-created_at")
+            .first()
+        )
+        target_version = last.previous_version if last else None
     if target_version is None or target_version.pk == live.version_id:
         raise InvalidState(f"{deployment} has no previous version to roll back to.")
+    warm = _slot_is_warm(other, target_version)
+    route: Route | None = None
+    if warm:
+        # Traffic first: the rows below only record what happened.
+        Deployment.objects.filter(pk=deployment.pk).update(live_slot=other.color)
+        flipped.append(True)
+        # Published while this transaction holds the deployment's row lock: any other
+        # route_sync (a key change, the reconcile sweep) waits for the commit and then
+        # publishes this same, committed state -- never the old slot over it.
+        route = route_sync(deployment_id=deployment.pk)
     _end_baking(
         deployment, to=S.ROLLED_BACK, note="rolled back" + (f": {reason}" if reason else "")
     )
-    warm = _slot_is_warm(other, target_version)
     rollout = Rollout.objects.create(
         deployment=deployment,
         version=target_version,
@@ -444,7 +578,7 @@ def deployment_rollback(
         after={"version": target_version.number, "warm": warm, "evidence": evidence or {}},
     )
     if warm:
-        _switch(rollout)  # in this request: on-call sees the flip at once
+        _switch(rollout, published=route)  # in this request: on-call sees the flip at once
     else:
         _enqueue_advance(rollout.pk)
     return rollout
@@ -608,21 +742,61 @@ def _step_verifying(rollout: Rollout) -> bool:
     )
 
 
-def _switch(rollout: Rollout) -> bool:
-    """Flip the gateway route to the rollout's slot (atomic in Redis) and start baking."""
+def _pause_for_tests(step: str, obj: Rollout | Build) -> None:
+    """Test-only: hold ``step`` open once so a fault test can kill the worker inside it.
+
+    Active only with ``MODELYARD_TEST_PAUSE_DIR=<dir>`` in the environment (the fault tests set
+    it on their stack's worker; nothing else does) and an ``<dir>/arm-<step>`` file the test
+    creates: the worker consumes the arm file, creates ``<dir>/<step>-<object id>`` and waits,
+    up to 60 s, until that file is removed. Consuming the arm file makes the resumed step run
+    through.
+    """
+    directory = os.environ.get("MODELYARD_TEST_PAUSE_DIR")
+    if not directory:
+        return
+    arm = Path(directory) / f"arm-{step}"
+    try:
+        arm.unlink()
+    except FileNotFoundError:
+        return
+    hold = Path(directory) / f"{step}-{obj.pk}"
+    hold.write_text(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while hold.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _switch(rollout: Rollout, published: Route | None = None) -> bool:
+    """Flip the gateway route to the rollout's slot (atomic in Redis) and start baking.
+
+    The live slot, the route and the move to baking change together: the route is published
+    inside the transaction, so a worker killed midway leaves the rollout in ``switching`` with
+    the database unchanged; the reconcile sweep then puts the route back (route_repair) and
+    resumes the rollout, which switches again. ``published``: the route a warm rollback has
+    already flipped, not flipped again.
+    """
     deployment = rollout.deployment
-    Deployment.objects.filter(pk=deployment.pk).update(live_slot=rollout.target_slot)
-    route = route_sync(deployment_id=deployment.pk)
-    bake_until = timezone.now() + timedelta(seconds=deployment.bake_seconds)
-    moved = _transition(
-        rollout,
-        S.BAKING,
-        f"traffic switched to {rollout.target_slot} (v{route.version}); "
-        f"previous slot kept warm until {bake_until:%H:%M:%S}",
-        bake_until=bake_until,
-    )
-    if moved:
-        _enqueue_advance(rollout.pk, countdown=deployment.bake_seconds)
+    with transaction.atomic():
+        if published is None:
+            Deployment.objects.filter(pk=deployment.pk).update(live_slot=rollout.target_slot)
+            published = route_sync(deployment_id=deployment.pk)
+        _pause_for_tests("switching", rollout)
+        bake_until = timezone.now() + timedelta(seconds=deployment.bake_seconds)
+        moved = _transition(
+            rollout,
+            S.BAKING,
+            f"traffic switched to {rollout.target_slot} (v{published.version}); "
+            f"previous slot kept warm until {bake_until:%H:%M:%S}",
+            bake_until=bake_until,
+        )
+        if moved:
+            _enqueue_advance(rollout.pk, countdown=deployment.bake_seconds)
+        else:
+            # Someone else moved the rollout meanwhile (a duplicate task): do not leave a
+            # live slot this transaction set for a rollout it no longer drives.
+            transaction.set_rollback(True)
+    if not moved:
+        route_sync(deployment_id=deployment.pk)
     return False  # baking continues later
 
 

@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> None:
         # The gateway never reads the client address, so X-Forwarded-* rewriting is wasted work.
         "proxy_headers": False,
         "ws": "none",
+        # Named, not "auto": a missing uvloop/httptools then stops start-up instead of silently
+        # costing ~0.2 ms per request (both are dependencies of the project).
+        "loop": "uvloop",
+        "http": "httptools",
         "lifespan": "on",
         "backlog": 2048,
         "timeout_graceful_shutdown": 30,

@@ -21,15 +21,28 @@ client gone before its body arrived       499     ``client_disconnected`` (for t
 a bug in the gateway                      500     ``internal_error`` (logged with traceback)
 ``GET /healthz``                          200     process alive, with counters
 ``GET /readyz``                           200/503 Redis answers a PING and routes were loaded
+``GET /metrics``                          200/401 Prometheus text (401 ``invalid_metrics_token``
+                                                  when ``MODELYARD_GATEWAY_METRICS_TOKEN`` is set
+                                                  and not presented as a Bearer token)
 ========================================  ======  ==============================================
 
 Every error body is ``{"error": {"code": ..., "message": ..., "details": ...}}``. The key comes
 from ``Authorization: Bearer <key>`` or ``X-Modelyard-Key: <key>``; it is never forwarded.
 
-Why a raw ASGI callable and aiohttp: measured here on one hop to a trivial upstream (2 cores,
-wrk, uvicorn without uvloop/httptools; p50 at 1 client, req/s at 32 clients): raw ASGI + aiohttp
-380 µs / 5,000 req/s, Starlette + aiohttp 401 µs / 4,500 req/s, raw ASGI + httpx 900 µs /
-350 req/s. Three routes need no framework; httpx's pool collapsed under concurrency.
+Why a raw ASGI callable and a client of our own: measured here on one hop to a trivial upstream
+(2 cores, wrk, uvicorn without uvloop/httptools; p50 at 1 client, req/s at 32 clients): raw
+ASGI + aiohttp 380 µs / 5,000 req/s, Starlette + aiohttp 401 µs / 4,500 req/s, raw ASGI + httpx
+900 µs / 350 req/s. Three routes need no framework; httpx's pool collapsed under concurrency.
+Profiled later (CPU per request with uvloop + httptools), aiohttp's ClientSession was about half
+of the gateway's own CPU per request, so the upstream hop now goes through
+:mod:`gateway.upstream` (keep-alive connections + the httptools parser); see there.
+
+``GET /metrics`` answers the Prometheus text format (see :mod:`gateway.prometheus`): requests,
+errors, rows and a latency histogram per deployment and version, computed at scrape time from
+the recorder's in-memory cells, so the request path pays nothing for it.
+``MODELYARD_GATEWAY_METRICS=0`` turns per-request metric recording off altogether (no Redis
+buffers, no roll-ups, no per-deployment series on ``/metrics``), for benchmarks and for
+operators who measure elsewhere.
 
 Route table: held in memory (a dict swapped entry by entry); one task subscribes to
 ``modelyard:routes:changed``, re-reads one deployment per message and the whole hash every
@@ -57,14 +70,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-import aiohttp
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from yarl import URL
 
 from gateway.metrics import MetricsRecorder
+from gateway.prometheus import PROMETHEUS_CONTENT_TYPE, prometheus_text
 from gateway.routes import (
     DEPLOYMENT_NAME_RE,
     ROUTES_CHANNEL,
@@ -74,6 +86,15 @@ from gateway.routes import (
     routes_read_all_async,
 )
 from gateway.sampling import PayloadSampler
+from gateway.upstream import (
+    Upstream,
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeout,
+)
 
 logger = logging.getLogger("modelyard.gateway")
 
@@ -94,7 +115,6 @@ HOP_RESPONSE_HEADERS = frozenset(
         b"keep-alive",
         b"transfer-encoding",
         b"content-length",
-        b"content-encoding",  # aiohttp already decoded the body
         b"server",
         b"date",
         b"x-modelyard-version",
@@ -107,10 +127,19 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 # --- settings ----------------------------------------------------------------------------
 
 
+_BOOL_WORDS = {"1": True, "true": True, "on": True, "yes": True}
+_BOOL_WORDS.update({"0": False, "false": False, "off": False, "no": False})
+
+
 def _env_number(environ: Mapping[str, str], name: str, default: float, cast: type) -> Any:
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
+    if cast is bool:
+        try:
+            return _BOOL_WORDS[raw.strip().lower()]
+        except KeyError:
+            raise ValueError(f"{name} must be 1/0 (or true/false, on/off), got {raw!r}") from None
     try:
         return cast(raw)
     except ValueError:
@@ -140,11 +169,17 @@ class GatewaySettings:
     sample_flush_interval_s: float = 0.5
     retry_after_s: int = 5
     redis_timeout_s: float = 2.0
+    # Per-request metric recording (Redis buffers, roll-ups, /metrics series); off only for
+    # benchmarks or when metrics are taken elsewhere.
+    metrics: bool = True
+    # When set, GET /metrics wants "Authorization: Bearer <token>" (it names every deployment
+    # and version); empty leaves it open, for a gateway scraped on a private network.
+    metrics_token: str = ""
 
     def __post_init__(self) -> None:
         for item in fields(self):
             value = getattr(self, item.name)
-            if item.name != "redis_url" and value < 0:
+            if not isinstance(value, str) and value < 0:
                 raise ValueError(f"gateway setting {item.name} must be >= 0, got {value!r}")
         if not 0.0 <= self.sample_rate <= 1.0:
             raise ValueError(
@@ -163,7 +198,16 @@ class GatewaySettings:
                 values["redis_url"] = environ.get("REDIS_URL") or item.default
                 continue
             name = f"MODELYARD_GATEWAY_{item.name.upper()}"
-            kind = int if isinstance(item.default, int) else float
+            if isinstance(item.default, str):
+                values[item.name] = environ.get(name, item.default)
+                continue
+            kind: type = (
+                bool
+                if isinstance(item.default, bool)
+                else int
+                if isinstance(item.default, int)
+                else float
+            )
             values[item.name] = _env_number(environ, name, item.default, kind)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -173,7 +217,10 @@ class GatewaySettings:
         env = {"REDIS_URL": self.redis_url}
         for item in fields(self):
             if item.name != "redis_url":
-                env[f"MODELYARD_GATEWAY_{item.name.upper()}"] = str(getattr(self, item.name))
+                value = getattr(self, item.name)
+                if isinstance(value, bool):
+                    value = int(value)
+                env[f"MODELYARD_GATEWAY_{item.name.upper()}"] = str(value)
         return env
 
 
@@ -236,8 +283,9 @@ class Gateway:
         )
         self.unknown_deployment_requests = 0
         self.redis: aioredis.Redis | None = None
-        self.session: aiohttp.ClientSession | None = None
-        self._urls: dict[tuple[str, str], URL] = {}
+        self.upstreams: UpstreamPool | None = None
+        self._upstreams: dict[str, Upstream] = {}
+        self._record_metrics = settings.metrics
         self._kept_routes_warned = False
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -254,6 +302,8 @@ class Gateway:
                 await _send(send, 200, self._health_body(), JSON_HEADERS)
             elif path == "/readyz":
                 await self._readyz(send)
+            elif path == "/metrics":
+                await self._metrics(scope, send)
             else:
                 await _send(
                     send,
@@ -302,10 +352,6 @@ class Gateway:
                 JSON_HEADERS,
             )
             return
-        ident_headers = [
-            (b"x-modelyard-deployment", deployment.encode()),
-            (b"x-modelyard-version", str(route.version).encode()),
-        ]
         payload: dict[str, Any] | None
         try:
             status, body, headers, payload, rows = await self._handle(scope, receive, route, api)
@@ -324,14 +370,15 @@ class Gateway:
             status, rows, payload = 500, 0, None
             body = error_body("internal_error", "the gateway failed to handle this request")
             headers = JSON_HEADERS
-        await _send(send, status, body, [*headers, *ident_headers])
-        self.metrics.record(
-            deployment=deployment,
-            version=route.version,
-            status=status,
-            latency_s=time.perf_counter() - started,
-            rows=rows,
-        )
+        await _send(send, status, body, [*headers, *route.ident_headers])
+        if self._record_metrics:
+            self.metrics.record(
+                deployment=deployment,
+                version=route.version,
+                status=status,
+                latency_s=time.perf_counter() - started,
+                rows=rows,
+            )
         if payload is not None and 200 <= status < 300:
             self.sampler.offer(
                 deployment=deployment,
@@ -355,7 +402,9 @@ class Gateway:
             )
         key: bytes | None = None
         content_length: int | None = None
-        forward: dict[str, str] = {}
+        # The forwarded headers as the bytes that go on the wire: no dict, no str round trip.
+        forward: list[bytes] = []
+        content_type = False
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, credentials = value.partition(b" ")
@@ -370,7 +419,8 @@ class Gateway:
                 except ValueError:
                     raise _Reject(400, "bad_request", "Content-Length is not a number") from None
             elif name in FORWARDED_REQUEST_HEADERS:
-                forward[name.decode("latin-1")] = value.decode("latin-1")
+                forward += (name, b": ", value, b"\r\n")
+                content_type = content_type or name == b"content-type"
         self._check_key(route, key)
         if route.state != "live":
             raise _Reject(
@@ -394,10 +444,11 @@ class Gateway:
             )
         instances = payload.get("instances")
         rows = len(instances) if isinstance(instances, list) else 1
-        forward.setdefault("content-type", "application/json")
+        if not content_type:
+            forward.append(b"content-type: application/json\r\n")
         try:
             status, out, headers = await self._forward(
-                route, api, scope["query_string"], body, forward
+                route, api, scope["query_string"], body, b"".join(forward)
             )
         except _Reject as reject:
             reject.rows = rows
@@ -427,77 +478,61 @@ class Gateway:
                 headers=[(b"www-authenticate", b"Bearer")],
             )
 
-    async def _read_body(self, receive: Receive, content_length: int | None) -> bytes:
+    def _too_large(self) -> _Reject:
         limit = self.settings.max_body_bytes
-        too_large = _Reject(
+        return _Reject(
             413,
             "payload_too_large",
             f"request body is over the {limit}-byte limit",
             {"limit_bytes": limit},
         )
+
+    async def _read_body(self, receive: Receive, content_length: int | None) -> bytes:
+        limit = self.settings.max_body_bytes
         if content_length is not None and content_length > limit:
-            raise too_large  # refuse before reading a byte of it
-        chunks: list[bytes] = []
-        size = 0
+            raise self._too_large()  # refuse before reading a byte of it
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            # 499 (nginx's "client closed request"): nobody reads it, but metrics do.
+            raise _Reject(499, "client_disconnected", "client went away mid-request")
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):  # the usual case: the whole body at once
+            if len(body) > limit:
+                raise self._too_large()
+            return body
+        chunks = [body]
+        size = len(body)
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                # 499 (nginx's "client closed request"): nobody reads it, but metrics do.
                 raise _Reject(499, "client_disconnected", "client went away mid-request")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:  # chunked bodies have no Content-Length to check up front
-                raise too_large
+                raise self._too_large()
             chunks.append(chunk)
             if not message.get("more_body", False):
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                return b"".join(chunks)
 
-    def _upstream_url(self, upstream: str, api: str, query: bytes) -> URL:
-        cached = self._urls.get((upstream, api))
-        if cached is None:
-            if len(self._urls) > 4096:  # upstreams come and go with rollouts
-                self._urls.clear()
-            cached = self._urls[(upstream, api)] = URL(upstream.rstrip("/") + "/" + api)
-        if query:
-            return cached.with_query(query.decode("latin-1"))
-        return cached
+    def _upstream(self, url: str) -> Upstream:
+        upstream = self._upstreams.get(url)
+        if upstream is None:
+            if len(self._upstreams) > 4096:  # upstreams come and go with rollouts
+                self._upstreams.clear()
+            upstream = self._upstreams[url] = Upstream.parse(url)
+        return upstream
 
     async def _forward(
-        self, route: Route, api: str, query: bytes, body: bytes, headers: dict[str, str]
+        self, route: Route, api: str, query: bytes, body: bytes, headers: bytes
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        assert self.session is not None, "the gateway answers requests only after startup"
-        url = self._upstream_url(route.upstream, api, query)
-        details = {"deployment": route.deployment, "version": route.version, "slot": route.slot}
-        for attempt in (1, 2):
-            try:
-                async with self.session.post(url, data=body, headers=headers) as response:
-                    out = await response.read()
-                    passed = [
-                        (name.lower(), value)
-                        for name, value in response.raw_headers
-                        if name.lower() not in HOP_RESPONSE_HEADERS
-                    ]
-                    return response.status, out, passed
-            except aiohttp.ServerDisconnectedError:
-                # A pooled keep-alive connection closed by the upstream just as we reused it.
-                # Predictions have no side effects, so one retry on a fresh connection is safe.
-                if attempt == 2:
-                    raise _Reject(
-                        502,
-                        "upstream_unreachable",
-                        f"the model server of {route.deployment!r} closed the connection",
-                        details,
-                    ) from None
-            except aiohttp.ConnectionTimeoutError:
-                raise _Reject(
-                    502,
-                    "upstream_unreachable",
-                    f"could not connect to the model server of {route.deployment!r} within "
-                    f"{self.settings.upstream_connect_timeout_s} s",
-                    details,
-                ) from None
-            except TimeoutError:
+        assert self.upstreams is not None, "the gateway answers requests only after startup"
+        target = b"/" + api.encode() + (b"?" + query if query else b"")
+        try:
+            upstream = self._upstream(route.upstream)
+            response = await self.upstreams.post(upstream, target, headers, body)
+        except UpstreamError as exc:
+            details = {"deployment": route.deployment, "version": route.version, "slot": route.slot}
+            if isinstance(exc, UpstreamTimeout):
                 raise _Reject(
                     504,
                     "upstream_timeout",
@@ -505,15 +540,20 @@ class Gateway:
                     f"{self.settings.upstream_timeout_s} s",
                     details,
                 ) from None
-            except (aiohttp.ClientError, OSError) as exc:
-                raise _Reject(
-                    502,
-                    "upstream_unreachable",
-                    f"could not reach the model server of {route.deployment!r}: "
-                    f"{type(exc).__name__}: {exc}",
-                    details,
-                ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+            if isinstance(exc, UpstreamConnectTimeout):
+                message = (
+                    f"could not connect to the model server of {route.deployment!r} within "
+                    f"{self.settings.upstream_connect_timeout_s} s"
+                )
+            elif isinstance(exc, UpstreamDisconnected):
+                message = f"the model server of {route.deployment!r} closed the connection"
+            elif isinstance(exc, UpstreamConnectError):
+                message = f"could not reach the model server of {route.deployment!r}: {exc}"
+            else:
+                message = f"the model server of {route.deployment!r} answered badly: {exc}"
+            raise _Reject(502, "upstream_unreachable", message, details) from None
+        passed = [item for item in response.headers if item[0] not in HOP_RESPONSE_HEADERS]
+        return response.status, response.body, passed
 
     # health -----------------------------------------------------------------------------
 
@@ -522,6 +562,7 @@ class Gateway:
         return json.dumps(
             {
                 "status": "ok",
+                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
                 "routes": len(self.routes),
                 "routes_loaded": self.routes_loaded,
                 "redis_ok": self.redis_ok,
@@ -535,6 +576,25 @@ class Gateway:
                 "samples_dropped_unusable": stats.dropped_unusable,
             }
         ).encode()
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        token = self.settings.metrics_token
+        if token:
+            presented = b""
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    scheme, _, presented = value.partition(b" ")
+                    if scheme.lower() != b"bearer":
+                        presented = b""
+            if not hmac.compare_digest(presented.strip(), token.encode()):
+                body = error_body(
+                    "invalid_metrics_token",
+                    "GET /metrics needs 'Authorization: Bearer <MODELYARD_GATEWAY_METRICS_TOKEN>'",
+                )
+                await _send(send, 401, body, [*JSON_HEADERS, (b"www-authenticate", b"Bearer")])
+                return
+        body = prometheus_text(self)
+        await _send(send, 200, body, [(b"content-type", PROMETHEUS_CONTENT_TYPE)])
 
     async def _readyz(self, send: Send) -> None:
         problems = []
@@ -582,21 +642,11 @@ class Gateway:
             # flush whose first attempt did land would count those requests twice.
             retry=Retry(NoBackoff(), 0),
         )
-        # aiohttp sets TCP_NODELAY on every connection it opens (base_protocol.connection_made):
-        # without it Nagle + delayed ACK adds tens of ms to each small request on this hop.
-        connector = aiohttp.TCPConnector(
+        self.upstreams = UpstreamPool(
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            timeout_s=settings.upstream_timeout_s,
+            keepalive_s=settings.upstream_keepalive_s,
             limit=settings.upstream_pool_size,
-            keepalive_timeout=settings.upstream_keepalive_s,
-            ttl_dns_cache=60,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=settings.upstream_timeout_s, connect=settings.upstream_connect_timeout_s
-            ),
-            # No Accept-Encoding: a compressed answer would cost a decode here for nothing.
-            skip_auto_headers=("Accept-Encoding", "User-Agent"),
-            raise_for_status=False,
         )
         self._stop.clear()
         first_load = asyncio.Event()
@@ -642,8 +692,8 @@ class Gateway:
                 "shut down with %d requests' metrics not flushed (Redis unreachable)",
                 self.metrics.pending_requests,
             )
-        if self.session is not None:
-            await self.session.close()
+        if self.upstreams is not None:
+            await self.upstreams.close()
         if self.redis is not None:
             await self.redis.aclose()
 

@@ -167,6 +167,10 @@ class MetricsRecorder:
         self.dropped_cells = 0
         self.flushed_requests = 0
         self._script: AsyncScript | None = None
+        # For GET /metrics (Prometheus counters never go down): everything flushed so far,
+        # without the minute, plus the cells a flush has taken but not yet written.
+        self._totals: dict[tuple[str, int, int], _Cell] = {}
+        self._inflight: dict[CellKey, _Cell] = {}
 
     def record(
         self,
@@ -195,6 +199,36 @@ class MetricsRecorder:
     @property
     def pending_requests(self) -> int:
         return sum(cell.count for cell in self._cells.values())
+
+    def totals(self) -> dict[tuple[str, int, int], _Cell]:
+        """Every request recorded by this process, by (deployment, version, status).
+
+        Built at scrape time from the flushed totals, the cells being flushed and the pending
+        ones (each request is in exactly one of the three), so recording stays a dict update.
+        Cells dropped while Redis was unreachable are gone from here too.
+        """
+        merged: dict[tuple[str, int, int], _Cell] = {}
+        sources: list[Iterable[tuple[tuple[str, int, int], _Cell]]] = [
+            self._totals.items(),
+            (((d, v, s), cell) for (_, d, v, s), cell in self._inflight.items()),
+            (((d, v, s), cell) for (_, d, v, s), cell in self._cells.items()),
+        ]
+        for source in sources:
+            for key, cell in source:
+                total = merged.get(key)
+                if total is None:
+                    total = merged[key] = _Cell()
+                total.add(cell)
+        return merged
+
+    def _count_flushed(self, batch: list[tuple[CellKey, _Cell]]) -> None:
+        for key, cell in batch:
+            self._inflight.pop(key, None)
+            total_key = (key[1], key[2], key[3])
+            total = self._totals.get(total_key)
+            if total is None:
+                total = self._totals[total_key] = _Cell()
+            total.add(cell)
 
     def _restore(self, cells: dict[CellKey, _Cell]) -> None:
         """Put back cells whose flush failed, merging with what was recorded meanwhile."""
@@ -229,6 +263,7 @@ class MetricsRecorder:
         # Swapping the dict is atomic for the event loop: requests finishing during the await
         # below land in the fresh dict.
         cells, self._cells = self._cells, {}
+        self._inflight = cells
         pending = list(cells.items())
         flushed = 0
         if self._script is None or self._script.registered_client is not client:
@@ -257,11 +292,14 @@ class MetricsRecorder:
             except BaseException:
                 # This batch and the ones after it were not applied: keep them for next time.
                 # (The gateway never cancels a flush midway; see the flush loop in gateway.app.)
+                self._inflight = {}
                 self._restore(dict(pending))
                 raise
+            self._count_flushed(batch)
             flushed += sum(cell.count for _, cell in batch)
             self.flushed_requests += sum(cell.count for _, cell in batch)
             pending = rest
+        self._inflight = {}
         return flushed
 
 

@@ -99,9 +99,22 @@ class Route:
     key_hashes: tuple[str, ...]
     state: State = "live"
     updated_at: str = field(default_factory=_now_iso)
+    # The identity headers the gateway adds to every answer, encoded once per route change
+    # instead of once per request.
+    ident_headers: tuple[tuple[bytes, bytes], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
 
     def __post_init__(self) -> None:
         validate_route(self)
+        object.__setattr__(
+            self,
+            "ident_headers",
+            (
+                (b"x-modelyard-deployment", self.deployment.encode()),
+                (b"x-modelyard-version", str(self.version).encode()),
+            ),
+        )
 
     def to_json(self) -> str:
         return json.dumps(

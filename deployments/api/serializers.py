@@ -4,7 +4,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from deployments.choices import Environment
-from deployments.models import Deployment, Rollout, Slot
+from deployments.models import Deployment, DeploymentKey, Rollout, Slot
 
 
 class SlotSerializer(serializers.ModelSerializer):
@@ -105,3 +105,27 @@ class RollbackSerializer(serializers.Serializer):
 
 class KeyCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100, required=False, default="default")
+
+
+class KeyRevokeSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, default="", allow_blank=True, max_length=500)
+
+
+class DeploymentKeySerializer(serializers.ModelSerializer):
+    """A key as listed: never its value (only shown once, on create) nor its digest."""
+
+    active = serializers.SerializerMethodField()
+
+    class Meta:
+        model = DeploymentKey
+        fields = ["id", "name", "created_at", "revoked_at", "active"]
+
+    def get_active(self, obj: DeploymentKey) -> bool:
+        return obj.revoked_at is None
+
+
+class DeploymentKeyCreatedSerializer(DeploymentKeySerializer):
+    key = serializers.CharField(help_text="The key itself; shown this once, never again.")
+
+    class Meta(DeploymentKeySerializer.Meta):
+        fields = [*DeploymentKeySerializer.Meta.fields, "key"]

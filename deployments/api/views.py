@@ -12,8 +12,11 @@ from deployments import selectors, services
 from deployments.api.serializers import (
     DeploymentCreateSerializer,
     DeploymentDetailSerializer,
+    DeploymentKeyCreatedSerializer,
+    DeploymentKeySerializer,
     DeploymentSerializer,
     KeyCreateSerializer,
+    KeyRevokeSerializer,
     RollbackSerializer,
     RolloutCreateSerializer,
     RolloutSerializer,
@@ -36,7 +39,9 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         "rollouts": C.VIEW,
         "rollout_detail": C.VIEW,
         "rollback": C.DEPLOY,
+        # Keys open the prediction endpoint: listing them is as sensitive as issuing them.
         "keys": C.DEPLOY,
+        "key_revoke": C.DEPLOY,
     }
 
     def get_queryset(self):
@@ -102,22 +107,50 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         data = RollbackSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         rollout = services.deployment_rollback(
-            deployment=self.get_object(), actor=request.user, reason=data.validated_data["reason"]
+            deployment=selectors.deployment_ref(name=name),
+            actor=request.user,
+            reason=data.validated_data["reason"],
         )
         return Response(RolloutSerializer(rollout).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=KeyCreateSerializer, responses={201: dict})
-    @action(detail=True, methods=["post"])
+    @extend_schema(
+        methods=["GET"], responses={200: DeploymentKeySerializer(many=True)}, request=None
+    )
+    @extend_schema(
+        methods=["POST"],
+        request=KeyCreateSerializer,
+        responses={201: DeploymentKeyCreatedSerializer},
+    )
+    @action(detail=True, methods=["get", "post"])
     def keys(self, request, name=None):
+        deployment = self.get_object()
+        if request.method == "GET":
+            page = self.paginate_queryset(selectors.deployment_key_list(deployment=deployment))
+            return self.get_paginated_response(DeploymentKeySerializer(page, many=True).data)
         data = KeyCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         record, key = services.deployment_key_create(
-            deployment=self.get_object(), name=data.validated_data["name"], actor=request.user
+            deployment=deployment, name=data.validated_data["name"], actor=request.user
         )
-        return Response(
-            {"id": record.pk, "name": record.name, "key": key, "created_at": record.created_at},
-            status=status.HTTP_201_CREATED,
+        record.key = key
+        return Response(DeploymentKeyCreatedSerializer(record).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        operation_id="deployments_key_revoke",
+        request=KeyRevokeSerializer,
+        responses={200: DeploymentKeySerializer},
+    )
+    @action(detail=True, methods=["post"], url_path=r"keys/(?P<key_id>[0-9]+)/revoke")
+    def key_revoke(self, request, name=None, key_id=None):
+        data = KeyRevokeSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        key = services.deployment_key_revoke(
+            deployment=self.get_object(),
+            key_id=int(key_id),
+            actor=request.user,
+            reason=data.validated_data["reason"],
         )
+        return Response(DeploymentKeySerializer(key).data)
 
     def _can(self, capability: str) -> bool:
         from accounts.permissions import user_has_capability

@@ -423,18 +423,29 @@ def bento_export(*, home: Path, bento_tag: str, dest: Path, timeout: float = 600
     elif dest.suffix != ".bento":
         raise BentoError(f"export destination {dest} must be a directory or end in .bento")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    spec = {"home": str(home), "bento_tag": bento_tag, "dest": str(dest.resolve())}
-    _run_child(
-        "export",
-        spec,
-        home=home,
-        log_path=None,
-        header="",
-        timeout=timeout,
-        cwd=None,
-        error=BentoError,
-        what=f"exporting Bento {bento_tag}",
-    )
+    scratch = home / ".modelyard" / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="export-", dir=scratch) as private:
+        # BentoML's export copies the Bento's models into <bento dir>/models while it packs
+        # and deletes them after; a `bentoml serve` of the same Bento started meanwhile takes
+        # that half-filled directory for the Bento's own model store and fails with "model
+        # not found" (seen when the export ran beside a rollout's slot start). So export from
+        # a private copy of the Bento (its code and config, small) with the models linked.
+        private_home = Path(private)
+        shutil.copytree(_bento_dir(home, bento_tag), _bento_dir(private_home, bento_tag))
+        (private_home / "models").symlink_to(home / "models", target_is_directory=True)
+        spec = {"home": str(private_home), "bento_tag": bento_tag, "dest": str(dest.resolve())}
+        _run_child(
+            "export",
+            spec,
+            home=private_home,
+            log_path=None,
+            header="",
+            timeout=timeout,
+            cwd=None,
+            error=BentoError,
+            what=f"exporting Bento {bento_tag}",
+        )
     if not dest.is_file():
         raise BentoError(f"exporting Bento {bento_tag} did not create {dest}")
     return dest
@@ -463,6 +474,37 @@ def bento_import(
         what=f"importing Bento archive {archive}",
     )
     return str(result["bento_tag"])
+
+
+def bento_image_context(*, home: Path, bento_tag: str, dest: Path, timeout: float = 600.0) -> Path:
+    """Write the Docker build context of a Bento to ``dest``: what ``bentoml containerize`` builds.
+
+    BentoML's own containerize code lays it out (the Bento, its models under ``models/``,
+    ``env/docker/Dockerfile`` without BuildKit syntax), so any builder (docker, buildah,
+    kaniko) can build it where no Docker engine runs beside the platform:
+    ``docker build -f env/docker/Dockerfile -t <image> <dest>``. ``dest`` must not exist.
+    """
+    home, dest = Path(home).resolve(), Path(dest).resolve()
+    _split_tag(bento_tag)
+    if not bento_exists(home=home, bento_tag=bento_tag):
+        raise BentoError(f"Bento {bento_tag} is not in the store at {home}")
+    if dest.exists():
+        raise BentoError(f"image context destination {dest} already exists")
+    spec = {"home": str(home), "bento_tag": bento_tag, "dest": str(dest)}
+    _run_child(
+        "image-context",
+        spec,
+        home=home,
+        log_path=None,
+        header="",
+        timeout=timeout,
+        cwd=None,
+        error=BentoError,
+        what=f"writing the image build context of Bento {bento_tag}",
+    )
+    if not (dest / "env" / "docker" / "Dockerfile").is_file():
+        raise BentoError(f"the image build context of Bento {bento_tag} has no Dockerfile")
+    return dest
 
 
 def bento_delete(
@@ -775,6 +817,18 @@ def _child_delete(spec: dict[str, Any]) -> dict[str, Any]:
         lock.release()
 
 
+def _child_image_context(spec: dict[str, Any]) -> dict[str, Any]:
+    import bentoml
+    from bentoml._internal.container import construct_containerfile
+
+    bento = bentoml.bentos.get(spec["bento_tag"])
+    # enable_buildkit=False: the plain Dockerfile that every builder accepts.
+    with construct_containerfile(bento, enable_buildkit=False) as (context, _dockerfile):
+        shutil.copytree(context, spec["dest"], symlinks=False)
+    print(f"wrote the image build context of {spec['bento_tag']} to {spec['dest']}", flush=True)
+    return {"dest": spec["dest"]}
+
+
 def _yaml_model_tags(info: dict[str, Any]) -> list[str]:
     """Model tags a bento.yaml references (1.4 lists them per service, not at the top)."""
     tags = [str(m["tag"]) for m in info.get("models") or []]
@@ -801,6 +855,7 @@ _CHILD_OPS = {
     "export": _child_export,
     "import": _child_import,
     "delete": _child_delete,
+    "image-context": _child_image_context,
 }
 
 

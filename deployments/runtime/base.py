@@ -113,6 +113,19 @@ class RuntimeBackend(ABC):
     def slot_status(self, *, slot_key: str) -> SlotStatus:
         """The slot's current state; raises SlotNotFound for an unknown slot."""
 
+    def slot_serving(self, *, slot_key: str, bento_tag: str) -> bool:
+        """Whether the slot runs ``bento_tag`` and was healthy when last checked, cheaply.
+
+        For the rollback's warm check, which runs inside the API call: a backend should answer
+        from what it already knows (its records, its supervisor's last probe) rather than probe
+        the server again. This default falls back to :meth:`slot_status`.
+        """
+        try:
+            status = self.slot_status(slot_key=slot_key)
+        except SlotNotFound:
+            return False
+        return status.running and status.bento_tag == bento_tag
+
     @abstractmethod
     def slot_resources(self, *, slot_key: str) -> ResourceSample:
         """CPU and memory of the slot's server, summed over its processes."""

@@ -168,6 +168,21 @@ class LocalProcessBackend(RuntimeBackend):
             raise SlotNotFound(f"no slot {slot_key!r} in {self.state_dir}")
         return self._status(record)
 
+    def slot_serving(self, *, slot_key: str, bento_tag: str) -> bool:
+        """From the slot's record: same Bento, the very process we started still alive, and
+        the supervisor's last /readyz probe not failing -- no HTTP round trip (~0.1 ms)."""
+        validate_slot_key(slot_key)
+        try:
+            record = self._load(slot_key)
+        except RuntimeBackendError:
+            return False
+        return (
+            record is not None
+            and record.bento_tag == bento_tag
+            and record.unready_since is None
+            and self._alive(record) is not None
+        )
+
     def slot_resources(self, *, slot_key: str) -> ResourceSample:
         validate_slot_key(slot_key)
         record = self._load(slot_key)
@@ -431,7 +446,8 @@ class LocalProcessBackend(RuntimeBackend):
                     f"killed){_cause(tail)}; last log lines:\n{tail}",
                     tail,
                 )
-            time.sleep(0.1)
+            # A refused connect costs ~0.1 ms: poll often, a rollout waits on this.
+            time.sleep(0.025)
 
     def _ready(self, record: _SlotRecord) -> bool:
         if not record.port:

@@ -222,6 +222,7 @@ def test_healthz_and_readyz_answer(client: httpx.Client) -> None:
     health = client.get("/healthz")
     assert health.status_code == 200
     assert health.json()["status"] == "ok"
+    assert health.json()["event_loop"] == "uvloop"  # python -m gateway names it, never "auto"
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"

@@ -315,3 +315,31 @@ def test_exported_bento_serves_from_a_fresh_home(
 def test_export_of_a_missing_bento_names_it(home, tmp_path):
     with pytest.raises(BentoError, match="Bento nothing:v1 is not in the store"):
         bento_export(home=home, bento_tag="nothing:v1", dest=tmp_path)
+
+
+def test_export_never_writes_into_the_store_bento_that_slots_serve(home, sklearn_bento, tmp_path):
+    """BentoML's export fills <bento>/models while it packs; a slot starting then would take
+    that half-filled directory for the Bento's model store ("model not found"). The export
+    therefore runs on a private copy: the store's Bento directory never changes."""
+    import threading
+
+    bento_dir = home / "bentos" / "churn" / "v1"
+    before = sorted(p.name for p in bento_dir.iterdir())
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.update(p.name for p in bento_dir.iterdir())
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        archive = bento_export(home=home, bento_tag=sklearn_bento.bento_tag, dest=tmp_path)
+    finally:
+        done.set()
+        watcher.join()
+    assert archive.stat().st_size > 0
+    assert "models" not in seen, seen
+    assert sorted(p.name for p in bento_dir.iterdir()) == before
+    assert list((home / ".modelyard" / "tmp").iterdir()) == []  # the private copy is gone

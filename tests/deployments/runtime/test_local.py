@@ -213,3 +213,36 @@ def test_unbuilt_bento_and_bad_slot_keys_are_refused(backend):
         backend.slot_start(slot_key="scorer.blue", bento_tag="scorer:v404")
     with pytest.raises(ValueError, match="slot key"):
         backend.slot_start(slot_key="../escape", bento_tag="scorer:v1")
+
+
+def test_slot_serving_answers_from_the_record_without_probing(backend, store):
+    """The rollback's warm check: same Bento, our process alive, not marked unready."""
+    assert backend.slot_serving(slot_key="scorer.blue", bento_tag=store["v1"]) is False
+    handle = backend.slot_start(slot_key="scorer.blue", bento_tag=store["v1"])
+    assert backend.slot_serving(slot_key="scorer.blue", bento_tag=store["v1"]) is True
+    assert backend.slot_serving(slot_key="scorer.blue", bento_tag=store["v2"]) is False
+    # Answered from the record alone: a server that stops answering HTTP (its whole tree
+    # SIGSTOPped) still counts until the supervisor's probe marks it unready.
+    tree = serving_processes_of(handle.pid)
+    for proc in tree:
+        proc.suspend()
+    try:
+        started = time.monotonic()
+        assert backend.slot_serving(slot_key="scorer.blue", bento_tag=store["v1"]) is True
+        assert time.monotonic() - started < 0.5
+        backend.supervise_once()  # its /readyz probe fails: the record says unready since now
+        assert backend.slot_serving(slot_key="scorer.blue", bento_tag=store["v1"]) is False
+    finally:
+        for proc in tree:
+            proc.resume()
+    backend.supervise_once()  # answers again: unready mark cleared
+    assert backend.slot_serving(slot_key="scorer.blue", bento_tag=store["v1"]) is True
+    for proc in serving_processes_of(handle.pid):
+        proc.kill()
+    wait_dead(handle.pid)
+    assert backend.slot_serving(slot_key="scorer.blue", bento_tag=store["v1"]) is False
+
+
+def serving_processes_of(pid: int) -> list[psutil.Process]:
+    main = psutil.Process(pid)
+    return [*main.children(recursive=True), main]
