@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.db.models import QuerySet
 
 from batch.models import BatchChunk, BatchJob, BatchSchedule
@@ -25,3 +27,16 @@ def batch_job_chunks(*, job: BatchJob) -> QuerySet[BatchChunk]:
 
 def batch_schedule_list() -> QuerySet[BatchSchedule]:
     return BatchSchedule.objects.select_related("model", "created_by").order_by("name")
+
+
+def alias_versions(*, schedules: Iterable[BatchSchedule]) -> dict[tuple[int, str], int]:
+    """(model id, alias) -> version number the alias points at, for many schedules at once."""
+    from registry.models import Alias
+
+    wanted = {(s.model_id, s.alias) for s in schedules}
+    if not wanted:
+        return {}
+    rows = Alias.objects.filter(
+        model_id__in={m for m, _ in wanted}, name__in={a for _, a in wanted}
+    ).values_list("model_id", "name", "version__number")
+    return {(m, a): n for m, a, n in rows if (m, a) in wanted}

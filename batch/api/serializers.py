@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from batch.models import BatchJob
+from batch.models import BatchJob, BatchSchedule
 
 
 class BatchJobSerializer(serializers.ModelSerializer):
@@ -70,3 +70,95 @@ class BatchJobCreateSerializer(serializers.Serializer):
 
 class BatchJobCancelSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class BatchScheduleSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name")
+    created_by = serializers.CharField(source="created_by.username")
+    alias_version = serializers.SerializerMethodField(
+        help_text="the version the alias points at now: what the next run will use"
+    )
+
+    class Meta:
+        model = BatchSchedule
+        fields = [
+            "id",
+            "name",
+            "model",
+            "alias",
+            "alias_version",
+            "cron",
+            "input_path",
+            "id_column",
+            "probabilities",
+            "chunk_rows",
+            "enabled",
+            "next_run_at",
+            "last_run_at",
+            "last_error",
+            "created_by",
+            "created_at",
+        ]
+
+    def get_alias_version(self, schedule: BatchSchedule) -> int | None:
+        versions = self.context.get("alias_versions")
+        if versions is not None:
+            return versions.get((schedule.model_id, schedule.alias))
+        from registry.models import Alias
+
+        alias = (
+            Alias.objects.filter(model_id=schedule.model_id, name=schedule.alias)
+            .values_list("version__number", flat=True)
+            .first()
+        )
+        return alias
+
+
+class _NoUnknownFields(serializers.Serializer):
+    def validate(self, attrs):
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({unknown[0]: "is not a field of a batch schedule."})
+        return attrs
+
+
+class BatchScheduleCreateSerializer(_NoUnknownFields):
+    name = serializers.CharField(max_length=100)
+    model = serializers.CharField()
+    alias = serializers.CharField(max_length=64)
+    cron = serializers.CharField(
+        max_length=100, help_text="five fields, UTC: minute hour day-of-month month day-of-week"
+    )
+    input_path = serializers.CharField(max_length=1000)
+    id_column = serializers.CharField(required=False, allow_blank=True, default="")
+    probabilities = serializers.BooleanField(required=False, default=False)
+    chunk_rows = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=10_000_000
+    )
+
+
+class BatchScheduleUpdateSerializer(_NoUnknownFields):
+    alias = serializers.CharField(max_length=64, required=False)
+    cron = serializers.CharField(max_length=100, required=False)
+    input_path = serializers.CharField(max_length=1000, required=False)
+    id_column = serializers.CharField(required=False, allow_blank=True)
+    probabilities = serializers.BooleanField(required=False)
+    chunk_rows = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=10_000_000
+    )
+    enabled = serializers.BooleanField(required=False)
+
+
+class BatchScheduleRolloutSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class BatchScheduleRollbackSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class AliasMoveSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    alias = serializers.CharField()
+    version = serializers.IntegerField()

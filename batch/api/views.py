@@ -12,14 +12,20 @@ from rest_framework.response import Response
 
 from batch import selectors, services
 from batch.api.serializers import (
+    AliasMoveSerializer,
     BatchJobCancelSerializer,
     BatchJobCreateSerializer,
     BatchJobSerializer,
+    BatchScheduleCreateSerializer,
+    BatchScheduleRollbackSerializer,
+    BatchScheduleRolloutSerializer,
+    BatchScheduleSerializer,
+    BatchScheduleUpdateSerializer,
 )
 from batch.choices import JobState
 from core.api.parsers import StrictMultiPartParser
 from core.choices import Capability
-from core.errors import InvalidState
+from core.errors import InvalidState, NotFound
 from registry.selectors import model_get
 
 C = Capability
@@ -42,7 +48,10 @@ class BatchJobViewSet(viewsets.GenericViewSet):
         return selectors.batch_job_list()
 
     def get_object(self):
-        return selectors.batch_job_get(job_id=int(self.kwargs["pk"]))
+        raw = self.kwargs["pk"]
+        if not raw.isascii() or not raw.isdigit():  # "abc", "1\x00": no such job, not a 500
+            raise NotFound(f"No batch job {raw!r}.")
+        return selectors.batch_job_get(job_id=int(raw))
 
     def list(self, request):
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
@@ -101,3 +110,99 @@ class BatchJobViewSet(viewsets.GenericViewSet):
             filename=f"batch-job-{job.pk}.parquet",
             content_type="application/vnd.apache.parquet",
         )
+
+
+class BatchScheduleViewSet(viewsets.GenericViewSet):
+    """Cron-like schedules of a batch job on ``model@alias``. Rolling a schedule out (or
+    back) moves its alias, so those two actions need the capability to set aliases."""
+
+    lookup_value_regex = "[0-9]+"  # "abc" is no schedule: 404 from the router, not a 500
+
+    serializer_class = BatchScheduleSerializer
+    parser_classes = [JSONParser]
+    filterset_fields = ["enabled", "model__name"]
+    ordering_fields = ["name", "next_run_at", "id"]
+    required_capabilities = {
+        "list": C.VIEW,
+        "retrieve": C.VIEW,
+        "create": C.RUN_BATCH,
+        "partial_update": C.RUN_BATCH,
+        "destroy": C.RUN_BATCH,
+        "rollout": C.SET_ALIAS,
+        "rollback": C.SET_ALIAS,
+    }
+
+    def get_queryset(self):
+        return selectors.batch_schedule_list()
+
+    def get_object(self):
+        schedule = self.get_queryset().filter(pk=int(self.kwargs["pk"])).first()
+        if schedule is None:
+            raise NotFound(f"No batch schedule {self.kwargs['pk']}.")
+        return schedule
+
+    def _render(self, schedule) -> dict:
+        return BatchScheduleSerializer(self.get_queryset().get(pk=schedule.pk)).data
+
+    def list(self, request):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        versions = selectors.alias_versions(schedules=page)
+        return self.get_paginated_response(
+            BatchScheduleSerializer(page, many=True, context={"alias_versions": versions}).data
+        )
+
+    def retrieve(self, request, pk=None):
+        return Response(BatchScheduleSerializer(self.get_object()).data)
+
+    @extend_schema(request=BatchScheduleCreateSerializer, responses={201: BatchScheduleSerializer})
+    def create(self, request):
+        data = BatchScheduleCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        schedule = services.batch_schedule_create(
+            model=model_get(name=fields.pop("model"), summary=False), actor=request.user, **fields
+        )
+        return Response(self._render(schedule), status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=BatchScheduleUpdateSerializer, responses={200: BatchScheduleSerializer})
+    def partial_update(self, request, pk=None):
+        data = BatchScheduleUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        schedule = services.batch_schedule_update(
+            schedule=self.get_object(), actor=request.user, **data.validated_data
+        )
+        return Response(self._render(schedule))
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request, pk=None):
+        services.batch_schedule_delete(schedule=self.get_object(), actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=BatchScheduleRolloutSerializer, responses={200: AliasMoveSerializer})
+    @action(detail=True, methods=["post"])
+    def rollout(self, request, pk=None):
+        """Point the schedule's alias at another approved version: the next run uses it."""
+        data = BatchScheduleRolloutSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        alias = services.batch_schedule_rollout(
+            schedule=self.get_object(),
+            version_number=data.validated_data["version"],
+            actor=request.user,
+            reason=data.validated_data["reason"],
+        )
+        return Response(_alias_body(alias))
+
+    @extend_schema(request=BatchScheduleRollbackSerializer, responses={200: AliasMoveSerializer})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request, pk=None):
+        """Point the alias back at the version the schedule last ran before the current one."""
+        data = BatchScheduleRollbackSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        alias = services.batch_schedule_rollback(
+            schedule=self.get_object(), actor=request.user, reason=data.validated_data["reason"]
+        )
+        return Response(_alias_body(alias))
+
+
+def _alias_body(alias) -> dict:
+    return {"model": alias.model.name, "alias": alias.name, "version": alias.version.number}

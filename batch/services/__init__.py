@@ -13,9 +13,11 @@ from batch.services.jobs import (
 )
 from batch.services.schedules import (
     batch_schedule_create,
+    batch_schedule_delete,
     batch_schedule_rollback,
     batch_schedule_rollout,
     batch_schedule_run,
+    batch_schedule_update,
     batch_schedules_due,
     cron_next,
 )
@@ -30,9 +32,11 @@ __all__ = [
     "batch_job_prepare",
     "batch_jobs_sweep",
     "batch_schedule_create",
+    "batch_schedule_delete",
     "batch_schedule_rollback",
     "batch_schedule_rollout",
     "batch_schedule_run",
+    "batch_schedule_update",
     "batch_schedules_due",
     "cron_next",
 ]

@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from django.core.files import File
 from django.core.files.storage import default_storage
@@ -29,6 +30,34 @@ def staged_name(job_id: int) -> str:
 
 def chunk_name(job_id: int, index: int) -> str:
     return f"{job_dir(job_id)}/chunks/chunk-{index:06d}.parquet"
+
+
+# Working files (the staged input, chunk outputs) are written once and read once, by us:
+# plain encoding, no compression, no statistics. Parquet's default dictionary encoding tries
+# a dictionary for every column chunk before it falls back to plain, and on float features
+# that are nearly all distinct the attempt alone cost more than the rest of the write
+# (staging 1,000,000 rows x 5 columns: 1.3 s with the defaults, 0.18 s without).
+WORKING_PARQUET: dict[str, Any] = {
+    "compression": "none",
+    "use_dictionary": False,
+    "write_statistics": False,
+}
+
+
+def output_parquet_options(table: Any) -> dict[str, Any]:
+    """Writer options of the joined output (people download it): snappy, statistics, and a
+    dictionary only for the columns it pays off on (class labels, not ids or probabilities),
+    judged on the first chunk."""
+    import pyarrow.compute as pc
+
+    # At most one distinct value in ten rows: a label column, where a dictionary shrinks the
+    # file; ids and probabilities are nearly all distinct and would only pay for the attempt.
+    dictionary = [
+        name
+        for name in table.column_names
+        if pc.count_distinct(table.column(name)).as_py() * 10 <= table.num_rows
+    ]
+    return {"compression": "snappy", "use_dictionary": dictionary}
 
 
 def _local(name: str) -> Path | None:
@@ -58,6 +87,19 @@ def storage_write_atomic(name: str) -> Iterator[Path]:
         default_storage.delete(name)
         with tmp.open("rb") as handle:
             default_storage.save(name, File(handle, name=Path(name).name))
+
+
+def input_store(upload: Any, *, fmt: str) -> str:
+    """Keep an uploaded input; its storage name. No checksum and no copy: a local storage
+    moves Django's temporary upload file into place (a rename on one filesystem), where
+    copying and hashing 30 MB cost a tenth of a second of every job."""
+    wanted = f"batch-inputs/{uuid.uuid4().hex}/input.{fmt}"
+    upload.seek(0)
+    stored = default_storage.save(wanted, upload)
+    if stored != wanted:  # storage renamed it: never silently point at another file
+        default_storage.delete(stored)
+        raise RuntimeError(f"Storage renamed {wanted!r} to {stored!r}.")
+    return stored
 
 
 def storage_exists(name: str) -> bool:

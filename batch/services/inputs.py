@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from django.conf import settings
 
+from batch.services import files
 from core.errors import InvalidInput, NotAllowed
 from registry.models import ModelVersion
 
@@ -48,6 +49,13 @@ def input_path_resolve(raw: str) -> Path:
         )
     if not raw or "\x00" in raw or not os.path.isabs(raw):
         raise InvalidInput("input_path must be an absolute path.", code="invalid_path")
+    # Refuse a path outside the roots before touching the file system: otherwise "does not
+    # exist" versus "outside the roots" would tell a caller which files exist anywhere.
+    if not _under_roots(Path(os.path.normpath(raw)), roots):
+        raise NotAllowed(
+            f"Input path {raw!r} is outside the allowed batch input roots.",
+            code="path_not_allowed",
+        )
     try:
         real = Path(raw).resolve(strict=True)
     except (OSError, RuntimeError):
@@ -312,7 +320,7 @@ def input_stage(
         table = pa.Table.from_batches(pending)
         chunk, rest = table.slice(0, rows), table.slice(rows)
         if writer is None:
-            writer = pq.ParquetWriter(dest, chunk.schema, compression="snappy")
+            writer = pq.ParquetWriter(dest, chunk.schema, **files.WORKING_PARQUET)
         writer.write_table(chunk, row_group_size=rows)
         total += chunk.num_rows
         pending = rest.to_batches() if rest.num_rows else []

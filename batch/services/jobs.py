@@ -52,7 +52,6 @@ from registry.models import Alias, ModelVersion, RegisteredModel
 from registry.services.artifacts import (
     artifact_delete_quietly,
     artifact_local_path,
-    artifact_store,
     file_sha256,
     uploaded_file_on_disk,
 )
@@ -113,9 +112,9 @@ def batch_job_create(
             raise InvalidInput("The input file is empty.", code="empty_input")
         with uploaded_file_on_disk(upload) as local, local.open("rb") as handle:
             fmt, _ = inputs.input_check(handle=handle, version=version, id_column=id_column)
-            saved = artifact_store(local_path=local, folder="batch-inputs", basename=f"input.{fmt}")
-        stored.append(saved.path)
-        source, path, name = InputSource.UPLOAD, saved.path, upload.name or ""
+        saved = files.input_store(upload, fmt=fmt)
+        stored.append(saved)
+        source, path, name = InputSource.UPLOAD, saved, upload.name or ""
     else:
         with inputs.input_path_open(input_path) as handle:
             fmt, _ = inputs.input_check(handle=handle, version=version, id_column=id_column)
@@ -532,7 +531,7 @@ def _predict_chunk(job: BatchJob, chunk: BatchChunk, timings: dict[str, float]) 
             }
         )
     with files.storage_write_atomic(files.chunk_name(job.pk, chunk.index)) as tmp:
-        pq.write_table(result, tmp, compression="snappy")
+        pq.write_table(result, tmp, **files.WORKING_PARQUET)
     lap("write")
     return result.num_rows
 
@@ -660,7 +659,9 @@ def batch_job_join(*, job_id: int) -> BatchJob:
                         for group in range(parquet.num_row_groups):
                             table = parquet.read_row_group(group)
                             if writer is None:
-                                writer = pq.ParquetWriter(out, table.schema, compression="snappy")
+                                writer = pq.ParquetWriter(
+                                    out, table.schema, **files.output_parquet_options(table)
+                                )
                             writer.write_table(table)
                             total += table.num_rows
             finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -21,7 +22,9 @@ from batch.choices import JobState
 from batch.models import BatchJob, BatchSchedule
 from batch.services import inputs
 from batch.services.jobs import batch_job_create
+from core.choices import AuditAction
 from core.errors import Conflict, DomainError, InvalidInput, InvalidState, NotFound
+from core.services import audit_record
 from registry.choices import VersionState
 from registry.models import Alias, RegisteredModel, name_validator
 from registry.services.aliases import alias_set
@@ -72,10 +75,10 @@ def batch_schedule_create(
         name_validator(name)
     except ValidationError as exc:
         raise InvalidInput(f"name: {exc.messages[0]}") from exc
-    if not Alias.objects.filter(model=model, name=alias).exists():
-        raise NotFound(f"{model.name} has no alias {alias!r}.")
-    inputs.input_path_resolve(input_path)
+    _alias_check(model, alias)
+    _chunk_rows_check(chunk_rows)
     next_run = cron_next(cron, after=timezone.now())
+    inputs.input_path_resolve(input_path)
     try:
         with transaction.atomic():
             schedule = BatchSchedule.objects.create(
@@ -92,7 +95,113 @@ def batch_schedule_create(
             )
     except IntegrityError as exc:
         raise Conflict(f"A batch schedule named {name!r} exists.", code="name_taken") from exc
+    audit_record(
+        actor=actor,
+        action=AuditAction.BATCH_SCHEDULE_CREATED,
+        obj=schedule,
+        after=_schedule_document(schedule),
+    )
     return schedule
+
+
+def _schedule_document(schedule: BatchSchedule) -> dict[str, Any]:
+    return {
+        "name": schedule.name,
+        "model": schedule.model.name,
+        "alias": schedule.alias,
+        "cron": schedule.cron,
+        "input_path": schedule.input_path,
+        "id_column": schedule.id_column,
+        "probabilities": schedule.probabilities,
+        "chunk_rows": schedule.chunk_rows,
+        "enabled": schedule.enabled,
+    }
+
+
+def _alias_check(model: RegisteredModel, alias: str) -> None:
+    if not Alias.objects.filter(model=model, name=alias).exists():
+        raise NotFound(f"{model.name} has no alias {alias!r}.", code="unknown_alias")
+
+
+def _chunk_rows_check(chunk_rows: int | None) -> None:
+    if chunk_rows is not None and not 1 <= chunk_rows <= 10_000_000:
+        raise InvalidInput(
+            f"chunk_rows must be between 1 and 10,000,000, not {chunk_rows}.", code="invalid"
+        )
+
+
+_UNSET: Any = object()
+
+
+@transaction.atomic
+def batch_schedule_update(
+    *,
+    schedule: BatchSchedule,
+    actor: User,
+    alias: str | None = None,
+    cron: str | None = None,
+    input_path: str | None = None,
+    id_column: str | None = None,
+    probabilities: bool | None = None,
+    chunk_rows: int | None = _UNSET,
+    enabled: bool | None = None,
+) -> BatchSchedule:
+    """Change what is given; a new cron (or re-enabling) sets the next run from now."""
+    schedule = (
+        BatchSchedule.objects.select_for_update(of=("self",))
+        .select_related("model", "created_by")
+        .get(pk=schedule.pk)
+    )
+    before = _schedule_document(schedule)
+    if alias is not None:
+        _alias_check(schedule.model, alias)
+        schedule.alias = alias
+    if input_path is not None:
+        inputs.input_path_resolve(input_path)
+        schedule.input_path = input_path
+    if id_column is not None:
+        schedule.id_column = id_column
+    if probabilities is not None:
+        schedule.probabilities = probabilities
+    if chunk_rows is not _UNSET:
+        _chunk_rows_check(chunk_rows)
+        schedule.chunk_rows = chunk_rows
+    if cron is not None:
+        schedule.next_run_at = cron_next(cron, after=timezone.now())
+        schedule.cron = cron
+    if enabled is not None:
+        if enabled and not schedule.enabled:
+            # Runs missed while disabled are skipped, not caught up all at once.
+            schedule.next_run_at = cron_next(schedule.cron, after=timezone.now())
+        schedule.enabled = enabled
+    schedule.save()
+    after = _schedule_document(schedule)
+    if after != before:
+        audit_record(
+            actor=actor,
+            action=AuditAction.BATCH_SCHEDULE_UPDATED,
+            obj=schedule,
+            before=before,
+            after=after,
+        )
+    return schedule
+
+
+@transaction.atomic
+def batch_schedule_delete(*, schedule: BatchSchedule, actor: User) -> None:
+    """Remove a schedule; the jobs it started stay (their ``schedule`` becomes empty)."""
+    schedule = (
+        BatchSchedule.objects.select_for_update(of=("self",))
+        .select_related("model")
+        .get(pk=schedule.pk)
+    )
+    audit_record(
+        actor=actor,
+        action=AuditAction.BATCH_SCHEDULE_DELETED,
+        obj=schedule,
+        before=_schedule_document(schedule),
+    )
+    schedule.delete()
 
 
 def batch_schedule_run(*, schedule: BatchSchedule, now: datetime | None = None) -> BatchJob | None:
@@ -105,16 +214,43 @@ def batch_schedule_run(*, schedule: BatchSchedule, now: datetime | None = None) 
     if not claimed:
         return None
     try:
-        job = batch_job_create(
-            model=schedule.model,
-            actor=schedule.created_by,
-            alias=schedule.alias,
-            input_path=schedule.input_path,
-            id_column=schedule.id_column,
-            probabilities=schedule.probabilities,
-            chunk_rows=schedule.chunk_rows,
-            schedule=schedule,
-        )
+        with transaction.atomic():
+            # Locked so the alias cannot move between naming the version and pinning it.
+            alias = (
+                Alias.objects.select_for_update(of=("self",))
+                .select_related("version")
+                .filter(model=schedule.model, name=schedule.alias)
+                .first()
+            )
+            job = batch_job_create(
+                model=schedule.model,
+                actor=schedule.created_by,
+                alias=schedule.alias,
+                input_path=schedule.input_path,
+                id_column=schedule.id_column,
+                probabilities=schedule.probabilities,
+                chunk_rows=schedule.chunk_rows,
+                schedule=schedule,
+            )
+            # Pin the version the alias names now: the job runs what the audit says it
+            # fired, even if the alias moves before a worker prepares it.
+            assert alias is not None  # batch_job_create refused a missing alias
+            version = alias.version
+            BatchJob.objects.filter(pk=job.pk).update(version=version)
+            job.version = version
+            audit_record(
+                actor=None,
+                action=AuditAction.BATCH_SCHEDULE_FIRED,
+                obj=schedule,
+                reason=f"due at {schedule.next_run_at.isoformat()}",
+                after={
+                    "job": job.pk,
+                    "model": schedule.model.name,
+                    "alias": schedule.alias,
+                    "version": version.number,
+                    "version_id": version.pk,
+                },
+            )
     except DomainError as exc:
         logger.warning("batch schedule %s could not start: %s", schedule.name, exc.message)
         BatchSchedule.objects.filter(pk=schedule.pk).update(last_error=exc.message[:5000])

@@ -23,7 +23,13 @@ urlpatterns = [
         views.DeploymentAlertsView.as_view(),
         name="deployment-alerts",
     ),
+    path(
+        "deployments/<str:name>/monitoring-policy/",
+        views.DeploymentMonitoringPolicyView.as_view(),
+        name="deployment-monitoring-policy",
+    ),
     path("webhooks/", views.WebhookListView.as_view(), name="webhook-list"),
+    path("webhooks/<int:pk>/", views.WebhookDetailView.as_view(), name="webhook-detail"),
     path(
         "webhooks/<int:pk>/deliveries/",
         views.WebhookDeliveriesView.as_view(),

@@ -8,15 +8,20 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.choices import Capability
+from core.errors import NotFound
 from deployments.selectors import deployment_get
 from monitoring import selectors, services
 from monitoring.api.serializers import (
     AlertSerializer,
     DriftComputeSerializer,
     GuardBreachSerializer,
+    MonitoringPolicyResponseSerializer,
+    MonitoringPolicySerializer,
     WebhookDeliverySerializer,
     WebhookEndpointCreateSerializer,
+    WebhookEndpointSecretSerializer,
     WebhookEndpointSerializer,
+    WebhookEndpointUpdateSerializer,
     WindowQuerySerializer,
 )
 from monitoring.models import WebhookEndpoint
@@ -113,7 +118,9 @@ class WebhookListView(APIView):
             WebhookEndpointSerializer(selectors.webhook_endpoint_list(), many=True).data
         )
 
-    @extend_schema(request=WebhookEndpointCreateSerializer, responses={201: dict})
+    @extend_schema(
+        request=WebhookEndpointCreateSerializer, responses={201: WebhookEndpointSecretSerializer}
+    )
     def post(self, request):
         data = WebhookEndpointCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -127,15 +134,79 @@ class WebhookListView(APIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
+def _webhook_get(pk: int) -> WebhookEndpoint:
+    endpoint = WebhookEndpoint.objects.select_related("deployment").filter(pk=pk).first()
+    if endpoint is None:
+        raise NotFound(f"No webhook {pk}.")
+    return endpoint
+
+
+class WebhookDetailView(APIView):
+    """One endpoint: read, change (URL checked again; secret rotation shown once), delete."""
+
+    required_capabilities = {"get": C.ADMIN, "patch": C.ADMIN, "delete": C.ADMIN}
+
+    @extend_schema(responses={200: WebhookEndpointSerializer})
+    def get(self, request, pk: int):
+        return Response(WebhookEndpointSerializer(_webhook_get(pk)).data)
+
+    @extend_schema(
+        request=WebhookEndpointUpdateSerializer, responses={200: WebhookEndpointSecretSerializer}
+    )
+    def patch(self, request, pk: int):
+        endpoint = _webhook_get(pk)
+        data = WebhookEndpointUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        if "deployment" in fields:
+            name = fields.pop("deployment")
+            fields["deployment"] = deployment_get(name=name) if name else None
+        endpoint, secret = services.webhook_endpoint_update(
+            endpoint=endpoint, actor=request.user, **fields
+        )
+        return Response({**WebhookEndpointSerializer(endpoint).data, "secret": secret})
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, pk: int):
+        services.webhook_endpoint_delete(endpoint=_webhook_get(pk), actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 class WebhookDeliveriesView(APIView):
     required_capabilities = {"get": C.ADMIN}
 
     @extend_schema(responses={200: WebhookDeliverySerializer(many=True)})
     def get(self, request, pk: int):
-        from core.errors import NotFound
-
-        endpoint = WebhookEndpoint.objects.filter(pk=pk).first()
-        if endpoint is None:
-            raise NotFound(f"No webhook {pk}.")
+        endpoint = _webhook_get(pk)
         deliveries = selectors.webhook_delivery_list(endpoint=endpoint)[:200]
         return Response(WebhookDeliverySerializer(deliveries, many=True).data)
+
+
+class DeploymentMonitoringPolicyView(APIView):
+    """GET: the stored overrides and the effective policy; PATCH: a JSON merge patch of the
+    overrides (null removes one), every value checked before anything is written."""
+
+    required_capabilities = {"get": C.VIEW, "patch": C.DEPLOY}
+
+    def _body(self, deployment) -> dict:
+        return {
+            "deployment": deployment.name,
+            "policy": services.monitoring_policy_document(deployment=deployment),
+            "effective": services.monitoring_policy_effective(deployment=deployment),
+        }
+
+    @extend_schema(responses={200: MonitoringPolicyResponseSerializer})
+    def get(self, request, name: str):
+        return Response(self._body(deployment_get(name=name)))
+
+    @extend_schema(
+        request=MonitoringPolicySerializer, responses={200: MonitoringPolicyResponseSerializer}
+    )
+    def patch(self, request, name: str):
+        deployment = deployment_get(name=name)
+        # The service checks every value and names the field; the raw body keeps the
+        # difference between a key that is absent and one that is null.
+        services.monitoring_policy_update(
+            deployment=deployment, actor=request.user, changes=request.data
+        )
+        return Response(self._body(deployment_get(name=name)))

@@ -8,6 +8,8 @@ from monitoring.services.alerts import (
     webhook_deliver,
     webhook_deliveries_due,
     webhook_endpoint_create,
+    webhook_endpoint_delete,
+    webhook_endpoint_update,
     webhook_sign,
     webhook_url_check,
 )
@@ -19,6 +21,11 @@ from monitoring.services.drift import (
     drift_windows_due,
 )
 from monitoring.services.guards import guards_check, guards_check_deployment
+from monitoring.services.policy import (
+    monitoring_policy_document,
+    monitoring_policy_effective,
+    monitoring_policy_update,
+)
 from monitoring.services.resources import resources_retention, resources_sample
 from monitoring.services.rollups import metrics_downsample, metrics_retention, metrics_rollup
 
@@ -35,11 +42,16 @@ __all__ = [
     "metrics_downsample",
     "metrics_retention",
     "metrics_rollup",
+    "monitoring_policy_document",
+    "monitoring_policy_effective",
+    "monitoring_policy_update",
     "resources_retention",
     "resources_sample",
     "webhook_deliver",
     "webhook_deliveries_due",
     "webhook_endpoint_create",
+    "webhook_endpoint_delete",
+    "webhook_endpoint_update",
     "webhook_sign",
     "webhook_url_check",
 ]

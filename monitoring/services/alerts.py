@@ -40,7 +40,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
+from core.choices import AuditAction
 from core.errors import InvalidInput
+from core.services import audit_record
 from deployments.choices import RolloutKind, RolloutState
 from deployments.models import Deployment, Rollout
 from monitoring.choices import AlertKind, DeliveryState, DriftStatus, GuardAction
@@ -135,14 +137,8 @@ def webhook_endpoint_create(
 ) -> WebhookEndpoint:
     """A webhook target (URL checked against SSRF); the secret is generated if not given."""
     webhook_url_check(url)
-    unknown = set(kinds or []) - set(AlertKind.values)
-    if unknown:
-        raise InvalidInput(
-            f"Unknown alert kinds: {', '.join(sorted(unknown))}; "
-            f"choose from {', '.join(AlertKind.values)}.",
-            code="unknown_kind",
-        )
-    return WebhookEndpoint.objects.create(
+    _kinds_check(list(kinds or []))
+    endpoint = WebhookEndpoint.objects.create(
         name=name,
         url=url,
         secret=secret or secrets.token_urlsafe(32),
@@ -150,6 +146,105 @@ def webhook_endpoint_create(
         deployment=deployment,
         created_by=actor if actor is not None and actor.is_authenticated else None,
     )
+    audit_record(
+        actor=actor,
+        action=AuditAction.WEBHOOK_CREATED,
+        obj=endpoint,
+        after=_webhook_document(endpoint),
+    )
+    return endpoint
+
+
+def _kinds_check(kinds: list[str]) -> None:
+    unknown = set(kinds) - set(AlertKind.values)
+    if unknown:
+        raise InvalidInput(
+            f"Unknown alert kinds: {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(AlertKind.values)}.",
+            code="unknown_kind",
+        )
+
+
+def _webhook_document(endpoint: WebhookEndpoint) -> dict[str, Any]:
+    """What an audit event records of an endpoint: never the secret itself."""
+    return {
+        "name": endpoint.name,
+        "url": endpoint.url,
+        "kinds": list(endpoint.kinds),
+        "deployment": endpoint.deployment.name if endpoint.deployment else None,
+        "active": endpoint.active,
+    }
+
+
+_UNSET: Any = object()
+
+
+@transaction.atomic
+def webhook_endpoint_update(
+    *,
+    endpoint: WebhookEndpoint,
+    actor: User | None,
+    name: str | None = None,
+    url: str | None = None,
+    kinds: list[str] | None = None,
+    deployment: Deployment | None = _UNSET,
+    active: bool | None = None,
+    rotate_secret: bool = False,
+) -> tuple[WebhookEndpoint, str | None]:
+    """Change what is given (a new URL is checked against SSRF again); with
+    ``rotate_secret`` a new secret replaces the old one at once. Returns the endpoint and
+    the new secret (None unless rotated): it is shown once, like at creation."""
+    endpoint = (
+        WebhookEndpoint.objects.select_for_update(of=("self",))
+        .select_related("deployment")
+        .get(pk=endpoint.pk)
+    )
+    before = _webhook_document(endpoint)
+    if name is not None:
+        if not name.strip():
+            raise InvalidInput("name: must not be blank.", code="invalid")
+        endpoint.name = name
+    if url is not None:
+        webhook_url_check(url)
+        endpoint.url = url
+    if kinds is not None:
+        _kinds_check(kinds)
+        endpoint.kinds = list(kinds)
+    if deployment is not _UNSET:
+        endpoint.deployment = deployment
+    if active is not None:
+        endpoint.active = active
+    secret = None
+    if rotate_secret:
+        secret = endpoint.secret = secrets.token_urlsafe(32)
+    endpoint.save()
+    after = _webhook_document(endpoint)
+    if after != before or rotate_secret:
+        audit_record(
+            actor=actor,
+            action=AuditAction.WEBHOOK_UPDATED,
+            obj=endpoint,
+            before=before,
+            after={**after, "secret_rotated": rotate_secret},
+        )
+    return endpoint, secret
+
+
+@transaction.atomic
+def webhook_endpoint_delete(*, endpoint: WebhookEndpoint, actor: User | None) -> None:
+    """Remove an endpoint with its delivery log; alerts stay."""
+    endpoint = (
+        WebhookEndpoint.objects.select_for_update(of=("self",))
+        .select_related("deployment")
+        .get(pk=endpoint.pk)
+    )
+    audit_record(
+        actor=actor,
+        action=AuditAction.WEBHOOK_DELETED,
+        obj=endpoint,
+        before=_webhook_document(endpoint),
+    )
+    endpoint.delete()
 
 
 def webhook_sign(secret: str, timestamp: int, body: bytes) -> str:

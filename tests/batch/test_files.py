@@ -1,0 +1,89 @@
+"""How batch files are encoded: working files plain (fast to write), the output compact."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.parquet as pq
+from django.core.files.storage import default_storage
+
+from batch import services
+from batch.models import BatchChunk
+from batch.services import files
+from tests.batch.conftest import input_frame
+
+
+def _encodings(path, column: str) -> set[str]:
+    metadata = pq.ParquetFile(path).metadata
+    index = metadata.schema.names.index(column)
+    return {
+        encoding
+        for group in range(metadata.num_row_groups)
+        for encoding in metadata.row_group(group).column(index).encodings
+    }
+
+
+def test_working_files_are_plain_and_the_output_keeps_dictionaries_for_labels(batch_setup):
+    job = services.batch_job_create(
+        model=batch_setup["model"],
+        actor=batch_setup["owner"],
+        version_number=1,
+        upload=_parquet_upload(input_frame(3_000)),
+        id_column="row_id",
+        chunk_rows=1_000,
+    )
+    services.batch_job_prepare(job_id=job.pk)
+    staged = default_storage.path(files.staged_name(job.pk))
+    assert pq.ParquetFile(staged).metadata.num_row_groups == 3
+    for column in ("age", "income", "row_id"):
+        assert not _encodings(staged, column) & {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
+    assert pq.ParquetFile(staged).metadata.row_group(0).column(0).compression == "UNCOMPRESSED"
+
+    chunk_ids = BatchChunk.objects.filter(job=job).order_by("index").values_list("pk", flat=True)
+    for chunk_id in chunk_ids:
+        services.batch_chunk_run(chunk_id=chunk_id)
+    chunk = default_storage.path(files.chunk_name(job.pk, 0))
+    assert not _encodings(chunk, "row_id") & {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
+
+    job = services.batch_job_join(job_id=job.pk)
+    assert job.state == "succeeded", job.error
+    output = default_storage.path(job.output_path)
+    assert "RLE_DICTIONARY" in _encodings(output, "prediction")  # two classes
+    assert "RLE_DICTIONARY" not in _encodings(output, "row_id")  # every value distinct
+    assert pq.ParquetFile(output).metadata.row_group(0).column(0).compression == "SNAPPY"
+    assert pq.read_table(output).column("row_id").to_pylist() == list(range(3_000))
+
+
+def _parquet_upload(frame):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.batch.conftest import parquet_bytes
+
+    return SimpleUploadedFile("input.parquet", parquet_bytes(frame))
+
+
+def test_a_large_upload_is_moved_into_storage_not_copied(batch_setup):
+    from django.core.files.uploadedfile import TemporaryUploadedFile
+
+    from tests.batch.conftest import parquet_bytes
+
+    content = parquet_bytes(input_frame(500))
+    upload = TemporaryUploadedFile("input.parquet", "application/octet-stream", len(content), None)
+    upload.write(content)
+    upload.flush()
+    temporary = upload.temporary_file_path()
+    inode, device = os.stat(temporary).st_ino, os.stat(temporary).st_dev
+    job = services.batch_job_create(
+        model=batch_setup["model"],
+        actor=batch_setup["owner"],
+        version_number=1,
+        upload=upload,
+        id_column="row_id",
+    )
+    stored = default_storage.path(job.input_path)
+    assert not os.path.exists(temporary)  # moved...
+    if os.stat(stored).st_dev == device:  # ...by a rename where one file system allows it
+        assert os.stat(stored).st_ino == inode
+    with open(stored, "rb") as handle:
+        assert handle.read() == content
+    upload.close()  # Django's clean-up of a moved temporary file is harmless
