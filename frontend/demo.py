@@ -69,7 +69,8 @@ def demo_users_ensure(logins_path: Path) -> list[tuple[str, str, str]]:
 
 
 def demo_model_ensure() -> RegisteredModel:
-    """A churn model with two versions: v1 approved and aliased champion, v2 in review."""
+    """A churn model: v1 approved and aliased champion, v2 approved (an operator can roll it
+    out and back from the deployment page), v3 waiting in the review queue."""
     model = RegisteredModel.objects.filter(name="churn").first()
     if model is not None:
         return model
@@ -84,7 +85,7 @@ def demo_model_ensure() -> RegisteredModel:
         intended_use="Retention campaigns.",
         limitations="Trained on synthetic data; not for pricing decisions.",
     )
-    for number, seed in ((1, 7), (2, 11)):
+    for number, seed in ((1, 7), (2, 11), (3, 13)):
         artifact, reference, accuracy = _train_churn_model(seed)
         version = services.version_upload(
             model=model,
@@ -112,13 +113,14 @@ def demo_model_ensure() -> RegisteredModel:
         if version.state != VersionState.VALIDATED:
             raise RuntimeError(f"demo {version} did not validate: {version.validation_report}")
         services.version_submit_for_review(version=version, actor=dana)
-        if number == 1:
+        if number in (1, 2):
             services.version_review(
                 version=version,
                 reviewer=rory,
                 decision="approve",
                 comment="Looks good on the holdout.",
             )
+        if number == 1:
             services.alias_set(model=model, name="champion", version_number=1, actor=dana)
     return model
 
@@ -150,3 +152,178 @@ def demo_deployment_ensure(model: RegisteredModel) -> tuple[str, str | None]:
         deployment=deployment, version_number=1, actor=olive, reason="demo: first rollout"
     )
     return deployment.name, key
+
+
+# --- a history for the dashboard --------------------------------------------------------------
+# Synthetic, and said so when seeded: three days in which v1 served, v2 was rolled out a day
+# ago, drifted and was rolled back six hours ago. Real gateway traffic adds to it from then on.
+
+
+def _phases(end):
+    from datetime import timedelta
+
+    return [
+        (end - timedelta(days=3), end - timedelta(days=1), 1, "blue"),
+        (end - timedelta(days=1), end - timedelta(hours=6), 2, "green"),
+        (end - timedelta(hours=6), end, 1, "blue"),
+    ]
+
+
+def demo_history_ensure(*, deployment_name: str = "churn-prod") -> dict[str, int]:
+    """Minute roll-ups, hourly drift windows and slot resource samples of the last 3 days
+    (only when the deployment has no roll-ups yet: running the seed again adds nothing)."""
+    from datetime import timedelta
+
+    import numpy as np
+    from django.utils import timezone
+
+    from deployments.models import Deployment
+    from gateway.metrics import BUCKET_BOUNDS_MS, BUCKET_COUNT
+    from monitoring.models import DriftFeature, DriftWindow, MetricRollup, SlotResourceSample
+
+    deployment = Deployment.objects.get(name=deployment_name)
+    if MetricRollup.objects.filter(deployment=deployment).exists():
+        return {"rollups": 0, "drift_windows": 0, "resource_samples": 0}
+    rng = np.random.default_rng(42)
+    # Ten minutes back: the minutes real traffic is about to fill stay untouched.
+    end = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=10)
+    bounds = np.asarray(BUCKET_BOUNDS_MS)
+    rollups, samples, windows = [], [], []
+    cpu = {"blue": 0.0, "green": 0.0}
+    for start, stop, version, slot in _phases(end):
+        minute = start
+        median_ms, error_rate = (12.0, 0.003) if version == 1 else (17.0, 0.015)
+        while minute < stop:
+            hour = minute.hour + minute.minute / 60
+            rate = 40 + 25 * np.sin((hour - 9) / 24 * 2 * np.pi)  # busier by day
+            requests = int(rng.poisson(max(rate, 5)))
+            errors = int(rng.binomial(requests, error_rate))
+            latencies = rng.lognormal(np.log(median_ms), 0.45, requests)
+            histogram = np.bincount(
+                np.searchsorted(bounds, latencies, side="left"), minlength=BUCKET_COUNT
+            )
+            ok = requests - errors
+            ok_hist = histogram.copy()
+            # The errors are the fastest answers (a failing model fails fast).
+            taken = 0
+            error_hist = np.zeros(BUCKET_COUNT, dtype=np.int64)
+            for index in np.flatnonzero(ok_hist):
+                take = min(int(ok_hist[index]), errors - taken)
+                ok_hist[index] -= take
+                error_hist[index] += take
+                taken += take
+                if taken == errors:
+                    break
+            rows = int(ok * 1.6)
+            for status, count, nrows, hist in (
+                (200, ok, rows, ok_hist),
+                (500, errors, errors, error_hist),
+            ):
+                if count:
+                    rollups.append(
+                        MetricRollup(
+                            deployment=deployment,
+                            version=version,
+                            status=status,
+                            start=minute,
+                            count=count,
+                            rows=nrows,
+                            errors=count if status >= 500 else 0,
+                            latency_us_sum=int(latencies.mean() * 1000 * count),
+                            histogram=hist.tolist(),
+                        )
+                    )
+            if minute.minute % 5 == 0:
+                cpu[slot] += requests * 5 * 0.004 + 1.5  # per-request work + idle upkeep
+                samples.append(
+                    SlotResourceSample(
+                        deployment=deployment,
+                        slot=slot,
+                        version=version,
+                        cpu_seconds=cpu[slot],
+                        rss_bytes=int((310 if version == 1 else 420) * 1e6),
+                        process_count=3,
+                        taken_at=minute,
+                    )
+                )
+            minute += timedelta(minutes=1)
+        hour_start = start
+        while hour_start + timedelta(hours=1) <= stop:
+            since_switch = (hour_start - start).total_seconds() / 3600
+            windows.append((version, hour_start, since_switch))
+            hour_start += timedelta(hours=1)
+    MetricRollup.objects.bulk_create(rollups, batch_size=2000)
+    SlotResourceSample.objects.bulk_create(samples, batch_size=2000)
+    features = ["tenure_months", "monthly_charges", "support_calls", "contract_years"]
+    created = 0
+    for version, hour_start, since_switch in windows:
+        psi = {name: float(rng.uniform(0.005, 0.05)) for name in features}
+        if version == 2:
+            # v2's traffic shifted: support calls drift after a few hours, charges warn.
+            psi["monthly_charges"] = float(rng.uniform(0.11, 0.2))
+            if since_switch > 4:
+                psi["support_calls"] = float(rng.uniform(0.26, 0.4))
+
+        def status(value: float) -> str:
+            return "drift" if value >= 0.25 else "warn" if value >= 0.1 else "ok"
+
+        statuses = {name: status(value) for name, value in psi.items()}
+        order = ["ok", "warn", "drift"]
+        window = DriftWindow.objects.create(
+            deployment=deployment,
+            version=version,
+            kind="scheduled",
+            start=hour_start,
+            end=hour_start + timedelta(hours=1),
+            live_rows=int(rng.integers(150, 400)),
+            status=max(statuses.values(), key=order.index),
+            thresholds={"psi_warn": 0.1, "psi_drift": 0.25},
+        )
+        DriftFeature.objects.bulk_create(
+            DriftFeature(
+                window=window,
+                feature=name,
+                kind="numeric",
+                status=statuses[name],
+                live_rows=window.live_rows,
+                missing_rate=0.0,
+                psi=psi[name],
+                ks=psi[name] / 2,
+                ks_pvalue=0.5 if statuses[name] == "ok" else 0.001,
+            )
+            for name in features
+        )
+        created += 1
+    return {"rollups": len(rollups), "drift_windows": created, "resource_samples": len(samples)}
+
+
+def demo_batch_ensure(model: RegisteredModel) -> int | None:
+    """A batch job over 1,000 customers with the champion; the worker runs it once `make run`
+    has started it (returns the new job's id, or None when the demo has one already)."""
+    import numpy as np
+    import pandas as pd
+
+    from batch import services as batch_services
+    from batch.models import BatchJob
+
+    if BatchJob.objects.filter(model=model).exists():
+        return None
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"c-{i:05d}" for i in range(1000)],
+            "tenure_months": rng.integers(1, 72, 1000).astype(float),
+            "monthly_charges": rng.normal(70, 20, 1000),
+            "support_calls": rng.poisson(2, 1000).astype(float),
+            "contract_years": rng.choice([0.0, 1.0, 2.0], 1000),
+        }
+    )
+    job = batch_services.batch_job_create(
+        model=model,
+        actor=User.objects.get(username="dana"),
+        alias="champion",
+        upload=SimpleUploadedFile("customers.csv", frame.to_csv(index=False).encode()),
+        id_column="customer_id",
+        probabilities=True,
+    )
+    return job.pk

@@ -4,9 +4,39 @@ from __future__ import annotations
 
 from django.urls import path
 
-from frontend.views import operations
+from frontend.views import batch, deployments
 
 urlpatterns = [
-    path("deployments/", operations.deployment_list, name="deployment_list"),
-    path("batch/", operations.batch_list, name="batch_list"),
+    path("deployments/", deployments.deployment_list, name="deployment_list"),
+    path("deployments/<str:name>/", deployments.deployment_detail, name="deployment_detail"),
+    path(
+        "deployments/<str:name>/status/",
+        deployments.deployment_status,
+        name="deployment_status",
+    ),
+    path(
+        "deployments/<str:name>/dashboard/",
+        deployments.deployment_dashboard,
+        name="deployment_dashboard",
+    ),
+    path(
+        "deployments/<str:name>/rollback/",
+        deployments.deployment_rollback_confirm,
+        name="deployment_rollback_confirm",
+    ),
+    path(
+        "deployments/<str:name>/rollback/confirm/",
+        deployments.deployment_rollback,
+        name="deployment_rollback",
+    ),
+    path(
+        "deployments/<str:name>/rollouts/",
+        deployments.deployment_rollout,
+        name="deployment_rollout",
+    ),
+    path("batch/", batch.batch_list, name="batch_list"),
+    path("batch/new/", batch.batch_create, name="batch_create"),
+    path("batch/<int:job_id>/", batch.batch_detail, name="batch_detail"),
+    path("batch/<int:job_id>/cancel/", batch.batch_cancel, name="batch_cancel"),
+    path("batch/<int:job_id>/output/", batch.batch_output, name="batch_output"),
 ]

@@ -4,7 +4,18 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from registry import selectors
+from registry.models import RegisteredModel
+
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "frontend/home.html")
+    """Where to start: what is waiting, and the next step for a new user."""
+    return render(
+        request,
+        "frontend/home.html",
+        {
+            "model_count": RegisteredModel.objects.count(),
+            "review_count": selectors.review_queue().count(),
+        },
+    )

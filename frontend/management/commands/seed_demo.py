@@ -3,7 +3,13 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from frontend.demo import demo_deployment_ensure, demo_model_ensure, demo_users_ensure
+from frontend.demo import (
+    demo_batch_ensure,
+    demo_deployment_ensure,
+    demo_history_ensure,
+    demo_model_ensure,
+    demo_users_ensure,
+)
 
 
 class Command(BaseCommand):
@@ -24,6 +30,20 @@ class Command(BaseCommand):
                 f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
                 '-d \'{"instances": [{"tenure_months": 3, "monthly_charges": 90, '
                 '"support_calls": 5, "contract_years": 0}]}\''
+            )
+        history = demo_history_ensure(deployment_name=name)
+        if history["rollups"]:
+            self.stdout.write(
+                f"Dashboard history for {name} (synthetic, the last 3 days: v1, then v2 for "
+                f"18 h until a rollback): {history['rollups']} minute roll-ups, "
+                f"{history['drift_windows']} drift windows, "
+                f"{history['resource_samples']} resource samples"
+            )
+        job_id = demo_batch_ensure(model)
+        if job_id:
+            self.stdout.write(
+                f"Batch job {job_id} queued: 1,000 customers scored by churn@champion "
+                "(the worker runs it)"
             )
         self.stdout.write("Demo logins (user, role, password) — also in " + str(logins_path))
         for username, role, password in logins:

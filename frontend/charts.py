@@ -1,0 +1,266 @@
+"""Plotly figures for the dashboard, as plain dicts: data in, figure out, no I/O.
+
+The page hands each figure to the browser with ``json_script`` and static/frontend/charts.js
+draws it with the plotly.js bundled in the ``plotly`` package. Every function accepts empty
+data and then returns a figure that says so, so a new deployment shows a readable chart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+# Okabe-Ito: distinguishable with the common colour-vision deficiencies.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+PERCENTILE_DASH = {"p50": "solid", "p95": "dash", "p99": "dot"}
+DRIFT_LEVELS = {"no_data": 0, "ok": 1, "warn": 2, "drift": 3}
+# Discrete steps for the heatmap: grey no data, green ok, amber warn, red drift.
+DRIFT_COLORSCALE = [
+    [0.0, "#d9d9d9"],
+    [0.25, "#d9d9d9"],
+    [0.25, "#1a9850"],
+    [0.5, "#1a9850"],
+    [0.5, "#fdae61"],
+    [0.75, "#fdae61"],
+    [0.75, "#b2182b"],
+    [1.0, "#b2182b"],
+]
+CONFIG = {"displaylogo": False, "responsive": True}
+
+
+def version_color(version: int) -> str:
+    return PALETTE[(version - 1) % len(PALETTE)] if version > 0 else "#767676"
+
+
+def _iso(values: Sequence[Any]) -> list[Any]:
+    return [v.isoformat() if isinstance(v, datetime) else v for v in values]
+
+
+def _layout(title: str, *, y_title: str = "", x_time: bool = True, **extra: Any) -> dict:
+    layout: dict[str, Any] = {
+        "title": {"text": title},
+        "margin": {"l": 56, "r": 16, "t": 40, "b": 40},
+        "height": 280,
+        "legend": {"orientation": "h", "y": -0.2},
+        "yaxis": {"title": {"text": y_title}, "rangemode": "tozero"},
+        "hovermode": "x unified" if x_time else "closest",
+    }
+    if x_time:
+        layout["xaxis"] = {"type": "date"}
+    layout.update(extra)
+    return layout
+
+
+def _empty(title: str, message: str) -> dict:
+    return {
+        "data": [],
+        "layout": {
+            **_layout(title, x_time=False),
+            "xaxis": {"visible": False},
+            "yaxis": {"visible": False},
+            "annotations": [
+                {"text": message, "showarrow": False, "xref": "paper", "yref": "paper"}
+            ],
+        },
+        "config": CONFIG,
+    }
+
+
+def _has_traffic(series: Mapping[int, Mapping[str, Sequence[Any]]]) -> bool:
+    return any(any(points.get("requests", [])) for points in series.values())
+
+
+NO_TRAFFIC = "No requests in this window yet: send predictions through the gateway."
+
+
+def latency_figure(series: Mapping[int, Mapping[str, Sequence[Any]]]) -> dict:
+    """p50/p95/p99 per version over time; one colour per version, one dash per percentile."""
+    title = "Latency (ms) by version"
+    if not _has_traffic(series):
+        return _empty(title, NO_TRAFFIC)
+    data = []
+    for version, points in sorted(series.items()):
+        for q, dash in PERCENTILE_DASH.items():
+            data.append(
+                {
+                    "type": "scatter",
+                    # Markers too: a version with traffic in one bucket only is still seen.
+                    "mode": "lines+markers",
+                    "marker": {"size": 3},
+                    "name": f"v{version} {q}",
+                    "x": _iso(points["t"]),
+                    "y": list(points[q]),
+                    "line": {"color": version_color(version), "dash": dash},
+                    "connectgaps": False,
+                }
+            )
+    return {"data": data, "layout": _layout(title, y_title="ms"), "config": CONFIG}
+
+
+def throughput_figure(series: Mapping[int, Mapping[str, Sequence[Any]]]) -> dict:
+    """Requests per second per version, stacked: the total is the deployment's load."""
+    title = "Throughput (requests/s)"
+    if not _has_traffic(series):
+        return _empty(title, NO_TRAFFIC)
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "stackgroup": "rps",
+            "name": f"v{version}",
+            "x": _iso(points["t"]),
+            "y": list(points["rps"]),
+            "line": {"color": version_color(version)},
+        }
+        for version, points in sorted(series.items())
+    ]
+    layout = _layout(title, y_title="req/s")
+    layout["legend"]["traceorder"] = "normal"  # stacking reverses it otherwise: v1 first
+    return {"data": data, "layout": layout, "config": CONFIG}
+
+
+def error_rate_figure(series: Mapping[int, Mapping[str, Sequence[Any]]]) -> dict:
+    """Share of requests answered 5xx, per version."""
+    title = "Error rate (5xx share)"
+    if not _has_traffic(series):
+        return _empty(title, NO_TRAFFIC)
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": f"v{version}",
+            "x": _iso(points["t"]),
+            "y": list(points["error_rate"]),
+            "line": {"color": version_color(version)},
+            "marker": {"size": 4},
+        }
+        for version, points in sorted(series.items())
+    ]
+    layout = _layout(title, y_title="share")
+    layout["yaxis"]["tickformat"] = ".1%"
+    return {"data": data, "layout": layout, "config": CONFIG}
+
+
+def cost_figure(costs: Sequence[Mapping[str, Any]]) -> dict:
+    """Cost per prediction per version (bars); versions without enough samples are left out."""
+    title = "Cost per prediction"
+    known = [c for c in costs if c.get("cost_per_prediction") is not None]
+    if not known:
+        return _empty(
+            title, "No cost yet: it needs resource samples of a serving slot and predictions."
+        )
+    data = [
+        {
+            "type": "bar",
+            "x": [f"v{c['version']}" for c in known],
+            "y": [c["cost_per_prediction"] for c in known],
+            "marker": {"color": [version_color(c["version"]) for c in known]},
+            "text": [f"{c['cost_per_prediction']:.3g}" for c in known],
+            "textposition": "auto",
+            "name": "cost / prediction",
+            "customdata": [[c["cpu_seconds"], c["memory_gb_hours"]] for c in known],
+            "hovertemplate": "%{x}: %{y:.3g} per prediction<br>"
+            "CPU-seconds %{customdata[0]:.1f}, GB-hours %{customdata[1]:.3f}<extra></extra>",
+        }
+    ]
+    return {
+        "data": data,
+        "layout": _layout(title, y_title="per prediction", x_time=False),
+        "config": CONFIG,
+    }
+
+
+def drift_heatmap_figure(
+    *,
+    features: Sequence[str],
+    times: Sequence[datetime],
+    statuses: Sequence[Sequence[str | None]],
+    scores: Sequence[Sequence[float | None]],
+    version: int | None,
+) -> dict:
+    """Drift status per feature (rows) and window end (columns); hover shows the score."""
+    title = f"Drift per feature (v{version})" if version else "Drift per feature"
+    if not features or not times:
+        return _empty(
+            title, "No drift windows yet: they are computed hourly from sampled live requests."
+        )
+    z = [[DRIFT_LEVELS.get(s) if s else None for s in row] for row in statuses]
+    text = [
+        [
+            f"{s or 'no window'}" + (f" · score {v:.3f}" if v is not None else "")
+            for s, v in zip(srow, vrow, strict=True)
+        ]
+        for srow, vrow in zip(statuses, scores, strict=True)
+    ]
+    data = [
+        {
+            "type": "heatmap",
+            # Window ends as labels: a date axis around a single window zooms to milliseconds.
+            "x": [t.strftime("%m-%d %H:%M") if isinstance(t, datetime) else t for t in times],
+            "y": list(features),
+            "z": z,
+            "text": text,
+            "hovertemplate": "%{y} @ %{x}<br>%{text}<extra></extra>",
+            "zmin": 0,
+            "zmax": 3,
+            "colorscale": DRIFT_COLORSCALE,
+            "colorbar": {
+                "tickvals": [0.375, 1.125, 1.875, 2.625],
+                "ticktext": ["no data", "ok", "warn", "drift"],
+                "len": 0.9,
+            },
+            "xgap": 1,
+            "ygap": 1,
+        }
+    ]
+    layout = _layout(title, x_time=False, height=max(200, 60 + 36 * len(features)))
+    layout["xaxis"] = {"type": "category", "nticks": 8, "title": {"text": "window end (UTC)"}}
+    layout["yaxis"] = {"automargin": True}
+    layout["hovermode"] = "closest"
+    return {"data": data, "layout": layout, "config": CONFIG}
+
+
+def prediction_distribution_figure(
+    *,
+    labels: Sequence[str],
+    reference: Sequence[float],
+    live: Sequence[float] | None,
+    live_rows: int = 0,
+    version: int | None = None,
+) -> dict:
+    """Share of predictions per bin/class: the reference sample against live traffic."""
+    title = f"Predictions vs reference (v{version})" if version else "Predictions vs reference"
+    if not labels:
+        return _empty(
+            title,
+            "No reference predictions yet: they are computed once a slot serves the version.",
+        )
+    data = [
+        {
+            "type": "bar",
+            "name": "reference",
+            "x": list(labels),
+            "y": list(reference),
+            "marker": {"color": "#767676"},
+        }
+    ]
+    if live is not None and live_rows:
+        data.append(
+            {
+                "type": "bar",
+                "name": f"live ({live_rows} sampled)",
+                "x": list(labels),
+                "y": list(live),
+                "marker": {"color": version_color(version or 1)},
+            }
+        )
+    layout = _layout(title, y_title="share", x_time=False, barmode="group")
+    layout["yaxis"]["tickformat"] = ".0%"
+    layout["xaxis"] = {"type": "category"}  # the legend sits below: no axis title to clash
+    return {"data": data, "layout": layout, "config": CONFIG}
+
+
+def shares(counts: Sequence[float]) -> list[float]:
+    total = float(sum(counts))
+    return [c / total if total else 0.0 for c in counts]

@@ -1,0 +1,33 @@
+// Small behaviours every page shares. No inline scripts or on* attributes anywhere (the
+// CSP allows script-src 'self' only): pages opt in with data- attributes.
+(function () {
+  "use strict";
+
+  // <form data-confirm="Really?">: ask before submitting.
+  document.addEventListener("submit", function (evt) {
+    var form = evt.target;
+    var submitter = evt.submitter;
+    var question = (submitter && submitter.dataset.confirm) || form.dataset.confirm;
+    if (question && !window.confirm(question)) {
+      evt.preventDefault();
+    }
+  });
+
+  // Pollers ([data-poll]) skip their turn while the tab is hidden: nobody is looking.
+  document.addEventListener("htmx:beforeRequest", function (evt) {
+    if (document.hidden && evt.detail.elt.closest("[data-poll]")) {
+      evt.preventDefault();
+    }
+  });
+
+  // <button data-copy="ID">: copy the text of #ID (the new API token).
+  document.addEventListener("click", function (evt) {
+    var button = evt.target.closest("[data-copy]");
+    if (!button) return;
+    var source = document.getElementById(button.dataset.copy);
+    if (!source || !navigator.clipboard) return;
+    navigator.clipboard.writeText(source.textContent.trim()).then(function () {
+      button.textContent = "Copied";
+    });
+  });
+})();

@@ -1,0 +1,428 @@
+"""Deployment pages: list, detail with live rollout log and slots, dashboard, rollback, rollout.
+
+Views are adapters like the API's: read through selectors, write through the same services
+(``rollout_start``, ``deployment_rollback``), check the same capabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import OuterRef, Subquery
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts.permissions import user_has_capability
+from core.choices import Capability
+from core.errors import DomainError, InvalidInput, NotFound
+from deployments import selectors, services
+from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState, SlotState
+from deployments.models import Deployment, Rollout
+from deployments.services import DEPLOYABLE_STATES
+from frontend import charts
+from frontend import dashboard_data as data
+from registry.models import ModelVersion
+
+ROLLOUT_STEPS = ["pending", "building", "starting", "verifying", "switching", "baking", "live"]
+
+
+def _can_deploy(request: HttpRequest) -> bool:
+    return user_has_capability(request.user, Capability.DEPLOY)
+
+
+def _require(request: HttpRequest, capability: str) -> None:
+    if not user_has_capability(request.user, capability):
+        raise PermissionDenied(
+            f"Your role '{request.user.role}' does not allow this action "
+            f"(needs the '{capability}' capability)."
+        )
+
+
+def _deployment(name: str) -> Deployment:
+    try:
+        return selectors.deployment_get(name=name)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
+
+
+def _live_slot(deployment: Deployment):
+    return next((s for s in deployment.slots.all() if s.color == deployment.live_slot), None)
+
+
+def _health(deployment: Deployment) -> tuple[str, str]:
+    """(level, words) from the live slot's state: what a person scanning the list needs."""
+    slot = _live_slot(deployment)
+    if slot is None or slot.version is None:
+        return "idle", "not serving yet"
+    if slot.state == SlotState.READY and slot.url:
+        return "ok", "healthy"
+    if slot.state == SlotState.STARTING:
+        return "warn", "live slot starting"
+    return "bad", f"live slot {slot.state}"
+
+
+def rollback_target(deployment: Deployment) -> tuple[ModelVersion | None, ModelVersion | None]:
+    """(live version, version a rollback would go back to), chosen as deployment_rollback
+    chooses it: the idle slot's version, else the previous version of the last rollout. The
+    service decides again under its lock; the confirmation form carries what was shown."""
+    live = _live_slot(deployment)
+    if live is None or live.version is None:
+        return None, None
+    other = next((s for s in deployment.slots.all() if s.color != deployment.live_slot), None)
+    target = other.version if other is not None else None
+    if target is None:
+        last = (
+            Rollout.objects.filter(
+                deployment=deployment, state__in=[RolloutState.BAKING, RolloutState.LIVE]
+            )
+            .select_related("previous_version")
+            .order_by("-created_at")
+            .first()
+        )
+        target = last.previous_version if last else None
+    if target is not None and target.pk == live.version_id:
+        target = None
+    return live.version, target
+
+
+# --- list -----------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def deployment_list(request: HttpRequest) -> HttpResponse:
+    _require(request, Capability.VIEW)
+    last_rollout = Rollout.objects.filter(deployment=OuterRef("pk")).order_by("-created_at")
+    deployments = list(
+        selectors.deployment_list().annotate(
+            last_rollout_state=Subquery(last_rollout.values("state")[:1]),
+            last_rollout_kind=Subquery(last_rollout.values("kind")[:1]),
+        )
+    )
+    error_rates = data.error_rate_last_hour([d.pk for d in deployments])
+    rows = []
+    for deployment in deployments:
+        live = _live_slot(deployment)
+        level, words = _health(deployment)
+        rows.append(
+            {
+                "deployment": deployment,
+                "live_version": live.version if live else None,
+                "health_level": level,
+                "health": words,
+                "error_rate": _fmt(error_rates.get(deployment.pk), ".2%"),
+            }
+        )
+    return render(
+        request,
+        "frontend/deployments/list.html",
+        {"rows": rows, "can_deploy": _can_deploy(request)},
+    )
+
+
+# --- detail ---------------------------------------------------------------------------------
+
+
+def _status_context(deployment: Deployment) -> dict[str, Any]:
+    current = selectors.deployment_current_rollout(deployment)
+    recent = list(selectors.rollout_list(deployment=deployment)[:5])
+    shown = current or (recent[0] if recent else None)
+    active = current is not None and current.state in ACTIVE_ROLLOUT_STATES
+    step_index = ROLLOUT_STEPS.index(shown.state) if shown and shown.state in ROLLOUT_STEPS else 0
+    level, words = _health(deployment)
+    live = _live_slot(deployment)
+    return {
+        "deployment": deployment,
+        "live_version": live.version if live else None,
+        "health_level": level,
+        "health": words,
+        "slots": list(deployment.slots.all()),
+        "rollout": shown,
+        "rollout_active": active,
+        "rollout_steps": ROLLOUT_STEPS,
+        "rollout_step_index": step_index,
+        "rollout_progress": round(100 * step_index / (len(ROLLOUT_STEPS) - 1)) if shown else 0,
+        "recent_rollouts": recent,
+        "events": list(deployment.events.all()[:5]),
+        # Poll fast while something moves, slowly otherwise (a guard may roll back).
+        "poll_ms": 2000 if active else 15000,
+    }
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
+    """Figures and per-version tiles of one window (what the page and its partial show)."""
+    buckets = data.rollup_buckets(deployment=deployment, window=window)
+    points = data.series(buckets)
+    totals = buckets.totals()
+    live = _live_slot(deployment)
+    live_number = live.version.number if live and live.version else None
+    focus = live_number or (max(totals) if totals else None)
+    costs = data.cost_by_version(
+        deployment=deployment, start=buckets.start, end=buckets.end, totals=totals
+    )
+    drift = data.drift_heatmap(
+        deployment=deployment, start=buckets.start, end=buckets.end, version=focus
+    )
+    prediction = data.prediction_distribution(deployment=deployment, version=focus, end=buckets.end)
+    seconds = (buckets.end - buckets.start).total_seconds()
+    cost_of = {c["version"]: c for c in costs}
+    tiles = []
+    for number in sorted(set(totals) | set(cost_of)):
+        cell = totals.get(number)
+        cost = cost_of.get(number, {})
+        tiles.append(
+            {
+                "version": number,
+                "live": number == live_number,
+                "requests": cell.requests if cell else 0,
+                "rps": _fmt(cell.requests / seconds if cell else None, ".3g"),
+                "p50": _fmt(cell.percentile_ms(0.50) if cell else None, ".1f"),
+                "p95": _fmt(cell.percentile_ms(0.95) if cell else None, ".1f"),
+                "p99": _fmt(cell.percentile_ms(0.99) if cell else None, ".1f"),
+                "error_rate": _fmt(
+                    cell.errors / cell.requests if cell and cell.requests else None, ".2%"
+                ),
+                "cost_per_prediction": _fmt(cost.get("cost_per_prediction"), ".3g"),
+                "cpu_seconds": _fmt(cost.get("cpu_seconds"), ".1f"),
+                "gb_hours": _fmt(cost.get("memory_gb_hours"), ".4f"),
+            }
+        )
+    figures = [
+        ("fig-latency", charts.latency_figure(points), _latency_summary(tiles)),
+        ("fig-throughput", charts.throughput_figure(points), _traffic_summary(tiles, window)),
+        ("fig-errors", charts.error_rate_figure(points), _error_summary(tiles)),
+        ("fig-cost", charts.cost_figure(costs), _cost_summary(tiles)),
+        ("fig-drift", charts.drift_heatmap_figure(**drift), _drift_summary(drift)),
+        (
+            "fig-prediction",
+            charts.prediction_distribution_figure(**prediction),
+            _prediction_summary(prediction),
+        ),
+    ]
+    return {
+        "deployment": deployment,
+        "window": window,
+        "windows": list(data.WINDOWS),
+        "window_start": buckets.start,
+        "window_end": buckets.end,
+        "tiles": tiles,
+        "figures": [
+            {"id": fid, "figure": fig, "title": fig["layout"]["title"]["text"], "summary": text}
+            for fid, fig, text in figures
+        ],
+        "has_traffic": any(t["requests"] for t in tiles),
+    }
+
+
+def _latency_summary(tiles: list[dict]) -> str:
+    parts = [
+        f"v{t['version']}: p50 {t['p50']} ms, p95 {t['p95']} ms, p99 {t['p99']} ms"
+        for t in tiles
+        if t["requests"]
+    ]
+    return "; ".join(parts) or "No requests in this window."
+
+
+def _traffic_summary(tiles: list[dict], window: str) -> str:
+    parts = [
+        f"v{t['version']}: {t['requests']} requests ({t['rps']}/s)" for t in tiles if t["requests"]
+    ]
+    return "; ".join(parts) or f"No requests in the last {window}."
+
+
+def _error_summary(tiles: list[dict]) -> str:
+    parts = [f"v{t['version']}: {t['error_rate']} errors" for t in tiles if t["requests"]]
+    return "; ".join(parts) or "No requests, so no errors."
+
+
+def _cost_summary(tiles: list[dict]) -> str:
+    parts = [
+        f"v{t['version']}: {t['cost_per_prediction']} per prediction "
+        f"({t['cpu_seconds']} CPU-seconds, {t['gb_hours']} GB-hours)"
+        for t in tiles
+    ]
+    return "; ".join(parts) or "No resource samples yet."
+
+
+def _drift_summary(drift: dict) -> str:
+    if not drift["features"]:
+        return "No drift windows in this range."
+    latest = {f: row[-1] for f, row in zip(drift["features"], drift["statuses"], strict=True)}
+    count = len(drift["times"])
+    return f"{count} window{'' if count == 1 else 's'}; latest status: " + ", ".join(
+        f"{f} {s or 'no data'}" for f, s in latest.items()
+    )
+
+
+def _prediction_summary(prediction: dict) -> str:
+    if not prediction["labels"]:
+        return "No reference predictions yet."
+    if not prediction["live_rows"]:
+        return "Reference distribution shown; no live predictions sampled in the last hour."
+    return f"{prediction['live_rows']} live predictions sampled in the last hour vs the reference."
+
+
+def _window(request: HttpRequest) -> str:
+    window = request.GET.get("window", data.DEFAULT_WINDOW)
+    try:
+        return data.window_check(window)
+    except InvalidInput as exc:
+        raise _BadRequest(exc.message) from exc
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _deployable_versions(deployment: Deployment, live_version: ModelVersion | None):
+    versions = ModelVersion.objects.filter(
+        model=deployment.model_id, state__in=DEPLOYABLE_STATES[deployment.environment]
+    ).order_by("-number")
+    if live_version is not None:
+        versions = versions.exclude(pk=live_version.pk)
+    return list(versions.only("id", "number", "state", "description"))
+
+
+def _detail_context(request: HttpRequest, deployment: Deployment, window: str) -> dict[str, Any]:
+    status = _status_context(deployment)
+    live, target = rollback_target(deployment)
+    return {
+        **status,
+        **dashboard_context(deployment, window),
+        "can_deploy": _can_deploy(request),
+        "rollback_to": target,
+        "deployable_versions": _deployable_versions(deployment, live),
+    }
+
+
+@login_required
+@require_GET
+def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
+    _require(request, Capability.VIEW)
+    deployment = _deployment(name)
+    try:
+        window = _window(request)
+    except _BadRequest as exc:
+        return HttpResponse(str(exc), status=400, content_type="text/plain")
+    return render(
+        request,
+        "frontend/deployments/detail.html",
+        _detail_context(request, deployment, window),
+    )
+
+
+@login_required
+@require_GET
+def deployment_status(request: HttpRequest, name: str) -> HttpResponse:
+    """The polled partial: live version, slots, rollout progress and its step log."""
+    _require(request, Capability.VIEW)
+    deployment = _deployment(name)
+    return render(request, "frontend/deployments/_status.html", _status_context(deployment))
+
+
+@login_required
+@require_GET
+def deployment_dashboard(request: HttpRequest, name: str) -> HttpResponse:
+    """The chart data endpoint the dashboard polls: tiles and figures of one window."""
+    _require(request, Capability.VIEW)
+    deployment = _deployment(name)
+    try:
+        window = _window(request)
+    except _BadRequest as exc:
+        return HttpResponse(str(exc), status=400, content_type="text/plain")
+    return render(
+        request, "frontend/deployments/_dashboard.html", dashboard_context(deployment, window)
+    )
+
+
+# --- rollback and rollout -------------------------------------------------------------------
+
+
+def _error_page(
+    request: HttpRequest, deployment: Deployment, error: DomainError | str, status: int
+) -> HttpResponse:
+    message = error.message if isinstance(error, DomainError) else error
+    context = _detail_context(request, deployment, data.DEFAULT_WINDOW)
+    context["action_error"] = message
+    return render(request, "frontend/deployments/detail.html", context, status=status)
+
+
+@login_required
+@require_GET
+def deployment_rollback_confirm(request: HttpRequest, name: str) -> HttpResponse:
+    """The confirmation step: names the live version and the one traffic goes back to."""
+    _require(request, Capability.DEPLOY)
+    deployment = _deployment(name)
+    live, target = rollback_target(deployment)
+    context = {"deployment": deployment, "live_version": live, "rollback_to": target}
+    template = (
+        "frontend/deployments/_rollback_confirm.html"
+        if request.htmx
+        else "frontend/deployments/rollback_confirm.html"
+    )
+    return render(request, template, context)
+
+
+@login_required
+@require_POST
+def deployment_rollback(request: HttpRequest, name: str) -> HttpResponse:
+    _require(request, Capability.DEPLOY)
+    deployment = _deployment(name)
+    reason = request.POST.get("reason", "").strip()[:1000]
+    confirmed = request.POST.get("confirm_version", "")
+    _, target = rollback_target(deployment)
+    # The person confirmed one version: if another rollout changed what a rollback would do
+    # since the confirmation was shown, ask again instead of doing something else.
+    if target is None or str(target.number) != confirmed:
+        shown = f"v{confirmed}" if confirmed else "no version"
+        now = f"v{target.number}" if target else "nothing"
+        return _error_page(
+            request,
+            deployment,
+            f"The rollback you confirmed (to {shown}) no longer matches the deployment: "
+            f"it would now go back to {now}. Nothing was changed; review and confirm again.",
+            409,
+        )
+    try:
+        rollout = services.deployment_rollback(
+            deployment=deployment, actor=request.user, reason=reason or "rolled back from the UI"
+        )
+    except DomainError as exc:
+        return _error_page(request, deployment, exc, exc.status)
+    messages.success(
+        request,
+        f"Rolling {deployment.name} back to v{rollout.version.number} ({rollout.state}).",
+    )
+    return redirect(reverse("frontend:deployment_detail", args=[deployment.name]))
+
+
+@login_required
+@require_POST
+def deployment_rollout(request: HttpRequest, name: str) -> HttpResponse:
+    _require(request, Capability.DEPLOY)
+    deployment = _deployment(name)
+    raw = request.POST.get("version", "").strip()
+    if not raw.isdigit():
+        return _error_page(request, deployment, "Pick the version to roll out.", 400)
+    try:
+        rollout = services.rollout_start(
+            deployment=deployment,
+            version_number=int(raw),
+            actor=request.user,
+            reason=request.POST.get("reason", "").strip()[:1000],
+        )
+    except DomainError as exc:
+        return _error_page(request, deployment, exc, exc.status)
+    messages.success(
+        request, f"Rolling out v{rollout.version.number} into the {rollout.target_slot} slot."
+    )
+    return redirect(reverse("frontend:deployment_detail", args=[deployment.name]))

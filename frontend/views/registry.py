@@ -1,0 +1,175 @@
+"""Models and versions: list, model page, version page and the version actions."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from core.choices import Capability as C
+from core.errors import DomainError
+from deployments.selectors import deployment_list
+from frontend.forms import AliasForm, ModelFilterForm, SubmitForm
+from frontend.lineage import lineage_figure, lineage_rows
+from frontend.views.access import capability_required
+from registry import selectors, services
+from registry.choices import VersionState
+from registry.models import ModelVersion, RegisteredModel
+
+MODELS_PER_PAGE = 20
+# Validation still running: the version page polls its status partial.
+PENDING_STATES = {VersionState.UPLOADED, VersionState.VALIDATING}
+
+
+def _filtered_models(form: ModelFilterForm):
+    models = selectors.model_list()
+    if not form.is_valid():
+        return models
+    data = form.cleaned_data
+    if data["q"]:
+        q = data["q"].strip()
+        models = models.filter(
+            Q(name__icontains=q) | Q(description__icontains=q) | Q(tags__contains=[q])
+        )
+    # Version filters as a subquery: a join would multiply the version counts.
+    version_filter = {}
+    if data["framework"]:
+        version_filter["framework"] = data["framework"]
+    if data["state"]:
+        version_filter["state"] = data["state"]
+    if version_filter:
+        models = models.filter(
+            pk__in=ModelVersion.objects.filter(**version_filter).values("model_id")
+        )
+    if data["owner"]:
+        models = models.filter(owner__username__iexact=data["owner"].strip())
+    return models
+
+
+@capability_required(C.VIEW)
+def model_list(request: HttpRequest) -> HttpResponse:
+    form = ModelFilterForm(request.GET or None)
+    models = _filtered_models(form)
+    page = Paginator(models, MODELS_PER_PAGE).get_page(request.GET.get("page"))
+    context = {
+        "form": form,
+        "page": page,
+        "filtered": form.is_valid() and any(form.cleaned_data.values()),
+        "any_models": page.paginator.count > 0 or RegisteredModel.objects.exists(),
+    }
+    # Live search swaps only the results (htmx), the full page otherwise.
+    template = (
+        "frontend/registry/_model_results.html"
+        if request.htmx and not request.htmx.boosted
+        else "frontend/registry/model_list.html"
+    )
+    return render(request, template, context)
+
+
+@capability_required(C.VIEW)
+def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+    model = selectors.model_get(name=name)
+    versions = list(selectors.version_list(model=model).order_by("-number"))
+    lineage_version = versions[0] if versions else None
+    requested = request.GET.get("lineage")
+    if requested and requested.isdigit():
+        lineage_version = next((v for v in versions if v.number == int(requested)), lineage_version)
+    lineage = None
+    if lineage_version is not None:
+        graph = selectors.version_lineage(
+            version=selectors.version_get(model=model, number=lineage_version.number)
+        )
+        lineage = {
+            "version": lineage_version,
+            "graph": graph,
+            "figure": lineage_figure(graph),
+            "rows": lineage_rows(graph),
+        }
+    return render(
+        request,
+        "frontend/registry/model_detail.html",
+        {
+            "model": model,
+            "versions": versions,
+            "states": selectors.model_version_states(model=model),
+            "lineage": lineage,
+            "deployments": list(deployment_list().filter(model=model)),
+        },
+    )
+
+
+def _version_context(request: HttpRequest, version: ModelVersion) -> dict:
+    report = version.validation_report or {}
+    scan = report.get("scan") or report.get("upload_scan") or {}
+    return {
+        "model": version.model,
+        "version": version,
+        "report": report,
+        "scan": scan,
+        "pending": version.state in PENDING_STATES,
+        "submit_form": SubmitForm(),
+        "alias_form": AliasForm(),
+        "own_version": version.created_by_id == request.user.pk,
+    }
+
+
+@capability_required(C.VIEW)
+def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    model = selectors.model_get(name=name, summary=False)
+    version = selectors.version_get(model=model, number=number)
+    return render(
+        request, "frontend/registry/version_detail.html", _version_context(request, version)
+    )
+
+
+@capability_required(C.VIEW)
+def version_status(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    """The validation panel alone; it keeps polling itself until validation has finished."""
+    model = selectors.model_get(name=name, summary=False)
+    version = selectors.version_get(model=model, number=number)
+    return render(request, "frontend/registry/_status.html", _version_context(request, version))
+
+
+@require_POST
+@capability_required(C.SUBMIT)
+def version_submit(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    model = selectors.model_get(name=name, summary=False)
+    version = selectors.version_get(model=model, number=number)
+    form = SubmitForm(request.POST)
+    if form.is_valid():
+        try:
+            services.version_submit_for_review(
+                version=version, actor=request.user, comment=form.cleaned_data["comment"]
+            )
+        except DomainError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"{version} is waiting for a reviewer.")
+    return redirect("frontend:version_detail", name=model.name, number=version.number)
+
+
+@require_POST
+@capability_required(C.SET_ALIAS)
+def version_alias(request: HttpRequest, name: str, number: int) -> HttpResponse:
+    model = selectors.model_get(name=name, summary=False)
+    version = selectors.version_get(model=model, number=number)
+    form = AliasForm(request.POST)
+    if form.is_valid():
+        try:
+            alias = services.alias_set(
+                model=model,
+                name=form.cleaned_data["alias"],
+                version_number=version.number,
+                actor=request.user,
+                reason=form.cleaned_data["reason"],
+            )
+        except DomainError as exc:
+            form.add_error("alias", exc.message)
+        else:
+            messages.success(request, f"{model.name}@{alias.name} now points at v{version.number}.")
+            return redirect("frontend:version_detail", name=model.name, number=version.number)
+    context = _version_context(request, version) | {"alias_form": form}
+    return render(request, "frontend/registry/version_detail.html", context, status=400)

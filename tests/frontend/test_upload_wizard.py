@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from core.models import AuditEvent
+from registry.choices import VersionState
+from registry.models import ModelVersion, RegisteredModel
+from tests.frontend.conftest import assert_csp_clean
+
+pytestmark = pytest.mark.django_db
+
+
+def form_data(trained, **overrides):
+    data = {
+        "model_name": "churn-new",
+        "file": SimpleUploadedFile("model.joblib", trained.artifact),
+        "framework": "auto",
+        "description": "first try",
+        "params": "C = 1.0\nsolver = lbfgs\nbalanced = true",
+        "metrics": "auc = 0.91\naccuracy = 0.88",
+        "tags": "tabular, demo",
+        "parents": "",
+        "datasets": "s3://bucket/train.parquet\nvalidation s3://bucket/holdout.parquet",
+        "code_repo": "https://git.example.com/churn",
+        "code_commit": "a1b2c3d4",
+        "training_run_id": "run-7",
+        "reference_data": SimpleUploadedFile("reference.csv", trained.reference_csv),
+    }
+    data.update(overrides)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def nothing_stored(storage_snapshot):
+    assert storage_snapshot() == set()
+    assert not ModelVersion.objects.exists()
+    assert not RegisteredModel.objects.filter(name="churn-new").exists()
+    assert not AuditEvent.objects.filter(action__in=["model.created", "version.uploaded"]).exists()
+
+
+@pytest.mark.parametrize("role", ["viewer", "reviewer", "operator"])
+def test_roles_without_upload_get_403(make_user, login, role):
+    client = login(make_user(role))
+    assert client.get("/upload/").status_code == 403
+    assert client.post("/upload/", {}).status_code == 403
+
+
+def test_wizard_renders_every_field_with_a_label(login, scientist):
+    response = login(scientist).get("/upload/")
+    html = response.content.decode()
+    assert response.status_code == 200
+    for field in response.context["form"]:
+        assert f'for="{field.id_for_label}"' in html or field.field.widget.use_fieldset, field.name
+    assert_csp_clean(html)
+
+
+def test_upload_creates_model_and_version_with_detected_framework(
+    login, scientist, sklearn_model, storage_snapshot
+):
+    client = login(scientist)
+    response = client.post("/upload/", form_data(sklearn_model))
+    assert response.status_code == 302, response.context["form"].errors
+    assert response["Location"] == "/models/churn-new/versions/1/"
+    version = ModelVersion.objects.select_related("model").get()
+    assert version.model.owner == scientist
+    assert version.framework == "sklearn"
+    assert version.state == VersionState.UPLOADED
+    assert version.params == {"C": 1.0, "solver": "lbfgs", "balanced": True}
+    assert version.metrics == {"auc": 0.91, "accuracy": 0.88}
+    assert version.tags == ["tabular", "demo"]
+    assert version.reference_rows == 200
+    assert {(d.role, d.uri) for d in version.datasets.all()} == {
+        ("training", "s3://bucket/train.parquet"),
+        ("validation", "s3://bucket/holdout.parquet"),
+    }
+    assert len(storage_snapshot()) == 2  # artifact + reference
+    page = client.get(response["Location"]).content.decode()
+    assert "Validation in progress" in page
+
+
+def test_upload_of_a_second_version_to_an_existing_model(
+    login, scientist, sklearn_model, registered_model
+):
+    client = login(scientist)
+    data = form_data(sklearn_model, model_name="CHURN", params="", metrics="{}")
+    response = client.post("/upload/", data)
+    assert response.status_code == 302
+    assert registered_model.versions.get().number == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"metrics": "auc = high"}, "metrics", "must be a number"),
+        ({"metrics": "auc 0.9"}, "metrics", "key = value"),
+        ({"params": '{"C": 1.0,'}, "params", "Not valid JSON"),
+        ({"params": "[1, 2]"}, "params", "key = value"),
+        ({"code_commit": "not-a-sha"}, "code_commit", "does not match"),
+        ({"parents": "churn"}, "parents", "model:version"),
+        ({"parents": "ghost:3"}, "parents", "does not exist"),
+        ({"framework": "xgboost"}, "framework", "looks like a sklearn model"),
+        ({"file": SimpleUploadedFile("m.bin", b"\x00garbage" * 10)}, "framework", "Could not tell"),
+        (
+            {"file": SimpleUploadedFile("m.bin", b"\x00garbage" * 10), "framework": "sklearn"},
+            "file",
+            "not a pickle",
+        ),
+        ({"file": SimpleUploadedFile("m.joblib", b"")}, "file", "empty"),
+        ({"reference_data": SimpleUploadedFile("r.csv", b"\x00\x01")}, "reference_data", ""),
+        ({"model_name": "bad name!"}, "model_name", "letters, digits"),
+        ({"file": None}, "file", "required"),
+    ],
+)
+def test_errors_are_shown_next_to_their_field_and_nothing_is_stored(
+    login, scientist, sklearn_model, storage_snapshot, overrides, field, message
+):
+    response = login(scientist).post("/upload/", form_data(sklearn_model, **overrides))
+    assert response.status_code == 400
+    errors = response.context["form"].errors
+    assert field in errors, errors
+    assert message.lower() in " ".join(errors[field]).lower()
+    assert f'id="id_{field}_error"' in response.content.decode()
+    nothing_stored(storage_snapshot)
+
+
+def test_unsafe_pickle_is_refused_at_the_file_field(login, scientist, storage_snapshot):
+    import pickle
+
+    from tests.models import Malicious
+
+    data = form_data(
+        type("T", (), {"artifact": pickle.dumps(Malicious()), "reference_csv": b"a\n1\n"}),
+        framework="sklearn",
+    )
+    response = login(scientist).post("/upload/", data)
+    assert response.status_code == 400
+    assert "safety scan" in response.context["form"].errors["file"][0]
+    nothing_stored(storage_snapshot)
+
+
+def test_oversized_files_are_refused_with_the_limit(
+    login, scientist, sklearn_model, storage_snapshot, settings
+):
+    settings.MODELYARD_MAX_ARTIFACT_BYTES = 100
+    client = login(scientist)
+    response = client.post("/upload/", form_data(sklearn_model))
+    assert response.status_code == 400
+    assert "the limit is 100 bytes" in response.context["form"].errors["file"][0]
+    nothing_stored(storage_snapshot)
+    # A body far past every limit is refused before it is read.
+    settings.MODELYARD_MAX_REFERENCE_BYTES = 100
+    big = SimpleUploadedFile("m.joblib", b"\x80" * (1024 * 1024 + 4096))
+    response = client.post("/upload/", form_data(sklearn_model, file=big))
+    assert response.status_code == 413
+    assert "model files are limited to 100 bytes" in response.content.decode()
+    nothing_stored(storage_snapshot)
+
+
+def test_admin_can_upload_and_register_a_model(make_user, login, sklearn_model):
+    admin = make_user("admin", "ada")
+    response = login(admin).post("/upload/", form_data(sklearn_model))
+    assert response.status_code == 302
+    assert RegisteredModel.objects.get(name="churn-new").owner == admin
+
+
+def test_framework_guess_endpoint(login, scientist, sklearn_model):
+    client = login(scientist)
+    response = client.post(
+        "/upload/guess-framework/",
+        {"file": SimpleUploadedFile("m.joblib", sklearn_model.artifact)},
+        headers={"HX-Request": "true"},
+    )
+    assert 'data-guessed="sklearn"' in response.content.decode()
+    response = client.post(
+        "/upload/guess-framework/", {"file": SimpleUploadedFile("m.bin", b"nothing known")}
+    )
+    assert "Could not tell" in response.content.decode()
