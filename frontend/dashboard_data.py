@@ -6,12 +6,16 @@ counts). Here the merge runs in SQL: one pass grouped by ``date_bin`` bucket and
 summing every histogram bucket by subscript (no ``unnest``: that multiplies the rows by
 149). Closed buckets never change once the gateway's buffers for them have expired, so
 each bucket's merged row is cached and a refresh only recomputes the buckets still open.
+The cold merge of a long window takes seconds, so a beat task (``dashboard_cache_warm``, every
+minute) fills the cache before anyone asks; a request then merges the open buckets only.
 Percentiles come from ``gateway.metrics.percentile_from_histogram`` — the very function
 ``monitoring.selectors.TrafficSummary`` uses — so the numbers match the API's.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +24,7 @@ import numpy as np
 import redis
 from django.core.cache import cache
 from django.db import connection
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from core.errors import InvalidInput
@@ -37,9 +42,14 @@ DEFAULT_WINDOW = "24h"
 # A bucket is cached once it ended this long ago: the roll-up runs every few seconds.
 _SETTLE = timedelta(minutes=5)
 # A closed bucket younger than the gateway buffer TTL could still receive a late roll-up
-# (e.g. after a worker outage): cache it briefly. Older buckets cannot change any more.
+# (e.g. after a worker outage): cache it briefly. Older buckets cannot change any more
+# (downsampling to hours keeps their sums), so they stay until they leave their window:
+# a fixed TTL would expire a whole window's buckets at once and hand a user the cold merge.
 _YOUNG_TTL = 120
-_OLD_TTL = 7 * 24 * 3600
+_OLD_TTL_MARGIN = 3600
+# What the warm task fills (frontend.tasks.dashboard_cache_warm): the windows whose cold
+# merge is slow. A cold 1h window reads at most 60 minute rows a version.
+WARM_WINDOWS = ("24h", "7d", "30d")
 _CACHE_VERSION = 3
 CHART_QUANTILES = (0.50, 0.95, 0.99)
 
@@ -214,8 +224,19 @@ def _key(deployment: Deployment, bucket: int, start: datetime) -> str:
     )
 
 
-def rollup_buckets(*, deployment: Deployment, window: str, now: datetime | None = None) -> Buckets:
-    """Roll-ups of ``window`` merged per chart bucket and version (closed buckets cached)."""
+def rollup_buckets(
+    *,
+    deployment: Deployment,
+    window: str,
+    now: datetime | None = None,
+    refresh_young: bool = False,
+) -> Buckets:
+    """Roll-ups of ``window`` merged per chart bucket and version (closed buckets cached).
+
+    ``refresh_young`` (the warm task) merges the closed buckets younger than the gateway
+    buffer TTL again even when cached, and caches them anew: run more often than
+    ``_YOUNG_TTL``, it keeps them from ever expiring in front of a user.
+    """
     start, end, bucket = window_range(window, now=now)
     step = timedelta(seconds=bucket)
     starts: list[datetime] = []
@@ -224,8 +245,16 @@ def rollup_buckets(*, deployment: Deployment, window: str, now: datetime | None 
         starts.append(cursor)
         cursor += step
     settled = [s for s in starts if s + step <= end - _SETTLE]
+    young_limit = end - timedelta(seconds=BUFFER_TTL_S)
     keys = {s: _key(deployment, bucket, s) for s in settled}
     cached = cache.get_many(list(keys.values())) if keys else {}
+    if refresh_young:
+        # Also the buckets that turned old within the last _YOUNG_TTL: they may still hold
+        # a short-lived young entry; merged again now, they are cached as old.
+        redo = young_limit - timedelta(seconds=_YOUNG_TTL)
+        cached = {
+            keys[s]: cached[keys[s]] for s in settled if keys[s] in cached and s + step <= redo
+        }
     cells: dict[datetime, dict[int, Cell]] = {}
     missing = [s for s in settled if keys[s] not in cached]
     for s in settled:
@@ -238,9 +267,11 @@ def rollup_buckets(*, deployment: Deployment, window: str, now: datetime | None 
     )
     if first is not None:
         fresh = _cells_from_rows(_query(deployment.pk, first, end, bucket))
-        to_cache: dict[str, Any] = {}
+        # Old buckets grouped by expiry: each is kept until it has left the window (plus a
+        # margin for clock skew between web and worker), so they expire one by one.
+        to_cache: dict[int, dict[str, Any]] = {}
         young: dict[str, Any] = {}
-        young_limit = end - timedelta(seconds=BUFFER_TTL_S)
+        span = WINDOWS[window][0]
         for s in starts:
             if s < first:
                 continue
@@ -248,10 +279,17 @@ def rollup_buckets(*, deployment: Deployment, window: str, now: datetime | None 
                 cells[s] = fresh[s]
             if s in keys and keys[s] not in cached:
                 # An empty bucket is cached too (as {}), so quiet periods cost nothing.
-                target = to_cache if s + step <= young_limit else young
-                target[keys[s]] = {str(v): c.packed() for v, c in fresh.get(s, {}).items()}
-        if to_cache:
-            cache.set_many(to_cache, timeout=_OLD_TTL)
+                packed = {str(v): c.packed() for v, c in fresh.get(s, {}).items()}
+                if s + step <= young_limit:
+                    # Rounded up to an eighth of the window: a few set_many calls, not one
+                    # per bucket; a bucket outliving its window a little costs only memory.
+                    left = (s + step - end).total_seconds() + span + _OLD_TTL_MARGIN
+                    ttl = max(math.ceil(left / (span // 8)) * (span // 8), _YOUNG_TTL)
+                    to_cache.setdefault(ttl, {})[keys[s]] = packed
+                else:
+                    young[keys[s]] = packed
+        for ttl, entries in to_cache.items():
+            cache.set_many(entries, timeout=ttl)
         if young:
             cache.set_many(young, timeout=_YOUNG_TTL)
     return Buckets(
@@ -261,6 +299,45 @@ def rollup_buckets(*, deployment: Deployment, window: str, now: datetime | None 
         bucket_seconds=bucket,
         starts=starts,
         cells=cells,
+    )
+
+
+@dataclass
+class WarmResult:
+    deployments: int
+    windows: int
+    seconds: float
+
+
+def deployments_with_traffic(*, since: datetime) -> list[Deployment]:
+    """Deployments with a roll-up since ``since`` (one EXISTS probe each on the
+    (deployment, start) index, not a scan of the roll-ups)."""
+    from monitoring.models import MetricRollup
+
+    recent = MetricRollup.objects.filter(deployment=OuterRef("pk"), start__gte=since)
+    return list(
+        Deployment.objects.filter(Exists(recent)).only("pk", "name", "created_at").order_by("pk")
+    )
+
+
+def dashboard_cache_warm(*, now: datetime | None = None) -> WarmResult:
+    """Fill the closed-bucket cache of every deployment with traffic for ``WARM_WINDOWS``, so
+    no dashboard request pays the cold merge. Idempotent: it writes what a request would.
+
+    Only closed buckets are cached; the open ones are still merged by each request, so
+    roll-ups written after a warm show up at once.
+    """
+    started = time.perf_counter()
+    now = now or timezone.now()
+    longest = max(WINDOWS[w][0] for w in WARM_WINDOWS)
+    deployments = deployments_with_traffic(since=now - timedelta(seconds=longest))
+    for deployment in deployments:
+        for window in WARM_WINDOWS:
+            rollup_buckets(deployment=deployment, window=window, now=now, refresh_young=True)
+    return WarmResult(
+        deployments=len(deployments),
+        windows=len(deployments) * len(WARM_WINDOWS),
+        seconds=time.perf_counter() - started,
     )
 
 

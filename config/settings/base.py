@@ -376,6 +376,10 @@ CELERY_BEAT_SCHEDULE = {
     "monitoring-alerts-detect": {"task": "monitoring.alerts_detect", "schedule": 15.0},
     "monitoring-webhooks-deliver": {"task": "monitoring.webhooks_deliver", "schedule": 10.0},
     "monitoring-retention": {"task": "monitoring.retention", "schedule": 3600.0},
+    # Dashboard: closed chart buckets merged and cached before anyone asks. Every minute,
+    # within the 120 s life of the young buckets' entries, so they never lapse in front of
+    # a user (frontend/dashboard_data.py).
+    "frontend-dashboard-cache-warm": {"task": "frontend.dashboard_cache_warm", "schedule": 60.0},
 }
 
 # Logs: one JSON object per line (MODELYARD_LOG_FORMAT=plain for humans at a terminal);
