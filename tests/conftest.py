@@ -222,13 +222,18 @@ class LiveStack:
         )
 
     def worker_kill(self) -> None:
-        """kill -9 the worker and its pool processes (as a crashed machine would)."""
+        """kill -9 the worker and its pool processes, as `kill -9` of its process group would.
+
+        Slot servers the worker started run in sessions of their own (they outlive a worker by
+        design: the next worker re-adopts them), so they are spared, as they would be."""
         import psutil
 
         parent = psutil.Process(self.procs["worker"].pid)
+        session = os.getsid(parent.pid)
         for proc in [*parent.children(recursive=True), parent]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                if os.getsid(proc.pid) == session:
+                    proc.kill()
         self.procs["worker"].wait(10)
 
     def worker_supervise(self) -> bool:
