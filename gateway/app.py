@@ -8,10 +8,9 @@ request                                   status  body / headers
 ``POST /d/{deployment}/{api}``, all good  (up)    the upstream's status, body and headers, plus
                                                   ``X-Modelyard-Deployment``, ``-Version``
 path not ``/d/{deployment}/{api}``        404     ``not_found``
-deployment not in the route table         404     ``deployment_not_found``
+no key / key not in ``key_hashes`` /      401     ``missing_key`` / ``invalid_key`` +
+deployment not in the route table                 ``WWW-Authenticate: Bearer``
 method other than POST                    405     ``method_not_allowed`` + ``Allow: POST``
-no key / key not in ``key_hashes``        401     ``missing_key`` / ``invalid_key`` +
-                                                  ``WWW-Authenticate: Bearer``
 route state ``draining`` or ``none``      503     ``deployment_unavailable`` + ``Retry-After``
 body over ``max_body_bytes``              413     ``payload_too_large``
 body not JSON / not a JSON object         400     ``invalid_json`` / ``body_not_object``
@@ -28,6 +27,11 @@ a bug in the gateway                      500     ``internal_error`` (logged wit
 
 Every error body is ``{"error": {"code": ..., "message": ..., "details": ...}}``. The key comes
 from ``Authorization: Bearer <key>`` or ``X-Modelyard-Key: <key>``; it is never forwarded.
+
+Deployment names are not disclosed: until a valid key of the deployment is presented, a known
+and an unknown name get the same 401 (same body, same headers: no ``X-Modelyard-Deployment``),
+and the key is checked before anything else about the request (method, Content-Length) that
+could answer differently for the two. The code only says whether a key was presented at all.
 
 Why a raw ASGI callable and a client of our own: measured here on one hop to a trivial upstream
 (2 cores, wrk, uvicorn without uvloop/httptools; p50 at 1 client, req/s at 32 clients): raw
@@ -238,6 +242,7 @@ class _Reject(Exception):
         details: Any = None,
         headers: list[tuple[bytes, bytes]] | None = None,
         rows: int = 0,
+        anonymous: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -246,6 +251,9 @@ class _Reject(Exception):
         self.details = details
         self.headers = headers or []
         self.rows = rows
+        # Sent without the X-Modelyard-Deployment/-Version headers (answers before the key
+        # is accepted must not tell whether the deployment exists).
+        self.anonymous = anonymous
 
 
 def error_body(code: str, message: str, details: Any = None) -> bytes:
@@ -261,6 +269,49 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+# --- deployment keys ---------------------------------------------------------------------
+
+
+def _presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The key from ``Authorization: Bearer`` or ``X-Modelyard-Key`` (the last one wins)."""
+    key = None
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credentials = value.partition(b" ")
+            if scheme.lower() == b"bearer" and credentials.strip():
+                key = credentials.strip()
+        elif name == b"x-modelyard-key" and value.strip():
+            key = value.strip()
+    return key
+
+
+# Stands in for a deployment's hashes when the name is unknown (matches no key).
+_NO_KEY_HASHES = ("0" * 64,)
+
+
+def _key_matches(key: bytes, key_hashes: tuple[str, ...] | list[str]) -> bool:
+    # The raw header bytes: for a UTF-8 key this equals deployment_key_hash(key).
+    presented = hashlib.sha256(key).hexdigest()
+    valid = False
+    for key_hash in key_hashes:
+        # Compare against every hash, no early exit: timing must not tell which matched.
+        valid |= hmac.compare_digest(presented, key_hash)
+    return valid
+
+
+def _key_refusal(deployment: str, key: bytes | None) -> _Reject:
+    """The one answer to a request without a valid key, whether ``deployment`` exists or not."""
+    return _Reject(
+        401,
+        "missing_key" if key is None else "invalid_key",
+        f"missing or invalid deployment key for {deployment!r}: send a key of this deployment "
+        "as 'Authorization: Bearer <key>' or 'X-Modelyard-Key: <key>'",
+        {"deployment": deployment},
+        headers=[(b"www-authenticate", b"Bearer")],
+        anonymous=True,
+    )
 
 
 # --- the app -----------------------------------------------------------------------------
@@ -341,20 +392,25 @@ class Gateway:
         if route is None:
             # Not recorded per deployment: arbitrary names would grow the metric keys forever.
             self.unknown_deployment_requests += 1
+            key = _presented_key(scope["headers"])
+            if key is not None:
+                # Hash like a known deployment would, so the time taken does not tell either.
+                _key_matches(key, _NO_KEY_HASHES)
+            reject = _key_refusal(deployment, key)
             await _send(
                 send,
-                404,
-                error_body(
-                    "deployment_not_found",
-                    f"no deployment named {deployment!r}",
-                    {"deployment": deployment},
-                ),
-                JSON_HEADERS,
+                reject.status,
+                error_body(reject.code, reject.message, reject.details),
+                [*JSON_HEADERS, *reject.headers],
             )
             return
         payload: dict[str, Any] | None
+        raw_inputs = b""
+        ident = route.ident_headers
         try:
-            status, body, headers, payload, rows = await self._handle(scope, receive, route, api)
+            status, body, headers, payload, raw_inputs, rows = await self._handle(
+                scope, receive, route, api
+            )
         except _Reject as reject:
             status, body, rows = (
                 reject.status,
@@ -363,6 +419,8 @@ class Gateway:
             )
             headers = [*JSON_HEADERS, *reject.headers]
             payload = None
+            if reject.anonymous:
+                ident = ()
         except Exception:
             # A bug of ours: answer in the documented shape and count it, rather than leave
             # uvicorn's plain-text 500 and a hole in the metrics.
@@ -370,7 +428,7 @@ class Gateway:
             status, rows, payload = 500, 0, None
             body = error_body("internal_error", "the gateway failed to handle this request")
             headers = JSON_HEADERS
-        await _send(send, status, body, [*headers, *route.ident_headers])
+        await _send(send, status, body, [*headers, *ident])
         if self._record_metrics:
             self.metrics.record(
                 deployment=deployment,
@@ -386,22 +444,17 @@ class Gateway:
                 api=api,
                 rows=rows,
                 inputs=payload,
+                raw_inputs=raw_inputs,
                 outputs=body,
             )
 
     async def _handle(
         self, scope: Scope, receive: Receive, route: Route, api: str
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], dict[str, Any], int]:
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], dict[str, Any], bytes, int]:
         """Check and forward one request; raise :class:`_Reject` for answers of our own."""
-        if scope["method"] != "POST":
-            raise _Reject(
-                405,
-                "method_not_allowed",
-                f"{scope['method']} is not allowed here; predictions are POST",
-                headers=[(b"allow", b"POST")],
-            )
         key: bytes | None = None
         content_length: int | None = None
+        bad_content_length = False
         # The forwarded headers as the bytes that go on the wire: no dict, no str round trip.
         forward: list[bytes] = []
         content_type = False
@@ -417,11 +470,21 @@ class Gateway:
                 try:
                     content_length = int(value)
                 except ValueError:
-                    raise _Reject(400, "bad_request", "Content-Length is not a number") from None
+                    bad_content_length = True  # told only to key holders, see the docstring
             elif name in FORWARDED_REQUEST_HEADERS:
                 forward += (name, b": ", value, b"\r\n")
                 content_type = content_type or name == b"content-type"
-        self._check_key(route, key)
+        if key is None or not _key_matches(key, route.key_hashes):
+            raise _key_refusal(route.deployment, key)
+        if scope["method"] != "POST":
+            raise _Reject(
+                405,
+                "method_not_allowed",
+                f"{scope['method']} is not allowed here; predictions are POST",
+                headers=[(b"allow", b"POST")],
+            )
+        if bad_content_length:
+            raise _Reject(400, "bad_request", "Content-Length is not a number")
         if route.state != "live":
             raise _Reject(
                 503,
@@ -453,30 +516,7 @@ class Gateway:
         except _Reject as reject:
             reject.rows = rows
             raise
-        return status, out, headers, payload, rows
-
-    def _check_key(self, route: Route, key: bytes | None) -> None:
-        if key is None:
-            raise _Reject(
-                401,
-                "missing_key",
-                "a deployment key is required: 'Authorization: Bearer <key>' or "
-                "'X-Modelyard-Key: <key>'",
-                headers=[(b"www-authenticate", b"Bearer")],
-            )
-        # The raw header bytes: for a UTF-8 key this equals deployment_key_hash(key).
-        presented = hashlib.sha256(key).hexdigest()
-        valid = False
-        for key_hash in route.key_hashes:
-            # Compare against every hash, no early exit: timing must not tell which matched.
-            valid |= hmac.compare_digest(presented, key_hash)
-        if not valid:
-            raise _Reject(
-                401,
-                "invalid_key",
-                f"the key is not valid for deployment {route.deployment!r}",
-                headers=[(b"www-authenticate", b"Bearer")],
-            )
+        return status, out, headers, payload, body, rows
 
     def _too_large(self) -> _Reject:
         limit = self.settings.max_body_bytes
@@ -571,6 +611,7 @@ class Gateway:
                 "metrics_flushed_requests": self.metrics.flushed_requests,
                 "metrics_dropped_cells": self.metrics.dropped_cells,
                 "samples_written": stats.written,
+                "samples_pending": self.sampler.pending,
                 "samples_dropped_buffer_full": stats.dropped_buffer_full,
                 "samples_dropped_redis_error": stats.dropped_redis_error,
                 "samples_dropped_unusable": stats.dropped_unusable,
@@ -691,6 +732,10 @@ class Gateway:
             logger.error(
                 "shut down with %d requests' metrics not flushed (Redis unreachable)",
                 self.metrics.pending_requests,
+            )
+        if self.sampler.pending:
+            logger.error(
+                "shut down with %d samples not written (Redis unreachable)", self.sampler.pending
             )
         if self.upstreams is not None:
             await self.upstreams.close()

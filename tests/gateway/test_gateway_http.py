@@ -26,7 +26,10 @@ def live(deployments: Deployments, upstream_green: Proc, gateway: Proc) -> str:
     name = deployments.new_name("http")
     deployments.publish(name, upstream_green, version=2, slot="green")
     wait_until(
-        lambda: httpx.post(f"{gateway.url}/d/{name}/predict", json=BODY).status_code != 404,
+        lambda: (
+            httpx.post(f"{gateway.url}/d/{name}/predict", json=BODY, headers=auth()).status_code
+            == 200
+        ),
         deadline_s=5,
         what=f"route {name} to reach the gateway",
     )
@@ -76,7 +79,9 @@ def test_any_of_several_keys_is_accepted(
     name = deployments.new_name("keys")
     deployments.publish(name, upstream_blue, keys=("old-key", "new-key"))
     wait_until(
-        lambda: client.post(f"/d/{name}/predict", json=BODY).status_code != 404,
+        lambda: (
+            client.post(f"/d/{name}/predict", json=BODY, headers=auth("old-key")).status_code == 200
+        ),
         deadline_s=5,
         what="route to reach the gateway",
     )
@@ -87,11 +92,15 @@ def test_any_of_several_keys_is_accepted(
     )
 
 
-def test_missing_key_is_401(client: httpx.Client, live: str) -> None:
+def test_missing_key_is_401_without_identifying_headers(client: httpx.Client, live: str) -> None:
     response = client.post(f"/d/{live}/predict", json=BODY)
-    assert_error(response, 401, "missing_key")
+    error = assert_error(response, 401, "missing_key")
+    assert error["message"].startswith(f"missing or invalid deployment key for {live!r}")
+    assert error["details"] == {"deployment": live}
     assert response.headers["www-authenticate"] == "Bearer"
-    assert response.headers["x-modelyard-deployment"] == live
+    # Only a key holder learns the deployment exists (and which version answers).
+    assert "x-modelyard-deployment" not in response.headers
+    assert "x-modelyard-version" not in response.headers
 
 
 @pytest.mark.parametrize(
@@ -107,10 +116,44 @@ def test_wrong_key_is_401(client: httpx.Client, live: str, headers: dict[str, st
     assert response.status_code == 401
 
 
-def test_unknown_deployment_is_404(client: httpx.Client) -> None:
+def _answer(response: httpx.Response, name: str, unknown: str) -> tuple[object, ...]:
+    """Everything a client sees, with the two names made equal."""
+    headers = sorted(
+        (k, v) for k, v in response.headers.items() if k not in ("date", "content-length")
+    )
+    return response.status_code, headers, response.text.replace(name, unknown)
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "code"),
+    [
+        ("POST", {}, "missing_key"),
+        ("POST", {"Authorization": "Bearer wrong-key"}, "invalid_key"),
+        ("POST", {"X-Modelyard-Key": "wrong-key"}, "invalid_key"),
+        ("GET", {}, "missing_key"),  # the key is checked before the method
+    ],
+)
+def test_unknown_deployment_answers_exactly_like_a_known_one_without_a_valid_key(
+    client: httpx.Client, live: str, method: str, headers: dict[str, str], code: str
+) -> None:
+    unknown = "x" * len(live)  # same length: not even content-length may differ
+    known = client.request(method, f"/d/{live}/predict", json=BODY, headers=headers)
+    missing = client.request(method, f"/d/{unknown}/predict", json=BODY, headers=headers)
+    error = assert_error(missing, 401, code)
+    assert error["message"].startswith(f"missing or invalid deployment key for {unknown!r}")
+    assert error["details"] == {"deployment": unknown}
+    assert missing.headers["content-length"] == known.headers["content-length"]
+    assert _answer(known, live, unknown) == _answer(missing, unknown, unknown)
+
+
+def test_valid_key_of_one_deployment_on_an_unknown_name_is_401(
+    client: httpx.Client, live: str
+) -> None:
+    assert client.post(f"/d/{live}/predict", json=BODY, headers=auth()).status_code == 200
     response = client.post("/d/no-such-deployment/predict", json=BODY, headers=auth())
-    error = assert_error(response, 404, "deployment_not_found")
+    error = assert_error(response, 401, "invalid_key")
     assert error["details"] == {"deployment": "no-such-deployment"}
+    assert "x-modelyard-deployment" not in response.headers
 
 
 @pytest.mark.parametrize("path", ["/", "/d/only-one-segment", "/d/a/b/c", "/predict"])
@@ -176,7 +219,7 @@ def test_deployment_without_live_slot_is_503_with_retry_after(
     name = deployments.new_name("idle")
     deployments.publish(name, upstream_blue, state=state)
     wait_until(
-        lambda: client.post(f"/d/{name}/predict", json=BODY).status_code != 404,
+        lambda: client.post(f"/d/{name}/predict", json=BODY, headers=auth()).status_code != 401,
         deadline_s=5,
         what="route to reach the gateway",
     )
@@ -191,7 +234,7 @@ def test_unreachable_upstream_is_502(client: httpx.Client, deployments: Deployme
     # A port nobody listens on: connection refused.
     deployments.publish(name, f"http://127.0.0.1:{free_port()}", version=5)
     wait_until(
-        lambda: client.post(f"/d/{name}/predict", json=BODY).status_code != 404,
+        lambda: client.post(f"/d/{name}/predict", json=BODY, headers=auth()).status_code != 401,
         deadline_s=5,
         what="route to reach the gateway",
     )

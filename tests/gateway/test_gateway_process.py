@@ -62,7 +62,7 @@ def test_redis_password_is_not_logged() -> None:
     assert _redact("redis://cache:6379/0") == "redis://cache:6379/0"
 
 
-def test_announced_removal_answers_404_at_once(
+def test_announced_removal_answers_401_at_once(
     client: httpx.Client, deployments: Deployments, upstream_blue: Proc, redis_client: redis.Redis
 ) -> None:
     name = deployments.new_name("removed")
@@ -74,7 +74,8 @@ def test_announced_removal_answers_404_at_once(
     )
     route_remove(redis_client, name)
     wait_until(
-        lambda: client.post(f"/d/{name}/predict", json=BODY, headers=auth()).status_code == 404,
+        # Unknown names answer 401 like a bad key, so nobody can probe which exist.
+        lambda: client.post(f"/d/{name}/predict", json=BODY, headers=auth()).status_code == 401,
         deadline_s=2,
         what="removal to reach the gateway",
     )

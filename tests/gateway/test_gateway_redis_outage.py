@@ -13,6 +13,7 @@ import redis
 
 from gateway.metrics import metrics_buffer_read
 from gateway.routes import Route, deployment_key_hash, route_publish
+from gateway.sampling import samples_key
 from tests.gateway.support import DEFAULT_KEY, Proc, RedisServer, auth, wait_until
 
 BODY = {"instances": [[1.0, 2.0]]}
@@ -67,6 +68,12 @@ def test_gateway_serves_through_a_redis_outage_and_resyncs_after_it(
         assert not_ready.status_code == 503
         assert "Redis does not answer" in not_ready.json()["error"]["message"]
         assert health()["metrics_pending_requests"] == 20
+        # Sampled copies (rate 1 here) wait in memory too: failed flushes put them back.
+        wait_until(
+            lambda: health()["samples_pending"] == 20,
+            deadline_s=2,
+            what="the 20 samples to wait for Redis",
+        )
 
         # Redis comes back empty (no persistence): the gateway keeps its table rather than
         # adopting the empty one, until the rollout side publishes routes again.
@@ -102,5 +109,12 @@ def test_gateway_serves_through_a_redis_outage_and_resyncs_after_it(
         return sum(b.count for b in buffers if b) == 20 + v1_after_restart
 
     wait_until(outage_requests_flushed, deadline_s=5, what="outage metrics to be flushed")
+
+    # ... and so were their samples (the 5 from before the outage went with Redis's data).
+    def outage_samples_written() -> bool:
+        entries = store.xrange(samples_key("outage"))
+        return sum(fields[b"version"] == b"1" for _, fields in entries) == 20 + v1_after_restart
+
+    wait_until(outage_samples_written, deadline_s=5, what="outage samples to be written")
     gateway.stop()  # while its Redis still runs, so its final flush has somewhere to go
     store.close()

@@ -85,9 +85,9 @@ def test_change_without_publish_is_picked_up_by_the_periodic_reread(
 
     redis_client.hdel(ROUTES_KEY, name)  # removal without announcement
     wait_until(
-        lambda: client.post(f"/d/{name}/predict", json=BODY, headers=auth()).status_code == 404,
+        lambda: client.post(f"/d/{name}/predict", json=BODY, headers=auth()).status_code == 401,
         deadline_s=3,
-        what="removed route to answer 404",
+        what="removed route to answer 401 (as unknown names do)",
     )
 
 

@@ -123,6 +123,52 @@ def test_gateway_errors_do_not_leak_routes(
             assert mine.name not in response.text or path.startswith(f"/d/{mine.name}")
 
 
+def test_gateway_does_not_tell_which_deployments_exist(
+    live_deployments, start_gateway, redis_url, api_for, django_capture_on_commit_callbacks
+):
+    """Without a valid key of the deployment, a real name and a made-up one of the same length
+    get the same answer: status, headers and body (the name itself aside)."""
+    operator, (mine, other), upstream = live_deployments
+    api = api_for(operator)
+    _, key = _issue(api, mine, django_capture_on_commit_callbacks)
+    _, other_key = _issue(api, other, django_capture_on_commit_callbacks)
+    unknown = "z" * len(mine.name)
+    gateway = start_gateway(redis_url)
+    with httpx.Client(base_url=gateway.url, timeout=10.0) as http:
+        ok = _wait_status(http, f"/d/{mine.name}/predict", {"Authorization": f"Bearer {key}"}, 200)
+        assert ok.status_code == 200, ok.text  # the name is known to the gateway
+
+        def seen(response: httpx.Response, name: str) -> tuple:
+            headers = sorted((k, v) for k, v in response.headers.items() if k != "date")
+            return response.status_code, headers, response.text.replace(name, "<name>")
+
+        probes = {
+            "missing": {},
+            "wrong": {"Authorization": "Bearer dk_unknown_0123456789abcdef"},
+            "other-deployment": {"Authorization": f"Bearer {other_key}"},
+            "x-modelyard-key": {"X-Modelyard-Key": "nope"},
+        }
+        for case, headers in probes.items():
+            for method in ("POST", "GET", "PUT"):  # not a 405 for the known one only
+                known = http.request(method, f"/d/{mine.name}/predict", json=BODY, headers=headers)
+                made_up = http.request(method, f"/d/{unknown}/predict", json=BODY, headers=headers)
+                assert known.status_code == 401, (case, method, known.text)
+                assert seen(known, mine.name) == seen(made_up, unknown), (case, method)
+                message = made_up.json()["error"]["message"]
+                assert message.startswith(f"missing or invalid deployment key for {unknown!r}")
+                _assert_no_leak(known, upstream.url, key)
+
+        # A valid key opens its own deployment only: not another, not a made-up name.
+        for name in (other.name, unknown):
+            response = http.post(
+                f"/d/{name}/predict", json=BODY, headers={"Authorization": f"Bearer {key}"}
+            )
+            assert response.status_code == 401, (name, response.text)
+            assert response.json()["error"]["code"] == "invalid_key"
+            assert "x-modelyard-deployment" not in response.headers
+            _assert_no_leak(response, upstream.url, key)
+
+
 def _assert_no_leak(response: httpx.Response, upstream_url: str, key: str) -> None:
     text = response.text + " ".join(f"{k}: {v}" for k, v in response.headers.items())
     port = upstream_url.rsplit(":", 1)[-1]
