@@ -89,6 +89,36 @@ def storage_write_atomic(name: str) -> Iterator[Path]:
             default_storage.save(name, File(handle, name=Path(name).name))
 
 
+def child_paths_check(*, job_id: int, input_path: Path, output_path: Path) -> tuple[Path, Path]:
+    """The chunk paths handed to the model's child, resolved and confined.
+
+    The child runs model code and is told by path what to read and where to write, so the
+    paths must never reach outside this job's working files: the input must be the job's
+    staged file and the output a new file in its chunk folder (with an object store, the
+    local temporary copies this process made). Raises ValueError otherwise.
+    """
+    source = input_path.resolve(strict=True)
+    folder = output_path.parent.resolve(strict=True)
+    target = folder / output_path.name
+    staged = _local(staged_name(job_id))
+    if staged is not None:
+        chunks = _local(f"{job_dir(job_id)}/chunks")
+        assert chunks is not None
+        if source != staged.resolve(strict=True):
+            raise ValueError(f"{input_path} is not job {job_id}'s staged input")
+        if folder != chunks.resolve(strict=True):
+            raise ValueError(f"{output_path} is not in job {job_id}'s chunk folder")
+    else:
+        temp = Path(tempfile.gettempdir()).resolve()
+        if source.parent != temp or not source.name.startswith("modelyard-artifact-"):
+            raise ValueError(f"{input_path} is not a temporary copy of the staged input")
+        if folder.parent != temp or not folder.name.startswith("modelyard-batch-"):
+            raise ValueError(f"{output_path} is not in a temporary chunk folder")
+    if target.exists() or target.is_symlink():
+        raise ValueError(f"{output_path} already exists")
+    return source, target
+
+
 def input_store(upload: Any, *, fmt: str) -> str:
     """Keep an uploaded input; its storage name. No checksum and no copy: a local storage
     moves Django's temporary upload file into place (a rename on one filesystem), where

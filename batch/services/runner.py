@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from batch._child import _LENGTHS, encode_message, table_from_bytes, table_to_bytes
+from batch._child import _LENGTHS, encode_message
 
 CHILD_SCRIPT = Path(__file__).resolve().parent.parent / "_child.py"
 _THREAD_VARIABLES = (
@@ -37,13 +37,9 @@ class PredictError(Exception):
     """The model raised on this data: retrying the same rows would raise again."""
 
 
-def _widen(pipe: Any) -> None:
-    """Grow a pipe from 64 KiB to 1 MiB: a chunk is megabytes, and every refill of a small
-    pipe is a context switch between the worker and the child (Linux only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        import fcntl
-
-        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+class ChunkFileError(Exception):
+    """The child could not read the chunk's input or write its output: a storage problem,
+    retried like any transient failure; the child itself is fine and kept."""
 
 
 class BatchChild:
@@ -66,8 +62,6 @@ class BatchChild:
             cwd=str(home),
             env=env,
         )
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            _widen(pipe)
         try:
             header, _ = self._read(time.monotonic() + start_timeout, "starting")
         except BaseException:
@@ -82,16 +76,35 @@ class BatchChild:
     def alive(self) -> bool:
         return self.proc.poll() is None and self.owner_pid == os.getpid()
 
-    def predict(self, table: Any, *, probabilities: bool, timeout: float) -> Any:
-        """The model's answer for ``table``; the child is killed unless the exchange ended
-        cleanly (a half-read reply would be taken for the next chunk's answer)."""
+    def chunk_run(
+        self,
+        *,
+        input_path: Path,
+        row_group: int,
+        rows: int,
+        output_path: Path,
+        id_column: str,
+        probabilities: bool,
+        timeout: float,
+    ) -> dict[str, Any]:
+        """Have the child read ``row_group`` of ``input_path``, predict it and write the
+        result to ``output_path`` (a new file); its summary (rows, columns, timings). Only
+        paths cross the pipe, never rows. The caller checks the paths and renames the file.
+        The child is killed unless the exchange ended cleanly (a late reply would be taken
+        for the next chunk's)."""
+        spec = {
+            "input": str(input_path),
+            "row_group": row_group,
+            "rows": rows,
+            "output": str(output_path),
+            "id_column": id_column,
+            "probabilities": probabilities,
+        }
         try:
             assert self.proc.stdin is not None
-            body = table_to_bytes(table)
-            self.proc.stdin.write(encode_message({"probabilities": probabilities}, b"", len(body)))
-            self.proc.stdin.write(body)
+            self.proc.stdin.write(encode_message({"chunk": spec}))
             self.proc.stdin.flush()
-            header, body = self._read(time.monotonic() + timeout, "predicting")
+            header, _ = self._read(time.monotonic() + timeout, "predicting")
         except (BrokenPipeError, OSError) as exc:
             self.kill()
             raise ChildError(f"the batch child went away: {exc}") from exc
@@ -99,8 +112,10 @@ class BatchChild:
             self.kill()
             raise
         if not header.get("ok"):
+            if header.get("kind") == "file":
+                raise ChunkFileError(header.get("error") or "the chunk's files failed")
             raise PredictError(header.get("error") or "the model failed")
-        return table_from_bytes(body)
+        return header
 
     def _read(self, deadline: float, doing: str) -> tuple[dict[str, Any], bytes]:
         import json
