@@ -11,7 +11,6 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -24,6 +23,7 @@ from batch.choices import ACTIVE_JOB_STATES, CANCELLABLE_JOB_STATES, JobState
 from batch.models import BatchJob
 from core.choices import Capability
 from core.errors import DomainError, NotFound
+from frontend.views.access import capability_require
 from registry.choices import VersionState
 from registry.models import Alias, ModelVersion, RegisteredModel
 
@@ -34,11 +34,7 @@ _TARGET_ERRORS = {"version_not_approved", "version_or_alias", "not_found"}
 
 
 def _require(request: HttpRequest, capability: str) -> None:
-    if not user_has_capability(request.user, capability):
-        raise PermissionDenied(
-            f"Your role '{request.user.role}' does not allow this action "
-            f"(needs the '{capability}' capability)."
-        )
+    capability_require(request, capability, what="action")
 
 
 def _targets() -> list[tuple[str, str]]:

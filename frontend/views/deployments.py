@@ -10,7 +10,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -26,6 +25,7 @@ from deployments.models import Deployment, Rollout
 from deployments.services import DEPLOYABLE_STATES
 from frontend import charts
 from frontend import dashboard_data as data
+from frontend.views.access import capability_require
 from registry.models import ModelVersion
 
 ROLLOUT_STEPS = ["pending", "building", "starting", "verifying", "switching", "baking", "live"]
@@ -36,11 +36,7 @@ def _can_deploy(request: HttpRequest) -> bool:
 
 
 def _require(request: HttpRequest, capability: str) -> None:
-    if not user_has_capability(request.user, capability):
-        raise PermissionDenied(
-            f"Your role '{request.user.role}' does not allow this action "
-            f"(needs the '{capability}' capability)."
-        )
+    capability_require(request, capability, what="action")
 
 
 def _deployment(name: str) -> Deployment:
