@@ -4,15 +4,47 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('core', '0002_audit_append_only'),
+        ("core", "0002_audit_append_only"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='auditevent',
-            name='action',
-            field=models.CharField(choices=[('model.created', 'Model Created'), ('model.updated', 'Model Updated'), ('version.uploaded', 'Version Uploaded'), ('version.state_changed', 'Version State Changed'), ('version.reviewed', 'Version Reviewed'), ('alias.set', 'Alias Set'), ('alias.deleted', 'Alias Deleted'), ('token.created', 'Token Created'), ('token.revoked', 'Token Revoked'), ('user.created', 'User Created'), ('deployment.created', 'Deployment Created'), ('rollout.state_changed', 'Rollout State Changed'), ('deployment.rollback', 'Rollback'), ('batch_job.state_changed', 'Batch Job State Changed'), ('batch_schedule.created', 'Batch Schedule Created'), ('batch_schedule.updated', 'Batch Schedule Updated'), ('batch_schedule.deleted', 'Batch Schedule Deleted'), ('batch_schedule.fired', 'Batch Schedule Fired'), ('deployment.updated', 'Deployment Updated'), ('deployment_key.created', 'Deployment Key Created'), ('deployment_key.revoked', 'Deployment Key Revoked'), ('monitoring_policy.updated', 'Monitoring Policy Updated'), ('webhook.created', 'Webhook Created'), ('webhook.updated', 'Webhook Updated'), ('webhook.deleted', 'Webhook Deleted'), ('auth.login', 'Login Succeeded'), ('auth.login_failed', 'Login Failed'), ('auth.logout', 'Logout')], db_index=True, max_length=64),
+            model_name="auditevent",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("model.created", "Model Created"),
+                    ("model.updated", "Model Updated"),
+                    ("version.uploaded", "Version Uploaded"),
+                    ("version.state_changed", "Version State Changed"),
+                    ("version.reviewed", "Version Reviewed"),
+                    ("alias.set", "Alias Set"),
+                    ("alias.deleted", "Alias Deleted"),
+                    ("token.created", "Token Created"),
+                    ("token.revoked", "Token Revoked"),
+                    ("user.created", "User Created"),
+                    ("deployment.created", "Deployment Created"),
+                    ("rollout.state_changed", "Rollout State Changed"),
+                    ("deployment.rollback", "Rollback"),
+                    ("batch_job.state_changed", "Batch Job State Changed"),
+                    ("batch_schedule.created", "Batch Schedule Created"),
+                    ("batch_schedule.updated", "Batch Schedule Updated"),
+                    ("batch_schedule.deleted", "Batch Schedule Deleted"),
+                    ("batch_schedule.fired", "Batch Schedule Fired"),
+                    ("deployment.updated", "Deployment Updated"),
+                    ("deployment_key.created", "Deployment Key Created"),
+                    ("deployment_key.revoked", "Deployment Key Revoked"),
+                    ("monitoring_policy.updated", "Monitoring Policy Updated"),
+                    ("webhook.created", "Webhook Created"),
+                    ("webhook.updated", "Webhook Updated"),
+                    ("webhook.deleted", "Webhook Deleted"),
+                    ("auth.login", "Login Succeeded"),
+                    ("auth.login_failed", "Login Failed"),
+                    ("auth.logout", "Logout"),
+                ],
+                db_index=True,
+                max_length=64,
+            ),
         ),
     ]

@@ -38,7 +38,6 @@ PASSWORD = "pw-for-tests-only"
 SERIOUS = ("serious", "critical")
 
 
-
 def pytest_collection_modifyitems(items):
     for item in items:
         if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
