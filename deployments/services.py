@@ -23,6 +23,7 @@ import httpx
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from accounts.models import User
@@ -184,31 +185,35 @@ def route_sync(*, deployment_id: int) -> Route:
             if deployment.live_slot
             else None
         )
-        key_hashes = tuple(
-            DeploymentKey.objects.filter(deployment=deployment, revoked_at__isnull=True)
-            .order_by("created_at", "id")
-            .values_list("digest", flat=True)
-        )
-        if live is None or live.version is None or not live.url:
-            route = Route(
-                deployment=deployment.name,
-                version=0,
-                slot=SlotColor.BLUE,
-                upstream="http://127.0.0.1:1",
-                key_hashes=key_hashes,
-                state="none",
-            )
-        else:
-            route = Route(
-                deployment=deployment.name,
-                version=live.version.number,
-                slot=live.color,
-                upstream=live.url,
-                key_hashes=key_hashes,
-                state="live",
-            )
+        route = _route_of(deployment, live)
         route_publish(backends.route_store(), route)
     return route
+
+
+def _route_of(deployment: Deployment, live: Slot | None) -> Route:
+    """The route that sends ``deployment``'s traffic to ``live`` (its version loaded)."""
+    key_hashes = tuple(
+        DeploymentKey.objects.filter(deployment=deployment, revoked_at__isnull=True)
+        .order_by("created_at", "id")
+        .values_list("digest", flat=True)
+    )
+    if live is None or live.version is None or not live.url:
+        return Route(
+            deployment=deployment.name,
+            version=0,
+            slot=SlotColor.BLUE,
+            upstream="http://127.0.0.1:1",
+            key_hashes=key_hashes,
+            state="none",
+        )
+    return Route(
+        deployment=deployment.name,
+        version=live.version.number,
+        slot=live.color,
+        upstream=live.url,
+        key_hashes=key_hashes,
+        state="live",
+    )
 
 
 def route_repair(*, deployment: Deployment) -> bool:
@@ -514,19 +519,30 @@ def _rollback(
     evidence: dict[str, Any] | None,
     flipped: list[bool],
 ) -> Rollout:
-    deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    # The lock and the "rollout in progress?" check in one query: each one before the
+    # route flips is on the clock.
+    deployment = (
+        Deployment.objects.select_for_update()
+        .annotate(
+            rolling=Exists(
+                Rollout.objects.filter(deployment=OuterRef("pk"), state__in=ACTIVE_ROLLOUT_STATES)
+            )
+        )
+        .get(pk=deployment.pk)
+    )
     if not deployment.live_slot:
         raise InvalidState(f"{deployment} serves nothing yet; there is nothing to roll back.")
-    active = Rollout.objects.filter(deployment=deployment, state__in=ACTIVE_ROLLOUT_STATES).first()
-    if active is not None:
+    if deployment.rolling:
+        active = Rollout.objects.get(deployment=deployment, state__in=ACTIVE_ROLLOUT_STATES)
         raise Conflict(
             f"Rollout {active.pk} is still {active.state} and has not moved "
             "traffic yet; the live version is unchanged.",
             code="rollout_in_progress",
         )
-    slots = {
-        s.color: s for s in Slot.objects.select_related("version").filter(deployment=deployment)
-    }
+    slots = {}
+    for slot in Slot.objects.select_related("version").filter(deployment=deployment):
+        slot.deployment = deployment  # runtime_key reads it: no query per slot
+        slots[slot.color] = slot
     live, other = slots[deployment.live_slot], slots[_other(deployment.live_slot)]
     target_version = other.version
     if target_version is None:
@@ -540,45 +556,64 @@ def _rollback(
     if target_version is None or target_version.pk == live.version_id:
         raise InvalidState(f"{deployment} has no previous version to roll back to.")
     warm = _slot_is_warm(other, target_version)
-    route: Route | None = None
     if warm:
-        # Traffic first: the rows below only record what happened.
+        # Traffic first: the rows below only record what happened. Every query before the
+        # publish is on the clock of the flip, so the route is built from the rows in hand.
         Deployment.objects.filter(pk=deployment.pk).update(live_slot=other.color)
+        deployment.live_slot = other.color
         flipped.append(True)
         # Published while this transaction holds the deployment's row lock: any other
         # route_sync (a key change, the reconcile sweep) waits for the commit and then
         # publishes this same, committed state -- never the old slot over it.
-        route = route_sync(deployment_id=deployment.pk)
+        route_publish(backends.route_store(), _route_of(deployment, other))
     _end_baking(
         deployment, to=S.ROLLED_BACK, note="rolled back" + (f": {reason}" if reason else "")
     )
-    rollout = Rollout.objects.create(
+    now = timezone.now()
+    bake_until = now + timedelta(seconds=deployment.bake_seconds) if warm else None
+    # A warm rollback is switched already: its rollout starts out baking (one row written,
+    # not a switching row moved on by a second transition).
+    rollout = Rollout(
         deployment=deployment,
         version=target_version,
         previous_version=live.version,
         kind=RolloutKind.ROLLBACK,
         target_slot=other.color,
-        state=S.SWITCHING if warm else S.STARTING,
+        state=S.BAKING if warm else S.STARTING,
+        bake_until=bake_until,
         created_by=actor,
         reason=reason,
     )
+    rollout.state = S.SWITCHING if warm else S.STARTING  # the state the first step is in
     _log_step(
         rollout,
         f"rollback to v{target_version.number} "
         + ("(slot warm: instant switch)" if warm else "(slot cold: starting it first)"),
         evidence=evidence or {},
     )
-    rollout.save(update_fields=["steps"])
+    if warm:
+        rollout.state = S.BAKING
+        _log_step(
+            rollout,
+            f"traffic switched to {other.color} (v{target_version.number}); "
+            f"previous slot kept warm until {bake_until:%H:%M:%S}",
+        )
+    rollout.save()
     audit_record(
         actor=actor,
         action=AuditAction.ROLLBACK,
         obj=rollout,
         reason=reason,
         before={"version": live.version.number if live.version else None},
-        after={"version": target_version.number, "warm": warm, "evidence": evidence or {}},
+        after={
+            "version": target_version.number,
+            "warm": warm,
+            "state": rollout.state,
+            "evidence": evidence or {},
+        },
     )
     if warm:
-        _switch(rollout, published=route)  # in this request: on-call sees the flip at once
+        _enqueue_advance(rollout.pk, countdown=deployment.bake_seconds)  # ends the bake
     else:
         _enqueue_advance(rollout.pk)
     return rollout
@@ -766,20 +801,18 @@ def _pause_for_tests(step: str, obj: Rollout | Build) -> None:
         time.sleep(0.05)
 
 
-def _switch(rollout: Rollout, published: Route | None = None) -> bool:
+def _switch(rollout: Rollout) -> bool:
     """Flip the gateway route to the rollout's slot (atomic in Redis) and start baking.
 
     The live slot, the route and the move to baking change together: the route is published
     inside the transaction, so a worker killed midway leaves the rollout in ``switching`` with
     the database unchanged; the reconcile sweep then puts the route back (route_repair) and
-    resumes the rollout, which switches again. ``published``: the route a warm rollback has
-    already flipped, not flipped again.
+    resumes the rollout, which switches again.
     """
     deployment = rollout.deployment
     with transaction.atomic():
-        if published is None:
-            Deployment.objects.filter(pk=deployment.pk).update(live_slot=rollout.target_slot)
-            published = route_sync(deployment_id=deployment.pk)
+        Deployment.objects.filter(pk=deployment.pk).update(live_slot=rollout.target_slot)
+        published = route_sync(deployment_id=deployment.pk)
         _pause_for_tests("switching", rollout)
         bake_until = timezone.now() + timedelta(seconds=deployment.bake_seconds)
         moved = _transition(
