@@ -167,6 +167,9 @@ class GatewaySettings:
     metrics_flush_interval_s: float = 2.0
     metrics_max_pending_cells: int = 100_000
     sample_rate: float = 0.1
+    # Per deployment and gateway process; 10,000 stream entries then span an hour's drift
+    # window (see gateway.sampling). 0 lifts the cap.
+    sample_max_per_s: float = 2.5
     sample_max_rows: int = 100
     sample_buffer_size: int = 1000
     sample_stream_maxlen: int = 10_000
@@ -331,6 +334,7 @@ class Gateway:
             max_rows=settings.sample_max_rows,
             buffer_size=settings.sample_buffer_size,
             stream_maxlen=settings.sample_stream_maxlen,
+            max_per_s=settings.sample_max_per_s,
         )
         self.unknown_deployment_requests = 0
         self.redis: aioredis.Redis | None = None
@@ -429,24 +433,14 @@ class Gateway:
             body = error_body("internal_error", "the gateway failed to handle this request")
             headers = JSON_HEADERS
         await _send(send, status, body, [*headers, *ident])
+        # Positional calls, and the draw before the sampler's keep: this runs for every
+        # request, and keyword calls cost ~1 µs a request here (see the monitoring benchmark).
         if self._record_metrics:
             self.metrics.record(
-                deployment=deployment,
-                version=route.version,
-                status=status,
-                latency_s=time.perf_counter() - started,
-                rows=rows,
+                deployment, route.version, status, time.perf_counter() - started, rows
             )
-        if payload is not None and 200 <= status < 300:
-            self.sampler.offer(
-                deployment=deployment,
-                version=route.version,
-                api=api,
-                rows=rows,
-                inputs=payload,
-                raw_inputs=raw_inputs,
-                outputs=body,
-            )
+        if payload is not None and 200 <= status < 300 and self.sampler.draw():
+            self.sampler.keep(deployment, route.version, api, rows, payload, body, raw_inputs)
 
     async def _handle(
         self, scope: Scope, receive: Receive, route: Route, api: str
@@ -615,6 +609,7 @@ class Gateway:
                 "samples_dropped_buffer_full": stats.dropped_buffer_full,
                 "samples_dropped_redis_error": stats.dropped_redis_error,
                 "samples_dropped_unusable": stats.dropped_unusable,
+                "samples_over_rate_cap": stats.over_rate_cap,
             }
         ).encode()
 

@@ -174,7 +174,6 @@ class MetricsRecorder:
 
     def record(
         self,
-        *,
         deployment: str,
         version: int,
         status: int,

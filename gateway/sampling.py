@@ -23,7 +23,15 @@ Only 2xx answers are sampled (an error body says nothing about the input distrib
 entry whose JSON would still exceed ``max_field_bytes`` after the cut is left out and counted,
 as is an answer that is not a JSON object or array.
 
-On the request path :meth:`PayloadSampler.offer` only draws a random number and appends
+Besides the rate, a per-deployment cap (``max_per_s``, a token bucket holding a minute's worth,
+so bursts and light traffic are kept whole) bounds what is written. The stream holds at most
+``stream_maxlen`` entries and a drift window reads a span of it (an hour by default): at 1,000
+req/s a 10 % sample filled 10,000 entries in 100 s, so a closed hourly window saw only its last
+minutes, while every sample past that cost CPU on the request path and in the flush for
+nothing. The cap should be at most ``stream_maxlen`` / window length / gateway processes.
+
+On the request path the gateway calls :meth:`PayloadSampler.draw` (a random number) and, for
+the drawn requests, :meth:`PayloadSampler.keep`, which appends
 references to a bounded deque; the encoding and the writes happen in
 :meth:`PayloadSampler.flush`, called by a background loop: one Lua script call per batch that
 XADDs every entry (``MAXLEN ~ stream_maxlen``). A batch whose call fails goes back to the front
@@ -90,12 +98,12 @@ class _Pending:
 
 @dataclass(slots=True)
 class SamplerStats:
-    offered: int = 0
     sampled: int = 0
     written: int = 0
     dropped_buffer_full: int = 0
     dropped_redis_error: int = 0
     dropped_unusable: int = 0  # answer not JSON, or too large even after the row cut
+    over_rate_cap: int = 0  # drawn, but the deployment's samples per second were used up
 
 
 class PayloadSampler:
@@ -109,7 +117,9 @@ class PayloadSampler:
         buffer_size: int,
         stream_maxlen: int,
         max_field_bytes: int = 256 * 1024,
+        max_per_s: float = 0.0,
         rng: random.Random | None = None,
+        clock: Any = time.monotonic,
     ) -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"sample rate must be within [0, 1], got {rate!r}")
@@ -123,10 +133,20 @@ class PayloadSampler:
         self.buffer_size = buffer_size
         self.stream_maxlen = stream_maxlen
         self.max_field_bytes = max_field_bytes
+        # Samples per second per deployment (0: no cap), from a bucket of a minute's worth.
+        self.max_per_s = max_per_s
+        self._burst = max(1.0, 60.0 * max_per_s)
+        self._buckets: dict[str, list[float]] = {}  # deployment -> [tokens, last refill]
+        self._clock = clock
         self._random = (rng or random.Random()).random
         self._pending: deque[_Pending] = deque()
         self._script: AsyncScript | None = None
         self.stats = SamplerStats()
+
+    def draw(self) -> bool:
+        """Whether to sample this request: one random draw at ``rate`` (request path; the
+        gateway calls it for every answer, so it is kept to a draw and a comparison)."""
+        return self._random() < self.rate  # random() is in [0, 1): rate 0 never samples
 
     def offer(
         self,
@@ -139,13 +159,29 @@ class PayloadSampler:
         outputs: bytes,
         raw_inputs: bytes | None = None,
     ) -> bool:
-        """Maybe keep this request for the next flush; never blocks. True if kept.
+        """Maybe keep this request for the next flush (:meth:`draw`, then :meth:`keep`)."""
+        if not self.draw():
+            return False
+        return self.keep(deployment, version, api, rows, inputs, outputs, raw_inputs)
+
+    def keep(
+        self,
+        deployment: str,
+        version: int,
+        api: str,
+        rows: int,
+        inputs: dict[str, Any],
+        outputs: bytes,
+        raw_inputs: bytes | None = None,
+    ) -> bool:
+        """Keep a drawn request for the next flush unless its deployment is over the rate cap
+        or the buffer is full; never blocks. True if kept.
 
         ``raw_inputs`` is the request body ``inputs`` was parsed from; when given, it is stored
         as is unless rows must be cut (no re-encoding). Without it ``inputs`` is encoded.
         """
-        self.stats.offered += 1
-        if self.rate <= 0.0 or self._random() >= self.rate:
+        if self.max_per_s > 0.0 and not self._take_token(deployment):
+            self.stats.over_rate_cap += 1
             return False
         if len(self._pending) >= self.buffer_size:
             self.stats.dropped_buffer_full += 1
@@ -157,6 +193,19 @@ class PayloadSampler:
                 deployment, version, api, round(time.time(), 3), rows, inputs, raw_inputs, outputs
             )
         )
+        return True
+
+    def _take_token(self, deployment: str) -> bool:
+        now = self._clock()
+        bucket = self._buckets.get(deployment)
+        if bucket is None:
+            bucket = self._buckets[deployment] = [self._burst, now]
+        tokens = min(self._burst, bucket[0] + (now - bucket[1]) * self.max_per_s)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
         return True
 
     @property

@@ -7,7 +7,8 @@ Run: .venv/bin/python -m devstack test -- -m benchmark -s \
 Gateway processes run at once in front of the same upstreams, each with a route of its
 own to them:
 
-- ``on``: the defaults (per-request metrics, inputs/outputs sampled at the default rate);
+- ``on``: the defaults (per-request metrics, inputs/outputs sampled at the default rate and
+  per-deployment cap);
 - ``off``: ``MODELYARD_GATEWAY_METRICS=0`` and ``MODELYARD_GATEWAY_SAMPLE_RATE=0``;
 - ``metrics``: metrics on, sampling off (splits the cost between the two; CPU column only).
 
@@ -56,7 +57,18 @@ WARMUP_S = 1
 DURATION_S = 4
 OFF_ENV = {"MODELYARD_GATEWAY_METRICS": "0", "MODELYARD_GATEWAY_SAMPLE_RATE": "0"}
 # A third gateway with metrics but no sampling splits the cost between the two.
-MODES = {"on": {}, "metrics": {"MODELYARD_GATEWAY_SAMPLE_RATE": "0"}, "off": OFF_ENV}
+# A fourth, "control", is a second "off" process: how far two identical gateways differ
+# on this machine is the noise floor of the on/off comparison.
+MODES = {
+    "on": {},
+    "metrics": {"MODELYARD_GATEWAY_SAMPLE_RATE": "0"},
+    "off": OFF_ENV,
+    "control": OFF_ENV,
+}
+# In one process only: the default sample rate without the per-second cap (what "on" cost
+# before the cap), on the "on" gateway's route.
+UNCAPPED = {"MODELYARD_GATEWAY_SAMPLE_MAX_PER_S": "0"}
+IN_PROCESS_MODES = {**MODES, "uncapped": UNCAPPED}
 
 
 @pytest.fixture
@@ -182,13 +194,15 @@ def test_gateway_throughput_with_monitoring_on_and_off(monitoring_pair) -> None:
         f"gateway with monitoring on (defaults: metrics, sample rate "
         f"{GatewaySettings().sample_rate}) vs off (metrics=0, sample rate 0); wrk, "
         f"{ROUNDS} alternating {DURATION_S} s runs each, medians; {os.cpu_count()} CPUs (shared)",
-        f"{'upstream':<16} {'c':>3} {'on rps':>9} {'off rps':>9} {'on/off':>7} "
-        f"{'on p50/p99 ms':>15} {'off p50/p99 ms':>15} {'CPU µs/req on/metrics/off':>26} "
+        f"{'upstream':<16} {'c':>3} {'on rps':>9} {'off rps':>9} {'on/off':>7} {'ctl/off':>7} "
+        f"{'on p50/p99 ms':>15} {'off p50/p99 ms':>15} {'CPU µs/req on/metrics/off/ctl':>30} "
         f"{'off/on':>6}  runs on | off (rps)",
     ]
     for label, concurrency, runs, cpu in rows:
         cpu_on, cpu_off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
         cpu_metrics = statistics.median(cpu["metrics"])
+        control_rps = statistics.median(r.rps for r in runs["control"])
+        cpu_control = statistics.median(cpu["control"])
         on_rps = statistics.median(r.rps for r in runs["on"])
         off_rps = statistics.median(r.rps for r in runs["off"])
         on_p50 = statistics.median(r.p50_ms for r in runs["on"])
@@ -199,13 +213,15 @@ def test_gateway_throughput_with_monitoring_on_and_off(monitoring_pair) -> None:
         each += " ".join(f"{r.rps:.0f}" for r in runs["off"])
         lines.append(
             f"{label:<16} {concurrency:>3} {on_rps:>9.0f} {off_rps:>9.0f} "
-            f"{on_rps / off_rps:>7.3f} {on_p50:>7.3f}/{on_p99:<7.3f} "
-            f"{off_p50:>7.3f}/{off_p99:<7.3f} {cpu_on:>10.0f}/{cpu_metrics:.0f}/{cpu_off:<9.0f} "
+            f"{on_rps / off_rps:>7.3f} {control_rps / off_rps:>7.3f} "
+            f"{on_p50:>7.3f}/{on_p99:<7.3f} {off_p50:>7.3f}/{off_p99:<7.3f} "
+            f"{cpu_on:>10.0f}/{cpu_metrics:.0f}/{cpu_off:.0f}/{cpu_control:<9.0f} "
             f"{cpu_off / cpu_on:>6.3f}  {each}"
         )
     lines.append(
         "target: on/off >= 0.95. CPU off/on = the throughput ratio a gateway bound by its own "
-        "CPU would show (the steadier figure on a shared machine)."
+        "CPU would show (the steadier figure on a shared machine). ctl/off = a second 'off' "
+        "gateway against the first: the noise floor."
     )
     print("\n".join(lines), file=sys.stderr)
 
@@ -278,23 +294,28 @@ def test_gateway_monitoring_cpu_per_request_in_process(monitoring_pair) -> None:
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/15"
     names = monitoring_pair["names"]
 
+    def route_of(mode: str) -> str:
+        return mode if mode in MODES else "on"  # the uncapped gateway uses the "on" route
+
     async def main() -> tuple[dict[str, list[float]], pstats.Stats]:
         apps = {}
-        for mode, env in MODES.items():
+        for mode, env in IN_PROCESS_MODES.items():
             settings = GatewaySettings.from_env({"REDIS_URL": redis_url, **env})
             apps[mode] = Gateway(settings)
             await apps[mode].startup()
-        cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
+        cpu: dict[str, list[float]] = {mode: [] for mode in IN_PROCESS_MODES}
         try:
             for mode, app in apps.items():  # warm connections and code paths
-                await _drive(app, f"/d/{names[('trivial', mode)]}/predict", 500, 8)
+                await _drive(app, f"/d/{names[('trivial', route_of(mode))]}/predict", 500, 8)
             for round_ in range(ROUNDS):
-                order = list(MODES) if round_ % 2 == 0 else list(reversed(MODES))
+                order = list(IN_PROCESS_MODES)
+                if round_ % 2:
+                    order.reverse()
                 for mode in order:
                     started = time.process_time()
                     failed = await _drive(
                         apps[mode],
-                        f"/d/{names[('trivial', mode)]}/predict",
+                        f"/d/{names[('trivial', route_of(mode))]}/predict",
                         IN_PROCESS_REQUESTS,
                         IN_PROCESS_CONCURRENCY,
                     )
@@ -318,7 +339,9 @@ def test_gateway_monitoring_cpu_per_request_in_process(monitoring_pair) -> None:
         return cpu, pstats.Stats(profiler)
 
     cpu, stats = asyncio.run(main())
-    on, metrics, off = (statistics.median(cpu[mode]) for mode in ("on", "metrics", "off"))
+    on, metrics, off, uncapped = (
+        statistics.median(cpu[mode]) for mode in ("on", "metrics", "off", "uncapped")
+    )
     lines = [
         "",
         f"gateway code in one process, trivial upstream, {IN_PROCESS_REQUESTS:,} requests x "
@@ -327,8 +350,10 @@ def test_gateway_monitoring_cpu_per_request_in_process(monitoring_pair) -> None:
         f"  on {on:.1f}   metrics only {metrics:.1f}   off {off:.1f}   "
         f"=> monitoring costs {on - off:.1f} µs/request (metrics {metrics - off:.1f}, "
         f"sampling {on - metrics:.1f}); CPU-bound throughput ratio on/off ~ {off / on:.3f}",
-        "  rounds on | metrics | off: "
-        + " | ".join(" ".join(f"{v:.0f}" for v in cpu[mode]) for mode in MODES),
+        f"  without the per-second sample cap: {uncapped:.1f} µs/request, on/off ~ "
+        f"{off / uncapped:.3f}",
+        "  rounds on | metrics | off | uncapped: "
+        + " | ".join(" ".join(f"{v:.0f}" for v in cpu[mode]) for mode in IN_PROCESS_MODES),
         "  profile of the 'on' gateway, monitoring functions (cumulative s over "
         f"{IN_PROCESS_REQUESTS:,} requests):",
     ]

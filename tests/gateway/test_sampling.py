@@ -62,6 +62,55 @@ def test_rate_decides_how_many_requests_are_kept() -> None:
     assert 400 < kept < 600
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_cap_keeps_a_minute_of_burst_then_the_steady_rate_per_deployment() -> None:
+    clock = _Clock()
+    sampler = PayloadSampler(
+        rate=1.0, max_rows=2, buffer_size=10_000, stream_maxlen=10, max_per_s=2.0, clock=clock
+    )
+    # A minute's worth (120) goes through at once: light traffic and short bursts are whole.
+    assert sum(offer(sampler, "a") for _ in range(500)) == 120
+    assert sampler.stats.over_rate_cap == 380
+    # Another deployment has a bucket of its own.
+    assert sum(offer(sampler, "b") for _ in range(500)) == 120
+    # Then the steady rate: 10 s later, 20 more for each.
+    clock.now += 10
+    assert sum(offer(sampler, "a") for _ in range(500)) == 20
+    clock.now += 0.25  # half a token: nothing yet
+    assert not offer(sampler, "a")
+    clock.now += 0.25
+    assert offer(sampler, "a")
+    # An idle hour refills the bucket only up to a minute's worth.
+    clock.now += 3600
+    assert sum(offer(sampler, "a") for _ in range(500)) == 120
+    assert sampler.stats.sampled == 120 + 120 + 20 + 1 + 120
+
+
+def test_rate_cap_of_zero_means_no_cap_and_applies_after_the_rate() -> None:
+    uncapped = PayloadSampler(rate=1.0, max_rows=2, buffer_size=10_000, stream_maxlen=10)
+    assert all(offer(uncapped, "d") for _ in range(1000))
+    tenth = PayloadSampler(
+        rate=0.1,
+        max_rows=2,
+        buffer_size=10_000,
+        stream_maxlen=10,
+        max_per_s=1.0,
+        rng=random.Random(1),
+        clock=_Clock(),
+    )
+    kept = sum(offer(tenth, "d") for _ in range(5_000))
+    # Drawn first (about 500 of 5,000), then capped at the bucket's 60.
+    assert kept == 60
+    assert 400 < tenth.stats.over_rate_cap + kept < 600
+
+
 def test_full_buffer_drops_and_counts_instead_of_growing() -> None:
     sampler = PayloadSampler(rate=1.0, max_rows=2, buffer_size=5, stream_maxlen=10)
     results = [offer(sampler, "d") for _ in range(8)]

@@ -82,6 +82,7 @@ def _predict(http, gateway, key, rows) -> int:
 @pytest.mark.stack_private_redis  # other suites run live stacks on the shared Redis too
 @pytest.mark.stack_env(
     MODELYARD_GATEWAY_SAMPLE_RATE="1.0",
+    MODELYARD_GATEWAY_SAMPLE_MAX_PER_S="0",
     MODELYARD_GATEWAY_SAMPLE_FLUSH_INTERVAL_S="0.2",
     MODELYARD_GATEWAY_METRICS_FLUSH_INTERVAL_S="0.2",
 )
