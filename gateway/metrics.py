@@ -151,6 +151,7 @@ class _Cell:
 
 
 CellKey = tuple[int, str, int, int]  # (minute, deployment, version, status)
+_FOLD_EVERY = 256  # observations folded into cells at once (~0.3 ms of work)
 
 
 def buffer_key(minute: int, deployment: str, version: int, status: int) -> str:
@@ -162,6 +163,8 @@ class MetricsRecorder:
 
     def __init__(self, *, max_pending_cells: int = 100_000) -> None:
         self._cells: dict[CellKey, _Cell] = {}
+        # (unix time, deployment, version, status, latency s, rows) not yet in a cell.
+        self._observations: list[tuple[float, str, int, int, float, int]] = []
         # Bounds memory while Redis is unreachable: past this many cells the oldest minutes go.
         self.max_pending_cells = max_pending_cells
         self.dropped_cells = 0
@@ -181,22 +184,40 @@ class MetricsRecorder:
         rows: int,
         now: float | None = None,
     ) -> None:
-        """Count one finished request (request path: a dict lookup and a bisect, no I/O)."""
-        minute = int(time.time() if now is None else now) // 60 * 60
-        key = (minute, deployment, version, status)
-        cell = self._cells.get(key)
-        if cell is None:
-            cell = self._cells[key] = _Cell()
-        cell.count += 1
-        cell.rows += rows
-        if status >= 500:
-            cell.errors += 1
-        cell.latency_us_sum += round(latency_s * 1e6)
-        index = bisect.bisect_left(BUCKET_BOUNDS_MS, latency_s * 1e3)
-        cell.buckets[index] = cell.buckets.get(index, 0) + 1
+        """Count one finished request (request path: an append, no I/O).
+
+        The observation is folded into its cell later, :data:`_FOLD_EVERY` at a time: measured
+        in the gateway, the same arithmetic cost ~4 µs per request when done between two
+        requests and ~1 µs in a loop, where its code and data stay in the CPU's caches.
+        """
+        observations = self._observations
+        observations.append(
+            (time.time() if now is None else now, deployment, version, status, latency_s, rows)
+        )
+        if len(observations) >= _FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Add the recorded observations to their cells."""
+        observations, self._observations = self._observations, []
+        cells = self._cells
+        bounds = BUCKET_BOUNDS_MS
+        for at, deployment, version, status, latency_s, rows in observations:
+            key = (int(at) // 60 * 60, deployment, version, status)
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = _Cell()
+            cell.count += 1
+            cell.rows += rows
+            if status >= 500:
+                cell.errors += 1
+            cell.latency_us_sum += round(latency_s * 1e6)
+            index = bisect.bisect_left(bounds, latency_s * 1e3)
+            cell.buckets[index] = cell.buckets.get(index, 0) + 1
 
     @property
     def pending_requests(self) -> int:
+        self._fold()
         return sum(cell.count for cell in self._cells.values())
 
     def totals(self) -> dict[tuple[str, int, int], _Cell]:
@@ -206,6 +227,7 @@ class MetricsRecorder:
         ones (each request is in exactly one of the three), so recording stays a dict update.
         Cells dropped while Redis was unreachable are gone from here too.
         """
+        self._fold()
         merged: dict[tuple[str, int, int], _Cell] = {}
         sources: list[Iterable[tuple[tuple[str, int, int], _Cell]]] = [
             self._totals.items(),
@@ -257,6 +279,7 @@ class MetricsRecorder:
         HINCRBYs in a MULTI -- a stall every flush -- against ~2 ms as one script call.
         A script runs atomically: a failed call applied nothing and its cells are kept.
         """
+        self._fold()
         if not self._cells:
             return 0
         # Swapping the dict is atomic for the event loop: requests finishing during the await
