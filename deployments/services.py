@@ -569,8 +569,7 @@ def _rollback(
     _end_baking(
         deployment, to=S.ROLLED_BACK, note="rolled back" + (f": {reason}" if reason else "")
     )
-    now = timezone.now()
-    bake_until = now + timedelta(seconds=deployment.bake_seconds) if warm else None
+    bake_until = timezone.now() + timedelta(seconds=deployment.bake_seconds) if warm else None
     # A warm rollback is switched already: its rollout starts out baking (one row written,
     # not a switching row moved on by a second transition).
     rollout = Rollout(
@@ -579,12 +578,11 @@ def _rollback(
         previous_version=live.version,
         kind=RolloutKind.ROLLBACK,
         target_slot=other.color,
-        state=S.BAKING if warm else S.STARTING,
+        state=S.SWITCHING if warm else S.STARTING,  # the state its first step is logged in
         bake_until=bake_until,
         created_by=actor,
         reason=reason,
     )
-    rollout.state = S.SWITCHING if warm else S.STARTING  # the state the first step is in
     _log_step(
         rollout,
         f"rollback to v{target_version.number} "

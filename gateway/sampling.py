@@ -148,21 +148,9 @@ class PayloadSampler:
         gateway calls it for every answer, so it is kept to a draw and a comparison)."""
         return self._random() < self.rate  # random() is in [0, 1): rate 0 never samples
 
-    def offer(
-        self,
-        *,
-        deployment: str,
-        version: int,
-        api: str,
-        rows: int,
-        inputs: dict[str, Any],
-        outputs: bytes,
-        raw_inputs: bytes | None = None,
-    ) -> bool:
-        """Maybe keep this request for the next flush (:meth:`draw`, then :meth:`keep`)."""
-        if not self.draw():
-            return False
-        return self.keep(deployment, version, api, rows, inputs, outputs, raw_inputs)
+    def offer(self, *args: Any, **kwargs: Any) -> bool:
+        """:meth:`draw`, then :meth:`keep` (same arguments) if drawn; True if kept."""
+        return self.draw() and self.keep(*args, **kwargs)
 
     def keep(
         self,
