@@ -15,7 +15,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -533,10 +533,13 @@ def _rollback(
     if not deployment.live_slot:
         raise InvalidState(f"{deployment} serves nothing yet; there is nothing to roll back.")
     if deployment.rolling:
-        active = Rollout.objects.get(deployment=deployment, state__in=ACTIVE_ROLLOUT_STATES)
+        active = Rollout.objects.filter(
+            deployment=deployment, state__in=ACTIVE_ROLLOUT_STATES
+        ).first()
+        # None if it ended since the lock query (rollouts move without the deployment lock).
+        which = f"Rollout {active.pk} is still {active.state}" if active else "A rollout was active"
         raise Conflict(
-            f"Rollout {active.pk} is still {active.state} and has not moved "
-            "traffic yet; the live version is unchanged.",
+            f"{which} and has not moved traffic yet; the live version is unchanged.",
             code="rollout_in_progress",
         )
     slots = {}
@@ -591,11 +594,7 @@ def _rollback(
     )
     if warm:
         rollout.state = S.BAKING
-        _log_step(
-            rollout,
-            f"traffic switched to {other.color} (v{target_version.number}); "
-            f"previous slot kept warm until {bake_until:%H:%M:%S}",
-        )
+        _log_step(rollout, _switched_note(other.color, target_version.number, bake_until))
     rollout.save()
     audit_record(
         actor=actor,
@@ -610,10 +609,8 @@ def _rollback(
             "evidence": evidence or {},
         },
     )
-    if warm:
-        _enqueue_advance(rollout.pk, countdown=deployment.bake_seconds)  # ends the bake
-    else:
-        _enqueue_advance(rollout.pk)
+    # Warm: the advance ends the bake; cold: it starts the previous version's slot now.
+    _enqueue_advance(rollout.pk, countdown=deployment.bake_seconds if warm else 0)
     return rollout
 
 
@@ -799,6 +796,14 @@ def _pause_for_tests(step: str, obj: Rollout | Build) -> None:
         time.sleep(0.05)
 
 
+def _switched_note(slot: str, version: int, bake_until: datetime) -> str:
+    """The step-log line of a route switch (a rollout's, or a warm rollback's)."""
+    return (
+        f"traffic switched to {slot} (v{version}); "
+        f"previous slot kept warm until {bake_until:%H:%M:%S}"
+    )
+
+
 def _switch(rollout: Rollout) -> bool:
     """Flip the gateway route to the rollout's slot (atomic in Redis) and start baking.
 
@@ -816,8 +821,7 @@ def _switch(rollout: Rollout) -> bool:
         moved = _transition(
             rollout,
             S.BAKING,
-            f"traffic switched to {rollout.target_slot} (v{published.version}); "
-            f"previous slot kept warm until {bake_until:%H:%M:%S}",
+            _switched_note(rollout.target_slot, published.version, bake_until),
             bake_until=bake_until,
         )
         if moved:

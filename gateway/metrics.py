@@ -224,7 +224,7 @@ class MetricsRecorder:
         """Every request recorded by this process, by (deployment, version, status).
 
         Built at scrape time from the flushed totals, the cells being flushed and the pending
-        ones (each request is in exactly one of the three), so recording stays a dict update.
+        ones (each request is in exactly one of the three), so recording stays an append.
         Cells dropped while Redis was unreachable are gone from here too.
         """
         self._fold()
