@@ -15,6 +15,11 @@ checks the paths, renames the file into place and counts the chunk, so the exact
 rules stay on its side. (Rows used to cross the pipe both ways as Arrow IPC streams: about
 25 ms of copying per 250k rows, with the worker idle meanwhile.)
 
+The worker may send the next chunk before the current one is answered (at most a couple
+ahead); replies come in request order. A reader thread takes requests off the pipe and
+reads each chunk's row group while the main thread predicts the one before, so the model
+never waits for the disk (Arrow and the estimators' compiled loops release the GIL).
+
 The child exits when stdin closes, so it never outlives the worker that started it.
 """
 
@@ -23,9 +28,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import struct
 import sys
+import threading
 import time
 from typing import Any, BinaryIO
 
@@ -116,8 +123,18 @@ class _ChunkFileError(Exception):
     """The chunk's files could not be read or written: a storage problem, worth a retry."""
 
 
-def _chunk_run(predictor: _Predictor, spec: dict[str, Any]) -> dict[str, Any]:
-    """Read one row group of the staged input, predict it, write the output chunk file.
+class _Loaded:
+    """A request with its chunk's rows read (or the error reading them raised)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.table: Any = None
+        self.error: BaseException | None = None
+        self.timings: dict[str, float] = {}
+
+
+def _chunk_read(spec: dict[str, Any]) -> Any:
+    """One row group of the staged input, checked against the row count the worker expects.
 
     The paths come from the worker, which built and checked them (under the job's working
     directory or its own temporary files); they are never taken from a job's user input.
@@ -129,8 +146,6 @@ def _chunk_run(predictor: _Predictor, spec: dict[str, Any]) -> dict[str, Any]:
     source, target = spec["input"], spec["output"]
     if not (os.path.isabs(source) and os.path.isabs(target)):
         raise _ChunkFileError("chunk paths must be absolute")
-    timings: dict[str, float] = {}
-    clock = time.monotonic()
     try:
         table = pq.ParquetFile(source, memory_map=True).read_row_group(int(spec["row_group"]))
     except (OSError, ValueError, IndexError, pa.ArrowException) as exc:
@@ -139,10 +154,19 @@ def _chunk_run(predictor: _Predictor, spec: dict[str, Any]) -> dict[str, Any]:
         raise _ChunkFileError(
             f"row group {spec['row_group']} has {table.num_rows} rows, expected {spec['rows']}"
         )
+    return table
+
+
+def _chunk_finish(predictor: _Predictor, loaded: _Loaded) -> dict[str, Any]:
+    """Predict a chunk that was read and write its output file; the reply's summary."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    spec, table, timings = loaded.spec, loaded.table, loaded.timings
+    target = spec["output"]
+    clock = time.monotonic()
     id_column = spec.get("id_column") or None
     features = table.drop_columns([id_column]) if id_column else table
-    timings["read"] = round(time.monotonic() - clock, 4)
-    clock = time.monotonic()
     result = predictor.predict(features, bool(spec.get("probabilities")))
     if result.num_rows != table.num_rows:
         raise ValueError(f"model answered {result.num_rows} rows for {table.num_rows}")
@@ -169,6 +193,38 @@ def _chunk_run(predictor: _Predictor, spec: dict[str, Any]) -> dict[str, Any]:
         raise _ChunkFileError(f"writing the output chunk: {_describe(exc)}") from exc
     timings["write"] = round(time.monotonic() - clock, 4)
     return {"rows": result.num_rows, "columns": result.column_names, "timings": timings}
+
+
+_END = object()  # stdin closed: no more requests
+_BROKEN = "broken"  # a request could not be decoded: the protocol is broken
+
+
+def _requests_read(frames_in: BinaryIO, loaded: queue.Queue[Any]) -> None:
+    """Reader thread: take each request off the pipe and read its rows ahead of the model.
+
+    The queue holds one chunk, so at most one is read ahead of the one being predicted."""
+    while True:
+        try:
+            message = read_message(frames_in)
+        except (ValueError, OSError) as exc:
+            loaded.put((_BROKEN, _describe(exc)))
+            return
+        if message is None:
+            loaded.put(_END)
+            return
+        header, _body = message
+        spec = header.get("chunk") if isinstance(header, dict) else None
+        if not isinstance(spec, dict):
+            loaded.put((_BROKEN, "a request without a chunk"))
+            return
+        item = _Loaded(spec)
+        clock = time.monotonic()
+        try:
+            item.table = _chunk_read(spec)
+        except Exception as exc:  # answered in order, as that chunk's reply
+            item.error = exc
+        item.timings["read"] = round(time.monotonic() - clock, 4)
+        loaded.put(item)
 
 
 def _describe(exc: BaseException) -> str:
@@ -207,19 +263,26 @@ def main(argv: list[str]) -> int:
         )
     )
     frames_out.flush()
+    loaded: queue.Queue[Any] = queue.Queue(maxsize=1)
+    threading.Thread(target=_requests_read, args=(frames_in, loaded), daemon=True).start()
     while True:
-        message = read_message(frames_in)
-        if message is None:
+        item = loaded.get()
+        if item is _END:
             return 0
-        header, _body = message
+        if isinstance(item, tuple):  # (_BROKEN, why): say so on stderr and stop
+            print(f"batch child: {item[1]}", file=sys.stderr)
+            return 2
         began = time.monotonic()
         try:
-            summary = _chunk_run(predictor, header["chunk"])
+            if item.error is not None:
+                raise item.error
+            summary = _chunk_finish(predictor, item)
             reply = {"ok": True, "seconds": round(time.monotonic() - began, 6), **summary}
         except _ChunkFileError as exc:
             reply = {"ok": False, "kind": "file", "error": str(exc)}
         except Exception as exc:
             reply = {"ok": False, "kind": "predict", "error": _describe(exc)}
+        item.table = None  # let the chunk's rows go before waiting for the next
         frames_out.write(encode_message(reply))
         frames_out.flush()
 

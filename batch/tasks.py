@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from batch import services
+from batch.services.jobs import PIPELINE_DEPTH
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +42,18 @@ def batch_job_prepare_task(job_id: int) -> str:
     # hung, storage blip) are re-enqueued by the service, counted in the chunk's attempts.
     acks_late=True,
     ignore_result=True,
-    soft_time_limit=settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS + 60,
-    time_limit=settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS + 120,
+    # It follows on with the job's next chunks for at most one chunk timeout, then waits
+    # for those still in its child (each bounded by the chunk timeout).
+    soft_time_limit=settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS * (PIPELINE_DEPTH + 1) + 60,
+    time_limit=settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS * (PIPELINE_DEPTH + 1) + 120,
     autoretry_for=_DB_BLIPS,
     retry_backoff=True,
     max_retries=5,
 )
 def batch_chunk_run_task(chunk_id: int) -> str:
-    """Predict one chunk in this worker's long-lived child and write its output file."""
-    outcome = services.batch_chunk_run(chunk_id=chunk_id)
+    """Predict a chunk in this worker's long-lived child and write its output file, then
+    go on with the job's next untried chunks while the child keeps predicting."""
+    outcome = services.batch_chunk_run(chunk_id=chunk_id, follow=True)
     logger.info("batch chunk %s: %s %s", chunk_id, outcome.status, outcome.detail)
     return outcome.status
 

@@ -13,11 +13,13 @@ exactly once in the output however often a chunk ran.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -442,22 +444,35 @@ def _claim_chunk(chunk_id: int, worker: str) -> uuid.UUID | None:
 
 
 class _LeaseKeeper:
-    """Extends a chunk's lease while it runs, so only a dead worker's chunk expires."""
+    """Extends the leases of the chunks a worker holds while they run, so only a dead
+    worker's chunks expire."""
 
-    def __init__(self, chunk_id: int, token: uuid.UUID) -> None:
-        self.chunk_id, self.token = chunk_id, token
+    def __init__(self) -> None:
+        self._held: dict[int, uuid.UUID] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def add(self, chunk_id: int, token: uuid.UUID) -> None:
+        with self._lock:
+            self._held[chunk_id] = token
+
+    def discard(self, chunk_id: int) -> None:
+        with self._lock:
+            self._held.pop(chunk_id, None)
 
     def _run(self) -> None:
         interval = settings.MODELYARD_BATCH_LEASE_SECONDS / 3
         try:
             while not self._stop.wait(interval):
-                BatchChunk.objects.filter(
-                    pk=self.chunk_id, claim_token=self.token, state=C.RUNNING
-                ).update(lease_expires_at=_lease())
+                with self._lock:
+                    held = list(self._held.items())
+                for chunk_id, token in held:
+                    BatchChunk.objects.filter(
+                        pk=chunk_id, claim_token=token, state=C.RUNNING
+                    ).update(lease_expires_at=_lease())
         except Exception:  # a missed renewal only risks a harmless duplicate run
-            logger.exception("renewing the lease of chunk %s failed", self.chunk_id)
+            logger.exception("renewing the leases of chunks %s failed", list(self._held))
         finally:
             connection.close()
 
@@ -488,82 +503,185 @@ def _bento_available(bento_tag: str, version_id: int) -> None:
         bento.bento_import(home=home, archive=archive)
 
 
-def _predict_chunk(job: BatchJob, chunk: BatchChunk, timings: dict[str, float]) -> int:
-    clock = time.monotonic()
+# Chunks in one child at once: one predicting, the next read ahead by the child meanwhile.
+PIPELINE_DEPTH = 2
 
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.monotonic()
-        timings[name] = round(now - clock, 4)
-        clock = now
 
-    _bento_available(job.bento_tag, job.version_id)
-    child = runner.child_for(
-        bento_tag=job.bento_tag,
-        bento_dir=_bento_dir(job.bento_tag),
-        home=backends.bento_home(),
-        start_timeout=settings.MODELYARD_BATCH_CHILD_START_TIMEOUT_SECONDS,
-        threads=settings.MODELYARD_BATCH_CHILD_THREADS,
-    )
-    lap("child")
-    # The child reads the row group and writes the output chunk itself: only paths and a
-    # summary cross the pipe. The file is renamed into place here, as before, so a chunk
-    # computed twice still replaces one file, and the chunk is counted by the caller.
-    with (
-        artifact_local_path(job.staged_path) as staged,
-        files.storage_write_atomic(files.chunk_name(job.pk, chunk.index)) as tmp,
-    ):
+@dataclass
+class _Flight:
+    """A chunk sent to the child and not yet answered, with its output's temporary name."""
+
+    chunk: BatchChunk
+    token: uuid.UUID
+    output: contextlib.ExitStack
+    timings: dict[str, float]
+    sent: float
+
+    def commit(self) -> None:
+        """Rename the written file into place (a computed-twice chunk replaces one file)."""
+        self.output.__exit__(None, None, None)
+
+    def abandon(self, exc: BaseException) -> None:
+        """Drop the temporary file: nothing half-written stays."""
+        with contextlib.suppress(Exception):
+            self.output.__exit__(type(exc), exc, exc.__traceback__)
+
+
+def _chunk_send(
+    child: runner.BatchChild, job: BatchJob, staged: Path, chunk: BatchChunk, token: uuid.UUID
+) -> _Flight:
+    """Hand a claimed chunk to the child: it reads its row group and writes the output to a
+    temporary name checked here (only paths and a summary cross the pipe)."""
+    flight = _Flight(chunk, token, contextlib.ExitStack(), {}, time.monotonic())
+    try:
+        tmp = flight.output.enter_context(
+            files.storage_write_atomic(files.chunk_name(job.pk, chunk.index))
+        )
         source, target = files.child_paths_check(job_id=job.pk, input_path=staged, output_path=tmp)
-        summary = child.chunk_run(
+        child.chunk_send(
             input_path=source,
             row_group=chunk.index,
             rows=chunk.rows,
             output_path=target,
             id_column=job.id_column,
             probabilities=job.probabilities,
-            timeout=settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS,
         )
-        lap("child_run")
-        timings.update(summary.get("timings") or {})
-        if summary.get("rows") != chunk.rows:  # raised before the rename: no file appears
-            raise runner.ChildError(
-                f"the child wrote {summary.get('rows')} rows, expected {chunk.rows}"
-            )
-    lap("rename")
-    return chunk.rows
+    except BaseException as exc:
+        flight.abandon(exc)
+        raise
+    return flight
 
 
-def batch_chunk_run(*, chunk_id: int, worker: str = "") -> ChunkOutcome:
-    """Claim one chunk, predict it in this worker's child, write its file, count it once."""
+def _chunk_collect(child: runner.BatchChild, flight: _Flight, since: float) -> ChunkOutcome:
+    """Wait for the oldest chunk's reply, rename its file into place and count it once."""
+    summary = child.chunk_reply(timeout=settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS)
+    now = time.monotonic()
+    flight.timings["child_run"] = round(now - since, 4)
+    flight.timings.update(summary.get("timings") or {})
+    chunk = flight.chunk
+    if summary.get("rows") != chunk.rows:  # raised before the rename: no file appears
+        wrote = summary.get("rows")
+        raise runner.ChildError(f"the child wrote {wrote} rows, expected {chunk.rows}")
+    flight.commit()
+    flight.timings["rename"] = round(time.monotonic() - now, 4)
+    outcome = _chunk_finish(chunk, flight.token, chunk.rows, time.monotonic() - since)
+    return ChunkOutcome(outcome.status, f"{outcome.detail} {flight.timings}")
+
+
+def _where(chunk: BatchChunk) -> dict[str, int]:
+    return {"chunk": chunk.index, "row_start": chunk.row_start, "row_stop": chunk.row_stop}
+
+
+def _chunk_failed(flight: _Flight, exc: BaseException) -> ChunkOutcome:
+    """A chunk's attempt ended in ``exc``: the model's own error fails the job with the row
+    range; anything else (the child died or hung, storage) is retried alone."""
+    flight.abandon(exc)
+    chunk = flight.chunk
+    if isinstance(exc, runner.PredictError):
+        error = f"rows {chunk.row_start}-{chunk.row_stop - 1} (chunk {chunk.index}): {exc}"
+        _chunk_fail(chunk, flight.token, error)
+        batch_job_fail(
+            job_id=chunk.job_id,
+            error=error,
+            details=_where(chunk),
+        )
+        return ChunkOutcome("failed", error)
+    logger.warning("batch chunk %s attempt failed: %s", chunk.pk, exc, exc_info=exc)
+    return _chunk_transient(chunk, flight.token, f"{type(exc).__name__}: {exc}")
+
+
+def _claim_next(job_id: int, worker: str) -> tuple[BatchChunk, uuid.UUID] | None:
+    """Claim the job's next chunk that nobody has tried yet (a retried chunk keeps the
+    backoff of its own message)."""
+    pending = BatchChunk.objects.filter(job_id=job_id, state=C.PENDING, attempts=0)
+
+    for chunk_id in pending.order_by("index").values_list("pk", flat=True)[:4]:
+        token = _claim_chunk(chunk_id, worker)
+        if token is not None:
+            return BatchChunk.objects.get(pk=chunk_id), token
+    return None
+
+
+def _child_ready(job: BatchJob) -> runner.BatchChild:
+    _bento_available(job.bento_tag, job.version_id)
+    return runner.child_for(
+        bento_tag=job.bento_tag,
+        bento_dir=_bento_dir(job.bento_tag),
+        home=backends.bento_home(),
+        start_timeout=settings.MODELYARD_BATCH_CHILD_START_TIMEOUT_SECONDS,
+        threads=settings.MODELYARD_BATCH_CHILD_THREADS,
+    )
+
+
+def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) -> ChunkOutcome:
+    """Claim one chunk, predict it in this worker's child, write its file, count it once.
+
+    With ``follow`` (the chunk task), the worker then goes on with the job's next untried
+    chunks itself, keeping the next one queued in the child while it renames and counts the
+    one before: the model never waits for the worker, the disk or the queue. It stops
+    claiming after one chunk timeout, so the task's time limit still holds; their own
+    messages, delivered later, find those chunks claimed and skip them. The outcome is
+    ``chunk_id``'s, with how many more chunks this run did.
+    """
     worker = worker or socket.gethostname()
     token = _claim_chunk(chunk_id, worker)
     if token is None:
         return ChunkOutcome("skipped", "not claimable (done, running elsewhere, or job inactive)")
     chunk = BatchChunk.objects.select_related("job__version").get(pk=chunk_id)
     job = chunk.job
-    started = time.monotonic()
-    timings: dict[str, float] = {}
-    try:
-        with _LeaseKeeper(chunk_id, token):
-            rows = _predict_chunk(job, chunk, timings)
-    except runner.PredictError as exc:
-        error = f"rows {chunk.row_start}-{chunk.row_stop - 1} (chunk {chunk.index}): {exc}"
-        _chunk_fail(chunk, token, error)
-        batch_job_fail(
-            job_id=job.pk,
-            error=error,
-            details={
-                "chunk": chunk.index,
-                "row_start": chunk.row_start,
-                "row_stop": chunk.row_stop,
-            },
-        )
-        return ChunkOutcome("failed", error)
-    except Exception as exc:  # the child died, hung, or storage failed: transient
-        logger.warning("batch chunk %s attempt failed: %s", chunk_id, exc, exc_info=True)
-        return _chunk_transient(chunk, token, f"{type(exc).__name__}: {exc}")
-    outcome = _chunk_finish(chunk, token, rows, time.monotonic() - started)
-    return ChunkOutcome(outcome.status, f"{outcome.detail} {timings}")
+    began = time.monotonic()
+    outcomes: dict[int, ChunkOutcome] = {}
+    with _LeaseKeeper() as leases, contextlib.ExitStack() as inputs_open:
+        leases.add(chunk.pk, token)
+        try:
+            child = _child_ready(job)
+            staged = inputs_open.enter_context(artifact_local_path(job.staged_path))
+        except Exception as exc:  # no child or no input: transient, like a dead child
+            return _chunk_failed(_Flight(chunk, token, contextlib.ExitStack(), {}, began), exc)
+        flights: deque[_Flight] = deque()
+        claimed: tuple[BatchChunk, uuid.UUID] | None = (chunk, token)
+        since = began
+        try:
+            while claimed or flights:
+                if claimed is not None:
+                    try:
+                        flights.append(_chunk_send(child, job, staged, *claimed))
+                    except Exception as exc:
+                        failed = _Flight(*claimed, contextlib.ExitStack(), {}, time.monotonic())
+                        outcomes[failed.chunk.pk] = _chunk_failed(failed, exc)
+                    claimed = None
+                following = follow and time.monotonic() - began < (
+                    settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS
+                )
+                if following and child.alive and len(flights) < PIPELINE_DEPTH:
+                    claimed = _claim_next(job.pk, worker)
+                    if claimed is not None:
+                        leases.add(claimed[0].pk, claimed[1])
+                        continue
+                if not flights:
+                    continue
+                flight = flights.popleft()
+                try:
+                    outcome = _chunk_collect(child, flight, max(since, flight.sent))
+                except Exception as exc:
+                    outcome = _chunk_failed(flight, exc)
+                    if not child.alive:  # its queued chunks died with it
+                        while flights:
+                            lost = flights.popleft()
+                            outcomes[lost.chunk.pk] = _chunk_failed(lost, exc)
+                outcomes[flight.chunk.pk] = outcome
+                since = time.monotonic()
+                leases.discard(flight.chunk.pk)
+        finally:
+            if flights:  # interrupted (a time limit, the database): the child is out of step
+                child.kill()
+                for flight in flights:
+                    flight.abandon(RuntimeError("interrupted"))
+    first = outcomes.pop(chunk_id)
+    if outcomes:
+        more = ", ".join(o.status for o in outcomes.values())
+        return ChunkOutcome(first.status, f"{first.detail}; then {len(outcomes)} more: {more}")
+    return first
 
 
 def _chunk_fail(chunk: BatchChunk, token: uuid.UUID, error: str) -> None:
@@ -583,11 +701,7 @@ def _chunk_transient(chunk: BatchChunk, token: uuid.UUID, error: str) -> ChunkOu
         batch_job_fail(
             job_id=chunk.job_id,
             error=message,
-            details={
-                "chunk": chunk.index,
-                "row_start": chunk.row_start,
-                "row_stop": chunk.row_stop,
-            },
+            details=_where(chunk),
         )
         return ChunkOutcome("failed", message)
     released = BatchChunk.objects.filter(pk=chunk.pk, claim_token=token, state=C.RUNNING).update(
@@ -606,6 +720,8 @@ def _chunk_finish(chunk: BatchChunk, token: uuid.UUID, rows: int, seconds: float
         # see every earlier chunk.
         job = _locked_jobs().get(pk=chunk.job_id)
         if job.state != J.RUNNING:
+            if job.state not in ACTIVE_JOB_STATES:  # its working files went (or go) already:
+                transaction.on_commit(lambda: files.job_files_delete(job.pk))  # so does ours
             return ChunkOutcome("skipped", f"job is {job.state}")
         done = BatchChunk.objects.filter(pk=chunk.pk, claim_token=token, state=C.RUNNING).update(
             state=C.SUCCEEDED,

@@ -55,6 +55,7 @@ class BatchChild:
             env[name] = str(threads)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.owner_pid = os.getpid()
+        self.in_flight = 0  # requests sent and not yet answered
         self.proc = subprocess.Popen(
             [sys.executable, str(CHILD_SCRIPT), str(bento_dir)],
             stdin=subprocess.PIPE,
@@ -76,7 +77,7 @@ class BatchChild:
     def alive(self) -> bool:
         return self.proc.poll() is None and self.owner_pid == os.getpid()
 
-    def chunk_run(
+    def chunk_send(
         self,
         *,
         input_path: Path,
@@ -85,13 +86,11 @@ class BatchChild:
         output_path: Path,
         id_column: str,
         probabilities: bool,
-        timeout: float,
-    ) -> dict[str, Any]:
-        """Have the child read ``row_group`` of ``input_path``, predict it and write the
-        result to ``output_path`` (a new file); its summary (rows, columns, timings). Only
-        paths cross the pipe, never rows. The caller checks the paths and renames the file.
-        The child is killed unless the exchange ended cleanly (a late reply would be taken
-        for the next chunk's)."""
+    ) -> None:
+        """Ask the child to read ``row_group`` of ``input_path``, predict it and write the
+        result to ``output_path`` (a new file). Only paths cross the pipe, never rows. The
+        child reads the next request's rows while it predicts this one, so a caller keeps
+        one request queued behind the running one; replies come in order (chunk_reply)."""
         spec = {
             "input": str(input_path),
             "row_group": row_group,
@@ -104,18 +103,33 @@ class BatchChild:
             assert self.proc.stdin is not None
             self.proc.stdin.write(encode_message({"chunk": spec}))
             self.proc.stdin.flush()
-            header, _ = self._read(time.monotonic() + timeout, "predicting")
         except (BrokenPipeError, OSError) as exc:
             self.kill()
             raise ChildError(f"the batch child went away: {exc}") from exc
+        self.in_flight += 1
+
+    def chunk_reply(self, *, timeout: float) -> dict[str, Any]:
+        """The summary (rows, columns, timings) of the oldest request sent. The caller checks
+        the paths and renames the file. The child is killed unless the exchange ended
+        cleanly (a late reply would be taken for the next chunk's)."""
+        if not self.in_flight:
+            raise ChildError("no chunk was sent to the batch child")
+        try:
+            header, _ = self._read(time.monotonic() + timeout, "predicting")
         except BaseException:  # a time limit, a garbled frame, a signal: never reuse it
             self.kill()
             raise
+        self.in_flight -= 1
         if not header.get("ok"):
             if header.get("kind") == "file":
                 raise ChunkFileError(header.get("error") or "the chunk's files failed")
             raise PredictError(header.get("error") or "the model failed")
         return header
+
+    def chunk_run(self, *, timeout: float, **chunk: Any) -> dict[str, Any]:
+        """One chunk, sent and answered (nothing else in flight)."""
+        self.chunk_send(**chunk)
+        return self.chunk_reply(timeout=timeout)
 
     def _read(self, deadline: float, doing: str) -> tuple[dict[str, Any], bytes]:
         import json
@@ -156,6 +170,7 @@ class BatchChild:
         if self.owner_pid == os.getpid() and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+        self.in_flight = 0
 
     def stop(self) -> None:
         """Close the child's stdin (it exits when idle); kill it if it does not."""
@@ -179,9 +194,10 @@ def child_for(
 ) -> BatchChild:
     """This process's child for ``bento_tag``, started (and its model loaded) if needed."""
     child = _children.get(bento_tag)
-    if child is not None and child.alive:
+    if child is not None and child.alive and not child.in_flight:
         return child
-    _children.pop(bento_tag, None)
+    if child is not None:  # dead, or left with unanswered requests by an interrupted caller
+        _children.pop(bento_tag).kill()
     for tag in list(_children)[: max(0, len(_children) - MAX_CHILDREN + 1)]:
         _children.pop(tag).stop()
     child = BatchChild(bento_dir=bento_dir, home=home, start_timeout=start_timeout, threads=threads)

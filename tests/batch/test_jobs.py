@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import numpy as np
 import pytest
+from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from batch import services
@@ -79,16 +81,61 @@ def test_second_delivery_of_a_chunk_task_writes_nothing_twice(batch_setup):
 
     job = _job(batch_setup, input_frame(1_500))
     services.batch_job_prepare(job_id=job.pk)
-    first = _chunks(job)[0]
+    first, second = _chunks(job)
+    # The first delivery follows on with the job's other chunk while the child predicts.
     assert batch_chunk_run_task.apply(args=(first.pk,)).get() == "done"
-    path = default_storage.path(files.chunk_name(job.pk, 0))
-    written = (os.stat(path).st_mtime_ns, os.stat(path).st_ino)
-    # The same message again (acks_late redelivery): claimed by nobody, nothing written.
-    assert batch_chunk_run_task.apply(args=(first.pk,)).get() == "skipped"
-    assert (os.stat(path).st_mtime_ns, os.stat(path).st_ino) == written
+    paths = [default_storage.path(files.chunk_name(job.pk, i)) for i in (0, 1)]
+    written = [(os.stat(p).st_mtime_ns, os.stat(p).st_ino) for p in paths]
+    # The same messages again (acks_late redelivery, the followed chunk's own message):
+    # claimed by nobody, nothing written.
+    for chunk in (first, second, first):
+        assert batch_chunk_run_task.apply(args=(chunk.pk,)).get() == "skipped"
+    assert [(os.stat(p).st_mtime_ns, os.stat(p).st_ino) for p in paths] == written
     job = BatchJob.objects.get(pk=job.pk)
-    assert (job.rows_done, job.chunks_done) == (1_000, 1)
-    assert sorted(os.listdir(os.path.dirname(path))) == ["chunk-000000.parquet"]
+    assert (job.rows_done, job.chunks_done, job.state) == (1_500, 2, "joining")
+    assert sorted(os.listdir(os.path.dirname(paths[0]))) == [
+        "chunk-000000.parquet",
+        "chunk-000001.parquet",
+    ]
+
+
+def test_a_child_dying_with_a_chunk_queued_retries_both_alone(batch_setup, settings, monkeypatch):
+    from batch.models import BatchChunk, BatchJob
+    from batch.services import runner
+
+    settings.MODELYARD_BATCH_RETRY_DELAY_SECONDS = 0
+    job = _job(batch_setup, input_frame(3_000))
+    services.batch_job_prepare(job_id=job.pk)
+    first, second, _third = _chunks(job)
+    send, reply = runner.BatchChild.chunk_send, runner.BatchChild.chunk_reply
+
+    def stopped(child, **chunk):  # the real child, frozen before it can answer anything
+        os.kill(child.proc.pid, signal.SIGSTOP)
+        send(child, **chunk)
+
+    def dies_first(child, *, timeout):  # ... and killed with two chunks sent
+        assert child.in_flight == 2
+        child.proc.kill()
+        child.proc.wait(5)
+        return reply(child, timeout=timeout)
+
+    monkeypatch.setattr(runner.BatchChild, "chunk_send", stopped)
+    monkeypatch.setattr(runner.BatchChild, "chunk_reply", dies_first)
+    outcome = services.batch_chunk_run(chunk_id=first.pk, follow=True)
+    assert outcome.status == "retry" and "exited" in outcome.detail
+    assert "then 1 more: retry" in outcome.detail  # the queued chunk died with the child
+    states = {c.index: (c.state, c.attempts) for c in BatchChunk.objects.filter(job=job)}
+    assert states == {0: ("pending", 1), 1: ("pending", 1), 2: ("pending", 0)}
+    assert not os.listdir(default_storage.path(f"batch/jobs/{job.pk}/chunks"))  # no temp file
+    monkeypatch.undo()
+    # A fresh child takes them over; every row counts once.
+    assert services.batch_chunk_run(chunk_id=second.pk, follow=True).status == "done"
+    assert services.batch_chunk_run(chunk_id=first.pk, follow=True).status == "done"
+    job = BatchJob.objects.get(pk=job.pk)
+    assert (job.rows_done, job.chunks_done, job.state) == (3_000, 3, "joining")
+    services.batch_job_join(job_id=job.pk)
+    output = read_output(BatchJob.objects.get(pk=job.pk))
+    assert output["row_id"].tolist() == list(range(3_000))
 
 
 def test_chunk_whose_lease_was_lost_counts_once(batch_setup):
