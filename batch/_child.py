@@ -8,7 +8,8 @@ its code, and a crashing or leaking model must only take this process down.
 Protocol over stdin/stdout (stdout is kept for frames only; anything the model or BentoML
 prints goes to stderr): a frame is two big-endian u64 lengths, a JSON header and a body.
 A request names a chunk's files instead of carrying its rows (``{"chunk": {...}}``): the
-child reads the chunk's row group from the staged input, predicts, writes the output chunk
+child maps the chunk's record batch of the staged input (an Arrow IPC file, see the
+worker's batch/services/files.py), predicts, writes the output chunk (Arrow IPC too)
 (``prediction``, ``probability_<class>`` when asked, the id column first when the job has
 one) to the temporary path the worker chose and answers with a small summary. The worker
 checks the paths, renames the file into place and counts the chunk, so the exactly-once
@@ -17,7 +18,7 @@ rules stay on its side. (Rows used to cross the pipe both ways as Arrow IPC stre
 
 The worker may send the next chunk before the current one is answered (at most a couple
 ahead); replies come in request order. A reader thread takes requests off the pipe and
-reads each chunk's row group while the main thread predicts the one before, so the model
+maps each chunk's record batch while the main thread predicts the one before, so the model
 never waits for the disk (Arrow and the estimators' compiled loops release the GIL).
 
 The child exits when stdin closes, so it never outlives the worker that started it.
@@ -114,11 +115,6 @@ class _Predictor:
         return pa.table(arrays)
 
 
-# The worker's Parquet writer options for working files (batch/services/files.py
-# WORKING_PARQUET), repeated here: this script must not import Django code.
-_WORKING_PARQUET = {"compression": "none", "use_dictionary": False, "write_statistics": False}
-
-
 class _ChunkFileError(Exception):
     """The chunk's files could not be read or written: a storage problem, worth a retry."""
 
@@ -134,25 +130,27 @@ class _Loaded:
 
 
 def _chunk_read(spec: dict[str, Any]) -> Any:
-    """One row group of the staged input, checked against the row count the worker expects.
+    """One record batch of the staged input (memory-mapped, not copied), checked against
+    the row count the worker expects.
 
     The paths come from the worker, which built and checked them (under the job's working
     directory or its own temporary files); they are never taken from a job's user input.
     Still, only absolute Parquet paths are accepted, and the output must be a new file.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     source, target = spec["input"], spec["output"]
     if not (os.path.isabs(source) and os.path.isabs(target)):
         raise _ChunkFileError("chunk paths must be absolute")
     try:
-        table = pq.ParquetFile(source, memory_map=True).read_row_group(int(spec["row_group"]))
+        with pa.memory_map(source) as mapped:  # the batch keeps the mapping alive
+            batch = pa.ipc.open_file(mapped).get_batch(int(spec["batch"]))
+        table = pa.Table.from_batches([batch])
     except (OSError, ValueError, IndexError, pa.ArrowException) as exc:
-        raise _ChunkFileError(f"reading row group {spec['row_group']}: {_describe(exc)}") from exc
+        raise _ChunkFileError(f"reading record batch {spec['batch']}: {_describe(exc)}") from exc
     if table.num_rows != int(spec["rows"]):
         raise _ChunkFileError(
-            f"row group {spec['row_group']} has {table.num_rows} rows, expected {spec['rows']}"
+            f"record batch {spec['batch']} has {table.num_rows} rows, expected {spec['rows']}"
         )
     return table
 
@@ -160,7 +158,6 @@ def _chunk_read(spec: dict[str, Any]) -> Any:
 def _chunk_finish(predictor: _Predictor, loaded: _Loaded) -> dict[str, Any]:
     """Predict a chunk that was read and write its output file; the reply's summary."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     spec, table, timings = loaded.spec, loaded.table, loaded.timings
     target = spec["output"]
@@ -185,8 +182,8 @@ def _chunk_finish(predictor: _Predictor, loaded: _Loaded) -> dict[str, Any]:
     except OSError as exc:
         raise _ChunkFileError(f"writing the output chunk: {_describe(exc)}") from exc
     try:
-        with handle:
-            pq.write_table(result, handle, **_WORKING_PARQUET)
+        with handle, pa.ipc.new_file(handle, result.schema) as writer:
+            writer.write_table(result)
     except (OSError, pa.ArrowException) as exc:
         with contextlib.suppress(OSError):
             os.unlink(target)  # ours, half-written

@@ -3,7 +3,7 @@ from django.db import models
 
 class JobState(models.TextChoices):
     QUEUED = "queued"  # created; waiting for a worker to resolve the version and stage input
-    PREPARING = "preparing"  # input validated and staged into one row group per chunk
+    PREPARING = "preparing"  # input validated and staged, one record batch per chunk
     RUNNING = "running"  # chunks run on the `batch` queue
     JOINING = "joining"  # every chunk done; joining them into the output file
     SUCCEEDED = "succeeded"

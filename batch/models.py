@@ -127,7 +127,7 @@ class BatchJob(models.Model):
 
 
 class BatchChunk(models.Model):
-    """Rows [row_start, row_stop) of a job: row group ``index`` of its staged input."""
+    """Rows [row_start, row_stop) of a job: record batch ``index`` of its staged input."""
 
     job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="chunks")
     index = models.PositiveIntegerField()

@@ -25,23 +25,21 @@ def job_dir(job_id: int) -> str:
 
 
 def staged_name(job_id: int) -> str:
-    return f"{job_dir(job_id)}/input.parquet"
+    return f"{job_dir(job_id)}/input.arrow"
 
 
 def chunk_name(job_id: int, index: int) -> str:
-    return f"{job_dir(job_id)}/chunks/chunk-{index:06d}.parquet"
+    return f"{job_dir(job_id)}/chunks/chunk-{index:06d}.arrow"
 
 
-# Working files (the staged input, chunk outputs) are written once and read once, by us:
-# plain encoding, no compression, no statistics. Parquet's default dictionary encoding tries
-# a dictionary for every column chunk before it falls back to plain, and on float features
-# that are nearly all distinct the attempt alone cost more than the rest of the write
-# (staging 1,000,000 rows x 5 columns: 1.3 s with the defaults, 0.18 s without).
-WORKING_PARQUET: dict[str, Any] = {
-    "compression": "none",
-    "use_dictionary": False,
-    "write_statistics": False,
-}
+# Working files (the staged input, chunk outputs) are written once and read once, by us, on
+# this machine: Arrow IPC files, uncompressed, one record batch per chunk. Writing one is a
+# copy of the buffers and reading one is a memory map, where Parquet encodes and decodes
+# every value: staging 1,000,000 rows x 5 columns as plain Parquet cost 74 ms to write and
+# 4 ms per chunk to read; as Arrow IPC 18 ms and 0.4 ms, and a 250k-row output chunk is
+# written in about 1 ms instead of 14-27 ms inside the model's child. (Parquet's default
+# dictionary encoding was worse still: 1.3 s to stage the same rows.) Only the joined
+# output, which people download, is Parquet.
 
 
 def output_parquet_options(table: Any) -> dict[str, Any]:
@@ -52,10 +50,12 @@ def output_parquet_options(table: Any) -> dict[str, Any]:
 
     # At most one distinct value in ten rows: a label column, where a dictionary shrinks the
     # file; ids and probabilities are nearly all distinct and would only pay for the attempt.
+    # Judged on a sample: counting the distinct ids of a whole 250k-row chunk took 30 ms.
+    sample = table.slice(0, 10_000)
     dictionary = [
         name
-        for name in table.column_names
-        if pc.count_distinct(table.column(name)).as_py() * 10 <= table.num_rows
+        for name in sample.column_names
+        if pc.count_distinct(sample.column(name)).as_py() * 10 <= sample.num_rows
     ]
     return {"compression": "snappy", "use_dictionary": dictionary}
 

@@ -4,8 +4,8 @@ A path input is only read under ``MODELYARD_BATCH_ALLOWED_ROOTS``: the path is r
 (symlinks included) and checked, and the file is checked again after it is opened (the
 path the open file descriptor really names), so a symlink swapped in between cannot lead
 outside the roots. Staging validates every row against the version's inferred schema and
-writes the features (and the id column) as Parquet with one row group per chunk, before
-any chunk runs; a chunk then reads exactly its row group.
+writes the features (and the id column) as an Arrow IPC file with one record batch per
+chunk, before any chunk runs; a chunk then maps exactly its batch.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import IO, Any
 
 from django.conf import settings
 
-from batch.services import files
 from core.errors import InvalidInput, NotAllowed
 from registry.models import ModelVersion
 
@@ -307,21 +306,22 @@ def _batches(
 def input_stage(
     *, handle: IO[bytes], fmt: str, plan: InputPlan, header: list[str], dest: Path, chunk_rows: int
 ) -> int:
-    """Validate every row and write them to ``dest``, one row group per chunk; row count."""
+    """Validate every row and write them to ``dest`` (Arrow IPC, see files.py), one record
+    batch per chunk; the row count."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    writer = None
+    sink = writer = None
     pending: list[Any] = []
     pending_rows = total = 0
 
     def flush(rows: int) -> None:
-        nonlocal pending, pending_rows, writer, total
+        nonlocal pending, pending_rows, sink, writer, total
         table = pa.Table.from_batches(pending)
-        chunk, rest = table.slice(0, rows), table.slice(rows)
+        chunk, rest = table.slice(0, rows).combine_chunks(), table.slice(rows)
         if writer is None:
-            writer = pq.ParquetWriter(dest, chunk.schema, **files.WORKING_PARQUET)
-        writer.write_table(chunk, row_group_size=rows)
+            sink = pa.OSFile(str(dest), "wb")
+            writer = pa.ipc.new_file(sink, chunk.schema)
+        writer.write_table(chunk, max_chunksize=rows)  # combined: exactly one batch
         total += chunk.num_rows
         pending = rest.to_batches() if rest.num_rows else []
         pending_rows = rest.num_rows
@@ -338,6 +338,8 @@ def input_stage(
     finally:
         if writer is not None:
             writer.close()
+        if sink is not None:
+            sink.close()
     if total == 0:
         raise InvalidInput("The input has a header but no rows.", code="empty_input")
     return total

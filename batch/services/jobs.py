@@ -530,7 +530,7 @@ class _Flight:
 def _chunk_send(
     child: runner.BatchChild, job: BatchJob, staged: Path, chunk: BatchChunk, token: uuid.UUID
 ) -> _Flight:
-    """Hand a claimed chunk to the child: it reads its row group and writes the output to a
+    """Hand a claimed chunk to the child: it maps its record batch and writes the output to a
     temporary name checked here (only paths and a summary cross the pipe)."""
     flight = _Flight(chunk, token, contextlib.ExitStack(), {}, time.monotonic())
     try:
@@ -540,7 +540,7 @@ def _chunk_send(
         source, target = files.child_paths_check(job_id=job.pk, input_path=staged, output_path=tmp)
         child.chunk_send(
             input_path=source,
-            row_group=chunk.index,
+            batch_index=chunk.index,
             rows=chunk.rows,
             output_path=target,
             id_column=job.id_column,
@@ -747,6 +747,7 @@ def _chunk_finish(chunk: BatchChunk, token: uuid.UUID, rows: int, seconds: float
 
 def batch_job_join(*, job_id: int) -> BatchJob:
     """joining → succeeded: stream the chunk files in order into one output file."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     token = _claim_step(job_id, start=J.JOINING, to=J.JOINING)
@@ -762,21 +763,22 @@ def batch_job_join(*, job_id: int) -> BatchJob:
             writer = None
             try:
                 for chunk in chunks:
-                    with artifact_local_path(files.chunk_name(job_id, chunk.index)) as path:
-                        parquet = pq.ParquetFile(path)
-                        if parquet.metadata.num_rows != chunk.rows:
+                    with (
+                        artifact_local_path(files.chunk_name(job_id, chunk.index)) as path,
+                        pa.memory_map(str(path)) as mapped,
+                    ):
+                        table = pa.ipc.open_file(mapped).read_all()
+                        if table.num_rows != chunk.rows:
                             raise InvalidState(
-                                f"chunk {chunk.index} holds {parquet.metadata.num_rows} rows, "
+                                f"chunk {chunk.index} holds {table.num_rows} rows, "
                                 f"expected {chunk.rows}"
                             )
-                        for group in range(parquet.num_row_groups):
-                            table = parquet.read_row_group(group)
-                            if writer is None:
-                                writer = pq.ParquetWriter(
-                                    out, table.schema, **files.output_parquet_options(table)
-                                )
-                            writer.write_table(table)
-                            total += table.num_rows
+                        if writer is None:
+                            writer = pq.ParquetWriter(
+                                out, table.schema, **files.output_parquet_options(table)
+                            )
+                        writer.write_table(table)
+                        total += table.num_rows
             finally:
                 if writer is not None:
                     writer.close()

@@ -81,19 +81,19 @@ class BatchChild:
         self,
         *,
         input_path: Path,
-        row_group: int,
+        batch_index: int,
         rows: int,
         output_path: Path,
         id_column: str,
         probabilities: bool,
     ) -> None:
-        """Ask the child to read ``row_group`` of ``input_path``, predict it and write the
-        result to ``output_path`` (a new file). Only paths cross the pipe, never rows. The
+        """Ask the child to map record batch ``batch_index`` of ``input_path``, predict it and
+        write the result to ``output_path`` (a new file). Only paths cross the pipe. The
         child reads the next request's rows while it predicts this one, so a caller keeps
         one request queued behind the running one; replies come in order (chunk_reply)."""
         spec = {
             "input": str(input_path),
-            "row_group": row_group,
+            "batch": batch_index,
             "rows": rows,
             "output": str(output_path),
             "id_column": id_column,

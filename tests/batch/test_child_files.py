@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 import pytest
 from django.core.files.storage import default_storage
 
-from batch import _child, services
+from batch import services
 from batch.models import BatchChunk
 from batch.services import files, runner
 from tests.batch.conftest import csv_upload, input_frame
@@ -45,7 +45,8 @@ def test_the_child_writes_the_chunk_file_with_ids_and_probabilities(batch_setup)
     assert outcome.status == "done", outcome.detail
     # The child's own phases are reported with the worker's.
     assert "child_run" in outcome.detail and "'predict'" in outcome.detail
-    written = pq.read_table(default_storage.path(files.chunk_name(job.pk, 1))).to_pandas()
+    with pa.memory_map(default_storage.path(files.chunk_name(job.pk, 1))) as mapped:
+        written = pa.ipc.open_file(mapped).read_pandas()
     frame = input_frame(3_000).iloc[1_000:2_000]
     model = batch_setup["built"][1].trained.model
     assert list(written.columns) == ["row_id", "prediction", "probability_0", "probability_1"]
@@ -54,12 +55,12 @@ def test_the_child_writes_the_chunk_file_with_ids_and_probabilities(batch_setup)
     assert np.array_equal(written["prediction"].to_numpy(), model.predict(features))
     proba = written[["probability_0", "probability_1"]].to_numpy()
     assert np.allclose(proba, model.predict_proba(features))
-    # Written plain like every working file (the child keeps its own copy of the options).
-    assert _child._WORKING_PARQUET == files.WORKING_PARQUET
-    column = pq.ParquetFile(default_storage.path(files.chunk_name(job.pk, 1))).metadata
-    assert column.row_group(0).column(0).compression == "UNCOMPRESSED"
+    # Written as Arrow IPC like every working file: one batch, no compression.
+    with pa.memory_map(default_storage.path(files.chunk_name(job.pk, 1))) as mapped:
+        reader = pa.ipc.open_file(mapped)
+        assert reader.num_record_batches == 1 and reader.get_batch(0).num_rows == 1_000
     # Nothing half-written is left behind: only the renamed chunk file.
-    assert sorted(p.name for p in _chunks_dir(job).iterdir()) == ["chunk-000001.parquet"]
+    assert sorted(p.name for p in _chunks_dir(job).iterdir()) == ["chunk-000001.arrow"]
 
 
 def test_a_storage_failure_in_the_child_is_transient_and_keeps_the_child(batch_setup):
@@ -69,10 +70,10 @@ def test_a_storage_failure_in_the_child_is_transient_and_keeps_the_child(batch_s
     child = runner._children["batchmodel:v1"]
     staged = Path(default_storage.path(files.staged_name(job.pk)))
     target = _chunks_dir(job) / ".probe.tmp"
-    with pytest.raises(runner.ChunkFileError, match="row group 7"):
+    with pytest.raises(runner.ChunkFileError, match="record batch 7"):
         child.chunk_run(
             input_path=staged,
-            row_group=7,
+            batch_index=7,
             rows=1_000,
             output_path=target,
             id_column="row_id",
@@ -85,7 +86,7 @@ def test_a_storage_failure_in_the_child_is_transient_and_keeps_the_child(batch_s
     with pytest.raises(runner.ChunkFileError, match="writing the output chunk"):
         child.chunk_run(
             input_path=staged,
-            row_group=1,
+            batch_index=1,
             rows=1_000,
             output_path=target,
             id_column="row_id",
@@ -118,7 +119,7 @@ def test_chunk_paths_handed_to_the_child_stay_in_the_jobs_files(batch_setup, tmp
     chunks = _chunks_dir(job)
     chunks.mkdir(parents=True, exist_ok=True)
     _chunks_dir(other).mkdir(parents=True, exist_ok=True)
-    good = chunks / ".chunk-000000.parquet.abc.tmp"
+    good = chunks / ".chunk-000000.arrow.abc.tmp"
     assert files.child_paths_check(job_id=job.pk, input_path=staged, output_path=good) == (
         staged.resolve(),
         good,

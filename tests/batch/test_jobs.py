@@ -94,8 +94,8 @@ def test_second_delivery_of_a_chunk_task_writes_nothing_twice(batch_setup):
     job = BatchJob.objects.get(pk=job.pk)
     assert (job.rows_done, job.chunks_done, job.state) == (1_500, 2, "joining")
     assert sorted(os.listdir(os.path.dirname(paths[0]))) == [
-        "chunk-000000.parquet",
-        "chunk-000001.parquet",
+        "chunk-000000.arrow",
+        "chunk-000001.arrow",
     ]
 
 
