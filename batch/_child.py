@@ -161,7 +161,7 @@ def _chunk_finish(predictor: _Predictor, loaded: _Loaded) -> dict[str, Any]:
 
     spec, table, timings = loaded.spec, loaded.table, loaded.timings
     target = spec["output"]
-    clock = time.monotonic()
+    clock, cpu = time.monotonic(), time.thread_time()
     id_column = spec.get("id_column") or None
     features = table.drop_columns([id_column]) if id_column else table
     result = predictor.predict(features, bool(spec.get("probabilities")))
@@ -175,6 +175,8 @@ def _chunk_finish(predictor: _Predictor, loaded: _Loaded) -> dict[str, Any]:
             }
         )
     timings["predict"] = round(time.monotonic() - clock, 4)
+    # CPU time beside wall time: a gap means the model waited for a core, not for us.
+    timings["predict_cpu"] = round(time.thread_time() - cpu, 4)
     clock = time.monotonic()
     try:
         # "x": never overwrite; the worker's temporary name is unique per attempt.

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 _DB_BLIPS = (OperationalError, InterfaceError)  # a database restart: the claim makes retrying safe
 # Nobody reads task results (state lives in the job rows): storing them would cost a Redis
 # round trip per chunk.
+_CHUNK_RUN_SECONDS = settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS * (PIPELINE_DEPTH + 1) + 60
 
 
 @shared_task(
@@ -43,16 +44,18 @@ def batch_job_prepare_task(job_id: int) -> str:
     acks_late=True,
     ignore_result=True,
     # It follows on with the job's next chunks for at most one chunk timeout, then waits
-    # for those still in its child (each bounded by the chunk timeout).
-    soft_time_limit=settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS * (PIPELINE_DEPTH + 1) + 60,
-    time_limit=settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS * (PIPELINE_DEPTH + 1) + 120,
+    # for those still in its child (each bounded by the chunk timeout), and may then join
+    # the job (bounded like the join task).
+    soft_time_limit=_CHUNK_RUN_SECONDS + settings.MODELYARD_BATCH_STEP_LEASE_SECONDS,
+    time_limit=_CHUNK_RUN_SECONDS + settings.MODELYARD_BATCH_STEP_LEASE_SECONDS + 60,
     autoretry_for=_DB_BLIPS,
     retry_backoff=True,
     max_retries=5,
 )
 def batch_chunk_run_task(chunk_id: int) -> str:
     """Predict a chunk in this worker's long-lived child and write its output file, then
-    go on with the job's next untried chunks while the child keeps predicting."""
+    go on with the job's next untried chunks while the child keeps predicting; join the
+    job if this run finished its last chunk."""
     outcome = services.batch_chunk_run(chunk_id=chunk_id, follow=True)
     logger.info("batch chunk %s: %s %s", chunk_id, outcome.status, outcome.detail)
     return outcome.status

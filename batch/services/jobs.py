@@ -424,6 +424,7 @@ def batch_job_prepare(*, job_id: int) -> BatchJob:
 class ChunkOutcome:
     status: str  # done | skipped | retry | failed
     detail: str = ""
+    joining: bool = False  # this chunk was the job's last: it is to be joined now
 
 
 def _claim_chunk(chunk_id: int, worker: str) -> uuid.UUID | None:
@@ -552,7 +553,9 @@ def _chunk_send(
     return flight
 
 
-def _chunk_collect(child: runner.BatchChild, flight: _Flight, since: float) -> ChunkOutcome:
+def _chunk_collect(
+    child: runner.BatchChild, flight: _Flight, since: float, join_here: bool
+) -> ChunkOutcome:
     """Wait for the oldest chunk's reply, rename its file into place and count it once."""
     summary = child.chunk_reply(timeout=settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS)
     now = time.monotonic()
@@ -564,8 +567,9 @@ def _chunk_collect(child: runner.BatchChild, flight: _Flight, since: float) -> C
         raise runner.ChildError(f"the child wrote {wrote} rows, expected {chunk.rows}")
     flight.commit()
     flight.timings["rename"] = round(time.monotonic() - now, 4)
-    outcome = _chunk_finish(chunk, flight.token, chunk.rows, time.monotonic() - since)
-    return ChunkOutcome(outcome.status, f"{outcome.detail} {flight.timings}")
+    seconds = time.monotonic() - since
+    outcome = _chunk_finish(chunk, flight.token, chunk.rows, seconds, join_here=join_here)
+    return ChunkOutcome(outcome.status, f"{outcome.detail} {flight.timings}", outcome.joining)
 
 
 def _where(chunk: BatchChunk) -> dict[str, int]:
@@ -620,8 +624,9 @@ def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) ->
     chunks itself, keeping the next one queued in the child while it renames and counts the
     one before: the model never waits for the worker, the disk or the queue. It stops
     claiming after one chunk timeout, so the task's time limit still holds; their own
-    messages, delivered later, find those chunks claimed and skip them. The outcome is
-    ``chunk_id``'s, with how many more chunks this run did.
+    messages, delivered later, find those chunks claimed and skip them. If it counts the
+    job's last chunk, it joins the job too. The outcome is ``chunk_id``'s, with how many
+    more chunks this run did.
     """
     worker = worker or socket.gethostname()
     token = _claim_chunk(chunk_id, worker)
@@ -662,7 +667,7 @@ def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) ->
                     continue
                 flight = flights.popleft()
                 try:
-                    outcome = _chunk_collect(child, flight, max(since, flight.sent))
+                    outcome = _chunk_collect(child, flight, max(since, flight.sent), follow)
                 except Exception as exc:
                     outcome = _chunk_failed(flight, exc)
                     if not child.alive:  # its queued chunks died with it
@@ -670,6 +675,9 @@ def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) ->
                             lost = flights.popleft()
                             outcomes[lost.chunk.pk] = _chunk_failed(lost, exc)
                 outcomes[flight.chunk.pk] = outcome
+                if flight.chunk.pk != chunk_id:  # the task logs its own chunk's outcome
+                    pk, status, detail = flight.chunk.pk, outcome.status, outcome.detail
+                    logger.info("batch chunk %s: %s %s", pk, status, detail)
                 since = time.monotonic()
                 leases.discard(flight.chunk.pk)
         finally:
@@ -677,6 +685,10 @@ def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) ->
                 child.kill()
                 for flight in flights:
                     flight.abandon(RuntimeError("interrupted"))
+    if any(outcome.joining for outcome in outcomes.values()):
+        # This run counted the last chunk: join now, in this worker, rather than queue the
+        # join behind the messages of the chunks it followed on with (each a quick skip).
+        batch_job_join(job_id=job.pk)
     first = outcomes.pop(chunk_id)
     if outcomes:
         more = ", ".join(o.status for o in outcomes.values())
@@ -714,7 +726,12 @@ def _chunk_transient(chunk: BatchChunk, token: uuid.UUID, error: str) -> ChunkOu
     return ChunkOutcome("retry", error)
 
 
-def _chunk_finish(chunk: BatchChunk, token: uuid.UUID, rows: int, seconds: float) -> ChunkOutcome:
+def _chunk_finish(
+    chunk: BatchChunk, token: uuid.UUID, rows: int, seconds: float, *, join_here: bool = False
+) -> ChunkOutcome:
+    """Count a chunk once; the last one moves the job to joining and has the join enqueued,
+    unless the caller joins it here (``join_here``; the sweep re-enqueues a join whose
+    worker died before claiming it)."""
     with transaction.atomic():
         # The job's row lock orders concurrent finishes: counters and the last-chunk check
         # see every earlier chunk.
@@ -736,10 +753,12 @@ def _chunk_finish(chunk: BatchChunk, token: uuid.UUID, rows: int, seconds: float
         job.rows_done += rows
         job.chunks_done += 1
         job.save(update_fields=["rows_done", "chunks_done"])
-        if job.chunks_done == job.chunks_total:
+        last = job.chunks_done == job.chunks_total
+        if last:
             _set_state(job, J.JOINING, reason="every chunk done")
-            transaction.on_commit(lambda: _enqueue("join", job.pk))
-    return ChunkOutcome("done", f"{rows} rows in {seconds:.2f}s")
+            if not join_here:
+                transaction.on_commit(lambda: _enqueue("join", job.pk))
+    return ChunkOutcome("done", f"{rows} rows in {seconds:.2f}s", joining=last)
 
 
 # --- join ----------------------------------------------------------------------------------
