@@ -249,9 +249,15 @@ def _wrong_type(exc: Exception, header: list[str], plan: InputPlan) -> InvalidIn
 
 
 def _batches(
-    handle: IO[bytes], fmt: str, plan: InputPlan, header: list[str], block_size: int = 16 << 20
+    handle: IO[bytes],
+    fmt: str,
+    plan: InputPlan,
+    header: list[str],
+    block_size: int = 16 << 20,
+    rows: int | None = None,
 ) -> Iterator[Any]:
-    """Record batches of the planned columns, cast to the planned types."""
+    """Record batches of the planned columns, cast to the planned types; from Parquet, of
+    ``rows`` rows each where given (a CSV's batches follow its blocks)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
@@ -285,7 +291,8 @@ def _batches(
                 code="wrong_type",
                 details={"column": name, "expected": want, "found": str(have)},
             )
-    for batch in parquet.iter_batches(batch_size=max(1, block_size // 64), columns=plan.columns):
+    size = rows or max(1, block_size // 64)
+    for batch in parquet.iter_batches(batch_size=size, columns=plan.columns):
         arrays = []
         for name in plan.columns:
             column = batch.column(batch.schema.get_field_index(name))
@@ -316,18 +323,22 @@ def input_stage(
 
     def flush(rows: int) -> None:
         nonlocal pending, pending_rows, sink, writer, total
-        table = pa.Table.from_batches(pending)
-        chunk, rest = table.slice(0, rows).combine_chunks(), table.slice(rows)
+        if len(pending) == 1 and pending_rows == rows:  # a batch that is a chunk: no copy
+            chunk, rest = pending[0], None
+        else:
+            table = pa.Table.from_batches(pending)
+            combined, rest = table.slice(0, rows).combine_chunks(), table.slice(rows)
+            (chunk,) = combined.to_batches(max_chunksize=rows)
         if writer is None:
             sink = pa.OSFile(str(dest), "wb")
             writer = pa.ipc.new_file(sink, chunk.schema)
-        writer.write_table(chunk, max_chunksize=rows)  # combined: exactly one batch
+        writer.write_batch(chunk)
         total += chunk.num_rows
-        pending = rest.to_batches() if rest.num_rows else []
-        pending_rows = rest.num_rows
+        pending = rest.to_batches() if rest is not None and rest.num_rows else []
+        pending_rows = sum(b.num_rows for b in pending)
 
     try:
-        for batch in _batches(handle, fmt, plan, header):
+        for batch in _batches(handle, fmt, plan, header, rows=chunk_rows):
             if batch.num_rows:
                 pending.append(batch)
                 pending_rows += batch.num_rows
