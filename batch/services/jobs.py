@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -646,6 +647,7 @@ def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) ->
         flights: deque[_Flight] = deque()
         claimed: tuple[BatchChunk, uuid.UUID] | None = (chunk, token)
         since = began
+        draft: _JobOutput | None = None  # the job's output, begun while its last chunk runs
         try:
             while claimed or flights:
                 if claimed is not None:
@@ -665,6 +667,8 @@ def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) ->
                         continue
                 if not flights:
                     continue
+                if follow and draft is None and claimed is None and len(flights) == 1 and outcomes:
+                    draft = _output_draft(job, flights[0].chunk)
                 flight = flights.popleft()
                 try:
                     outcome = _chunk_collect(child, flight, max(since, flight.sent), follow)
@@ -680,15 +684,20 @@ def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) ->
                     logger.info("batch chunk %s: %s %s", pk, status, detail)
                 since = time.monotonic()
                 leases.discard(flight.chunk.pk)
-        finally:
+        except BaseException as exc:
             if flights:  # interrupted (a time limit, the database): the child is out of step
                 child.kill()
                 for flight in flights:
-                    flight.abandon(RuntimeError("interrupted"))
+                    flight.abandon(exc)
+            if draft is not None:
+                draft.abandon(exc)
+            raise
     if any(outcome.joining for outcome in outcomes.values()):
         # This run counted the last chunk: join now, in this worker, rather than queue the
         # join behind the messages of the chunks it followed on with (each a quick skip).
-        batch_job_join(job_id=job.pk)
+        batch_job_join(job_id=job.pk, output=draft)
+    elif draft is not None:  # the last chunk failed or went to another run: start over
+        draft.abandon(RuntimeError("the job's last chunk was not counted here"))
     first = outcomes.pop(chunk_id)
     if outcomes:
         more = ", ".join(o.status for o in outcomes.values())
@@ -764,59 +773,119 @@ def _chunk_finish(
 # --- join ----------------------------------------------------------------------------------
 
 
-def batch_job_join(*, job_id: int) -> BatchJob:
-    """joining → succeeded: stream the chunk files in order into one output file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _JobOutput:
+    """A job's output being written: its chunk files appended in index order to one Parquet
+    file, written straight to its final, unique storage name (no second copy)."""
 
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.name = f"batch-outputs/{uuid.uuid4().hex}/output.parquet"
+        self.next_index = 0
+        self.rows = 0
+        self._writer: Any = None
+        self._stack = contextlib.ExitStack()
+        self._path = self._stack.enter_context(files.storage_write_atomic(self.name))
+
+    def append(self, chunk: BatchChunk) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if chunk.index != self.next_index:
+            raise InvalidState(f"chunk {chunk.index} came where chunk {self.next_index} belongs")
+        with (
+            artifact_local_path(files.chunk_name(self.job_id, chunk.index)) as path,
+            pa.memory_map(str(path)) as mapped,
+        ):
+            table = pa.ipc.open_file(mapped).read_all()
+            if table.num_rows != chunk.rows:
+                raise InvalidState(
+                    f"chunk {chunk.index} holds {table.num_rows} rows, expected {chunk.rows}"
+                )
+            if self._writer is None:
+                options = files.output_parquet_options(table)
+                self._writer = pq.ParquetWriter(self._path, table.schema, **options)
+            self._writer.write_table(table)
+        self.rows += table.num_rows
+        self.next_index += 1
+
+    def close(self) -> str:
+        """Finish the file and put it in place; its SHA-256."""
+        if self._writer is not None:
+            self._writer.close()
+        sha256 = file_sha256(self._path)
+        self._stack.__exit__(None, None, None)
+        return sha256
+
+    def abandon(self, exc: BaseException) -> None:
+        """Drop the unfinished file (nothing half-written stays)."""
+        with contextlib.suppress(Exception):
+            if self._writer is not None:
+                self._writer.close()
+        with contextlib.suppress(Exception):
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+        with contextlib.suppress(OSError):  # its folder was made for it alone
+            os.rmdir(self._path.parent)
+
+
+def _output_draft(job: BatchJob, last: BatchChunk) -> _JobOutput | None:
+    """Start the job's output while its last chunk is still predicting: the chunks before
+    it are all counted, so their files are final. None unless ``last`` is the one chunk of
+    the job not done yet; the join appends the rest (batch_job_join(output=...))."""
+    others = BatchChunk.objects.filter(job=job).exclude(pk=last.pk)
+    if others.exclude(state=C.SUCCEEDED).exists():
+        return None
+    output = None
+    try:
+        output = _JobOutput(job.pk)
+        for chunk in others.filter(index__lt=last.index).order_by("index"):
+            output.append(chunk)
+    except Exception as exc:  # the join starts over and reports it, under its claim
+        logger.warning("batch job %s: starting its output early failed: %s", job.pk, exc)
+        if output is not None:
+            output.abandon(exc)
+        return None
+    return output
+
+
+def batch_job_join(*, job_id: int, output: _JobOutput | None = None) -> BatchJob:
+    """joining → succeeded: stream the chunk files in order into one output file (after
+    those a caller already appended to ``output``, which this call then owns)."""
     token = _claim_step(job_id, start=J.JOINING, to=J.JOINING)
     if token is None:
+        if output is not None:
+            output.abandon(RuntimeError("the join belongs to another run"))
         return BatchJob.objects.get(pk=job_id)
     job = BatchJob.objects.select_related("model", "version").get(pk=job_id)
-    chunks = list(BatchChunk.objects.filter(job=job).order_by("index"))
-    total = 0
     try:
-        # Written straight to its final, unique storage name (no second copy of the output).
-        output_name = f"batch-outputs/{uuid.uuid4().hex}/output.parquet"
-        with files.storage_write_atomic(output_name) as out:
-            writer = None
-            try:
-                for chunk in chunks:
-                    with (
-                        artifact_local_path(files.chunk_name(job_id, chunk.index)) as path,
-                        pa.memory_map(str(path)) as mapped,
-                    ):
-                        table = pa.ipc.open_file(mapped).read_all()
-                        if table.num_rows != chunk.rows:
-                            raise InvalidState(
-                                f"chunk {chunk.index} holds {table.num_rows} rows, "
-                                f"expected {chunk.rows}"
-                            )
-                        if writer is None:
-                            writer = pq.ParquetWriter(
-                                out, table.schema, **files.output_parquet_options(table)
-                            )
-                        writer.write_table(table)
-                        total += table.num_rows
-            finally:
-                if writer is not None:
-                    writer.close()
-            if total != job.total_rows:
-                raise InvalidState(f"the chunks hold {total} rows; the input had {job.total_rows}")
-            sha256 = file_sha256(out)
+        output = output or _JobOutput(job_id)
+        for chunk in BatchChunk.objects.filter(job=job, index__gte=output.next_index).order_by(
+            "index"
+        ):
+            output.append(chunk)
+        if output.rows != job.total_rows:
+            raise InvalidState(
+                f"the chunks hold {output.rows} rows; the input had {job.total_rows}"
+            )
+        sha256 = output.close()
     except InvalidState as exc:
+        if output is not None:
+            output.abandon(exc)
         return batch_job_fail(job_id=job_id, error=f"joining failed: {exc.message}")
+    except BaseException as exc:
+        if output is not None:
+            output.abandon(exc)
+        raise
     with transaction.atomic():
         job = _locked_jobs().get(pk=job_id)
         if job.state != J.JOINING or job.step_token != token:
-            artifact_delete_quietly([output_name])  # another join (lease lost) owns the job
+            artifact_delete_quietly([output.name])  # another join (lease lost) owns the job
             return job
         _set_state(
             job,
             J.SUCCEEDED,
-            reason=f"{total:,} rows written",
-            output_path=output_name,
-            output_rows=total,
+            reason=f"{output.rows:,} rows written",
+            output_path=output.name,
+            output_rows=output.rows,
             output_sha256=sha256,
         )
         transaction.on_commit(lambda: files.job_files_delete(job_id))

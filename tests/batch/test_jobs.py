@@ -143,6 +143,43 @@ def test_a_child_dying_with_a_chunk_queued_retries_both_alone(batch_setup, setti
     assert output["row_id"].tolist() == list(range(3_000))
 
 
+def test_output_begun_during_the_last_chunk_is_dropped_if_that_chunk_fails(
+    batch_setup, settings, monkeypatch
+):
+    from batch.models import BatchChunk, BatchJob
+    from batch.services import jobs
+
+    settings.MODELYARD_BATCH_RETRY_DELAY_SECONDS = 0
+    job = _job(batch_setup, input_frame(3_000))
+    services.batch_job_prepare(job_id=job.pk)
+    first, _, last = _chunks(job)
+    drafts = []
+    begin = jobs._output_draft
+
+    def recorded(job, last):
+        drafts.append(begin(job, last))
+        return drafts[-1]
+
+    # The last chunk disagrees with the staged file (a storage problem: retried alone).
+    BatchChunk.objects.filter(pk=last.pk).update(row_stop=2_999)
+    monkeypatch.setattr(jobs, "_output_draft", recorded)
+    outcome = services.batch_chunk_run(chunk_id=first.pk, follow=True)
+    monkeypatch.undo()
+    assert outcome.detail.endswith("then 2 more: done, retry")
+    # The output was begun with chunks 0 and 1 while chunk 2 ran, then dropped: no file left.
+    (draft,) = drafts
+    assert draft.next_index == 2 and draft.rows == 2_000
+    assert not os.path.exists(default_storage.path(draft.name))
+    assert not os.path.exists(os.path.dirname(default_storage.path(draft.name)))
+    assert BatchJob.objects.get(pk=job.pk).state == "running"
+    # Once the chunk is right, its run joins the job from the start; every row once.
+    BatchChunk.objects.filter(pk=last.pk).update(row_stop=3_000)
+    assert services.batch_chunk_run(chunk_id=last.pk, follow=True).status == "done"
+    job = BatchJob.objects.get(pk=job.pk)
+    assert (job.state, job.output_rows) == ("succeeded", 3_000)
+    assert read_output(job)["row_id"].tolist() == list(range(3_000))
+
+
 def test_chunk_whose_lease_was_lost_counts_once(batch_setup):
     from batch.models import BatchChunk, BatchJob
     from batch.services.jobs import _chunk_finish, _claim_chunk
