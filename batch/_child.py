@@ -135,7 +135,7 @@ def _chunk_read(spec: dict[str, Any]) -> Any:
 
     The paths come from the worker, which built and checked them (under the job's working
     directory or its own temporary files); they are never taken from a job's user input.
-    Still, only absolute Parquet paths are accepted, and the output must be a new file.
+    Still, only absolute paths are accepted, and the output must be a new file.
     """
     import pyarrow as pa
 
