@@ -334,8 +334,8 @@ def input_stage(
             writer = pa.ipc.new_file(sink, chunk.schema)
         writer.write_batch(chunk)
         total += chunk.num_rows
-        pending = rest.to_batches() if rest is not None and rest.num_rows else []
-        pending_rows = sum(b.num_rows for b in pending)
+        pending_rows = rest.num_rows if rest is not None else 0
+        pending = rest.to_batches() if pending_rows else []
 
     try:
         for batch in _batches(handle, fmt, plan, header, rows=chunk_rows):

@@ -519,6 +519,11 @@ class _Flight:
     timings: dict[str, float]
     sent: float
 
+    @classmethod
+    def unsent(cls, chunk: BatchChunk, token: uuid.UUID) -> _Flight:
+        """A claimed chunk that never reached the child (nothing to rename or drop)."""
+        return cls(chunk, token, contextlib.ExitStack(), {}, time.monotonic())
+
     def commit(self) -> None:
         """Rename the written file into place (a computed-twice chunk replaces one file)."""
         self.output.__exit__(None, None, None)
@@ -643,7 +648,7 @@ def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) ->
             child = _child_ready(job)
             staged = inputs_open.enter_context(artifact_local_path(job.staged_path))
         except Exception as exc:  # no child or no input: transient, like a dead child
-            return _chunk_failed(_Flight(chunk, token, contextlib.ExitStack(), {}, began), exc)
+            return _chunk_failed(_Flight.unsent(chunk, token), exc)
         flights: deque[_Flight] = deque()
         claimed: tuple[BatchChunk, uuid.UUID] | None = (chunk, token)
         since = began
@@ -654,8 +659,7 @@ def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) ->
                     try:
                         flights.append(_chunk_send(child, job, staged, *claimed))
                     except Exception as exc:
-                        failed = _Flight(*claimed, contextlib.ExitStack(), {}, time.monotonic())
-                        outcomes[failed.chunk.pk] = _chunk_failed(failed, exc)
+                        outcomes[claimed[0].pk] = _chunk_failed(_Flight.unsent(*claimed), exc)
                     claimed = None
                 following = follow and time.monotonic() - began < (
                     settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS
