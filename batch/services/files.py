@@ -97,6 +97,23 @@ def storage_write_atomic(name: str) -> Iterator[Path]:
             default_storage.save(name, File(handle, name=Path(name).name))
 
 
+class PendingWrite:
+    """:func:`storage_write_atomic` held open across calls: ``path`` is the local temp file,
+    :meth:`commit` puts it in place under ``name``, :meth:`abandon` drops it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._stack = contextlib.ExitStack()
+        self.path = self._stack.enter_context(storage_write_atomic(name))
+
+    def commit(self) -> None:
+        self._stack.__exit__(None, None, None)
+
+    def abandon(self, exc: BaseException) -> None:
+        with contextlib.suppress(Exception):
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+
+
 def child_paths_check(*, job_id: int, input_path: Path, output_path: Path) -> tuple[Path, Path]:
     """The chunk paths handed to the model's child, resolved and confined.
 

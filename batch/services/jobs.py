@@ -515,23 +515,19 @@ class _Flight:
 
     chunk: BatchChunk
     token: uuid.UUID
-    output: contextlib.ExitStack
+    output: files.PendingWrite | None  # None: the chunk never reached the child
     timings: dict[str, float]
     sent: float
 
     @classmethod
     def unsent(cls, chunk: BatchChunk, token: uuid.UUID) -> _Flight:
         """A claimed chunk that never reached the child (nothing to rename or drop)."""
-        return cls(chunk, token, contextlib.ExitStack(), {}, time.monotonic())
-
-    def commit(self) -> None:
-        """Rename the written file into place (a computed-twice chunk replaces one file)."""
-        self.output.__exit__(None, None, None)
+        return cls(chunk, token, None, {}, time.monotonic())
 
     def abandon(self, exc: BaseException) -> None:
         """Drop the temporary file: nothing half-written stays."""
-        with contextlib.suppress(Exception):
-            self.output.__exit__(type(exc), exc, exc.__traceback__)
+        if self.output is not None:
+            self.output.abandon(exc)
 
 
 def _chunk_send(
@@ -539,12 +535,12 @@ def _chunk_send(
 ) -> _Flight:
     """Hand a claimed chunk to the child: it maps its record batch and writes the output to a
     temporary name checked here (only paths and a summary cross the pipe)."""
-    flight = _Flight(chunk, token, contextlib.ExitStack(), {}, time.monotonic())
+    output = files.PendingWrite(files.chunk_name(job.pk, chunk.index))
+    flight = _Flight(chunk, token, output, {}, time.monotonic())
     try:
-        tmp = flight.output.enter_context(
-            files.storage_write_atomic(files.chunk_name(job.pk, chunk.index))
+        source, target = files.child_paths_check(
+            job_id=job.pk, input_path=staged, output_path=output.path
         )
-        source, target = files.child_paths_check(job_id=job.pk, input_path=staged, output_path=tmp)
         child.chunk_send(
             input_path=source,
             batch_index=chunk.index,
@@ -571,7 +567,8 @@ def _chunk_collect(
     if summary.get("rows") != chunk.rows:  # raised before the rename: no file appears
         wrote = summary.get("rows")
         raise runner.ChildError(f"the child wrote {wrote} rows, expected {chunk.rows}")
-    flight.commit()
+    assert flight.output is not None  # collected flights were sent
+    flight.output.commit()  # a computed-twice chunk replaces one file
     flight.timings["rename"] = round(time.monotonic() - now, 4)
     seconds = time.monotonic() - since
     outcome = _chunk_finish(chunk, flight.token, chunk.rows, seconds, join_here=join_here)
@@ -604,11 +601,10 @@ def _claim_next(job_id: int, worker: str) -> tuple[BatchChunk, uuid.UUID] | None
     """Claim the job's next chunk that nobody has tried yet (a retried chunk keeps the
     backoff of its own message)."""
     pending = BatchChunk.objects.filter(job_id=job_id, state=C.PENDING, attempts=0)
-
-    for chunk_id in pending.order_by("index").values_list("pk", flat=True)[:4]:
-        token = _claim_chunk(chunk_id, worker)
+    for chunk in pending.order_by("index")[:4]:  # its range is all the caller reads of it
+        token = _claim_chunk(chunk.pk, worker)
         if token is not None:
-            return BatchChunk.objects.get(pk=chunk_id), token
+            return chunk, token
     return None
 
 
@@ -787,8 +783,7 @@ class _JobOutput:
         self.next_index = 0
         self.rows = 0
         self._writer: Any = None
-        self._stack = contextlib.ExitStack()
-        self._path = self._stack.enter_context(files.storage_write_atomic(self.name))
+        self._file = files.PendingWrite(self.name)
 
     def append(self, chunk: BatchChunk) -> None:
         import pyarrow as pa
@@ -807,7 +802,7 @@ class _JobOutput:
                 )
             if self._writer is None:
                 options = files.output_parquet_options(table)
-                self._writer = pq.ParquetWriter(self._path, table.schema, **options)
+                self._writer = pq.ParquetWriter(self._file.path, table.schema, **options)
             self._writer.write_table(table)
         self.rows += table.num_rows
         self.next_index += 1
@@ -816,8 +811,8 @@ class _JobOutput:
         """Finish the file and put it in place; its SHA-256."""
         if self._writer is not None:
             self._writer.close()
-        sha256 = file_sha256(self._path)
-        self._stack.__exit__(None, None, None)
+        sha256 = file_sha256(self._file.path)
+        self._file.commit()
         return sha256
 
     def abandon(self, exc: BaseException) -> None:
@@ -825,10 +820,9 @@ class _JobOutput:
         with contextlib.suppress(Exception):
             if self._writer is not None:
                 self._writer.close()
-        with contextlib.suppress(Exception):
-            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+        self._file.abandon(exc)
         with contextlib.suppress(OSError):  # its folder was made for it alone
-            os.rmdir(self._path.parent)
+            os.rmdir(self._file.path.parent)
 
 
 def _output_draft(job: BatchJob, last: BatchChunk) -> _JobOutput | None:
