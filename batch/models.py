@@ -73,10 +73,16 @@ class BatchJob(models.Model):
     id_column = models.CharField(max_length=200, blank=True)
     probabilities = models.BooleanField(default=False)
     chunk_rows = models.PositiveIntegerField()
+    # Storage folder of the staged input: one Arrow IPC file per chunk (files.staged_name).
     staged_path = models.CharField(max_length=255, blank=True)
     total_rows = models.BigIntegerField(null=True, blank=True)
     rows_done = models.BigIntegerField(default=0)
     chunks_total = models.PositiveIntegerField(default=0)
+    # Chunks [0, chunks_staged) have their input staged: only those can be claimed. All of
+    # them before the job runs when every row has to be read to validate the input (CSV, or
+    # a Parquet column that needs a checked cast); otherwise they are staged while the
+    # first chunks predict.
+    chunks_staged = models.PositiveIntegerField(default=0)
     chunks_done = models.PositiveIntegerField(default=0)
     output_path = models.CharField(max_length=255, blank=True)
     output_rows = models.BigIntegerField(null=True, blank=True)

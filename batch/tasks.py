@@ -23,15 +23,17 @@ _CHUNK_RUN_SECONDS = settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS * (PIPELINE_
     name="batch.job_prepare",
     acks_late=True,
     ignore_result=True,  # redelivered if the worker dies; the lease lets the retry take over
-    soft_time_limit=settings.MODELYARD_BATCH_STEP_LEASE_SECONDS,
-    time_limit=settings.MODELYARD_BATCH_STEP_LEASE_SECONDS + 60,
+    # Staging (bounded by the step lease), then the job's chunks as a chunk task runs them.
+    soft_time_limit=settings.MODELYARD_BATCH_STEP_LEASE_SECONDS * 2 + _CHUNK_RUN_SECONDS,
+    time_limit=settings.MODELYARD_BATCH_STEP_LEASE_SECONDS * 2 + _CHUNK_RUN_SECONDS + 60,
     autoretry_for=_DB_BLIPS,
     retry_backoff=True,
     max_retries=5,
 )
 def batch_job_prepare_task(job_id: int) -> str:
-    """Resolve the job's version, validate and stage its input, enqueue its chunks."""
-    job = services.batch_job_prepare(job_id=job_id)
+    """Resolve the job's version, validate its input, create and stage its chunks, then run
+    them in this worker (others take the chunks they are sent meanwhile)."""
+    job = services.batch_job_prepare(job_id=job_id, follow=True)
     logger.info("batch job %s: %s", job_id, job.state)
     return job.state
 

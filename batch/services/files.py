@@ -24,8 +24,37 @@ def job_dir(job_id: int) -> str:
     return f"batch/jobs/{job_id}"
 
 
-def staged_name(job_id: int) -> str:
-    return f"{job_dir(job_id)}/input.arrow"
+def staged_dir(job_id: int) -> str:
+    return f"{job_dir(job_id)}/input"
+
+
+def staged_name(job_id: int, index: int) -> str:
+    """A chunk's staged input rows: an Arrow IPC file of one record batch. (Jobs staged
+    before chunks were staged one by one have one file, ``input.arrow``, of one batch per
+    chunk: see :func:`staged_source`.)"""
+    return f"{staged_dir(job_id)}/input-{index:06d}.arrow"
+
+
+_LEGACY_STAGED = "input.arrow"
+
+
+def staged_source(staged_path: str, job_id: int, index: int) -> tuple[str, int]:
+    """(storage name, record batch) of chunk ``index``'s input rows."""
+    if staged_path.endswith(_LEGACY_STAGED):
+        return staged_path, index
+    return staged_name(job_id, index), 0
+
+
+def staged_write(job_id: int, index: int, batch: Any) -> None:
+    """Stage one chunk's rows (validated and cast already), in place once complete."""
+    import pyarrow as pa
+
+    with (
+        storage_write_atomic(staged_name(job_id, index)) as dest,
+        pa.OSFile(str(dest), "wb") as sink,
+        pa.ipc.new_file(sink, batch.schema) as writer,
+    ):
+        writer.write_batch(batch)
 
 
 def chunk_name(job_id: int, index: int) -> str:
@@ -125,11 +154,12 @@ def child_paths_check(*, job_id: int, input_path: Path, output_path: Path) -> tu
     source = input_path.resolve(strict=True)
     folder = output_path.parent.resolve(strict=True)
     target = folder / output_path.name
-    staged = _local(staged_name(job_id))
+    staged = _local(staged_dir(job_id))
     if staged is not None:
         chunks = _local(f"{job_dir(job_id)}/chunks")
-        assert chunks is not None
-        if source != staged.resolve(strict=True):
+        legacy = _local(f"{job_dir(job_id)}/{_LEGACY_STAGED}")
+        assert chunks is not None and legacy is not None
+        if source.parent != staged.resolve() and source != legacy.resolve():
             raise ValueError(f"{input_path} is not job {job_id}'s staged input")
         if folder != chunks.resolve(strict=True):
             raise ValueError(f"{output_path} is not in job {job_id}'s chunk folder")
@@ -171,4 +201,7 @@ def job_files_delete(job_id: int) -> None:
         _dirs, names = default_storage.listdir(f"{job_dir(job_id)}/chunks")
         for name in names:
             default_storage.delete(f"{job_dir(job_id)}/chunks/{name}")
-        default_storage.delete(staged_name(job_id))
+        _dirs, names = default_storage.listdir(staged_dir(job_id))
+        for name in names:
+            default_storage.delete(f"{staged_dir(job_id)}/{name}")
+        default_storage.delete(f"{job_dir(job_id)}/{_LEGACY_STAGED}")

@@ -3,9 +3,11 @@
 A path input is only read under ``MODELYARD_BATCH_ALLOWED_ROOTS``: the path is resolved
 (symlinks included) and checked, and the file is checked again after it is opened (the
 path the open file descriptor really names), so a symlink swapped in between cannot lead
-outside the roots. Staging validates every row against the version's inferred schema and
-writes the features (and the id column) as an Arrow IPC file with one record batch per
-chunk, before any chunk runs; a chunk then maps exactly its batch.
+outside the roots. Staging validates the rows against the version's inferred schema and
+writes each chunk's features (and the id column) as an Arrow IPC file that its chunk then
+maps. An input whose every row must be read to be validated (CSV; a Parquet column that
+needs a cast which could fail) is staged whole before any chunk runs; a Parquet input whose
+footer answers every check is staged chunk by chunk while the first chunks predict.
 """
 
 from __future__ import annotations
@@ -248,6 +250,23 @@ def _wrong_type(exc: Exception, header: list[str], plan: InputPlan) -> InvalidIn
     return InvalidInput(text, code="wrong_type", details={"column": column, "expected": expected})
 
 
+def _parquet_types_check(schema: Any, plan: InputPlan) -> None:
+    """Refuse a Parquet column whose declared type can never hold the planned one."""
+    import pyarrow as pa
+
+    for name in plan.features:
+        want, have = plan.types.get(name, ""), schema.field(name).type
+        numeric = (
+            pa.types.is_integer(have) or pa.types.is_floating(have) or pa.types.is_boolean(have)
+        )
+        if want in ("int64", "float64", "bool") and not (numeric or pa.types.is_null(have)):
+            raise InvalidInput(
+                f"Column {name!r} is {have} in the input; {want} values are expected.",
+                code="wrong_type",
+                details={"column": name, "expected": want, "found": str(have)},
+            )
+
+
 def _batches(
     handle: IO[bytes],
     fmt: str,
@@ -279,18 +298,7 @@ def _batches(
             raise _wrong_type(exc, header, plan) from exc
         return
     parquet = pq.ParquetFile(handle)
-    schema = parquet.schema_arrow
-    for name in plan.features:
-        want, have = plan.types.get(name, ""), schema.field(name).type
-        numeric = (
-            pa.types.is_integer(have) or pa.types.is_floating(have) or pa.types.is_boolean(have)
-        )
-        if want in ("int64", "float64", "bool") and not (numeric or pa.types.is_null(have)):
-            raise InvalidInput(
-                f"Column {name!r} is {have} in the input; {want} values are expected.",
-                code="wrong_type",
-                details={"column": name, "expected": want, "found": str(have)},
-            )
+    _parquet_types_check(parquet.schema_arrow, plan)
     size = rows or max(1, block_size // 64)
     for batch in parquet.iter_batches(batch_size=size, columns=plan.columns):
         arrays = []
@@ -310,47 +318,71 @@ def _batches(
         yield pa.RecordBatch.from_arrays(arrays, names=plan.columns)
 
 
-def input_stage(
-    *, handle: IO[bytes], fmt: str, plan: InputPlan, header: list[str], dest: Path, chunk_rows: int
-) -> int:
-    """Validate every row and write them to ``dest`` (Arrow IPC, see files.py), one record
-    batch per chunk; the row count."""
+def input_chunks(
+    *, handle: IO[bytes], fmt: str, plan: InputPlan, header: list[str], chunk_rows: int
+) -> Iterator[Any]:
+    """The input's rows, validated and cast to the plan, as one record batch per chunk
+    (``chunk_rows`` rows each, the last one shorter)."""
     import pyarrow as pa
 
-    sink = writer = None
     pending: list[Any] = []
-    pending_rows = total = 0
+    pending_rows = 0
 
-    def flush(rows: int) -> None:
-        nonlocal pending, pending_rows, sink, writer, total
+    def take(rows: int) -> Any:
+        nonlocal pending, pending_rows
         if len(pending) == 1 and pending_rows == rows:  # a batch that is a chunk: no copy
             chunk, rest = pending[0], None
         else:
             table = pa.Table.from_batches(pending)
             combined, rest = table.slice(0, rows).combine_chunks(), table.slice(rows)
             (chunk,) = combined.to_batches(max_chunksize=rows)
-        if writer is None:
-            sink = pa.OSFile(str(dest), "wb")
-            writer = pa.ipc.new_file(sink, chunk.schema)
-        writer.write_batch(chunk)
-        total += chunk.num_rows
         pending_rows = rest.num_rows if rest is not None else 0
         pending = rest.to_batches() if pending_rows else []
+        return chunk
+
+    for batch in _batches(handle, fmt, plan, header, rows=chunk_rows):
+        if batch.num_rows:
+            pending.append(batch)
+            pending_rows += batch.num_rows
+        while pending_rows >= chunk_rows:
+            yield take(chunk_rows)
+    if pending_rows:
+        yield take(pending_rows)
+
+
+def _cast_cannot_fail(have: Any, want: Any) -> bool:
+    """Whether every value of Arrow type ``have`` converts to ``want`` exactly."""
+    import pyarrow as pa
+
+    if want is None or have == want or pa.types.is_null(have):
+        return True
+    if pa.types.is_boolean(have):
+        return pa.types.is_integer(want) or pa.types.is_floating(want)
+    if want == pa.float64():  # every integer below 2**53 and every narrower float is exact
+        return pa.types.is_floating(have) or (pa.types.is_integer(have) and have.bit_width <= 32)
+    if want == pa.int64():  # any narrower integer (a uint64 may not fit)
+        return pa.types.is_integer(have) and have.bit_width < 64
+    return False
+
+
+def parquet_rows_known_valid(*, handle: IO[bytes], plan: InputPlan) -> int | None:
+    """The row count of a Parquet input whose footer answers every check (the planned
+    columns exist and each converts exactly to its type; wrong types raise here), so its
+    chunks can be staged while earlier ones predict; None if a cast could fail on some
+    row, so every row has to be read before any chunk runs. Raises for an empty input."""
+    import pyarrow.parquet as pq
 
     try:
-        for batch in _batches(handle, fmt, plan, header, rows=chunk_rows):
-            if batch.num_rows:
-                pending.append(batch)
-                pending_rows += batch.num_rows
-            while pending_rows >= chunk_rows:
-                flush(chunk_rows)
-        if pending_rows:
-            flush(pending_rows)
+        parquet = pq.ParquetFile(handle)
+        schema = parquet.schema_arrow
+        _parquet_types_check(schema, plan)
+        exact = all(
+            _cast_cannot_fail(schema.field(name).type, _arrow_type(plan.types.get(name, "")))
+            for name in plan.columns
+        )
+        rows = parquet.metadata.num_rows
     finally:
-        if writer is not None:
-            writer.close()
-        if sink is not None:
-            sink.close()
-    if total == 0:
+        handle.seek(0)
+    if rows == 0:
         raise InvalidInput("The input has a header but no rows.", code="empty_input")
-    return total
+    return rows if exact else None

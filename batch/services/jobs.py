@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -338,11 +338,36 @@ class _open_stored:
         self._local.__exit__(*exc)
 
 
-def batch_job_prepare(*, job_id: int) -> BatchJob:
+def _claim_staging(job_id: int) -> uuid.UUID | None:
+    """Claim the rest of a running job's staging from a stager that stopped renewing its
+    lease (its worker died)."""
+    token = uuid.uuid4()
+    claimed = BatchJob.objects.filter(
+        pk=job_id,
+        state=J.RUNNING,
+        chunks_staged__lt=F("chunks_total"),
+        step_lease_expires_at__lt=timezone.now(),
+    ).update(step_token=token, step_lease_expires_at=_lease())
+    return token if claimed else None
+
+
+def batch_job_prepare(*, job_id: int, follow: bool = False) -> BatchJob:
     """queued → preparing → running: resolve the version (once), make sure its Bento is
-    built, validate and stage every input row, create the chunks and enqueue them."""
+    built, validate the input, create the chunks and stage their rows.
+
+    An input whose every row must be read to be validated is staged whole first; one whose
+    Parquet footer answers every check is staged chunk by chunk, each chunk claimable (and
+    enqueued) once staged. With ``follow`` (the prepare task) this worker then runs the
+    job's chunks itself, as a chunk task does, staging the rest while its child predicts:
+    the model starts after one chunk is staged, not after the whole input and a trip
+    through the queue. Also resumes the staging of a running job whose stager died.
+    """
     token = _claim_step(job_id, start=J.QUEUED, to=J.PREPARING)
     if token is None:
+        token = _claim_staging(job_id)
+        if token is not None:
+            with _Stager(BatchJob.objects.get(pk=job_id), token) as staging:
+                staging.run()
         return BatchJob.objects.get(pk=job_id)
     job = BatchJob.objects.select_related("model", "version", "requested_version").get(pk=job_id)
     try:
@@ -366,15 +391,22 @@ def batch_job_prepare(*, job_id: int) -> BatchJob:
         with _open_input(job) as handle:
             fmt, header = inputs.input_header(handle)
             plan = inputs.input_plan(version=version, header=header, id_column=job.id_column)
-            with files.storage_write_atomic(files.staged_name(job_id)) as dest:
-                total = inputs.input_stage(
-                    handle=handle,
-                    fmt=fmt,
-                    plan=plan,
-                    header=header,
-                    dest=dest,
-                    chunk_rows=job.chunk_rows,
+            total = (
+                inputs.parquet_rows_known_valid(handle=handle, plan=plan)
+                if fmt == "parquet"
+                else None
+            )
+            staged = total is None
+            if staged:  # every row is read (and checked) before any chunk runs
+                total = 0
+                chunks = inputs.input_chunks(
+                    handle=handle, fmt=fmt, plan=plan, header=header, chunk_rows=job.chunk_rows
                 )
+                for index, batch in enumerate(chunks):
+                    files.staged_write(job_id, index, batch)
+                    total += batch.num_rows
+                if not total:
+                    raise InvalidInput("The input has a header but no rows.", code="empty_input")
     except (InvalidInput, NotAllowed) as exc:
         return batch_job_fail(job_id=job_id, error=exc.message, details=exc.details or {})
     except Exception as exc:  # a corrupt file fails the same way on every retry: say so once
@@ -382,6 +414,7 @@ def batch_job_prepare(*, job_id: int) -> BatchJob:
         return batch_job_fail(
             job_id=job_id, error=f"The input could not be read: {type(exc).__name__}: {exc}"
         )
+    assert total is not None
     size = job.chunk_rows
     count = -(-total // size)
     if count > settings.MODELYARD_BATCH_MAX_CHUNKS:
@@ -407,15 +440,114 @@ def batch_job_prepare(*, job_id: int) -> BatchJob:
             J.RUNNING,
             reason=f"{total:,} rows in {count} chunk(s) on {version}",
             bento_tag=build.bento_tag,
-            staged_path=files.staged_name(job_id),
+            staged_path=files.staged_dir(job_id),
             total_rows=total,
             chunks_total=count,
+            chunks_staged=count if staged else 0,
             started_at=timezone.now(),
-            step_token=None,
+            # Staging chunk by chunk keeps the step, its lease renewed with every chunk.
+            step_token=None if staged else token,
+            step_lease_expires_at=None if staged else _lease(),
         )
         chunk_ids = list(BatchChunk.objects.filter(job=job).values_list("pk", flat=True))
-        transaction.on_commit(lambda: _enqueue_chunks(chunk_ids))
-    return job
+        if staged:
+            transaction.on_commit(lambda: _enqueue_chunks(chunk_ids))
+    with contextlib.ExitStack() as stack:
+        staging = None if staged else stack.enter_context(_Stager(job, token))
+        if not follow:
+            if staging is not None:
+                staging.run()
+        elif staging is None or staging.step():  # the first chunk staged: run it, and on
+            batch_chunk_run(chunk_id=chunk_ids[0], follow=True, staging=staging)
+        if staging is not None:  # what the run left (its first chunk went to another worker)
+            staging.run()
+    return BatchJob.objects.get(pk=job_id)
+
+
+class _Stager:
+    """Stages a running job's chunks one by one (resuming after those already staged): each
+    chunk's rows are written, then made claimable and enqueued. The step's lease is renewed
+    with every chunk; a cancelled or failed job, or a lost lease, stops it."""
+
+    def __init__(self, job: BatchJob, token: uuid.UUID) -> None:
+        self.job_id, self.token = job.pk, token
+        self.next_index = job.chunks_staged
+        self.total, self.count, self.size = job.total_rows, job.chunks_total, job.chunk_rows
+        self.active = self.next_index < self.count
+        self._job = job
+        self._stack = contextlib.ExitStack()
+        self._chunks: Any = None
+        self._ids: dict[int, int] = {}
+
+    def __enter__(self) -> _Stager:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+    def run(self) -> None:
+        while self.step():
+            pass
+
+    def step(self) -> bool:
+        """Stage the next chunk; whether it was (False once staging has ended)."""
+        if not self.active:
+            return False
+        try:
+            if self._chunks is None:
+                self._chunks = self._open()
+            index = self.next_index
+            batch = next(self._chunks, None)
+            expected = min(self.total, (index + 1) * self.size) - index * self.size
+            if batch is None or batch.num_rows != expected:
+                found = "ended" if batch is None else f"gave {batch.num_rows:,} rows"
+                raise InvalidInput(
+                    f"The input changed while it was read: chunk {index} {found}, "
+                    f"{expected:,} rows were expected."
+                )
+            files.staged_write(self.job_id, index, batch)
+        except (InvalidInput, NotAllowed) as exc:
+            return self._stop(exc.message, exc.details or {})
+        except Exception as exc:
+            logger.exception("batch job %s: staging its input failed", self.job_id)
+            return self._stop(f"The input could not be read: {type(exc).__name__}: {exc}", {})
+        last = index + 1 == self.count
+        marked = BatchJob.objects.filter(pk=self.job_id, state=J.RUNNING, step_token=self.token)
+        # The last chunk hands the step back in the same write that makes it claimable: the
+        # join, claimed once that chunk is counted, needs the step free.
+        done = marked.update(
+            chunks_staged=index + 1,
+            step_token=None if last else self.token,
+            step_lease_expires_at=None if last else _lease(),
+        )
+        if not done:  # cancelled, failed or taken over: its files may already be gone
+            self.active = False
+            ended = BatchJob.objects.filter(pk=self.job_id).exclude(state__in=ACTIVE_JOB_STATES)
+            if ended.exists():
+                files.job_files_delete(self.job_id)
+            return False
+        self.next_index, self.active = index + 1, not last
+        chunk_id = self._ids[index]
+        transaction.on_commit(lambda: _enqueue_chunks([chunk_id]))
+        return True
+
+    def _open(self) -> Any:
+        handle = self._stack.enter_context(_open_input(self._job))
+        version = ModelVersion.objects.get(pk=self._job.version_id)
+        fmt, header = inputs.input_header(handle)
+        plan = inputs.input_plan(version=version, header=header, id_column=self._job.id_column)
+        chunks = inputs.input_chunks(
+            handle=handle, fmt=fmt, plan=plan, header=header, chunk_rows=self.size
+        )
+        for _ in range(self.next_index):  # resuming: those are staged already
+            next(chunks)
+        self._ids = dict(BatchChunk.objects.filter(job_id=self.job_id).values_list("index", "pk"))
+        return chunks
+
+    def _stop(self, error: str, details: dict[str, Any]) -> bool:
+        self.active = False
+        batch_job_fail(job_id=self.job_id, error=error, details=details)
+        return False
 
 
 # --- chunks ----------------------------------------------------------------------------------
@@ -431,7 +563,9 @@ class ChunkOutcome:
 def _claim_chunk(chunk_id: int, worker: str) -> uuid.UUID | None:
     token, now = uuid.uuid4(), timezone.now()
     claimed = (
-        BatchChunk.objects.filter(pk=chunk_id, job__state=J.RUNNING)
+        BatchChunk.objects.filter(
+            pk=chunk_id, job__state=J.RUNNING, job__chunks_staged__gt=F("index")
+        )
         .filter(Q(state=C.PENDING) | Q(state=C.RUNNING, lease_expires_at__lt=now))
         .update(
             state=C.RUNNING,
@@ -518,6 +652,8 @@ class _Flight:
     output: files.PendingWrite | None  # None: the chunk never reached the child
     timings: dict[str, float]
     sent: float
+    # Holds the staged input's local path (a temporary copy with an object store).
+    source: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @classmethod
     def unsent(cls, chunk: BatchChunk, token: uuid.UUID) -> _Flight:
@@ -526,24 +662,27 @@ class _Flight:
 
     def abandon(self, exc: BaseException) -> None:
         """Drop the temporary file: nothing half-written stays."""
+        self.source.close()
         if self.output is not None:
             self.output.abandon(exc)
 
 
 def _chunk_send(
-    child: runner.BatchChild, job: BatchJob, staged: Path, chunk: BatchChunk, token: uuid.UUID
+    child: runner.BatchChild, job: BatchJob, chunk: BatchChunk, token: uuid.UUID
 ) -> _Flight:
-    """Hand a claimed chunk to the child: it maps its record batch and writes the output to a
+    """Hand a claimed chunk to the child: it maps its staged rows and writes the output to a
     temporary name checked here (only paths and a summary cross the pipe)."""
     output = files.PendingWrite(files.chunk_name(job.pk, chunk.index))
     flight = _Flight(chunk, token, output, {}, time.monotonic())
     try:
+        name, batch = files.staged_source(job.staged_path, job.pk, chunk.index)
+        staged = flight.source.enter_context(artifact_local_path(name))
         source, target = files.child_paths_check(
             job_id=job.pk, input_path=staged, output_path=output.path
         )
         child.chunk_send(
             input_path=source,
-            batch_index=chunk.index,
+            batch_index=batch,
             rows=chunk.rows,
             output_path=target,
             id_column=job.id_column,
@@ -560,6 +699,7 @@ def _chunk_collect(
 ) -> ChunkOutcome:
     """Wait for the oldest chunk's reply, rename its file into place and count it once."""
     summary = child.chunk_reply(timeout=settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS)
+    flight.source.close()
     now = time.monotonic()
     flight.timings["child_run"] = round(now - since, 4)
     flight.timings.update(summary.get("timings") or {})
@@ -600,7 +740,9 @@ def _chunk_failed(flight: _Flight, exc: BaseException) -> ChunkOutcome:
 def _claim_next(job_id: int, worker: str) -> tuple[BatchChunk, uuid.UUID] | None:
     """Claim the job's next chunk that nobody has tried yet (a retried chunk keeps the
     backoff of its own message)."""
-    pending = BatchChunk.objects.filter(job_id=job_id, state=C.PENDING, attempts=0)
+    pending = BatchChunk.objects.filter(
+        job_id=job_id, state=C.PENDING, attempts=0, index__lt=F("job__chunks_staged")
+    )
     for chunk in pending.order_by("index")[:4]:  # its range is all the caller reads of it
         token = _claim_chunk(chunk.pk, worker)
         if token is not None:
@@ -619,7 +761,9 @@ def _child_ready(job: BatchJob) -> runner.BatchChild:
     )
 
 
-def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) -> ChunkOutcome:
+def batch_chunk_run(
+    *, chunk_id: int, worker: str = "", follow: bool = False, staging: _Stager | None = None
+) -> ChunkOutcome:
     """Claim one chunk, predict it in this worker's child, write its file, count it once.
 
     With ``follow`` (the chunk task), the worker then goes on with the job's next untried
@@ -629,6 +773,10 @@ def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) ->
     messages, delivered later, find those chunks claimed and skip them. If it counts the
     job's last chunk, it joins the job too. The outcome is ``chunk_id``'s, with how many
     more chunks this run did.
+
+    With ``staging`` (a job being staged chunk by chunk, run from its prepare task), the
+    rest of the input is staged meanwhile: whenever the child is busy, and before claiming
+    a chunk not staged yet. The run ends once staging has.
     """
     worker = worker or socket.gethostname()
     token = _claim_chunk(chunk_id, worker)
@@ -638,22 +786,22 @@ def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) ->
     job = chunk.job
     began = time.monotonic()
     outcomes: dict[int, ChunkOutcome] = {}
-    with _LeaseKeeper() as leases, contextlib.ExitStack() as inputs_open:
+    with _LeaseKeeper() as leases:
         leases.add(chunk.pk, token)
         try:
             child = _child_ready(job)
-            staged = inputs_open.enter_context(artifact_local_path(job.staged_path))
-        except Exception as exc:  # no child or no input: transient, like a dead child
+        except Exception as exc:  # no child: transient, like a dead one
             return _chunk_failed(_Flight.unsent(chunk, token), exc)
         flights: deque[_Flight] = deque()
         claimed: tuple[BatchChunk, uuid.UUID] | None = (chunk, token)
         since = began
         draft: _JobOutput | None = None  # the job's output, begun while its last chunk runs
+        staging_on = staging.step if staging is not None else lambda: False
         try:
-            while claimed or flights:
+            while True:
                 if claimed is not None:
                     try:
-                        flights.append(_chunk_send(child, job, staged, *claimed))
+                        flights.append(_chunk_send(child, job, *claimed))
                     except Exception as exc:
                         outcomes[claimed[0].pk] = _chunk_failed(_Flight.unsent(*claimed), exc)
                     claimed = None
@@ -665,8 +813,14 @@ def batch_chunk_run(*, chunk_id: int, worker: str = "", follow: bool = False) ->
                     if claimed is not None:
                         leases.add(claimed[0].pk, claimed[1])
                         continue
+                    if staging_on():  # one more chunk staged: it may be this run's next
+                        continue
                 if not flights:
-                    continue
+                    if staging_on():  # the rest, for the workers they are sent to
+                        continue
+                    break
+                while not child.reply_ready() and staging_on():
+                    pass  # staged while the child predicts
                 if follow and draft is None and claimed is None and len(flights) == 1 and outcomes:
                     draft = _output_draft(job, flights[0].chunk)
                 flight = flights.popleft()
@@ -911,7 +1065,9 @@ def batch_jobs_sweep() -> list[str]:
         error="lease expired (worker lost)",
     )
     lost = list(
-        BatchChunk.objects.filter(job__state=J.RUNNING, state=C.PENDING)
+        BatchChunk.objects.filter(
+            job__state=J.RUNNING, state=C.PENDING, index__lt=F("job__chunks_staged")
+        )
         .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - lease))
         .exclude(pk__in=expired)
         .values_list("pk", flat=True)
@@ -923,6 +1079,8 @@ def batch_jobs_sweep() -> list[str]:
     for job_id in BatchJob.objects.filter(
         Q(state=J.QUEUED, state_changed_at__lt=quiet)
         | Q(state=J.PREPARING, step_lease_expires_at__lt=now)
+        # Staged chunk by chunk, and its stager stopped renewing the step: resume it.
+        | Q(state=J.RUNNING, chunks_staged__lt=F("chunks_total"), step_lease_expires_at__lt=now)
     ).values_list("pk", flat=True):
         _enqueue("prepare", job_id)
         actions.append(f"job {job_id}: prepare re-enqueued")

@@ -126,6 +126,11 @@ class BatchChild:
             raise PredictError(header.get("error") or "the model failed")
         return header
 
+    def reply_ready(self) -> bool:
+        """Whether the oldest request's reply has begun to arrive (or the child is gone)."""
+        assert self.proc.stdout is not None
+        return bool(select.select([self.proc.stdout.fileno()], [], [], 0)[0])
+
     def chunk_run(self, *, timeout: float, **chunk: Any) -> dict[str, Any]:
         """One chunk, sent and answered (nothing else in flight)."""
         self.chunk_send(**chunk)

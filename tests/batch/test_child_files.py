@@ -68,7 +68,7 @@ def test_a_storage_failure_in_the_child_is_transient_and_keeps_the_child(batch_s
     first, second, _ = BatchChunk.objects.filter(job=job).order_by("index")
     assert services.batch_chunk_run(chunk_id=first.pk).status == "done"
     child = runner._children["batchmodel:v1"]
-    staged = Path(default_storage.path(files.staged_name(job.pk)))
+    staged = Path(default_storage.path(files.staged_name(job.pk, 1)))
     target = _chunks_dir(job) / ".probe.tmp"
     with pytest.raises(runner.ChunkFileError, match="record batch 7"):
         child.chunk_run(
@@ -86,7 +86,7 @@ def test_a_storage_failure_in_the_child_is_transient_and_keeps_the_child(batch_s
     with pytest.raises(runner.ChunkFileError, match="writing the output chunk"):
         child.chunk_run(
             input_path=staged,
-            batch_index=1,
+            batch_index=0,
             rows=1_000,
             output_path=target,
             id_column="row_id",
@@ -115,7 +115,7 @@ def test_a_wrong_row_count_is_retried_and_writes_no_file(batch_setup, settings):
 def test_chunk_paths_handed_to_the_child_stay_in_the_jobs_files(batch_setup, tmp_path):
     job = _prepared(batch_setup)
     other = _prepared(batch_setup)
-    staged = Path(default_storage.path(files.staged_name(job.pk)))
+    staged = Path(default_storage.path(files.staged_name(job.pk, 0)))
     chunks = _chunks_dir(job)
     chunks.mkdir(parents=True, exist_ok=True)
     _chunks_dir(other).mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,7 @@ def test_chunk_paths_handed_to_the_child_stay_in_the_jobs_files(batch_setup, tmp
         staged.resolve(),
         good,
     )
-    other_staged = Path(default_storage.path(files.staged_name(other.pk)))
+    other_staged = Path(default_storage.path(files.staged_name(other.pk, 0)))
     link = chunks / "input-link.parquet"
     os.symlink("/etc/passwd", link)
     escape = chunks / ".." / ".." / "escape.tmp"

@@ -40,18 +40,18 @@ def test_working_files_are_arrow_ipc_and_the_output_keeps_dictionaries_for_label
         chunk_rows=1_000,
     )
     services.batch_job_prepare(job_id=job.pk)
-    staged = default_storage.path(files.staged_name(job.pk))
-    with pa.memory_map(staged) as mapped:
-        reader = pa.ipc.open_file(mapped)
-        # One record batch per chunk, the last one short; plain buffers, no compression.
-        assert [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)] == [
-            1_000,
-            1_000,
-            500,
-        ]
-        assert reader.schema.names == ["age", "income", "visits", "score", "row_id"]
-        assert reader.schema.field("row_id").type == pa.int64()
-    raw = open(staged, "rb").read()  # noqa: SIM115 - a test reading a small file whole
+    staged = [default_storage.path(files.staged_name(job.pk, i)) for i in range(3)]
+    rows = []
+    for path in staged:
+        with pa.memory_map(path) as mapped:
+            reader = pa.ipc.open_file(mapped)
+            # One file of one record batch per chunk; plain buffers, no compression.
+            assert reader.num_record_batches == 1
+            assert reader.schema.names == ["age", "income", "visits", "score", "row_id"]
+            assert reader.schema.field("row_id").type == pa.int64()
+            rows.append(reader.get_batch(0).num_rows)
+    assert rows == [1_000, 1_000, 500]  # the last one short
+    raw = open(staged[0], "rb").read()  # noqa: SIM115 - a test reading a small file whole
     assert input_frame(2_500)["income"].to_numpy().tobytes()[:8_000] in raw
 
     chunk_ids = BatchChunk.objects.filter(job=job).order_by("index").values_list("pk", flat=True)
