@@ -29,7 +29,7 @@ from typing import Any
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from accounts.models import User
@@ -562,11 +562,18 @@ class ChunkOutcome:
 
 def _claim_chunk(chunk_id: int, worker: str) -> uuid.UUID | None:
     token, now = uuid.uuid4(), timezone.now()
+    # The job's conditions go in an EXISTS, not a join: Django turns an UPDATE over a join
+    # into "WHERE id IN (SELECT ... WHERE state = 'pending' ...)", and PostgreSQL does not
+    # re-check that subquery once the row lock it waited for is released, so two workers
+    # claiming at once could both take the chunk (seen in the 2-worker benchmark: one run
+    # computed a chunk the other counted). Conditions on the row itself are re-checked.
+    claimable_job = BatchJob.objects.filter(
+        pk=OuterRef("job_id"), state=J.RUNNING, chunks_staged__gt=OuterRef("index")
+    )
     claimed = (
-        BatchChunk.objects.filter(
-            pk=chunk_id, job__state=J.RUNNING, job__chunks_staged__gt=F("index")
-        )
+        BatchChunk.objects.filter(pk=chunk_id)
         .filter(Q(state=C.PENDING) | Q(state=C.RUNNING, lease_expires_at__lt=now))
+        .filter(Exists(claimable_job))
         .update(
             state=C.RUNNING,
             claim_token=token,

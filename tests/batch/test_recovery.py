@@ -100,3 +100,36 @@ def test_lease_is_renewed_while_a_chunk_runs(batch_setup, transactional_db, sett
         time.sleep(2.5)
     renewed_until = BatchChunk.objects.get(pk=chunk.pk).lease_expires_at
     assert renewed_until > claimed_until + timedelta(seconds=0.5)
+
+
+def test_two_workers_claiming_one_chunk_at_once_get_it_once(batch_setup, transactional_db):
+    """The second claim waits for the first one's row lock and must then see the chunk taken
+    (an UPDATE over a join re-checked nothing and handed the chunk to both)."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from batch.services.jobs import _claim_chunk
+
+    job = _job(batch_setup)
+    services.batch_job_prepare(job_id=job.pk)
+    chunk = BatchChunk.objects.filter(job=job).order_by("index").first()
+    tokens: dict[str, object] = {}
+    blocked = threading.Event()
+
+    def second_worker():
+        try:
+            blocked.set()
+            tokens["second"] = _claim_chunk(chunk.pk, "second")
+        finally:
+            connection.close()
+
+    with transaction.atomic():
+        tokens["first"] = _claim_chunk(chunk.pk, "first")  # holds the row lock until commit
+        thread = threading.Thread(target=second_worker)
+        thread.start()
+        blocked.wait(5)
+        time.sleep(0.5)  # the second UPDATE is now waiting for the lock
+    thread.join(10)
+    assert tokens["first"] is not None and tokens["second"] is None
+    assert BatchChunk.objects.get(pk=chunk.pk).attempts == 1
