@@ -105,6 +105,24 @@ def test_second_delivery_of_a_chunk_task_writes_nothing_twice(batch_setup):
     ]
 
 
+def test_a_chunk_message_whose_chunk_was_taken_starts_on_the_next_untried_one(batch_setup):
+    from batch.services.jobs import _claim_chunk
+    from batch.tasks import batch_chunk_run_task
+
+    job = _job(batch_setup, input_frame(3_000))
+    services.batch_job_prepare(job_id=job.pk)
+    first = _chunks(job)[0]
+    assert _claim_chunk(first.pk, "a-run-that-followed-on") is not None  # still predicting
+    # Its message finds the chunk taken; the worker would idle until the message of a chunk
+    # nobody took reached it, so it runs the job's untried chunks instead.
+    assert batch_chunk_run_task.apply(args=(first.pk,)).get() == "done"
+    states = [(c.state, c.attempts, c.worker) for c in _chunks(job)]
+    assert states[0] == ("running", 1, "a-run-that-followed-on")
+    assert [s[:2] for s in states[1:]] == [("succeeded", 1), ("succeeded", 1)]
+    # Without follow (a caller naming one chunk), a taken chunk is just skipped.
+    assert services.batch_chunk_run(chunk_id=first.pk).status == "skipped"
+
+
 def test_a_child_dying_with_a_chunk_queued_retries_both_alone(batch_setup, settings, monkeypatch):
     from batch.models import BatchChunk, BatchJob
     from batch.services import runner

@@ -167,7 +167,7 @@ def _job(
 
 def test_batch_throughput_against_model_predict(live_stack, batch_setup, bento_dirs):  # noqa: F811
     frame = input_frame(ROWS)
-    payload, warm = parquet_bytes(frame), parquet_bytes(input_frame(2_000, seed=1))
+    payload, warm = parquet_bytes(frame), parquet_bytes(input_frame(100_000, seed=1))
     headers = _auth(batch_setup["owner"])
     with tempfile.TemporaryDirectory() as tmp:
         forest = _forest_version(batch_setup, bento_dirs["home"], Path(tmp))
@@ -185,11 +185,13 @@ def test_batch_throughput_against_model_predict(live_stack, batch_setup, bento_d
                 lines.append(f"  read+predict+write, 1 process   {ROWS / single:>12,.0f} rows/s")
                 for workers in (1, 2):
                     _workers(live_stack, workers)
-                    # Warm every worker process's child: small chunks, many of them, so
-                    # each process gets some (one chunk per warm job left the second
-                    # process cold, and its model load landed in the measured job).
+                    # Warm every worker process's child: many chunks, enough work that
+                    # each process gets some (the process that prepares a job runs its
+                    # chunks too; with tiny warm-up chunks it ran them all, the second
+                    # process stayed cold and its model load, 2.7 s, landed in the
+                    # measured job).
                     for _ in range(workers + 1):
-                        _job(http, live_stack, headers, warm, number, chunk_rows=100)
+                        _job(http, live_stack, headers, warm, number, chunk_rows=2_000)
                     for chunk_rows in (100_000, 250_000):
                         runs = [
                             _measured(http, live_stack, headers, payload, number, chunk_rows)
