@@ -64,7 +64,13 @@ class BatchJobCreateSerializer(serializers.Serializer):
     file = serializers.FileField(required=False, allow_empty_file=True)
     input_path = serializers.CharField(required=False, allow_blank=True, default="")
     id_column = serializers.CharField(required=False, allow_blank=True, default="")
-    chunk_rows = serializers.IntegerField(required=False, min_value=1, max_value=10_000_000)
+    chunk_rows = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=10_000_000,
+        help_text="rows per chunk; by default about 64 MB of input values, at most 250,000 "
+        "rows (MODELYARD_BATCH_CHUNK_MB, MODELYARD_BATCH_CHUNK_ROWS)",
+    )
     probabilities = serializers.BooleanField(required=False, default=False)
 
 

@@ -105,8 +105,7 @@ def batch_job_create(
         raise InvalidInput("Give exactly one of 'version' and 'alias'.", code="version_or_alias")
     if (upload is None) == (not input_path):
         raise InvalidInput("Give exactly one of 'file' and 'input_path'.", code="input_required")
-    chunk_rows = int(chunk_rows or settings.MODELYARD_BATCH_CHUNK_ROWS)
-    if chunk_rows < 1:
+    if chunk_rows is not None and int(chunk_rows) < 0:
         raise InvalidInput("chunk_rows must be at least 1.")
     version = _version_for(model, version_number, alias)
     stored: list[str] = []
@@ -114,13 +113,13 @@ def batch_job_create(
         if not upload.size:
             raise InvalidInput("The input file is empty.", code="empty_input")
         with uploaded_file_on_disk(upload) as local, local.open("rb") as handle:
-            fmt, _ = inputs.input_check(handle=handle, version=version, id_column=id_column)
+            fmt, plan = inputs.input_check(handle=handle, version=version, id_column=id_column)
         saved = files.input_store(upload, fmt=fmt)
         stored.append(saved)
         source, path, name = InputSource.UPLOAD, saved, upload.name or ""
     else:
         with inputs.input_path_open(input_path) as handle:
-            fmt, _ = inputs.input_check(handle=handle, version=version, id_column=id_column)
+            fmt, plan = inputs.input_check(handle=handle, version=version, id_column=id_column)
         source, path, name = (
             InputSource.PATH,
             str(inputs.input_path_resolve(input_path)),
@@ -139,7 +138,7 @@ def batch_job_create(
             fmt=fmt,
             id_column=id_column,
             probabilities=probabilities,
-            chunk_rows=chunk_rows,
+            chunk_rows=int(chunk_rows or inputs.chunk_rows_default(plan)),
             actor=actor,
         )
     except BaseException:

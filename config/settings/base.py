@@ -222,7 +222,10 @@ MODELYARD_ALERT_EMAILS = env_list("MODELYARD_ALERT_EMAILS", [])
 # --- Batch jobs --------------------------------------------------------------------------
 # Server paths a batch job may read its input from (comma-separated); empty: uploads only.
 MODELYARD_BATCH_ALLOWED_ROOTS = env_list("MODELYARD_BATCH_ALLOWED_ROOTS", [])
-MODELYARD_BATCH_CHUNK_ROWS = env_int("MODELYARD_BATCH_CHUNK_ROWS", 100_000, minimum=1)
+# Rows per chunk when a job does not say: about CHUNK_MB of input values, at most CHUNK_ROWS
+# rows (batch/services/inputs.py chunk_rows_default).
+MODELYARD_BATCH_CHUNK_ROWS = env_int("MODELYARD_BATCH_CHUNK_ROWS", 250_000, minimum=1)
+MODELYARD_BATCH_CHUNK_MB = env_int("MODELYARD_BATCH_CHUNK_MB", 64, minimum=1)
 # Every chunk is a row and a task: a job refuses to be split finer than this.
 MODELYARD_BATCH_MAX_CHUNKS = env_int("MODELYARD_BATCH_MAX_CHUNKS", 10_000, minimum=1)
 # A chunk's claim; renewed every third of it while the chunk runs, so only a dead

@@ -354,3 +354,21 @@ def test_id_column_cannot_be_a_feature(batch_setup):
 
     with pytest.raises(InvalidInput, match="one of the model's features"):
         _job(batch_setup, input_frame(10), id_column="age")
+
+
+def test_default_chunk_size_follows_the_width_of_the_input(batch_setup, settings):
+    from batch.services import inputs
+
+    settings.MODELYARD_BATCH_CHUNK_ROWS, settings.MODELYARD_BATCH_CHUNK_MB = 250_000, 64
+    narrow = inputs.InputPlan(features=["a", "b", "c", "d"], types={}, id_column="row_id")
+    wide = inputs.InputPlan(features=[f"f{i}" for i in range(1_000)], types={}, id_column="")
+    text = inputs.InputPlan(features=["a"], types={"a": "string"}, id_column="")
+    assert inputs.chunk_rows_default(narrow) == 250_000  # capped in rows
+    assert inputs.chunk_rows_default(wide) == 64 * 2**20 // 8_000  # 8,388 rows of 64 MB
+    assert inputs.chunk_rows_default(text) == 250_000
+    settings.MODELYARD_BATCH_CHUNK_MB = 1
+    assert inputs.chunk_rows_default(narrow) == 2**20 // 40
+    # A job that does not say gets the default for its input; one that does keeps its own.
+    job = _job(batch_setup, input_frame(10), chunk_rows=None)
+    assert job.chunk_rows == 2**20 // 40
+    assert _job(batch_setup, input_frame(10), chunk_rows=7).chunk_rows == 7
