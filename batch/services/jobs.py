@@ -818,7 +818,8 @@ def batch_chunk_run(
         # Taken by a run that followed on with it: the message still means the job has
         # work, so it starts on the job's next untried chunk (a worker otherwise idles until
         # the message of a chunk nobody took reaches it).
-        job_id = BatchChunk.objects.filter(pk=chunk_id).values_list("job_id", flat=True).first()
+        running = BatchChunk.objects.filter(pk=chunk_id, job__state=J.RUNNING)
+        job_id = running.values_list("job_id", flat=True).first()  # None once the job ended
         claimed = _claim_next(job_id, worker, holding=0) if job_id else None
         if claimed is not None:
             lead, token = claimed[0].pk, claimed[1]
