@@ -176,9 +176,11 @@ def chunk_rows_default(plan: InputPlan) -> int:
     """Rows per chunk when a job does not say: about ``MODELYARD_BATCH_CHUNK_MB`` of input
     values, at most ``MODELYARD_BATCH_CHUNK_ROWS`` rows. A wide input gets shorter chunks,
     as a chunk's rows are held in its child a few times over (Arrow, NumPy, the model's own
-    copies); a narrow one long enough that the model's fixed cost per call stays small (a
-    30-tree random forest spent 6 % more on chunks of 100,000 rows than on one call over
-    1,000,000, and 2-3 % on chunks of 250,000)."""
+    copies); a narrow one long enough that what each chunk costs besides the model (its
+    claim, count and message, the child's round trip) stays small: 1,000,000 rows on one
+    worker ran at 0.82-0.84x model.predict in chunks of 250,000 and 0.76-0.79x in chunks of
+    100,000 (tests/benchmarks/test_batch_bench.py). The model itself did not mind either
+    size (tests/benchmarks/test_batch_child_bench.py)."""
     row_bytes = sum(32 if plan.types.get(name) == "string" else 8 for name in plan.columns)
     by_size = settings.MODELYARD_BATCH_CHUNK_MB * 2**20 // max(1, row_bytes)
     return max(1, min(settings.MODELYARD_BATCH_CHUNK_ROWS, by_size))
