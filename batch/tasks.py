@@ -23,7 +23,8 @@ _CHUNK_RUN_SECONDS = settings.MODELYARD_BATCH_CHUNK_TIMEOUT_SECONDS * (PIPELINE_
     name="batch.job_prepare",
     acks_late=True,
     ignore_result=True,  # redelivered if the worker dies; the lease lets the retry take over
-    # Staging (bounded by the step lease), then the job's chunks as a chunk task runs them.
+    # Preparing (bounded by the step lease), then the job's chunks as a chunk task runs them
+    # (staging the rest meanwhile), then maybe the join (bounded like the join task).
     soft_time_limit=settings.MODELYARD_BATCH_STEP_LEASE_SECONDS * 2 + _CHUNK_RUN_SECONDS,
     time_limit=settings.MODELYARD_BATCH_STEP_LEASE_SECONDS * 2 + _CHUNK_RUN_SECONDS + 60,
     autoretry_for=_DB_BLIPS,
