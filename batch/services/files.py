@@ -197,11 +197,10 @@ def job_files_delete(job_id: int) -> None:
     if local is not None:
         shutil.rmtree(local, ignore_errors=True)
         return
+    for folder in (f"{job_dir(job_id)}/chunks", staged_dir(job_id)):
+        with contextlib.suppress(Exception):
+            _dirs, names = default_storage.listdir(folder)
+            for name in names:
+                default_storage.delete(f"{folder}/{name}")
     with contextlib.suppress(Exception):
-        _dirs, names = default_storage.listdir(f"{job_dir(job_id)}/chunks")
-        for name in names:
-            default_storage.delete(f"{job_dir(job_id)}/chunks/{name}")
-        _dirs, names = default_storage.listdir(staged_dir(job_id))
-        for name in names:
-            default_storage.delete(f"{staged_dir(job_id)}/{name}")
         default_storage.delete(f"{job_dir(job_id)}/{_LEGACY_STAGED}")

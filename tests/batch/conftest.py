@@ -124,11 +124,11 @@ def csv_upload(frame: pd.DataFrame, name: str = "input.csv") -> SimpleUploadedFi
     return SimpleUploadedFile(name, frame.to_csv(index=False).encode())
 
 
-def parquet_bytes(frame: pd.DataFrame) -> bytes:
+def parquet_bytes(frame: pd.DataFrame, row_group_size: int | None = None) -> bytes:
     import io
 
     buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
+    frame.to_parquet(buffer, index=False, row_group_size=row_group_size)
     return buffer.getvalue()
 
 

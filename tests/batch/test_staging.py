@@ -19,15 +19,7 @@ from batch import services
 from batch.models import BatchChunk, BatchJob
 from batch.services import files, inputs, runner
 from core.errors import InvalidInput
-from tests.batch.conftest import input_frame, read_output
-
-
-def _parquet(frame, row_group_size=None) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(
-        pa.Table.from_pandas(frame, preserve_index=False), buffer, row_group_size=row_group_size
-    )
-    return buffer.getvalue()
+from tests.batch.conftest import input_frame, parquet_bytes, read_output
 
 
 def _job(setup, payload: bytes, chunk_rows=1_000):
@@ -64,7 +56,7 @@ def test_the_model_starts_on_the_first_staged_chunk(batch_setup, events):
     from batch.tasks import batch_job_prepare_task
 
     frame = input_frame(4_500)
-    job = _job(batch_setup, _parquet(frame))
+    job = _job(batch_setup, parquet_bytes(frame))
     assert batch_job_prepare_task.apply(args=(job.pk,)).get() == "succeeded"
     # The first chunk went to the child before the rest of the input was read.
     assert events[:2] == [("staged", 0), ("sent", 0)]
@@ -85,7 +77,7 @@ def test_an_input_that_needs_a_checked_cast_is_staged_whole_first(batch_setup, e
 
     frame = input_frame(2_500)
     frame["visits"] = frame["visits"].astype("int64")  # int64 -> float64 may lose digits
-    job = _job(batch_setup, _parquet(frame))
+    job = _job(batch_setup, parquet_bytes(frame))
     assert batch_job_prepare_task.apply(args=(job.pk,)).get() == "succeeded"
     assert events[:4] == [("staged", 0), ("staged", 1), ("staged", 2), ("sent", 0)]
 
@@ -131,7 +123,7 @@ def test_a_stager_that_died_is_resumed_and_only_staged_chunks_run(batch_setup, m
         write(job_id, index, batch)
 
     frame = input_frame(4_000)
-    job = _job(batch_setup, _parquet(frame))
+    job = _job(batch_setup, parquet_bytes(frame))
     monkeypatch.setattr(files, "staged_write", dies_at_chunk_2)
     with pytest.raises(_Killed):
         services.batch_job_prepare(job_id=job.pk)
@@ -170,7 +162,7 @@ def test_cancelling_while_staging_stops_the_stager_and_leaves_no_files(batch_set
             services.batch_job_cancel(job=BatchJob.objects.get(pk=job_id), actor=None)
         write(job_id, index, batch)
 
-    job = _job(batch_setup, _parquet(input_frame(5_000)))
+    job = _job(batch_setup, parquet_bytes(input_frame(5_000)))
     monkeypatch.setattr(files, "staged_write", cancelled_at_chunk_2)
     job = services.batch_job_prepare(job_id=job.pk)
     assert (job.state, job.chunks_staged) == ("cancelled", 2)
@@ -184,7 +176,7 @@ def test_a_corrupt_row_group_fails_the_job_cleanly_mid_staging(
 ):
     from batch.tasks import batch_job_prepare_task
 
-    payload = bytearray(_parquet(input_frame(3_000), row_group_size=1_000))
+    payload = bytearray(parquet_bytes(input_frame(3_000), row_group_size=1_000))
     column = pq.ParquetFile(io.BytesIO(bytes(payload))).metadata.row_group(2).column(0)
     start = column.data_page_offset
     payload[start : start + 16] = b"\xff" * 16  # the page header of the last row group
