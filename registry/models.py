@@ -93,6 +93,21 @@ class ModelVersion(models.Model):
     validation_report = models.JSONField(default=dict, blank=True)
     validation_started_at = models.DateTimeField(null=True, blank=True)
     validated_at = models.DateTimeField(null=True, blank=True)
+    # Decided once at validation and applied by every process that loads the model
+    # (validation child, generated service, batch child): see registry/modelkit/.
+    loader = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Format, loader, allow-list version and (skops) the reviewed trusted types.",
+    )
+    contract = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Features (names, order, logical types), input form and output of the model.",
+    )
+    # The model's review policy as it stood when this version entered review: a later
+    # change of the policy never applies to a version already in review.
+    approvals_required = models.PositiveSmallIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["model", "-number"]
