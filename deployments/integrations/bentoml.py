@@ -37,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from registry import modelkit
+
 # The generated service's name; BENTOML_CONFIG_OPTIONS keys are scoped by it.
 SERVICE_NAME = "modelyard"
 SERVICE_CLASS = "ModelyardService"
@@ -77,6 +79,10 @@ _FORMAT_MODULES = {
 
 _TEMPLATES_DIR = Path(__file__).with_name("service_templates")
 _COMMON_MODULE = "modelyard_io.py"
+# registry/modelkit (loading and the model contract) ships into every Bento as the package
+# ``modelkit``, so serving and batch apply exactly the code that validation applied.
+_MODELKIT_SOURCE = Path(modelkit.__file__).parent
+_MODELKIT_PACKAGE = "modelkit"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _MODULE = "deployments.integrations.bentoml"
 _TAG_PART = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
@@ -384,13 +390,18 @@ def _render_build_context(
     compile(source, "service.py", "exec")  # a broken template fails here, not in the server
     (context / "service.py").write_text(source)
     shutil.copyfile(_TEMPLATES_DIR / _COMMON_MODULE, context / _COMMON_MODULE)
+    shutil.copytree(
+        _MODELKIT_SOURCE,
+        context / _MODELKIT_PACKAGE,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     name, bento_version = _split_tag(bento_tag)
     bentofile = {
         "service": f"service:{SERVICE_CLASS}",
         "name": name,
         "description": description,
         "labels": labels,
-        "include": ["service.py", _COMMON_MODULE],
+        "include": ["service.py", _COMMON_MODULE, f"{_MODELKIT_PACKAGE}/**"],
         "python": {
             "packages": packages,
             # Locking resolves dependencies against the package index at build time; the

@@ -49,6 +49,25 @@ class _ProjectBlocker:
         return None
 
 
+def _import_modelkit(directory: str) -> None:
+    """Import registry/modelkit by path as the top-level package ``modelkit``.
+
+    A Bento ships the same files as ``modelkit``; the child cannot import them through the
+    project (blocked above), and putting registry/ on sys.path would expose its modules.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "modelkit",
+        os.path.join(directory, "__init__.py"),
+        submodule_search_locations=[directory],
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["modelkit"] = module
+    spec.loader.exec_module(module)
+
+
 class SampleError(Exception):
     """The sample cannot be shaped into the model's input."""
 
@@ -64,6 +83,7 @@ def main() -> int:
     # Before anything imports a model library: an editable install of the project puts it
     # on every interpreter's path, -I or not.
     sys.meta_path.insert(0, _ProjectBlocker(request.get("blocked_packages", [])))
+    _import_modelkit(request["modelkit_dir"])
     response = run(request)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     response["peak_rss_bytes"] = usage.ru_maxrss * 1024  # Linux reports KiB

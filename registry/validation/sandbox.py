@@ -30,6 +30,7 @@ import psutil
 from .formats import FORMATS, SKOPS
 
 CHILD_SCRIPT = Path(__file__).with_name("_child.py")
+MODELKIT_DIR = Path(__file__).resolve().parents[1] / "modelkit"
 SAMPLE_ROWS = 100
 MAX_OPEN_FILES = 64
 # The child has no reason to write files; this also caps what it can pour into stderr.
@@ -95,6 +96,8 @@ def sandbox_load_and_predict(
         "sample_path": str(sample_path) if sample_path else None,
         "sample_rows": SAMPLE_ROWS,
         "blocked_packages": _project_packages(),
+        # The child imports registry/modelkit by path as ``modelkit``, as a Bento ships it.
+        "modelkit_dir": str(MODELKIT_DIR),
     }
     if fmt == SKOPS:
         from .scanning import skops_trusted_types
