@@ -42,7 +42,9 @@ class RolePermission(BasePermission):
     """Default permission: signed in, and holding the capability the view's action needs.
 
     A view lists ``required_capabilities = {"list": Capability.VIEW, ...}``; an action it
-    does not list is refused, so a new endpoint is closed until someone opens it.
+    does not list is refused, so a new endpoint is closed until someone opens it. A tuple
+    of capabilities means any one of them (the service then checks which parts of the
+    request each allows).
     """
 
     message = "You do not have permission to perform this action."
@@ -58,11 +60,14 @@ class RolePermission(BasePermission):
         capability = required.get(action)
         if capability is None:
             return False
+        wanted = capability if isinstance(capability, tuple) else (capability,)
         token = request.auth if hasattr(request.auth, "scopes") else None
-        if not user_has_capability(request.user, capability, token):
+        held = user_capabilities(request.user, token)
+        if not any(item in held for item in wanted):
+            needs = " or ".join(f"'{item}'" for item in wanted)
             self.message = (
                 f"Your role '{request.user.role}' does not allow this action "
-                f"(needs the '{capability}' capability)."
+                f"(needs the {needs} capability)."
             )
             return False
         return True

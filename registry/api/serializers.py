@@ -132,6 +132,8 @@ class VersionDetailSerializer(VersionSerializer):
             "signature",
             "validation_report",
             "validated_at",
+            # The review policy this version entered review under (null before submit).
+            "approvals_required",
             "reviews",
             "aliases",
         ]

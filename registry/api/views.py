@@ -57,7 +57,9 @@ class RegisteredModelViewSet(
         "list": C.VIEW,
         "retrieve": C.VIEW,
         "create": C.MANAGE_MODELS,
-        "partial_update": C.MANAGE_MODELS,
+        # Card fields need manage_models, the review policy needs review: the service
+        # decides per field (registry.services.models.model_update).
+        "partial_update": (C.MANAGE_MODELS, C.REVIEW),
     }
 
     def get_queryset(self):
@@ -92,7 +94,8 @@ class RegisteredModelViewSet(
         model = self.get_object()
         data = RegisteredModelUpdateSerializer(model, data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        services.model_update(model=model, actor=request.user, **data.validated_data)
+        token = request.auth if hasattr(request.auth, "scopes") else None
+        services.model_update(model=model, actor=request.user, token=token, **data.validated_data)
         return self.retrieve(request, name=name)
 
 

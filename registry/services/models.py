@@ -6,8 +6,9 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from accounts.models import User
-from core.choices import AuditAction
-from core.errors import Conflict, InvalidInput
+from accounts.permissions import user_has_capability
+from core.choices import AuditAction, Capability
+from core.errors import Conflict, InvalidInput, NotAllowed
 from core.services import audit_record
 from registry.models import RegisteredModel
 
@@ -20,6 +21,9 @@ EDITABLE_FIELDS = (
     "card_owners",
     "approvals_required",
 )
+# The review policy: who may lower it decides what "approved" means, so changing it is a
+# reviewer's (or admin's) call, never the data scientist's whose versions it gates.
+POLICY_FIELDS = frozenset({"approvals_required"})
 
 
 def _snapshot(model: RegisteredModel) -> dict[str, Any]:
@@ -64,9 +68,35 @@ def model_create(*, name: str, owner: User, **fields: Any) -> RegisteredModel:
     return model
 
 
+def _check_may_change(*, actor: User, token: Any, changed: set[str]) -> None:
+    policy = changed & POLICY_FIELDS
+    if policy and not user_has_capability(actor, Capability.REVIEW, token):
+        raise NotAllowed(
+            f"Changing the review policy ({', '.join(sorted(policy))}) needs the reviewer or "
+            f"admin role; your role is '{actor.role}'.",
+            code="policy_forbidden",
+            details={"fields": sorted(policy)},
+        )
+    card = changed - POLICY_FIELDS
+    if card and not user_has_capability(actor, Capability.MANAGE_MODELS, token):
+        raise NotAllowed(
+            f"Editing a model's card ({', '.join(sorted(card))}) needs the data scientist or "
+            f"admin role; your role is '{actor.role}'.",
+            details={"fields": sorted(card)},
+        )
+
+
 @transaction.atomic
-def model_update(*, model: RegisteredModel, actor: User, **fields: Any) -> RegisteredModel:
-    """Edit a model's description, card and review policy (not its name)."""
+def model_update(
+    *, model: RegisteredModel, actor: User, token: Any = None, reason: str = "", **fields: Any
+) -> RegisteredModel:
+    """Edit a model's description, card and review policy (not its name).
+
+    Card fields need ``manage_models``, the review policy needs ``review`` (a field sent
+    unchanged needs nothing). ``token`` narrows the actor's role by its scopes. A policy
+    change applies to versions submitted from now on: those in review keep the snapshot
+    taken at submit (see ``registry.services.transitions``).
+    """
     unknown = set(fields) - set(EDITABLE_FIELDS)
     if unknown:
         raise InvalidInput(f"Field(s) cannot be changed: {', '.join(sorted(unknown))}.")
@@ -74,15 +104,17 @@ def model_update(*, model: RegisteredModel, actor: User, **fields: Any) -> Regis
     before = _snapshot(model)
     for field, value in fields.items():
         setattr(model, field, value)
-    _full_clean(model)
-    model.save()
     after = _snapshot(model)
     changed = {k: v for k, v in after.items() if before[k] != v}
+    _check_may_change(actor=actor, token=token, changed=set(changed))
+    _full_clean(model)
+    model.save()
     if changed:
         audit_record(
             actor=actor,
             action=AuditAction.MODEL_UPDATED,
             obj=model,
+            reason=reason,
             before={k: before[k] for k in changed},
             after=changed,
         )

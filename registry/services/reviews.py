@@ -12,6 +12,17 @@ from registry.models import ModelVersion, Review
 from registry.services.transitions import version_transition
 
 
+def approvals_required_for(version: ModelVersion) -> int:
+    """How many approvals ``version`` needs: the policy snapshot taken when it entered review.
+
+    Versions that entered review before snapshots existed have none; for those the model's
+    current policy is the only record there is.
+    """
+    if version.approvals_required is not None:
+        return version.approvals_required
+    return version.model.approvals_required
+
+
 @transaction.atomic
 def version_review(
     *, version: ModelVersion, reviewer: User, decision: str, comment: str = ""
@@ -19,9 +30,9 @@ def version_review(
     """Record a review of an in-review version.
 
     Invariants: only reviewers (or admins) review; nobody reviews their own upload; one
-    review per reviewer; a reject ends the review; the version is approved when the model's
-    policy count of approvals is reached. The version row is locked, so two concurrent
-    approvals cannot both count as "the last one needed".
+    review per reviewer; a reject ends the review; the version is approved when the count of
+    approvals in the policy it entered review under (its snapshot) is reached. The version
+    row is locked, so two concurrent approvals cannot both count as "the last one needed".
     """
     if decision not in ReviewDecision.values:
         raise InvalidInput(f"decision must be 'approve' or 'reject', not {decision!r}.")
@@ -73,12 +84,13 @@ def version_review(
         )
     else:
         approvals = version.reviews.filter(decision=ReviewDecision.APPROVE).count()
-        if approvals >= version.model.approvals_required:
+        required = approvals_required_for(version)
+        if approvals >= required:
             version_transition(
                 version=version,
                 to=VersionState.APPROVED,
                 actor=reviewer,
                 reason=comment,
-                evidence={"approvals": approvals, "required": version.model.approvals_required},
+                evidence={"approvals": approvals, "required": required},
             )
     return review

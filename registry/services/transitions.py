@@ -43,7 +43,15 @@ def version_transition(
     before = version.state
     version.state = to
     version.state_changed_at = timezone.now()
-    version.save(update_fields=["state", "state_changed_at", *extra_fields])
+    fields = ["state", "state_changed_at", *extra_fields]
+    evidence = dict(evidence or {})
+    if to == S.IN_REVIEW:
+        # The review policy is frozen onto the version as it enters review: a later change
+        # of the model's policy (lowering it, say) never applies to a version in review.
+        version.approvals_required = version.model.approvals_required
+        fields.append("approvals_required")
+        evidence["approvals_required"] = version.approvals_required
+    version.save(update_fields=fields)
     audit_record(
         actor=actor,
         action=AuditAction.VERSION_STATE_CHANGED,
@@ -51,6 +59,6 @@ def version_transition(
         object_repr=str(version),
         reason=reason,
         before={"state": before},
-        after={"state": str(to), **(evidence or {})},
+        after={"state": str(to), **evidence},
     )
     return version
