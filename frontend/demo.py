@@ -121,7 +121,8 @@ def demo_model_ensure() -> RegisteredModel:
                 comment="Looks good on the holdout.",
             )
         if number == 1:
-            services.alias_set(model=model, name="champion", version_number=1, actor=dana)
+            # A protected alias is the reviewer's (or operator's) to move, not the uploader's.
+            services.alias_set(model=model, name="champion", version_number=1, actor=rory)
     return model
 
 

@@ -32,6 +32,11 @@ from registry.models import ModelVersion, RegisteredModel
 C = Capability
 
 
+def _token(request):
+    """The API token whose scopes narrow this request's role (None for a session)."""
+    return request.auth if hasattr(request.auth, "scopes") else None
+
+
 class ModelFilter(django_filters.FilterSet):
     tag = django_filters.CharFilter(field_name="tags", lookup_expr="contains", method="filter_tag")
     owner = django_filters.CharFilter(field_name="owner__username")
@@ -94,8 +99,9 @@ class RegisteredModelViewSet(
         model = self.get_object()
         data = RegisteredModelUpdateSerializer(model, data=request.data, partial=True)
         data.is_valid(raise_exception=True)
-        token = request.auth if hasattr(request.auth, "scopes") else None
-        services.model_update(model=model, actor=request.user, token=token, **data.validated_data)
+        services.model_update(
+            model=model, actor=request.user, token=_token(request), **data.validated_data
+        )
         return self.retrieve(request, name=name)
 
 
@@ -216,7 +222,13 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
 
 class AliasViewSet(viewsets.ViewSet):
-    required_capabilities = {"update": C.SET_ALIAS, "destroy": C.SET_ALIAS, "retrieve": C.VIEW}
+    # A reviewer may move a protected alias but no other: the service decides per alias
+    # (registry.services.aliases).
+    required_capabilities = {
+        "update": (C.SET_ALIAS, C.REVIEW),
+        "destroy": (C.SET_ALIAS, C.REVIEW),
+        "retrieve": C.VIEW,
+    }
     serializer_class = AliasSerializer
 
     def retrieve(self, request, model_name=None, alias=None):
@@ -237,11 +249,15 @@ class AliasViewSet(viewsets.ViewSet):
             actor=request.user,
             protected=data.validated_data["protected"],
             reason=data.validated_data["reason"],
+            token=_token(request),
         )
         return Response(AliasSerializer(item).data)
 
     def destroy(self, request, model_name=None, alias=None):
         services.alias_delete(
-            model=selectors.model_get(name=model_name), name=alias, actor=request.user
+            model=selectors.model_get(name=model_name),
+            name=alias,
+            actor=request.user,
+            token=_token(request),
         )
         return Response(status=status.HTTP_204_NO_CONTENT)

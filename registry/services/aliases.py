@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from accounts.models import User
-from core.choices import AuditAction
-from core.errors import InvalidInput, InvalidState, NotFound
+from accounts.permissions import user_capabilities
+from core.choices import AuditAction, Capability
+from core.errors import InvalidInput, InvalidState, NotAllowed, NotFound
 from core.services import audit_record
 from registry.choices import VersionState
 from registry.models import Alias, ModelVersion, RegisteredModel, name_validator
@@ -13,6 +16,27 @@ from registry.models import Alias, ModelVersion, RegisteredModel, name_validator
 # Aliases that are always protected, whatever the request says.
 PROTECTED_ALIAS_NAMES = frozenset({"champion", "production", "prod"})
 UNUSABLE_STATES = {VersionState.INVALID, VersionState.REJECTED, VersionState.ARCHIVED}
+# A protected alias is what production and schedules follow: moving it is a release, so it
+# takes an operator (deploy) or a reviewer, not whoever uploaded the version.
+PROTECTED_ALIAS_CAPABILITIES = frozenset({Capability.DEPLOY, Capability.REVIEW})
+
+
+def _check_may_write(*, actor: User, token: Any, name: str, protected: bool) -> None:
+    held = user_capabilities(actor, token)
+    if protected:
+        if not held & PROTECTED_ALIAS_CAPABILITIES:
+            raise NotAllowed(
+                f"Alias '{name}' is protected: moving it needs the operator or reviewer "
+                f"role; your role is '{actor.role}'.",
+                code="alias_protected_forbidden",
+                details={"alias": name},
+            )
+    elif Capability.SET_ALIAS not in held:
+        raise NotAllowed(
+            f"Moving alias '{name}' needs the data scientist or operator role; "
+            f"your role is '{actor.role}'.",
+            details={"alias": name},
+        )
 
 
 @transaction.atomic
@@ -24,8 +48,11 @@ def alias_set(
     actor: User,
     protected: bool | None = None,
     reason: str = "",
+    token: Any = None,
 ) -> Alias:
-    """Point ``model@name`` at a version. A protected alias only points at an approved one."""
+    """Point ``model@name`` at a version. A protected alias only points at an approved one,
+    and only an operator or reviewer moves (or creates) one; ``token`` narrows the actor's
+    role by its scopes."""
     try:
         name_validator(name)
     except ValidationError as exc:
@@ -39,6 +66,7 @@ def alias_set(
         or bool(protected)
         or (alias is not None and alias.protected)
     )
+    _check_may_write(actor=actor, token=token, name=name, protected=is_protected)
     if version.state in UNUSABLE_STATES:
         raise InvalidState(f"{version} is {version.state}; an alias cannot point at it.")
     if is_protected and version.state != VersionState.APPROVED:
@@ -66,10 +94,18 @@ def alias_set(
 
 
 @transaction.atomic
-def alias_delete(*, model: RegisteredModel, name: str, actor: User, reason: str = "") -> None:
+def alias_delete(
+    *, model: RegisteredModel, name: str, actor: User, reason: str = "", token: Any = None
+) -> None:
     alias = Alias.objects.select_for_update().filter(model=model, name=name).first()
     if alias is None:
         raise NotFound(f"{model.name} has no alias {name!r}.")
+    _check_may_write(
+        actor=actor,
+        token=token,
+        name=name,
+        protected=alias.protected or name.lower() in PROTECTED_ALIAS_NAMES,
+    )
     before = {"version": alias.version.number, "protected": alias.protected}
     audit_record(
         actor=actor, action=AuditAction.ALIAS_DELETED, obj=alias, reason=reason, before=before

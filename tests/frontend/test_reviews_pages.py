@@ -51,7 +51,9 @@ def test_review_page_shows_evidence_against_the_live_version(
         metadata=VersionMetadata(params={"C": 1.0, "penalty": "l2"}, metrics={"auc": 0.80}),
     )
     services.version_review(version=live, reviewer=make_user("reviewer"), decision="approve")
-    services.alias_set(model=registered_model, name="production", version_number=1, actor=scientist)
+    services.alias_set(
+        model=registered_model, name="production", version_number=1, actor=make_user("operator")
+    )
     upload_version(
         registered_model,
         scientist,

@@ -22,6 +22,7 @@ def _token(username: str, role: str) -> dict[str, str]:
 def test_ci_pipeline_flow_over_http(live_stack, sklearn_model):
     base = live_stack["url"] + "/api/v1"
     ci, rev = _token("ci-bot", "data_scientist"), _token("reviewer-1", "reviewer")
+    release = _token("release-bot", "operator")
     with httpx.Client(timeout=30) as http:
         created = http.post(
             f"{base}/models/",
@@ -81,7 +82,14 @@ def test_ci_pipeline_flow_over_http(live_stack, sklearn_model):
             json={"decision": "approve", "comment": "metrics ok"},
         )
         assert approved.status_code == 201, approved.text
-        alias = http.put(f"{base}/models/fraud/aliases/champion/", headers=ci, json={"version": 1})
+        # Promoting is a release: the data scientist's token may not, an operator's may.
+        refused = http.put(
+            f"{base}/models/fraud/aliases/champion/", headers=ci, json={"version": 1}
+        )
+        assert refused.status_code == 403, refused.text
+        alias = http.put(
+            f"{base}/models/fraud/aliases/champion/", headers=release, json={"version": 1}
+        )
         assert alias.status_code == 200 and alias.json()["protected"] is True
 
         audit = http.get(f"{base}/audit/", headers=ci, params={"page_size": 100}).json()

@@ -58,7 +58,7 @@ def test_approval_records_evidence_and_audits(in_review, reviewer, api_for):
     assert AuditEvent.objects.filter(action="version.reviewed", reason="ship it").exists()
 
 
-def test_reject_ends_the_review(in_review, reviewer):
+def test_reject_ends_the_review(in_review, reviewer, scientist):
     services.version_review(
         version=in_review, reviewer=reviewer, decision="reject", comment="leaks the label"
     )
@@ -66,7 +66,7 @@ def test_reject_ends_the_review(in_review, reviewer):
     assert in_review.state == VersionState.REJECTED
     with pytest.raises(InvalidState):
         services.alias_set(
-            model=in_review.model, name="candidate", version_number=1, actor=reviewer
+            model=in_review.model, name="candidate", version_number=1, actor=scientist
         )
 
 
