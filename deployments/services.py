@@ -44,9 +44,9 @@ from deployments.integrations import bentoml as bento
 from deployments.models import Build, Deployment, DeploymentEvent, DeploymentKey, Rollout, Slot
 from deployments.runtime.base import RuntimeBackendError
 from gateway.routes import ROUTES_KEY, Route, deployment_key_hash, route_parse_one, route_publish
-from registry.choices import VersionState
+from registry.choices import ReviewDecision, VersionState
 from registry.models import ModelVersion, RegisteredModel, name_validator
-from registry.services.artifacts import artifact_local_path, artifact_store
+from registry.services.artifacts import artifact_local_path, artifact_store, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,53 @@ def event_record(*, deployment: Deployment, kind: str, message: str, slot: str =
     )
 
 
+# --- artifact integrity --------------------------------------------------------------------
+
+ARTIFACT_MISMATCH_EVENT = "artifact_mismatch"
+
+
+def artifact_mismatch(*, version: ModelVersion, path: Path | None = None) -> str | None:
+    """Re-hash the stored artifact (streamed) and say why it is not the reviewed file, if so.
+
+    Approvals are bound to the sha256 recorded at upload, which every review's evidence
+    repeats: the file a Bento is built from, or a slot is started for, must still hash to
+    it. ``path`` is a local copy already at hand (the build's); None reads from storage.
+    Returns None when the file is the one that was reviewed.
+    """
+    expected = version.artifact_sha256
+    reviewed = {
+        evidence.get("artifact_sha256")
+        for evidence in version.reviews.filter(decision=ReviewDecision.APPROVE).values_list(
+            "evidence", flat=True
+        )
+    } - {None}
+    if reviewed - {expected}:
+        return (
+            f"the approvals of {version} name artifact sha256 {', '.join(sorted(reviewed))}, "
+            f"but the version records {expected}: refusing to deploy it"
+        )
+    try:
+        if path is not None:
+            actual = file_sha256(path)
+        else:
+            with artifact_local_path(version.artifact_path) as local:
+                actual = file_sha256(local)
+    except OSError as exc:
+        return f"the stored artifact of {version} cannot be read ({exc.strerror or exc})"
+    if actual != expected:
+        return (
+            f"the stored artifact of {version} has sha256 {actual}, but {expected} was "
+            "uploaded and reviewed: refusing to deploy a file nobody approved"
+        )
+    return None
+
+
+def _artifact_mismatch_record(*, deployments: list[Deployment], error: str) -> None:
+    logger.error("artifact check failed: %s", error)
+    for deployment in deployments:
+        event_record(deployment=deployment, kind=ARTIFACT_MISMATCH_EVENT, message=error)
+
+
 # --- builds ------------------------------------------------------------------------------
 
 
@@ -293,10 +340,14 @@ def build_run(*, build_id: int) -> Build:
     _pause_for_tests("build", build)  # claimed (building), nothing built yet
     version = build.version
     home = backends.bento_home()
+    mismatch: str | None = None
     with tempfile.TemporaryDirectory(prefix="modelyard-build-") as tmp:
         log_path = Path(tmp) / "build.log"
         try:
             with artifact_local_path(version.artifact_path) as artifact:
+                mismatch = artifact_mismatch(version=version, path=artifact)
+                if mismatch is not None:
+                    raise bento.BentoError(mismatch)
                 result = bento.bento_build(
                     home=home,
                     model_name=version.model.name,
@@ -316,6 +367,11 @@ def build_run(*, build_id: int) -> Build:
                 finished_at=timezone.now(),
             )
             logger.warning("build %s failed: %s", build_id, exc)
+            if mismatch is not None:
+                waiting = Deployment.objects.filter(
+                    rollouts__version=version, rollouts__state=S.BUILDING
+                ).distinct()
+                _artifact_mismatch_record(deployments=list(waiting), error=mismatch)
         else:
             Build.objects.filter(pk=build_id).update(
                 state=BuildState.SUCCEEDED,
@@ -705,6 +761,12 @@ def _step_starting(rollout: Rollout) -> bool:
     slot = Slot.objects.select_related("deployment").get(
         deployment=rollout.deployment, color=rollout.target_slot
     )
+    # The Bento may have been built long ago: the file must still be the approved one.
+    mismatch = artifact_mismatch(version=rollout.version)
+    if mismatch is not None:
+        _artifact_mismatch_record(deployments=[rollout.deployment], error=mismatch)
+        _fail(rollout, f"{slot} not started: {mismatch}")
+        return False
     Slot.objects.filter(pk=slot.pk).update(
         state=SlotState.STARTING, version=rollout.version, bento_tag=build.bento_tag, url=""
     )
