@@ -13,7 +13,9 @@ deployment not in the route table                 ``WWW-Authenticate: Bearer``
 method other than POST                    405     ``method_not_allowed`` + ``Allow: POST``
 route state ``draining`` or ``none``      503     ``deployment_unavailable`` + ``Retry-After``
 body over ``max_body_bytes``              413     ``payload_too_large``
+Content-Type given and not JSON           415     ``unsupported_media_type`` (see gateway.inputs)
 body not JSON / not a JSON object         400     ``invalid_json`` / ``body_not_object``
+JSON nested ~1,000 deep / holding \u0000  400     ``json_too_deep`` / ``nul_character``
 upstream refuses or drops the connection  502     ``upstream_unreachable``
 upstream slower than ``upstream_timeout`` 504     ``upstream_timeout``
 client gone before its body arrived       499     ``client_disconnected`` (for the metrics only)
@@ -79,6 +81,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway.inputs import InputRefused, json_body_parse, media_type_check
 from gateway.metrics import MetricsRecorder
 from gateway.prometheus import PROMETHEUS_CONTENT_TYPE, prometheus_text
 from gateway.routes import (
@@ -110,8 +113,10 @@ Send = Callable[[Message], Awaitable[None]]
 API_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 # Request headers passed on to the model server; everything else (the deployment key above
-# all) stays at the gateway.
-FORWARDED_REQUEST_HEADERS = frozenset({b"content-type", b"accept", b"x-request-id"})
+# all) stays at the gateway. Content-Type is checked (JSON only) and always sent as JSON.
+FORWARDED_REQUEST_HEADERS = frozenset({b"accept", b"x-request-id"})
+# Failures of the version itself (see gateway.metrics, ``errors``): what error-rate guards see.
+VERSION_ERROR_CODES = frozenset({"upstream_timeout", "upstream_unreachable"})
 # Upstream response headers that describe the upstream hop, not the answer.
 HOP_RESPONSE_HEADERS = frozenset(
     {
@@ -415,6 +420,7 @@ class Gateway:
             status, body, headers, payload, raw_inputs, rows = await self._handle(
                 scope, receive, route, api
             )
+            version_error = status >= 500  # the model server's own answer
         except _Reject as reject:
             status, body, rows = (
                 reject.status,
@@ -423,13 +429,14 @@ class Gateway:
             )
             headers = [*JSON_HEADERS, *reject.headers]
             payload = None
+            version_error = reject.code in VERSION_ERROR_CODES
             if reject.anonymous:
                 ident = ()
         except Exception:
             # A bug of ours: answer in the documented shape and count it, rather than leave
-            # uvicorn's plain-text 500 and a hole in the metrics.
+            # uvicorn's plain-text 500 and a hole in the metrics (not as the version's error).
             logger.exception("unexpected error handling %s %s", scope["method"], scope["path"])
-            status, rows, payload = 500, 0, None
+            status, rows, payload, version_error = 500, 0, None, False
             body = error_body("internal_error", "the gateway failed to handle this request")
             headers = JSON_HEADERS
         await _send(send, status, body, [*headers, *ident])
@@ -437,7 +444,12 @@ class Gateway:
         # request, and keyword calls cost ~1 µs a request here (see the monitoring benchmark).
         if self._record_metrics:
             self.metrics.record(
-                deployment, route.version, status, time.perf_counter() - started, rows
+                deployment,
+                route.version,
+                status,
+                time.perf_counter() - started,
+                rows,
+                version_error,
             )
         if payload is not None and 200 <= status < 300 and self.sampler.draw():
             self.sampler.keep(deployment, route.version, api, rows, payload, body, raw_inputs)
@@ -450,8 +462,8 @@ class Gateway:
         content_length: int | None = None
         bad_content_length = False
         # The forwarded headers as the bytes that go on the wire: no dict, no str round trip.
-        forward: list[bytes] = []
-        content_type = False
+        forward: list[bytes] = [b"content-type: application/json\r\n"]
+        content_type: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, credentials = value.partition(b" ")
@@ -465,9 +477,10 @@ class Gateway:
                     content_length = int(value)
                 except ValueError:
                     bad_content_length = True  # told only to key holders, see the docstring
+            elif name == b"content-type":
+                content_type = value
             elif name in FORWARDED_REQUEST_HEADERS:
                 forward += (name, b": ", value, b"\r\n")
-                content_type = content_type or name == b"content-type"
         if key is None or not _key_matches(key, route.key_hashes):
             raise _key_refusal(route.deployment, key)
         if scope["method"] != "POST":
@@ -488,21 +501,14 @@ class Gateway:
                 {"deployment": route.deployment, "state": route.state},
                 headers=[(b"retry-after", str(self.settings.retry_after_s).encode())],
             )
-        body = await self._read_body(receive, content_length)
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _Reject(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
-        if not isinstance(payload, dict):
-            raise _Reject(
-                400,
-                "body_not_object",
-                f"request body must be a JSON object, got {type(payload).__name__}",
-            )
+            media_type_check(content_type)  # before reading a byte of a body we will refuse
+            body = await self._read_body(receive, content_length)
+            payload = json_body_parse(body)
+        except InputRefused as refused:
+            raise _Reject(refused.status, refused.code, refused.message, refused.details) from None
         instances = payload.get("instances")
         rows = len(instances) if isinstance(instances, list) else 1
-        if not content_type:
-            forward.append(b"content-type: application/json\r\n")
         try:
             status, out, headers = await self._forward(
                 route, api, scope["query_string"], body, b"".join(forward)

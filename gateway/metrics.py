@@ -10,7 +10,11 @@ UTC minute the request finished in, ``status`` the exact HTTP status code return
 - ``count``: requests
 - ``rows``: rows predicted (``len(body["instances"])``; 1 for a body without ``instances``;
   0 when the request was refused before its body was read)
-- ``errors``: requests answered with a 5xx status
+- ``errors``: requests the version itself failed: a 5xx answered by its model server, or
+  the gateway's 502/504 for a model server it could not reach or that did not answer. Not
+  the gateway's own 5xx (a 503 with no live slot, a gateway bug's 500), and never a 4xx:
+  what a client causes must not count against the version, since error-rate guards roll a
+  version back on this figure. Client-caused answers are the cell's 4xx ``status``.
 - ``latency_us_sum``: sum of latencies in whole microseconds
 - a latency histogram over the fixed buckets :data:`BUCKET_BOUNDS_MS`
 
@@ -163,8 +167,9 @@ class MetricsRecorder:
 
     def __init__(self, *, max_pending_cells: int = 100_000) -> None:
         self._cells: dict[CellKey, _Cell] = {}
-        # (unix time, deployment, version, status, latency s, rows) not yet in a cell.
-        self._observations: list[tuple[float, str, int, int, float, int]] = []
+        # (unix time, deployment, version, status, latency s, rows, version error) not yet
+        # in a cell.
+        self._observations: list[tuple[float, str, int, int, float, int, bool]] = []
         # Bounds memory while Redis is unreachable: past this many cells the oldest minutes go.
         self.max_pending_cells = max_pending_cells
         self.dropped_cells = 0
@@ -182,17 +187,31 @@ class MetricsRecorder:
         status: int,
         latency_s: float,
         rows: int,
+        version_error: bool | None = None,
         now: float | None = None,
     ) -> None:
         """Count one finished request (request path: an append, no I/O).
+
+        ``version_error``: the version failed this request (see ``errors`` above); None
+        means "any 5xx", for callers that cannot tell who failed.
 
         The observation is folded into its cell later, :data:`_FOLD_EVERY` at a time: measured
         in the gateway, the same arithmetic cost ~4 µs per request when done between two
         requests and ~1 µs in a loop, where its code and data stay in the CPU's caches.
         """
         observations = self._observations
+        if version_error is None:
+            version_error = status >= 500
         observations.append(
-            (time.time() if now is None else now, deployment, version, status, latency_s, rows)
+            (
+                time.time() if now is None else now,
+                deployment,
+                version,
+                status,
+                latency_s,
+                rows,
+                version_error,
+            )
         )
         if len(observations) >= _FOLD_EVERY:
             self._fold()
@@ -202,14 +221,14 @@ class MetricsRecorder:
         observations, self._observations = self._observations, []
         cells = self._cells
         bounds = BUCKET_BOUNDS_MS
-        for at, deployment, version, status, latency_s, rows in observations:
+        for at, deployment, version, status, latency_s, rows, version_error in observations:
             key = (int(at) // 60 * 60, deployment, version, status)
             cell = cells.get(key)
             if cell is None:
                 cell = cells[key] = _Cell()
             cell.count += 1
             cell.rows += rows
-            if status >= 500:
+            if version_error:
                 cell.errors += 1
             cell.latency_us_sum += round(latency_s * 1e6)
             index = bisect.bisect_left(bounds, latency_s * 1e3)

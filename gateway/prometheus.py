@@ -11,7 +11,8 @@ Series (labels ``deployment``, ``version``; ``status`` where it says so):
 name                                                   type       meaning
 =====================================================  =========  ===============================
 ``modelyard_gateway_requests_total``                   counter    requests, per ``status`` code
-``modelyard_gateway_errors_total``                     counter    requests answered with a 5xx
+``modelyard_gateway_errors_total``                     counter    requests the version failed
+                                                                  (5xx of its server, 502/504)
 ``modelyard_gateway_rows_total``                       counter    rows predicted
 ``modelyard_gateway_request_duration_seconds``         histogram  gateway-side latency, buckets
                                                                   in :data:`PROMETHEUS_BUCKETS_S`
@@ -90,7 +91,8 @@ class _GatewayCollector(Collector):
         )
         errors = CounterMetricFamily(
             "modelyard_gateway_errors",
-            "Requests answered with a 5xx status.",
+            "Requests the version failed (its server's 5xx, or 502/504 reaching it); "
+            "client-caused answers are the 4xx of modelyard_gateway_requests_total.",
             labels=["deployment", "version"],
         )
         rows = CounterMetricFamily(

@@ -244,10 +244,10 @@ class _InProcessGateway:
         self.raw_latencies_ms: list[float] = []
         real_record = self.app.metrics.record
 
-        def record(deployment, version, status, latency_s, rows):
+        def record(deployment, version, status, latency_s, rows, *rest):
             # A spy: the real recorder runs, the test keeps the raw value.
             self.raw_latencies_ms.append(latency_s * 1e3)
-            real_record(deployment, version, status, latency_s, rows)
+            real_record(deployment, version, status, latency_s, rows, *rest)
 
         self.app.metrics.record = record
         config = uvicorn.Config(
