@@ -20,6 +20,7 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
 from gateway.app import GatewaySettings, create_app
+from gateway.server import PROTOCOL_PATH, protocol_configure
 
 logger = logging.getLogger("modelyard.gateway")
 
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         # Named, not "auto": a missing uvloop/httptools then stops start-up instead of silently
         # costing ~0.2 ms per request (both are dependencies of the project).
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools with header/body read deadlines and a connection cap (gateway.server).
+        "http": PROTOCOL_PATH,
         "lifespan": "on",
         "backlog": 2048,
         "timeout_graceful_shutdown": 30,
@@ -121,9 +123,10 @@ def main(argv: list[str] | None = None) -> None:
         # Workers are fresh processes that build the app from the environment.
         os.environ.update(settings.to_env())
         config = uvicorn.Config(
-            "gateway.app:create_app_from_env", factory=True, workers=args.workers, **common
+            "gateway.server:create_app_for_worker", factory=True, workers=args.workers, **common
         )
     else:
+        protocol_configure(settings)
         config = uvicorn.Config(create_app(settings), **common)
 
     sock = config.bind_socket()

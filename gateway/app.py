@@ -184,6 +184,11 @@ class GatewaySettings:
     # Per-request metric recording (Redis buffers, roll-ups, /metrics series); off only for
     # benchmarks or when metrics are taken elsewhere.
     metrics: bool = True
+    # Slow clients (see gateway.server): the headers, then the body, must arrive within these;
+    # past max_connections a new connection is answered 503 and closed. 0 turns one off.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 4096
     # When set, GET /metrics wants "Authorization: Bearer <token>" (it names every deployment
     # and version); empty leaves it open, for a gateway scraped on a private network.
     metrics_token: str = ""
