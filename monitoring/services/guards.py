@@ -4,11 +4,14 @@ Guards watch a deployment while its last rollout bakes (and always, if its guard
 ``MODELYARD_GUARDS_ALWAYS`` says so). Rules, from ``Deployment.guard_policy``:
 
 ========================== ==================================================================
-``max_error_rate``         5xx share of requests since the switch (default 0.05)
+``max_error_rate``         share of the version's own failures (its 5xx, 502/504 reaching it)
+                           among the requests it was answerable for, i.e. without the 4xx
+                           clients caused (default 0.05)
 ``max_p99_ms``             p99 latency (ms) since the switch
 ``drift``                  ``"drift"`` or ``"warn"``: the worst feature status that trips it
 ``max_cost_per_prediction`` resource cost / predictions since the switch
-``min_requests``           requests needed before error rate / latency / cost count (20)
+``min_requests``           requests (without client 4xx) needed before error rate / latency /
+                           cost count (20)
 ``window_seconds``         look back at most this far (300); never before the switch
 ``always``                 also guard after the bake period
 ========================== ==================================================================
@@ -89,15 +92,22 @@ def guard_evaluate(
     ).get(version_number, selectors.TrafficSummary())
     window = {"start": start.isoformat(), "end": end.isoformat()}
     breached: list[str] = []
+    # A 4xx is the client's doing (a malformed body, a bad key, rows the model refuses):
+    # neither a failure of the version nor a success that would dilute its failures. The
+    # gateway counts only the version's own failures as errors (gateway.metrics); here the
+    # 4xx leave the denominator too, so any key holder can neither trip nor mask this rule.
+    answerable = traffic.requests - traffic.client_errors
     evidence: dict[str, Any] = {
         "version": version_number,
         "window": window,
         "requests": traffic.requests,
+        "client_errors": traffic.client_errors,
+        "answerable": answerable,
         "errors": traffic.errors,
     }
-    enough = traffic.requests >= min_requests
+    enough = answerable >= min_requests
     if policy.get("max_error_rate") is not None and enough:
-        rate = traffic.errors / traffic.requests
+        rate = traffic.errors / answerable
         evidence["error_rate"] = {"value": rate, "threshold": float(policy["max_error_rate"])}
         if rate > float(policy["max_error_rate"]):
             breached.append(GuardRule.ERROR_RATE)
