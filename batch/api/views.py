@@ -7,7 +7,7 @@ from django.http import FileResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser
+from rest_framework.parsers import FormParser
 from rest_framework.response import Response
 
 from batch import selectors, services
@@ -23,7 +23,7 @@ from batch.api.serializers import (
     BatchScheduleUpdateSerializer,
 )
 from batch.choices import JobState
-from core.api.parsers import StrictMultiPartParser
+from core.api.parsers import SafeJSONParser, StrictMultiPartParser
 from core.choices import Capability
 from core.errors import InvalidState, NotFound
 from registry.selectors import model_get
@@ -33,7 +33,7 @@ C = Capability
 
 class BatchJobViewSet(viewsets.GenericViewSet):
     serializer_class = BatchJobSerializer
-    parser_classes = [JSONParser, StrictMultiPartParser, FormParser]
+    parser_classes = [SafeJSONParser, StrictMultiPartParser, FormParser]
     filterset_fields = ["state", "model__name"]
     ordering_fields = ["created_at", "id"]
     required_capabilities = {
@@ -119,7 +119,7 @@ class BatchScheduleViewSet(viewsets.GenericViewSet):
     lookup_value_regex = "[0-9]+"  # "abc" is no schedule: 404 from the router, not a 500
 
     serializer_class = BatchScheduleSerializer
-    parser_classes = [JSONParser]
+    parser_classes = [SafeJSONParser]
     filterset_fields = ["enabled", "model__name"]
     ordering_fields = ["name", "next_run_at", "id"]
     required_capabilities = {

@@ -315,6 +315,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "core.api.pagination.DefaultPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "core.api.exceptions.exception_handler",
+    # JSON that nests too deep or holds a NUL is a 400 naming the field (core.api.parsers).
+    "DEFAULT_PARSER_CLASSES": [
+        "core.api.parsers.SafeJSONParser",
+        "rest_framework.parsers.FormParser",
+        "core.api.parsers.StrictMultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",

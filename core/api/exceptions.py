@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import DataError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -28,9 +29,28 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
 
+def _is_nul_refusal(exc: Exception) -> bool:
+    """PostgreSQL refusing a NUL character (text) or its \\u0000 escape (jsonb)."""
+    text = str(exc)
+    return isinstance(exc, DataError | ValueError) and (
+        "NUL" in text or "\\u0000" in text or "0x00" in text
+    )
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
+    if _is_nul_refusal(exc):
+        # A last line: the parsers refuse NULs in JSON and form bodies, naming the field; one
+        # that arrived another way (a query parameter, a header) still is the client's 400.
+        # The failed statement rolled back the atomic block it ran in.
+        return Response(
+            error_body(
+                "nul_character",
+                "The request contains a NUL character (\\u0000), which cannot be stored.",
+            ),
+            status=status.HTTP_400_BAD_REQUEST,
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, DjangoPermissionDenied):

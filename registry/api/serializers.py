@@ -5,6 +5,8 @@ from typing import Any
 
 from rest_framework import serializers
 
+from core.api.parsers import MAX_JSON_DEPTH, json_value_check
+from core.errors import InvalidInput
 from registry.choices import DatasetRole, Framework, ReviewDecision
 from registry.models import Alias, DatasetReference, ModelVersion, RegisteredModel, Review
 from registry.services.versions import DatasetRef, ParentRef, VersionMetadata
@@ -191,6 +193,13 @@ class VersionUploadSerializer(serializers.Serializer):
             raw: Any = json.loads(value)
         except json.JSONDecodeError as exc:
             raise serializers.ValidationError(f"metadata is not valid JSON: {exc.msg}.") from exc
+        except RecursionError:
+            raise InvalidInput(
+                f"metadata: JSON nests deeper than {MAX_JSON_DEPTH} levels.",
+                code="json_too_deep",
+                details={"field": "metadata", "max_depth": MAX_JSON_DEPTH},
+            ) from None
+        json_value_check(raw, field="metadata")  # NUL characters, depth: 400 naming the field
         if not isinstance(raw, dict):
             raise serializers.ValidationError(
                 f"metadata must be a JSON object, not {type(raw).__name__}."

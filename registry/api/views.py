@@ -6,10 +6,10 @@ import django_filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser
+from rest_framework.parsers import FormParser
 from rest_framework.response import Response
 
-from core.api.parsers import StrictMultiPartParser
+from core.api.parsers import SafeJSONParser, StrictMultiPartParser
 from core.choices import Capability
 from core.errors import NotFound
 from registry import selectors, services
@@ -127,7 +127,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     filterset_class = VersionFilter
     search_fields = ["description", "tags", "original_filename"]
     ordering_fields = ["number", "created_at", "state_changed_at"]
-    parser_classes = [JSONParser, StrictMultiPartParser, FormParser]
+    parser_classes = [SafeJSONParser, StrictMultiPartParser, FormParser]
     required_capabilities = {
         "list": C.VIEW,
         "retrieve": C.VIEW,

@@ -307,7 +307,13 @@ def test_batch_input_paths_cannot_leave_the_allowed_roots(case, batch_setup, roo
     )
     assert 400 <= response.status_code < 500, (case, response.status_code, response.content)
     error = response.json()["error"]
-    assert error["code"] in {"path_not_allowed", "invalid_path", "input_not_found", "invalid"}
+    assert error["code"] in {
+        "path_not_allowed",
+        "invalid_path",
+        "input_not_found",
+        "invalid",
+        "nul_character",  # refused by the JSON parser already (core.api.parsers)
+    }
     assert not BatchJob.objects.exists()
 
 
