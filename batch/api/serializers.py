@@ -13,8 +13,9 @@ class BatchJobSerializer(serializers.ModelSerializer):
     )
     schedule = serializers.CharField(source="schedule.name", allow_null=True, default=None)
     created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
-    rows_per_second = serializers.FloatField(read_only=True)
-    eta_seconds = serializers.FloatField(read_only=True)
+    # Null until the job has rows done (rate) and while it is not running (eta).
+    rows_per_second = serializers.FloatField(read_only=True, allow_null=True)
+    eta_seconds = serializers.FloatField(read_only=True, allow_null=True)
     progress = serializers.SerializerMethodField()
 
     class Meta:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.core.files.storage import default_storage
 from django.http import FileResponse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser
@@ -24,6 +25,7 @@ from batch.api.serializers import (
 )
 from batch.choices import JobState
 from core.api.parsers import SafeJSONParser, StrictMultiPartParser
+from core.api.schema import ErrorResponseSerializer
 from core.choices import Capability
 from core.errors import InvalidState, NotFound
 from registry.selectors import model_get
@@ -95,7 +97,13 @@ class BatchJobViewSet(viewsets.GenericViewSet):
         )
         return Response(BatchJobSerializer(selectors.batch_job_get(job_id=job.pk)).data)
 
-    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @extend_schema(
+        responses={
+            (200, "application/vnd.apache.parquet"): OpenApiTypes.BINARY,
+            409: OpenApiResponse(ErrorResponseSerializer, "The job has not succeeded (yet)"),
+        },
+        description="The job's output as a Parquet file (an attachment).",
+    )
     @action(detail=True, methods=["get"])
     def output(self, request, pk=None):
         job = self.get_object()

@@ -321,7 +321,8 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
         "core.api.parsers.StrictMultiPartParser",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Every 4xx with the error body on every operation (core.api.schema).
+    "DEFAULT_SCHEMA_CLASS": "core.api.schema.ModelyardAutoSchema",
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
@@ -347,7 +348,13 @@ SPECTACULAR_SETTINGS = {
         "SlotStateEnum": "deployments.choices.SlotState",
         "BuildStateEnum": "deployments.choices.BuildState",
         "SlotColorEnum": "deployments.choices.SlotColor",
+        "FrameworkEnum": "registry.choices.Framework",
     },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        # The gateway's POST /d/{deployment}/predict, documented beside the platform API.
+        "core.api.schema.gateway_paths_add",
+    ],
 }
 
 # --- Celery ----------------------------------------------------------------------------

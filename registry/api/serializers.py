@@ -184,7 +184,14 @@ class VersionMetadataSerializer(serializers.Serializer):
 
 class VersionUploadSerializer(serializers.Serializer):
     file = serializers.FileField(allow_empty_file=True, use_url=False)
-    framework = serializers.CharField()
+    framework = serializers.ChoiceField(
+        Framework.choices,
+        error_messages={
+            "invalid_choice": "Unknown framework {input!r}; choose one of "
+            + ", ".join(Framework.values)
+            + "."
+        },
+    )
     metadata = serializers.CharField(required=False, default="{}")
     reference_data = serializers.FileField(required=False, allow_null=True, allow_empty_file=True)
 
@@ -208,13 +215,6 @@ class VersionUploadSerializer(serializers.Serializer):
         if not inner.is_valid():
             raise serializers.ValidationError(inner.errors)
         return inner.to_metadata()
-
-    def validate_framework(self, value: str) -> str:
-        if value not in Framework.values:
-            raise serializers.ValidationError(
-                f"Unknown framework {value!r}; choose one of {', '.join(Framework.values)}."
-            )
-        return value
 
 
 class SubmitSerializer(serializers.Serializer):
