@@ -16,6 +16,8 @@ body over ``max_body_bytes``              413     ``payload_too_large``
 Content-Type given and not JSON           415     ``unsupported_media_type`` (see gateway.inputs)
 body not JSON / not a JSON object         400     ``invalid_json`` / ``body_not_object``
 JSON nested ~1,000 deep / holding \u0000  400     ``json_too_deep`` / ``nul_character``
+headers/body slower than their deadline  408     ``request_timeout`` (gateway.server)
+connections over ``max_connections``      503     ``too_many_connections`` (gateway.server)
 upstream refuses or drops the connection  502     ``upstream_unreachable``
 upstream slower than ``upstream_timeout`` 504     ``upstream_timeout``
 client gone before its body arrived       499     ``client_disconnected`` (for the metrics only)

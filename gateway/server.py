@@ -111,7 +111,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():
+        # self.cycle is the last request parsed: a pipelined one already read in full is
+        # running now, and must not be cut off by a header deadline.
+        if not self.transport.is_closing() and self.cycle.response_complete:
             # Idle keep-alive is uvicorn's timeout_keep_alive; the next request's headers
             # must then arrive within the header deadline counted from here.
             self._arm(self.timeout_keep_alive + self.header_timeout_s, "headers")

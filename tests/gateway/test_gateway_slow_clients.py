@@ -201,3 +201,32 @@ def test_connections_over_the_cap_are_refused_at_once(
             deadline_s=5,
             what="the gateway to accept connections again",
         )
+
+
+def test_deadlines_bound_reading_not_answering_nor_keep_alive(
+    start_gateway: Callable[..., Proc],
+    redis_url: str,
+    deployments: Deployments,
+    upstream_blue: Proc,
+) -> None:
+    """A model slower than the read deadlines still answers, and a keep-alive connection
+    serves request after request: the deadlines cover only the client's sending."""
+    gateway = start_gateway(
+        redis_url,
+        env={
+            "MODELYARD_GATEWAY_HEADER_TIMEOUT_S": "0.5",
+            "MODELYARD_GATEWAY_BODY_TIMEOUT_S": "0.5",
+        },
+    )
+    name = deployments.new_name("patient")
+    deployments.publish(name, upstream_blue)
+    with httpx.Client(base_url=gateway.url, timeout=10.0) as client:
+        wait_until(
+            lambda: client.post(f"/d/{name}/predict", json=BODY, headers=auth()).status_code == 200,
+            deadline_s=5,
+            what="route to reach the gateway",
+        )
+        for _ in range(3):  # one connection (httpx keeps it alive), 0.8 s of model each time
+            response = client.post(f"/d/{name}/slow?ms=800", json=BODY, headers=auth())
+            assert response.status_code == 200, response.text
+            time.sleep(0.3)  # idle under uvicorn's keep-alive, then the next request
