@@ -71,6 +71,8 @@ def _json_or_lines(text: str, *, what: str) -> dict[str, Any] | None:
         raise forms.ValidationError(
             f"Not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})."
         ) from exc
+    except RecursionError:
+        raise forms.ValidationError("The JSON nests too deep.") from None
     if not isinstance(value, dict):
         raise forms.ValidationError(f"The {what} must be a JSON object.")
     return value
@@ -80,7 +82,7 @@ def _scalar(text: str) -> Any:
     """'0.1' → 0.1, 'true' → True, 'balanced' → 'balanced': params keep their JSON type."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return text
 
 

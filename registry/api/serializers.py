@@ -175,6 +175,17 @@ class VersionMetadataSerializer(serializers.Serializer):
         max_length=200, required=False, default="", allow_blank=True
     )
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # Dict keys and values escape the fields' own NUL check; PostgreSQL would refuse
+        # them at the write (a 500). Named by the top-level key, as the upload form shows it.
+        try:
+            json_value_check(self.initial_data)
+        except InvalidInput as exc:
+            path = (exc.details or {}).get("field")
+            top = path.split(".", 1)[0].split("[", 1)[0] if path else "non_field_errors"
+            raise serializers.ValidationError({top: exc.message}) from None
+        return attrs
+
     def to_metadata(self) -> VersionMetadata:
         data = dict(self.validated_data)
         data["parents"] = [ParentRef(**p) for p in data["parents"]]

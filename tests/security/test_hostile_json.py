@@ -118,3 +118,34 @@ def test_nul_in_a_query_parameter_is_a_400_not_a_500(registered_model, scientist
     response = api_for(scientist).get("/api/v1/models/", {"search": "ch\u0000urn"})
     assert response.status_code == 400, response.content
     assert response.json()["error"]["code"] in ("nul_character", "invalid")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ('{"C\\u0000": 1}', "NUL character"),
+        ('{"C": "a\\u0000"}', "NUL character"),
+        ('C = "x\\u0000"', "NUL character"),
+        ('{"C": ' + "[" * 5000 + "]" * 5000 + "}", "too deep"),
+    ],
+    ids=["key", "value", "key-value line", "deep"],
+)
+def test_the_upload_page_refuses_nul_and_deep_json_at_the_field(
+    params, message, scientist, client, sklearn_model, storage_snapshot
+):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(scientist)
+    response = client.post(
+        "/upload/",
+        {
+            "model_name": "churn-new",
+            "file": SimpleUploadedFile("model.joblib", sklearn_model.artifact),
+            "framework": "sklearn",
+            "params": params,
+        },
+    )
+    assert response.status_code == 400
+    errors = response.context["form"].errors
+    assert message.lower() in " ".join(errors["params"]).lower(), errors
+    assert not ModelVersion.objects.exists() and storage_snapshot() == set()
