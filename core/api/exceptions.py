@@ -31,9 +31,11 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 def _is_nul_refusal(exc: Exception) -> bool:
     """PostgreSQL refusing a NUL character (text) or its \\u0000 escape (jsonb)."""
+    # psycopg ("cannot contain NUL (0x00) bytes"), Django ("cannot contain NUL (0x00)
+    # characters") and PostgreSQL's jsonb ("\\u0000 cannot be converted to text").
     text = str(exc)
     return isinstance(exc, DataError | ValueError) and (
-        "NUL" in text or "\\u0000" in text or "0x00" in text
+        "NUL (0x00)" in text or "\\u0000 cannot be converted" in text
     )
 
 
