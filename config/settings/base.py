@@ -110,6 +110,12 @@ CACHES = {
 }
 
 AUTH_USER_MODEL = "accounts.User"
+# accounts/hashers.py says why scrypt; PBKDF2 stays listed so existing hashes still verify
+# (and are re-hashed with scrypt on their next successful login).
+PASSWORD_HASHERS = [
+    "accounts.hashers.OwaspScryptPasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
