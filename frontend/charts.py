@@ -214,8 +214,16 @@ def drift_heatmap_figure(
             "ygap": 1,
         }
     ]
-    layout = _layout(title, x_time=False, height=max(200, 60 + 36 * len(features)))
-    layout["xaxis"] = {"type": "category", "nticks": 8, "title": {"text": "window end (UTC)"}}
+    layout = _layout(title, x_time=False, height=max(240, 110 + 36 * len(features)))
+    # Slanted labels take height of their own: automargin makes room for them and the
+    # standoff keeps the axis title below them (they overlapped it at a fixed margin).
+    layout["xaxis"] = {
+        "type": "category",
+        "nticks": 8,
+        "tickangle": -30,
+        "automargin": True,
+        "title": {"text": "window end (UTC)", "standoff": 12},
+    }
     layout["yaxis"] = {"automargin": True}
     layout["hovermode"] = "closest"
     return {"data": data, "layout": layout, "config": CONFIG}
