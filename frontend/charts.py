@@ -99,25 +99,31 @@ def latency_figure(series: Mapping[int, Mapping[str, Sequence[Any]]]) -> dict:
 
 
 def throughput_figure(series: Mapping[int, Mapping[str, Sequence[Any]]]) -> dict:
-    """Requests per second per version, stacked: the total is the deployment's load."""
+    """Requests per second per version; a bucket without requests is a gap, not a zero.
+
+    Not stacked: a stack fills every bucket of every version (a version that served one
+    request drew a line along the whole day). Markers show a lone bucket.
+    """
     title = "Throughput (requests/s)"
     if not _has_traffic(series):
         return _empty(title, NO_TRAFFIC)
     data = [
         {
             "type": "scatter",
-            "mode": "lines",
-            "stackgroup": "rps",
+            "mode": "lines+markers",
+            "marker": {"size": 4},
             "name": f"v{version}",
             "x": _iso(points["t"]),
-            "y": list(points["rps"]),
+            "y": [
+                rps if requests else None
+                for rps, requests in zip(points["rps"], points["requests"], strict=True)
+            ],
             "line": {"color": version_color(version)},
+            "connectgaps": False,
         }
         for version, points in sorted(series.items())
     ]
-    layout = _layout(title, y_title="req/s")
-    layout["legend"]["traceorder"] = "normal"  # stacking reverses it otherwise: v1 first
-    return {"data": data, "layout": layout, "config": CONFIG}
+    return {"data": data, "layout": _layout(title, y_title="req/s"), "config": CONFIG}
 
 
 def error_rate_figure(series: Mapping[int, Mapping[str, Sequence[Any]]]) -> dict:

@@ -63,8 +63,17 @@ def test_latency_figure_has_three_percentiles_per_version():
 def test_throughput_and_error_figures_have_one_trace_per_version():
     throughput = charts.throughput_figure(_series())
     assert [t["name"] for t in throughput["data"]] == ["v1", "v2"]
-    assert all(t["stackgroup"] == "rps" for t in throughput["data"])
-    assert throughput["layout"]["legend"]["traceorder"] == "normal"
+    assert not any("stackgroup" in t for t in throughput["data"])
+    assert all(t["connectgaps"] is False and "markers" in t["mode"] for t in throughput["data"])
+
+
+def test_throughput_leaves_buckets_without_requests_as_gaps():
+    series = _series(versions=(1,), n=4)
+    series[1]["requests"] = [0, 1, 0, 0]
+    series[1]["rps"] = [0.0, 1 / 60, 0.0, 0.0]
+    (trace,) = charts.throughput_figure(series)["data"]
+    # One request in one bucket: one point, not a line along the whole window.
+    assert trace["y"] == [None, 1 / 60, None, None]
     errors = charts.error_rate_figure(_series())
     assert errors["data"][1]["y"] == [0.1, 0.1, 0.1]
     assert errors["layout"]["yaxis"]["tickformat"] == ".1%"
