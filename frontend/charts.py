@@ -148,33 +148,71 @@ def error_rate_figure(series: Mapping[int, Mapping[str, Sequence[Any]]]) -> dict
     return {"data": data, "layout": layout, "config": CONFIG}
 
 
-def cost_figure(costs: Sequence[Mapping[str, Any]]) -> dict:
-    """Cost per prediction per version (bars); versions without enough samples are left out."""
-    title = "Cost per prediction"
-    known = [c for c in costs if c.get("cost_per_prediction") is not None]
+# Below this many predictions a version's cost per prediction is mostly its idle slot
+# (one request "costs" the whole window): shown in words, never allowed to set the scale.
+COST_MIN_PREDICTIONS = 100
+COST_PER = 1000
+
+
+def price_basis(prices: Mapping[str, Any], currency: str) -> str:
+    return (
+        f"at {prices['price_cpu_hour']:g} {currency} per CPU-hour and "
+        f"{prices['price_gb_hour']:g} {currency} per GB-hour of memory"
+    )
+
+
+def cost_figure(costs: Sequence[Mapping[str, Any]], *, currency: str = "USD") -> dict:
+    """Cost per 1,000 predictions per version (bars), in ``currency``, with the prices used.
+
+    Versions without enough resource samples, or with fewer than COST_MIN_PREDICTIONS
+    predictions, are left out of the bars (the caption names them).
+    """
+    title = f"Cost per 1,000 predictions ({currency})"
+    known = [
+        c
+        for c in costs
+        if c.get("cost_per_prediction") is not None
+        and c.get("predictions", 0) >= COST_MIN_PREDICTIONS
+    ]
     if not known:
         return _empty(
-            title, "No cost yet: it needs resource samples of a serving slot and predictions."
+            title,
+            "No cost yet: it needs resource samples of a serving slot and "
+            f"at least {COST_MIN_PREDICTIONS} predictions.",
         )
+    per = [c["cost_per_prediction"] * COST_PER for c in known]
     data = [
         {
             "type": "bar",
             "x": [f"v{c['version']}" for c in known],
-            "y": [c["cost_per_prediction"] for c in known],
+            "y": per,
             "marker": {"color": [version_color(c["version"]) for c in known]},
-            "text": [f"{c['cost_per_prediction']:.3g}" for c in known],
+            "text": [f"{value:.3g} {currency}" for value in per],
             "textposition": "auto",
-            "name": "cost / prediction",
-            "customdata": [[c["cpu_seconds"], c["memory_gb_hours"]] for c in known],
-            "hovertemplate": "%{x}: %{y:.3g} per prediction<br>"
-            "CPU-seconds %{customdata[0]:.1f}, GB-hours %{customdata[1]:.3f}<extra></extra>",
+            "name": f"{currency} / 1,000 predictions",
+            "customdata": [
+                [c["predictions"], c["cpu_seconds"], c["memory_gb_hours"]] for c in known
+            ],
+            "hovertemplate": f"%{{x}}: %{{y:.3g}} {currency} per 1,000 predictions<br>"
+            "%{customdata[0]} predictions, CPU-seconds %{customdata[1]:.1f}, "
+            "GB-hours %{customdata[2]:.3f}<extra></extra>",
         }
     ]
-    return {
-        "data": data,
-        "layout": _layout(title, y_title="per prediction", x_time=False),
-        "config": CONFIG,
-    }
+    layout = _layout(title, y_title=f"{currency} per 1,000", x_time=False)
+    layout["annotations"] = [
+        {
+            "text": price_basis(known[0], currency),
+            "showarrow": False,
+            "xref": "paper",
+            "yref": "paper",
+            "x": 1,
+            "y": 1.0,
+            "xanchor": "right",
+            "yanchor": "bottom",
+            "font": {"size": 11, "color": "#555"},
+        }
+    ]
+    return {"data": data, "layout": layout, "config": CONFIG}
 
 
 def drift_heatmap_figure(

@@ -208,6 +208,8 @@ MODELYARD_RESOURCE_RETENTION_DAYS = env_int("MODELYARD_RESOURCE_RETENTION_DAYS",
 # Prices (any currency; per deployment overrides in MonitoringPolicy).
 MODELYARD_PRICE_CPU_HOUR = env_float("MODELYARD_PRICE_CPU_HOUR", 0.04, minimum=0)
 MODELYARD_PRICE_GB_HOUR = env_float("MODELYARD_PRICE_GB_HOUR", 0.005, minimum=0)
+# The currency those prices are in: the dashboard names it beside every cost.
+MODELYARD_PRICE_CURRENCY = env_str("MODELYARD_PRICE_CURRENCY", "USD")
 # Drift: closed windows of this length are computed by beat; more on demand.
 MODELYARD_DRIFT_WINDOW_SECONDS = env_int("MODELYARD_DRIFT_WINDOW_SECONDS", 3600, minimum=60)
 MODELYARD_DRIFT_BINS = env_int("MODELYARD_DRIFT_BINS", 10, minimum=2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import OuterRef, Subquery
@@ -170,6 +171,7 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
     )
     prediction = data.prediction_distribution(deployment=deployment, version=focus, end=buckets.end)
     seconds = (buckets.end - buckets.start).total_seconds()
+    currency = settings.MODELYARD_PRICE_CURRENCY
     cost_of = {c["version"]: c for c in costs}
     tiles = []
     for number in sorted(set(totals) | set(cost_of)):
@@ -187,7 +189,7 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
                 "error_rate": _fmt(
                     cell.errors / cell.requests if cell and cell.requests else None, ".2%"
                 ),
-                "cost_per_prediction": _fmt(cost.get("cost_per_prediction"), ".3g"),
+                "cost_per_1000": _cost_per_1000(cost),
                 "cpu_seconds": _fmt(cost.get("cpu_seconds"), ".1f"),
                 "gb_hours": _fmt(cost.get("memory_gb_hours"), ".4f"),
             }
@@ -196,7 +198,7 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
         ("fig-latency", charts.latency_figure(points), _latency_summary(tiles)),
         ("fig-throughput", charts.throughput_figure(points), _traffic_summary(tiles, window)),
         ("fig-errors", charts.error_rate_figure(points), _error_summary(tiles)),
-        ("fig-cost", charts.cost_figure(costs), _cost_summary(tiles)),
+        ("fig-cost", charts.cost_figure(costs, currency=currency), _cost_summary(tiles, costs)),
         ("fig-drift", charts.drift_heatmap_figure(**drift), _drift_summary(drift)),
         (
             "fig-prediction",
@@ -216,6 +218,7 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
             for fid, fig, text in figures
         ],
         "has_traffic": any(t["requests"] for t in tiles),
+        "currency": currency,
     }
 
 
@@ -240,13 +243,32 @@ def _error_summary(tiles: list[dict]) -> str:
     return "; ".join(parts) or "No requests, so no errors."
 
 
-def _cost_summary(tiles: list[dict]) -> str:
-    parts = [
-        f"v{t['version']}: {t['cost_per_prediction']} per prediction "
-        f"({t['cpu_seconds']} CPU-seconds, {t['gb_hours']} GB-hours)"
-        for t in tiles
-    ]
-    return "; ".join(parts) or "No resource samples yet."
+def _cost_per_1000(cost: dict[str, Any]) -> str:
+    per = cost.get("cost_per_prediction")
+    if per is None:
+        return "—"
+    if cost.get("predictions", 0) < charts.COST_MIN_PREDICTIONS:
+        count = cost["predictions"]
+        return f"— ({count} prediction{'' if count == 1 else 's'}: too few)"
+    return format(per * charts.COST_PER, ".3g")
+
+
+def _cost_summary(tiles: list[dict], costs: list[dict[str, Any]]) -> str:
+    if not costs:
+        return "No resource samples yet."
+    currency = settings.MODELYARD_PRICE_CURRENCY
+    parts = []
+    for t in tiles:
+        figure = t["cost_per_1000"]
+        if figure.startswith("—"):
+            why = figure[1:].strip(" ()") or "no cost yet"
+            parts.append(f"v{t['version']}: {why}")
+        else:
+            parts.append(
+                f"v{t['version']}: {figure} {currency} per 1,000 predictions "
+                f"({t['cpu_seconds']} CPU-seconds, {t['gb_hours']} GB-hours)"
+            )
+    return "; ".join(parts) + f"; {charts.price_basis(costs[0], currency)}."
 
 
 def _drift_summary(drift: dict) -> str:
