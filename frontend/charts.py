@@ -286,7 +286,8 @@ def prediction_distribution_figure(
     if not labels:
         return _empty(
             title,
-            "No reference predictions yet: they are computed once a slot serves the version.",
+            "No reference predictions yet: they are asked of the slot within a minute of it "
+            "serving the version.",
         )
     data = [
         {

@@ -391,6 +391,12 @@ CELERY_BEAT_SCHEDULE = {
     # within the 120 s life of the young buckets' entries, so they never lapse in front of
     # a user (frontend/dashboard_data.py).
     "frontend-dashboard-cache-warm": {"task": "frontend.dashboard_cache_warm", "schedule": 60.0},
+    # "Predictions vs reference" within a minute of a version serving, not after its first
+    # full drift window (frontend/dashboard_data.py, prediction_baselines_ensure).
+    "frontend-prediction-baselines": {
+        "task": "frontend.prediction_baselines_ensure",
+        "schedule": 60.0,
+    },
 }
 
 # Logs: one JSON object per line (MODELYARD_LOG_FORMAT=plain for humans at a terminal);

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pytest
+from django.utils import timezone
 
 from accounts.choices import Role
 from core.models import AuditEvent
@@ -239,3 +240,39 @@ def test_actions_partial_never_offers_the_live_version(login, ops):  # noqa: F81
     assert '<option value="2">' in html and '<option value="3">' not in html
     status = client.get(f"/deployments/{deployment.name}/status/").content.decode()
     assert 'data-live-signature="blue:' in status
+
+
+# --- predictions vs reference ----------------------------------------------------------------
+
+
+def test_prediction_baseline_is_built_within_a_minute_of_serving(ops, model_slot):  # noqa: F811
+    from django.conf import settings as django_settings
+
+    from config.celery_app import app
+    from frontend import dashboard_data as data
+    from frontend.tasks import prediction_baselines_ensure_task
+    from monitoring.models import DriftProfile
+
+    deployment = ops["deployment"]
+    v2 = ops["versions"][2]
+    assert (
+        data.prediction_distribution(deployment=deployment, version=2, end=timezone.now())["labels"]
+        == []
+    )
+    # Beat asks every minute, on the monitoring queue.
+    scheduled = {e["task"]: e for e in django_settings.CELERY_BEAT_SCHEDULE.values()}
+    assert scheduled["frontend.prediction_baselines_ensure"]["schedule"] <= 60
+    assert app.amqp.router.route({}, "frontend.prediction_baselines_ensure")["queue"].name == (
+        "monitoring"
+    )
+    outcome = prediction_baselines_ensure_task.apply().get()
+    # v2's slot answered with the real model; v1's slot (blue) has no server: not yet.
+    assert outcome == {"built": [v2.pk]}
+    assert DriftProfile.objects.get(version=v2).prediction is not None
+    shown = data.prediction_distribution(deployment=deployment, version=2, end=timezone.now())
+    assert shown["labels"] and sum(shown["reference"]) == pytest.approx(1.0)
+    asked = len(model_slot.received)
+    assert asked >= 1
+    # Built once: the next run does not ask v2's slot again.
+    assert prediction_baselines_ensure_task.apply().get() == {"built": []}
+    assert len(model_slot.received) == asked
