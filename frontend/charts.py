@@ -99,25 +99,31 @@ def latency_figure(series: Mapping[int, Mapping[str, Sequence[Any]]]) -> dict:
 
 
 def throughput_figure(series: Mapping[int, Mapping[str, Sequence[Any]]]) -> dict:
-    """Requests per second per version, stacked: the total is the deployment's load."""
+    """Requests per second per version; a bucket without requests is a gap, not a zero.
+
+    Not stacked: a stack fills every bucket of every version (a version that served one
+    request drew a line along the whole day). Markers show a lone bucket.
+    """
     title = "Throughput (requests/s)"
     if not _has_traffic(series):
         return _empty(title, NO_TRAFFIC)
     data = [
         {
             "type": "scatter",
-            "mode": "lines",
-            "stackgroup": "rps",
+            "mode": "lines+markers",
+            "marker": {"size": 4},
             "name": f"v{version}",
             "x": _iso(points["t"]),
-            "y": list(points["rps"]),
+            "y": [
+                rps if requests else None
+                for rps, requests in zip(points["rps"], points["requests"], strict=True)
+            ],
             "line": {"color": version_color(version)},
+            "connectgaps": False,
         }
         for version, points in sorted(series.items())
     ]
-    layout = _layout(title, y_title="req/s")
-    layout["legend"]["traceorder"] = "normal"  # stacking reverses it otherwise: v1 first
-    return {"data": data, "layout": layout, "config": CONFIG}
+    return {"data": data, "layout": _layout(title, y_title="req/s"), "config": CONFIG}
 
 
 def error_rate_figure(series: Mapping[int, Mapping[str, Sequence[Any]]]) -> dict:
@@ -142,33 +148,71 @@ def error_rate_figure(series: Mapping[int, Mapping[str, Sequence[Any]]]) -> dict
     return {"data": data, "layout": layout, "config": CONFIG}
 
 
-def cost_figure(costs: Sequence[Mapping[str, Any]]) -> dict:
-    """Cost per prediction per version (bars); versions without enough samples are left out."""
-    title = "Cost per prediction"
-    known = [c for c in costs if c.get("cost_per_prediction") is not None]
+# Below this many predictions a version's cost per prediction is mostly its idle slot
+# (one request "costs" the whole window): shown in words, never allowed to set the scale.
+COST_MIN_PREDICTIONS = 100
+COST_PER = 1000
+
+
+def price_basis(prices: Mapping[str, Any], currency: str) -> str:
+    return (
+        f"at {prices['price_cpu_hour']:g} {currency} per CPU-hour and "
+        f"{prices['price_gb_hour']:g} {currency} per GB-hour of memory"
+    )
+
+
+def cost_figure(costs: Sequence[Mapping[str, Any]], *, currency: str = "USD") -> dict:
+    """Cost per 1,000 predictions per version (bars), in ``currency``, with the prices used.
+
+    Versions without enough resource samples, or with fewer than COST_MIN_PREDICTIONS
+    predictions, are left out of the bars (the caption names them).
+    """
+    title = f"Cost per 1,000 predictions ({currency})"
+    known = [
+        c
+        for c in costs
+        if c.get("cost_per_prediction") is not None
+        and c.get("predictions", 0) >= COST_MIN_PREDICTIONS
+    ]
     if not known:
         return _empty(
-            title, "No cost yet: it needs resource samples of a serving slot and predictions."
+            title,
+            "No cost yet: it needs resource samples of a serving slot and "
+            f"at least {COST_MIN_PREDICTIONS} predictions.",
         )
+    per = [c["cost_per_prediction"] * COST_PER for c in known]
     data = [
         {
             "type": "bar",
             "x": [f"v{c['version']}" for c in known],
-            "y": [c["cost_per_prediction"] for c in known],
+            "y": per,
             "marker": {"color": [version_color(c["version"]) for c in known]},
-            "text": [f"{c['cost_per_prediction']:.3g}" for c in known],
+            "text": [f"{value:.3g} {currency}" for value in per],
             "textposition": "auto",
-            "name": "cost / prediction",
-            "customdata": [[c["cpu_seconds"], c["memory_gb_hours"]] for c in known],
-            "hovertemplate": "%{x}: %{y:.3g} per prediction<br>"
-            "CPU-seconds %{customdata[0]:.1f}, GB-hours %{customdata[1]:.3f}<extra></extra>",
+            "name": f"{currency} / 1,000 predictions",
+            "customdata": [
+                [c["predictions"], c["cpu_seconds"], c["memory_gb_hours"]] for c in known
+            ],
+            "hovertemplate": f"%{{x}}: %{{y:.3g}} {currency} per 1,000 predictions<br>"
+            "%{customdata[0]} predictions, CPU-seconds %{customdata[1]:.1f}, "
+            "GB-hours %{customdata[2]:.3f}<extra></extra>",
         }
     ]
-    return {
-        "data": data,
-        "layout": _layout(title, y_title="per prediction", x_time=False),
-        "config": CONFIG,
-    }
+    layout = _layout(title, y_title=f"{currency} per 1,000", x_time=False)
+    layout["annotations"] = [
+        {
+            "text": price_basis(known[0], currency),
+            "showarrow": False,
+            "xref": "paper",
+            "yref": "paper",
+            "x": 1,
+            "y": 1.0,
+            "xanchor": "right",
+            "yanchor": "bottom",
+            "font": {"size": 11, "color": "#555"},
+        }
+    ]
+    return {"data": data, "layout": layout, "config": CONFIG}
 
 
 def drift_heatmap_figure(
@@ -214,8 +258,16 @@ def drift_heatmap_figure(
             "ygap": 1,
         }
     ]
-    layout = _layout(title, x_time=False, height=max(200, 60 + 36 * len(features)))
-    layout["xaxis"] = {"type": "category", "nticks": 8, "title": {"text": "window end (UTC)"}}
+    layout = _layout(title, x_time=False, height=max(240, 110 + 36 * len(features)))
+    # Slanted labels take height of their own: automargin makes room for them and the
+    # standoff keeps the axis title below them (they overlapped it at a fixed margin).
+    layout["xaxis"] = {
+        "type": "category",
+        "nticks": 8,
+        "tickangle": -30,
+        "automargin": True,
+        "title": {"text": "window end (UTC)", "standoff": 12},
+    }
     layout["yaxis"] = {"automargin": True}
     layout["hovermode"] = "closest"
     return {"data": data, "layout": layout, "config": CONFIG}
@@ -234,7 +286,8 @@ def prediction_distribution_figure(
     if not labels:
         return _empty(
             title,
-            "No reference predictions yet: they are computed once a slot serves the version.",
+            "No reference predictions yet: they are asked of the slot within a minute of it "
+            "serving the version.",
         )
     data = [
         {

@@ -320,3 +320,40 @@ class AuditFilterForm(forms.Form):
     until = forms.DateField(
         label="To", required=False, widget=forms.DateInput(attrs={"type": "date"})
     )
+
+
+class DeploymentForm(forms.Form):
+    """A new deployment; the name, environment and uniqueness rules are deployment_create's."""
+
+    name = forms.CharField(
+        max_length=100, help_text="The stable endpoint name, e.g. churn-prod (letters, digits, -)"
+    )
+    model = forms.ModelChoiceField(
+        queryset=None, to_field_name="name", empty_label="Pick a registered model"
+    )
+    environment = forms.ChoiceField(choices=[])
+    bake_seconds = forms.IntegerField(
+        label="Bake period (seconds)",
+        initial=300,
+        min_value=0,
+        max_value=7 * 24 * 3600,
+        help_text="How long the previous slot stays warm after a switch, for instant rollback",
+    )
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from deployments.choices import Environment
+        from registry.models import RegisteredModel
+
+        super().__init__(*args, **kwargs)
+        self.fields["model"].queryset = RegisteredModel.objects.order_by("name")
+        self.fields["environment"].choices = Environment.choices
+
+
+class DeploymentKeyForm(forms.Form):
+    name = forms.CharField(
+        label="Key name",
+        max_length=100,
+        initial="default",
+        help_text="Who uses it, e.g. checkout-service; shown in the audit log",
+    )

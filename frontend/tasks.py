@@ -47,3 +47,26 @@ def dashboard_cache_warm_task() -> dict[str, Any]:
         "windows": result.windows,
         "seconds": round(result.seconds, 3),
     }
+
+
+@shared_task(
+    name="frontend.prediction_baselines_ensure",
+    # Builds each baseline once (a version with one is skipped): a redelivery or an
+    # overlapping run asks the slot again at worst and writes the same profile.
+    acks_late=True,
+    # One reference sample (at most MODELYARD_MAX_REFERENCE_ROWS rows) per new version,
+    # sent in chunks to its slot with a 30 s timeout each.
+    soft_time_limit=240,
+    time_limit=300,
+    # Every minute: a stale message is the next run's work.
+    expires=50,
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=2,
+)
+def prediction_baselines_ensure_task() -> dict[str, Any]:
+    """Give every newly served version its reference prediction distribution."""
+    built = dashboard_data.prediction_baselines_ensure()
+    if built:
+        logger.info("prediction baselines built for versions %s", built)
+    return {"built": built}

@@ -105,6 +105,9 @@ class MonitoringPolicy(models.Model):
     price_gb_hour = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        verbose_name_plural = "monitoring policies"
+
     def __str__(self) -> str:
         return f"monitoring policy of {self.deployment_id}"
 
@@ -208,6 +211,7 @@ class GuardBreach(models.Model):
 
     class Meta:
         ordering = ["-at", "-id"]
+        verbose_name_plural = "guard breaches"
 
     def __str__(self) -> str:
         return f"guard breach on {self.deployment_id} v{self.version}: {', '.join(self.rules)}"
@@ -276,6 +280,7 @@ class WebhookDelivery(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        verbose_name_plural = "webhook deliveries"
         constraints = [
             models.UniqueConstraint(
                 fields=["alert", "endpoint"], name="monitoring_delivery_once_per_endpoint"

@@ -176,6 +176,7 @@ class Alias(models.Model):
 
     class Meta:
         ordering = ["model", "name"]
+        verbose_name_plural = "aliases"
         constraints = [
             models.UniqueConstraint(fields=["model", "name"], name="registry_alias_unique_name"),
         ]

@@ -110,6 +110,12 @@ CACHES = {
 }
 
 AUTH_USER_MODEL = "accounts.User"
+# accounts/hashers.py says why scrypt; PBKDF2 stays listed so existing hashes still verify
+# (and are re-hashed with scrypt on their next successful login).
+PASSWORD_HASHERS = [
+    "accounts.hashers.OwaspScryptPasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -202,6 +208,8 @@ MODELYARD_RESOURCE_RETENTION_DAYS = env_int("MODELYARD_RESOURCE_RETENTION_DAYS",
 # Prices (any currency; per deployment overrides in MonitoringPolicy).
 MODELYARD_PRICE_CPU_HOUR = env_float("MODELYARD_PRICE_CPU_HOUR", 0.04, minimum=0)
 MODELYARD_PRICE_GB_HOUR = env_float("MODELYARD_PRICE_GB_HOUR", 0.005, minimum=0)
+# The currency those prices are in: the dashboard names it beside every cost.
+MODELYARD_PRICE_CURRENCY = env_str("MODELYARD_PRICE_CURRENCY", "USD")
 # Drift: closed windows of this length are computed by beat; more on demand.
 MODELYARD_DRIFT_WINDOW_SECONDS = env_int("MODELYARD_DRIFT_WINDOW_SECONDS", 3600, minimum=60)
 MODELYARD_DRIFT_BINS = env_int("MODELYARD_DRIFT_BINS", 10, minimum=2)
@@ -396,6 +404,12 @@ CELERY_BEAT_SCHEDULE = {
     # within the 120 s life of the young buckets' entries, so they never lapse in front of
     # a user (frontend/dashboard_data.py).
     "frontend-dashboard-cache-warm": {"task": "frontend.dashboard_cache_warm", "schedule": 60.0},
+    # "Predictions vs reference" within a minute of a version serving, not after its first
+    # full drift window (frontend/dashboard_data.py, prediction_baselines_ensure).
+    "frontend-prediction-baselines": {
+        "task": "frontend.prediction_baselines_ensure",
+        "schedule": 60.0,
+    },
 }
 
 # Logs: one JSON object per line (MODELYARD_LOG_FORMAT=plain for humans at a terminal);

@@ -56,3 +56,29 @@ def human_bytes(size: int | None) -> str:
 @register.filter
 def state_label(state: str) -> str:
     return str(state).replace("_", " ")
+
+
+# How a stored format reads in a sentence; an unknown one is shown as recorded.
+_FORMAT_NAMES = {
+    "pickle": "pickle file",
+    "joblib": "joblib file",
+    "skops": "skops file",
+    "onnx": "ONNX file",
+    "xgboost-json": "XGBoost JSON file",
+    "xgboost-ubj": "XGBoost UBJ file",
+    "lightgbm-text": "LightGBM text file",
+}
+
+
+@register.filter
+def framework_and_format(version: Any) -> str:
+    """``scikit-learn · joblib file``: the library once and the format the file really has.
+
+    The framework's choice label names every format it accepts ("scikit-learn
+    (pickle/joblib)"), which beside the detected format read twice.
+    """
+    library = str(version.get_framework_display()).split(" (", 1)[0]
+    fmt = version.artifact_format
+    if not fmt:
+        return library
+    return f"{library} · {_FORMAT_NAMES.get(fmt, fmt)}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import OuterRef, Subquery
@@ -24,6 +25,7 @@ from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState, SlotState
 from deployments.models import Deployment, Rollout
 from deployments.services import DEPLOYABLE_STATES
 from frontend import charts
+from frontend import dashboard_captions as captions
 from frontend import dashboard_data as data
 from frontend.views.access import capability_require
 from registry.models import ModelVersion
@@ -84,6 +86,16 @@ def rollback_target(deployment: Deployment) -> tuple[ModelVersion | None, ModelV
     if target is not None and target.pk == live.version_id:
         target = None
     return live.version, target
+
+
+def _rollback_is_warm(deployment: Deployment, target: ModelVersion | None) -> bool:
+    """Whether a rollback to ``target`` would be an instant switch: the idle slot still runs
+    it. The very check deployment_rollback makes (services._slot_is_warm; it is private
+    there, and one rule must not have a second copy here)."""
+    if target is None:
+        return False
+    idle = next((s for s in deployment.slots.all() if s.color != deployment.live_slot), None)
+    return idle is not None and services._slot_is_warm(idle, target)
 
 
 # --- list -----------------------------------------------------------------------------------
@@ -170,6 +182,7 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
     )
     prediction = data.prediction_distribution(deployment=deployment, version=focus, end=buckets.end)
     seconds = (buckets.end - buckets.start).total_seconds()
+    currency = settings.MODELYARD_PRICE_CURRENCY
     cost_of = {c["version"]: c for c in costs}
     tiles = []
     for number in sorted(set(totals) | set(cost_of)):
@@ -187,21 +200,29 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
                 "error_rate": _fmt(
                     cell.errors / cell.requests if cell and cell.requests else None, ".2%"
                 ),
-                "cost_per_prediction": _fmt(cost.get("cost_per_prediction"), ".3g"),
+                "cost_per_1000": captions.cost_per_1000(cost),
                 "cpu_seconds": _fmt(cost.get("cpu_seconds"), ".1f"),
                 "gb_hours": _fmt(cost.get("memory_gb_hours"), ".4f"),
             }
         )
     figures = [
-        ("fig-latency", charts.latency_figure(points), _latency_summary(tiles)),
-        ("fig-throughput", charts.throughput_figure(points), _traffic_summary(tiles, window)),
-        ("fig-errors", charts.error_rate_figure(points), _error_summary(tiles)),
-        ("fig-cost", charts.cost_figure(costs), _cost_summary(tiles)),
-        ("fig-drift", charts.drift_heatmap_figure(**drift), _drift_summary(drift)),
+        ("fig-latency", charts.latency_figure(points), captions.latency_summary(tiles)),
+        (
+            "fig-throughput",
+            charts.throughput_figure(points),
+            captions.traffic_summary(tiles, window),
+        ),
+        ("fig-errors", charts.error_rate_figure(points), captions.error_summary(tiles)),
+        (
+            "fig-cost",
+            charts.cost_figure(costs, currency=currency),
+            captions.cost_summary(tiles, costs),
+        ),
+        ("fig-drift", charts.drift_heatmap_figure(**drift), captions.drift_summary(drift)),
         (
             "fig-prediction",
             charts.prediction_distribution_figure(**prediction),
-            _prediction_summary(prediction),
+            captions.prediction_summary(prediction),
         ),
     ]
     return {
@@ -216,55 +237,8 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
             for fid, fig, text in figures
         ],
         "has_traffic": any(t["requests"] for t in tiles),
+        "currency": currency,
     }
-
-
-def _latency_summary(tiles: list[dict]) -> str:
-    parts = [
-        f"v{t['version']}: p50 {t['p50']} ms, p95 {t['p95']} ms, p99 {t['p99']} ms"
-        for t in tiles
-        if t["requests"]
-    ]
-    return "; ".join(parts) or "No requests in this window."
-
-
-def _traffic_summary(tiles: list[dict], window: str) -> str:
-    parts = [
-        f"v{t['version']}: {t['requests']} requests ({t['rps']}/s)" for t in tiles if t["requests"]
-    ]
-    return "; ".join(parts) or f"No requests in the last {window}."
-
-
-def _error_summary(tiles: list[dict]) -> str:
-    parts = [f"v{t['version']}: {t['error_rate']} errors" for t in tiles if t["requests"]]
-    return "; ".join(parts) or "No requests, so no errors."
-
-
-def _cost_summary(tiles: list[dict]) -> str:
-    parts = [
-        f"v{t['version']}: {t['cost_per_prediction']} per prediction "
-        f"({t['cpu_seconds']} CPU-seconds, {t['gb_hours']} GB-hours)"
-        for t in tiles
-    ]
-    return "; ".join(parts) or "No resource samples yet."
-
-
-def _drift_summary(drift: dict) -> str:
-    if not drift["features"]:
-        return "No drift windows in this range."
-    latest = {f: row[-1] for f, row in zip(drift["features"], drift["statuses"], strict=True)}
-    count = len(drift["times"])
-    return f"{count} window{'' if count == 1 else 's'}; latest status: " + ", ".join(
-        f"{f} {s or 'no data'}" for f, s in latest.items()
-    )
-
-
-def _prediction_summary(prediction: dict) -> str:
-    if not prediction["labels"]:
-        return "No reference predictions yet."
-    if not prediction["live_rows"]:
-        return "Reference distribution shown; no live predictions sampled in the last hour."
-    return f"{prediction['live_rows']} live predictions sampled in the last hour vs the reference."
 
 
 def _window(request: HttpRequest) -> str:
@@ -289,14 +263,13 @@ def _deployable_versions(deployment: Deployment, live_version: ModelVersion | No
 
 
 def _detail_context(request: HttpRequest, deployment: Deployment, window: str) -> dict[str, Any]:
-    status = _status_context(deployment)
-    live, target = rollback_target(deployment)
+    # Actions, keys and the try box live in deployment_manage (which imports this module).
+    from frontend.views.deployment_manage import manage_context
+
     return {
-        **status,
+        **_status_context(deployment),
         **dashboard_context(deployment, window),
-        "can_deploy": _can_deploy(request),
-        "rollback_to": target,
-        "deployable_versions": _deployable_versions(deployment, live),
+        **manage_context(request, deployment),
     }
 
 
@@ -359,7 +332,12 @@ def deployment_rollback_confirm(request: HttpRequest, name: str) -> HttpResponse
     _require(request, Capability.DEPLOY)
     deployment = _deployment(name)
     live, target = rollback_target(deployment)
-    context = {"deployment": deployment, "live_version": live, "rollback_to": target}
+    context = {
+        "deployment": deployment,
+        "live_version": live,
+        "rollback_to": target,
+        "rollback_warm": _rollback_is_warm(deployment, target),
+    }
     template = (
         "frontend/deployments/_rollback_confirm.html"
         if request.htmx

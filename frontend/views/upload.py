@@ -12,13 +12,15 @@ from django.shortcuts import redirect, render
 from accounts.permissions import user_has_capability
 from core.choices import Capability as C
 from core.errors import DomainError, PayloadTooLarge, UnsafeArtifact
+from frontend import upload_staging
 from frontend.forms import AUTO_FRAMEWORK, UploadForm
 from frontend.views.access import capability_required
 from registry import services
 from registry.choices import Framework
-from registry.models import RegisteredModel
+from registry.models import ModelVersion, RegisteredModel
 from registry.services.artifacts import uploaded_file_on_disk
-from registry.validation.formats import guess_framework
+from registry.validation.formats import ArtifactFormatError, detect_format, guess_framework
+from registry.validation.reference import ReferenceDataError, load_reference_frame
 
 # Which form field a service error is about, by its error code.
 _ERROR_FIELDS = {
@@ -94,6 +96,92 @@ def _upload(request: HttpRequest, form: UploadForm):
         )
 
 
+def _other_errors(request: HttpRequest, form: UploadForm) -> list[tuple[str, str]]:
+    """After the upload service refused one thing, what else it would refuse, so the page
+    reports every problem at once (the service stops at its first). Each check is the
+    function the service itself calls; a successful upload never pays for them."""
+    data = form.cleaned_data
+    errors: list[tuple[str, str]] = []
+    # On a form with field errors too: each check runs when the fields it needs are clean.
+    name = data.get("model_name")
+    exists = name is None or RegisteredModel.objects.filter(name__iexact=name).exists()
+    if not exists and not user_has_capability(request.user, C.MANAGE_MODELS):
+        errors.append(
+            (
+                "model_name",
+                f"There is no model named {data['model_name']!r}, and your role cannot "
+                "register one.",
+            )
+        )
+    # The parsed lines, not the metadata: that is built only when every metadata field is clean.
+    for ref in data.get("parents") or []:
+        known = ModelVersion.objects.filter(model__name__iexact=ref["model"], number=ref["version"])
+        if not known.exists():
+            errors.append(
+                ("parents", f"Parent version {ref['model']} v{ref['version']} does not exist.")
+            )
+    upload = data.get("file")
+    framework = data.get("framework")
+    if upload is None or framework is None:
+        pass
+    elif framework == AUTO_FRAMEWORK and (framework := _guess(upload)) is None:
+        errors.append(
+            ("framework", "Could not tell the framework from this file; choose it from the list.")
+        )
+    else:
+        with uploaded_file_on_disk(upload) as path:
+            try:
+                detect_format(path, framework)
+            except ArtifactFormatError as exc:
+                field = "framework" if "declare framework" in str(exc) else "file"
+                errors.append((field, str(exc)))
+        upload.seek(0)
+    reference = data.get("reference_data")
+    if reference is not None:
+        with uploaded_file_on_disk(reference) as path:
+            try:
+                load_reference_frame(path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS)
+            except ReferenceDataError as exc:
+                errors.append(("reference_data", f"reference_data: {exc}"))
+        reference.seek(0)
+    return errors
+
+
+def _add_errors(form: UploadForm, refused: tuple[str | None, str] | None, others) -> None:
+    reported: set[str | None] = set()
+    if refused is not None:
+        form.add_error(refused[0], refused[1])
+        reported.add(refused[0])
+    for field, message in others:
+        # One message per field: the service's own, when it refused that field.
+        if field not in reported and field not in form.errors:
+            form.add_error(field, message)
+            reported.add(field)
+
+
+def _files_with_kept(request: HttpRequest):
+    """The request's files, plus the ones kept from a refused submit that were not chosen
+    anew (see frontend/upload_staging.py)."""
+    files = request.FILES.copy()
+    for field in upload_staging.FIELDS:
+        token = request.POST.get(f"kept_{field}", "")
+        if field not in files and token:
+            restored = upload_staging.restore(token, user_id=request.user.pk)
+            if restored is not None:
+                files[field] = restored
+    return files
+
+
+def _keep_files(request: HttpRequest, form: UploadForm, files) -> dict[str, dict]:
+    """Keep each chosen file that has no error of its own for the next submit."""
+    kept = {}
+    for field in upload_staging.FIELDS:
+        upload = files.get(field)
+        if upload is not None and upload.size and field not in form.errors:
+            kept[field] = upload_staging.stage(upload, user_id=request.user.pk, field=field)
+    return kept
+
+
 def _body_too_large(request: HttpRequest) -> str | None:
     """Refuse an oversized body before reading a byte of it (as the API's parser does)."""
     limit = settings.MODELYARD_MAX_ARTIFACT_BYTES + settings.MODELYARD_MAX_REFERENCE_BYTES
@@ -125,27 +213,34 @@ def upload(request: HttpRequest) -> HttpResponse:
             },
             status=413,
         )
-    form = UploadForm(request.POST or None, request.FILES or None, initial=initial)
+    files = _files_with_kept(request) if request.method == "POST" else None
+    form = UploadForm(request.POST or None, files or None, initial=initial)
     status = 200
+    kept: dict[str, dict] = {}
     if request.method == "POST":
         if form.is_valid():
             try:
                 version = _upload(request, form)
             except _UploadRefused as exc:
-                form.add_error(exc.field, exc.message)
+                _add_errors(form, (exc.field, exc.message), _other_errors(request, form))
             except DomainError as exc:
-                form.add_error(_error_field(exc), exc.message)
+                _add_errors(form, (_error_field(exc), exc.message), _other_errors(request, form))
             else:
+                upload_staging.discard(user_id=request.user.pk)
                 return redirect(
                     "frontend:version_detail", name=version.model.name, number=version.number
                 )
+        else:
+            _add_errors(form, None, _other_errors(request, form))
         status = 400
+        kept = _keep_files(request, form, files)
     return render(
         request,
         "frontend/registry/upload.html",
         {
             "form": form,
             "model_names": _model_names(),
+            "kept": kept,
         },
         status=status,
     )

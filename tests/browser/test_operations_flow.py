@@ -116,6 +116,8 @@ def test_operator_rolls_out_sees_the_dashboard_and_rolls_back(ui):
     page.get_by_role("button", name="Rollback…").click()
     confirm = page.locator("#rollback-area")
     expect(confirm).to_contain_text("Roll back churn-prod from v2 to v1?")
+    # v1's slot is still warm (bake period): the confirmation says the switch is instant.
+    expect(confirm).to_contain_text("Instant switch: v1 still runs warm in the idle slot")
     assert Deployment.objects.get(pk=deployment.pk).live_slot == "green"
     page.get_by_label("Reason (recorded in the audit log)").fill("UI test: back to v1")
     ui.shot(page, "06-rollback-confirmation")

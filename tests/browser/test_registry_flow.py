@@ -38,18 +38,22 @@ def test_scientist_uploads_and_reviewer_approves(ui, make_user, sklearn_model, t
     page.get_by_label("What changed in this version").fill("Logistic regression baseline")
     page.get_by_label("Parameters").fill("C = 1.0\nmax_iter = 200")
     page.get_by_label("Metrics").fill("auc = high")
+    page.get_by_label("Parent versions").fill("churn:9")
     page.get_by_label("Datasets").fill("s3://bucket/churn/train.parquet")
     page.get_by_label("Reference data").set_input_files(str(reference))
     page.get_by_role("button", name="Upload and validate").click()
-    # A mistake is reported next to its field, and nothing was stored.
+    # Every mistake is reported at once next to its field, and nothing was stored.
     metrics = page.get_by_label("Metrics")
     expect(metrics).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#id_metrics_error")).to_contain_text("'auc' must be a number")
+    expect(page.locator("#id_parents_error")).to_contain_text("churn v9 does not exist")
+    # The chosen files are kept: no need to choose them again.
+    expect(page.locator("#kept-file")).to_contain_text("churn.joblib")
+    expect(page.locator("#kept-reference_data")).to_contain_text("reference.csv")
     ui.shot(page, "02-upload-field-error")
     assert not ModelVersion.objects.exists()
     metrics.fill("auc = 0.91")
-    page.get_by_label("Model file").set_input_files(str(artifact))
-    page.get_by_label("Reference data").set_input_files(str(reference))
+    page.get_by_label("Parent versions").fill("")
     ui.shot(page, "03-upload-filled")
     page.get_by_role("button", name="Upload and validate").click()
 

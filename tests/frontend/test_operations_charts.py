@@ -63,8 +63,17 @@ def test_latency_figure_has_three_percentiles_per_version():
 def test_throughput_and_error_figures_have_one_trace_per_version():
     throughput = charts.throughput_figure(_series())
     assert [t["name"] for t in throughput["data"]] == ["v1", "v2"]
-    assert all(t["stackgroup"] == "rps" for t in throughput["data"])
-    assert throughput["layout"]["legend"]["traceorder"] == "normal"
+    assert not any("stackgroup" in t for t in throughput["data"])
+    assert all(t["connectgaps"] is False and "markers" in t["mode"] for t in throughput["data"])
+
+
+def test_throughput_leaves_buckets_without_requests_as_gaps():
+    series = _series(versions=(1,), n=4)
+    series[1]["requests"] = [0, 1, 0, 0]
+    series[1]["rps"] = [0.0, 1 / 60, 0.0, 0.0]
+    (trace,) = charts.throughput_figure(series)["data"]
+    # One request in one bucket: one point, not a line along the whole window.
+    assert trace["y"] == [None, 1 / 60, None, None]
     errors = charts.error_rate_figure(_series())
     assert errors["data"][1]["y"] == [0.1, 0.1, 0.1]
     assert errors["layout"]["yaxis"]["tickformat"] == ".1%"
@@ -92,21 +101,46 @@ def test_empty_data_gives_a_figure_that_says_what_is_missing(figure):
 
 
 def test_cost_figure_shows_cost_with_its_raw_inputs():
+    prices = {"price_cpu_hour": 0.04, "price_gb_hour": 0.005}
     figure = charts.cost_figure(
         [
             {
                 "version": 1,
                 "cost_per_prediction": 2e-6,
+                "predictions": 5000,
                 "cpu_seconds": 12.5,
                 "memory_gb_hours": 0.1,
+                **prices,
             },
-            {"version": 2, "cost_per_prediction": None, "cpu_seconds": 0, "memory_gb_hours": 0},
-        ]
+            {
+                "version": 2,
+                "cost_per_prediction": None,
+                "predictions": 0,
+                "cpu_seconds": 0,
+                "memory_gb_hours": 0,
+                **prices,
+            },
+            # One request: its cost per prediction is the idle slot's whole cost.
+            {
+                "version": 3,
+                "cost_per_prediction": 0.4,
+                "predictions": 1,
+                "cpu_seconds": 30,
+                "memory_gb_hours": 0.2,
+                **prices,
+            },
+        ],
+        currency="EUR",
     )
     (bars,) = figure["data"]
-    assert bars["x"] == ["v1"] and bars["y"] == [2e-6]
-    assert bars["customdata"] == [[12.5, 0.1]]
+    # Per 1,000 predictions, not 2e-06; the one-request version does not set the scale.
+    assert bars["x"] == ["v1"] and bars["y"] == [pytest.approx(0.002)]
+    assert bars["text"] == ["0.002 EUR"]
+    assert bars["customdata"] == [[5000, 12.5, 0.1]]
     assert "CPU-seconds" in bars["hovertemplate"] and "GB-hours" in bars["hovertemplate"]
+    assert figure["layout"]["title"]["text"] == "Cost per 1,000 predictions (EUR)"
+    (basis,) = figure["layout"]["annotations"]
+    assert basis["text"] == "at 0.04 EUR per CPU-hour and 0.005 EUR per GB-hour of memory"
 
 
 def test_drift_heatmap_maps_statuses_to_levels_and_keeps_scores_in_hover():

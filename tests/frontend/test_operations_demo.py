@@ -49,7 +49,7 @@ def test_seeded_demo_fills_every_operations_page(tmp_path, settings, client):
     page = client.get("/deployments/churn-prod/?window=7d").content.decode()
     assert re.search(r"v1: \d+ requests", page) and re.search(r"v2: \d+ requests", page)
     assert re.search(r"\d+ windows; latest status: contract_years \w+", page)
-    assert re.search(r"v2: [0-9.e-]+ per prediction \([0-9.]+ CPU-seconds", page)
+    assert re.search(r"v2: [0-9.e-]+ USD per 1,000 predictions \([0-9.]+ CPU-seconds", page)
     assert "rollout of v1 into the blue slot requested" in page
     assert '<option value="2">v2 (approved)' in page
     batch = client.get("/batch/").content.decode()

@@ -32,7 +32,9 @@ def form_data(trained, **overrides):
 
 
 def nothing_stored(storage_snapshot):
-    assert storage_snapshot() == set()
+    # A refused upload's good files are kept for the next submit (frontend/upload_staging.py),
+    # outside the registry's artifacts: nothing else may be stored.
+    assert {p for p in storage_snapshot() if not str(p).startswith("upload-staging/")} == set()
     assert not ModelVersion.objects.exists()
     assert not RegisteredModel.objects.filter(name="churn-new").exists()
     assert not AuditEvent.objects.filter(action__in=["model.created", "version.uploaded"]).exists()
@@ -175,3 +177,65 @@ def test_framework_guess_endpoint(login, scientist, sklearn_model):
         "/upload/guess-framework/", {"file": SimpleUploadedFile("m.bin", b"nothing known")}
     )
     assert "Could not tell" in response.content.decode()
+
+
+def test_every_problem_is_reported_at_once(login, scientist, sklearn_model, storage_snapshot):
+    response = login(scientist).post(
+        "/upload/",
+        form_data(
+            sklearn_model,
+            framework="xgboost",
+            metrics="auc = high",
+            parents="churn:9",
+            reference_data=SimpleUploadedFile("reference.csv", b""),
+        ),
+    )
+    assert response.status_code == 400
+    errors = response.context["form"].errors
+    # The form's own check (metrics), the declared framework, the unknown parent and the
+    # empty reference: one submit, every message beside its field.
+    assert {"metrics", "parents", "reference_data"} <= set(errors), errors
+    assert "framework" in errors or "file" in errors, errors
+    assert "churn v9 does not exist" in " ".join(errors["parents"])
+    nothing_stored(storage_snapshot)
+
+
+def test_chosen_files_are_kept_after_an_error_and_used_on_resubmit(
+    login, scientist, sklearn_model, storage_snapshot
+):
+    client = login(scientist)
+    refused = client.post("/upload/", form_data(sklearn_model, parents="churn:9"))
+    assert refused.status_code == 400
+    html = refused.content.decode()
+    assert "Kept from your last try: <strong>model.joblib</strong>" in html
+    assert "Kept from your last try: <strong>reference.csv</strong>" in html
+    assert "Choose the model file" not in html
+    tokens = dict(
+        (field, html.split(f'name="kept_{field}" value="', 1)[1].split('"', 1)[0])
+        for field in ("file", "reference_data")
+    )
+    nothing_stored(storage_snapshot)
+    # Resubmitted without choosing any file: the kept ones are used.
+    data = form_data(sklearn_model, parents="", file=None, reference_data=None)
+    data.update({f"kept_{field}": token for field, token in tokens.items()})
+    accepted = client.post("/upload/", data)
+    assert accepted.status_code == 302, accepted.context["form"].errors
+    version = ModelVersion.objects.get(model__name="churn-new")
+    assert version.original_filename == "model.joblib" and version.reference_rows == 200
+    # Used and gone: nothing is left in the staging place.
+    assert not [p for p in storage_snapshot() if str(p).startswith("upload-staging/")]
+
+
+def test_kept_files_are_only_their_owners(login, scientist, make_user, sklearn_model):
+    from accounts.choices import Role
+
+    client = login(scientist)
+    html = client.post("/upload/", form_data(sklearn_model, parents="churn:9")).content.decode()
+    token = html.split('name="kept_file" value="', 1)[1].split('"', 1)[0]
+    other = login(make_user(Role.DATA_SCIENTIST, "mallory"))
+    data = form_data(sklearn_model, file=None, parents="")
+    data["kept_file"] = token
+    response = other.post("/upload/", data)
+    assert response.status_code == 400
+    assert "file" in response.context["form"].errors
+    assert not ModelVersion.objects.exists()

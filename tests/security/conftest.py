@@ -38,6 +38,7 @@ PUBLIC_ROUTES: dict[str, str] = {
     "admin:logout": "signing out needs no session",
     "frontend:login": "the sign-in form",
     "frontend:logout": "signing out needs no session (POST, CSRF-checked)",
+    "favicon": "a redirect to the static icon every browser asks for; static files are public",
 }
 
 _SAMPLE = {"int": "1", "str": "x", "slug": "x", "path": "x", "uuid": str(uuid.UUID(int=1))}

@@ -20,6 +20,17 @@
     }
   });
 
+  // A form with data-swap-errors shows its 4xx/5xx answers too (htmx swaps only 2xx by
+  // default): those answers are the error messages the person needs to read.
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    // The event fires on the target; the requesting element is in requestConfig.
+    var source = (evt.detail.requestConfig && evt.detail.requestConfig.elt) || evt.detail.elt;
+    if (evt.detail.xhr.status >= 400 && source && source.closest("[data-swap-errors]")) {
+      evt.detail.shouldSwap = true;
+      evt.detail.isError = false;
+    }
+  });
+
   // <button data-copy="ID">: copy the text of #ID (the new API token).
   document.addEventListener("click", function (evt) {
     var button = evt.target.closest("[data-copy]");

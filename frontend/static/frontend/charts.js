@@ -9,6 +9,11 @@
 // the element's fresh HTML (an htmx partial), which replaces it. Polling stops while the tab
 // is hidden and resumes at once when it shows again; errors back off up to five minutes. A
 // replacement without data-live-url ends polling (e.g. a rollout that finished).
+//
+// A part with data-live-follows="ID" is also refreshed at once when part #ID comes back with
+// another data-live-signature (the live version or the rollout changed): the version table,
+// the drift panels and the roll-out list then follow a rollout without waiting for their own
+// interval. data-live-interval="off" makes a part follow only, never poll by itself.
 (function () {
   "use strict";
   var MAX_BACKOFF_MS = 300000;
@@ -29,6 +34,10 @@
 
   var timers = new WeakMap();
   var failures = new WeakMap();
+
+  function followsOnly(el) {
+    return el.dataset.liveInterval === "off";
+  }
 
   function intervalOf(el) {
     var ms = parseInt(el.dataset.liveInterval || "30000", 10);
@@ -64,8 +73,13 @@
         return response.text();
       })
       .then(function (html) {
+        var before = el.dataset.liveSignature;
         var fresh = replace(el, html);
+        failures.delete(fresh);
         if (fresh.dataset.liveUrl) start(fresh);
+        if (before !== undefined && before !== fresh.dataset.liveSignature) {
+          document.querySelectorAll('[data-live-follows="' + fresh.id + '"]').forEach(refresh);
+        }
       })
       .catch(function () {
         var n = (failures.get(el) || 0) + 1;
@@ -76,7 +90,7 @@
   }
 
   function start(el) {
-    if (timers.has(el)) return;
+    if (timers.has(el) || followsOnly(el)) return;
     schedule(el, intervalOf(el));
   }
 
