@@ -509,7 +509,7 @@ def rollout_start(
     return rollout
 
 
-def _slot_is_warm(slot: Slot, version: ModelVersion) -> bool:
+def slot_is_warm(slot: Slot, version: ModelVersion) -> bool:
     """Whether ``slot`` can take traffic back right now, judged without probing its server.
 
     The backend answers from its own records (its process still alive, the supervisor's last
@@ -614,7 +614,7 @@ def _rollback(
         target_version = last.previous_version if last else None
     if target_version is None or target_version.pk == live.version_id:
         raise InvalidState(f"{deployment} has no previous version to roll back to.")
-    warm = _slot_is_warm(other, target_version)
+    warm = slot_is_warm(other, target_version)
     if warm:
         # Traffic first: the rows below only record what happened. Every query before the
         # publish is on the clock of the flip, so the route is built from the rows in hand.
@@ -650,7 +650,10 @@ def _rollback(
     )
     if warm:
         rollout.state = S.BAKING
-        _log_step(rollout, _switched_note(other.color, target_version.number, bake_until))
+        _log_step(
+            rollout,
+            _switched_note(other.color, target_version.number, bake_until, had_previous=True),
+        )
     rollout.save()
     audit_record(
         actor=actor,
@@ -858,8 +861,11 @@ def _pause_for_tests(step: str, obj: Rollout | Build) -> None:
         time.sleep(0.05)
 
 
-def _switched_note(slot: str, version: int, bake_until: datetime) -> str:
+def _switched_note(slot: str, version: int, bake_until: datetime, *, had_previous: bool) -> str:
     """The step-log line of a route switch (a rollout's, or a warm rollback's)."""
+    if not had_previous:
+        # A deployment's first rollout: nothing served before, so nothing is kept warm.
+        return f"traffic switched to {slot} (v{version}); first version of this deployment"
     return (
         f"traffic switched to {slot} (v{version}); "
         f"previous slot kept warm until {bake_until:%H:%M:%S}"
@@ -883,7 +889,12 @@ def _switch(rollout: Rollout) -> bool:
         moved = _transition(
             rollout,
             S.BAKING,
-            _switched_note(rollout.target_slot, published.version, bake_until),
+            _switched_note(
+                rollout.target_slot,
+                published.version,
+                bake_until,
+                had_previous=rollout.previous_version_id is not None,
+            ),
             bake_until=bake_until,
         )
         if moved:

@@ -90,12 +90,12 @@ def rollback_target(deployment: Deployment) -> tuple[ModelVersion | None, ModelV
 
 def _rollback_is_warm(deployment: Deployment, target: ModelVersion | None) -> bool:
     """Whether a rollback to ``target`` would be an instant switch: the idle slot still runs
-    it. The very check deployment_rollback makes (services._slot_is_warm; it is private
-    there, and one rule must not have a second copy here)."""
+    it. The very check deployment_rollback makes (services.slot_is_warm): one rule, one
+    place."""
     if target is None:
         return False
     idle = next((s for s in deployment.slots.all() if s.color != deployment.live_slot), None)
-    return idle is not None and services._slot_is_warm(idle, target)
+    return idle is not None and services.slot_is_warm(idle, target)
 
 
 # --- list -----------------------------------------------------------------------------------

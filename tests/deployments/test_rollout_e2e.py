@@ -53,10 +53,15 @@ def test_blue_green_rollout_and_instant_rollback_over_http(live_stack):
 
         first = _roll_out(http, base, ops, 1, live_stack)
         assert first["target_slot"] == "blue"
+        switched = [s["message"] for s in first["steps"] if "traffic switched" in s["message"]]
+        # A first rollout has no previous slot: its step log must not promise a warm one.
+        assert switched and "first version" in switched[0], first["steps"]
+        assert not any("kept warm" in message for message in switched), first["steps"]
         assert _predict(http, gateway, key, rows) == (1, expected[1])
 
         second = _roll_out(http, base, ops, 2, live_stack)
         assert second["target_slot"] == "green" and second["previous_version"] == 1
+        assert any("previous slot kept warm" in s["message"] for s in second["steps"])
         assert _predict(http, gateway, key, rows) == (2, expected[2])
 
         detail = http.get(f"{base}/deployments/churn-prod/", headers=ops).json()
