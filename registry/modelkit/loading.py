@@ -92,8 +92,12 @@ def check_decision(decision: Any) -> dict[str, Any]:
     return decision
 
 
-def load_model(path: str | Path, decision: dict[str, Any]) -> Any:
-    """Load the artifact at ``path`` exactly as the recorded ``decision`` says."""
+def load_model(path: str | Path, decision: dict[str, Any], *, threads: int | None = None) -> Any:
+    """Load the artifact at ``path`` exactly as the recorded ``decision`` says.
+
+    ``threads`` caps the native thread pool of the boosters and ONNX Runtime (the sandbox
+    uses 1); it changes how the model runs, never how the file is read.
+    """
     decision = check_decision(decision)
     fmt = decision["format"]
     path = str(path)
@@ -108,14 +112,22 @@ def load_model(path: str | Path, decision: dict[str, Any]) -> Any:
 
         booster = xgboost.Booster()
         booster.load_model(path)
+        if threads:
+            booster.set_param({"nthread": threads})
         return booster
     if fmt == LIGHTGBM_TEXT:
         import lightgbm
 
-        return lightgbm.Booster(model_file=path)
+        return lightgbm.Booster(model_file=path, params={"num_threads": threads or 0})
     import onnxruntime
 
-    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = threads
+    return onnxruntime.InferenceSession(
+        path, sess_options=options, providers=["CPUExecutionProvider"]
+    )
 
 
 # --- pickle and joblib --------------------------------------------------------------------
