@@ -138,10 +138,17 @@ def _find_allowed(module: str, name: str) -> Any:
     return resolve_allowed(module, name)
 
 
+# joblib's array wrapper only means something to joblib's unpickler, which reads the array
+# bytes that follow it; a plain pickle naming it would be read differently by the two.
+_JOBLIB_ONLY = frozenset({("joblib.numpy_pickle", "NumpyArrayWrapper")})
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """A plain (C) unpickler that resolves only allow-listed globals."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if canonical_name(module, name) in _JOBLIB_ONLY:
+            raise GlobalRefusedError(module, name, "a file loaded as a plain pickle")
         return _find_allowed(module, name)
 
     def persistent_load(self, pid: Any) -> Any:

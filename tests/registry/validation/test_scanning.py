@@ -296,3 +296,87 @@ def test_scan_marks_data_only_formats_safe(artifacts):
 def test_scan_rejects_unknown_format_as_programming_error(artifacts):
     with pytest.raises(ValueError, match="unknown artifact format"):
         scan_artifact(artifacts["pickle"].path, "tensorflow")
+
+
+# --- the allow-list and its generator ---------------------------------------------------------
+
+
+def test_checked_in_allow_list_is_for_the_installed_libraries():
+    import importlib
+    import json
+
+    from registry.modelkit.allowlist import ALLOWLIST_FILE, allowed_globals, allowlist_version
+    from registry.validation.allowlist_generate import ALLOWLIST_VERSION, judge
+
+    data = json.loads(ALLOWLIST_FILE.read_text())
+    assert allowlist_version() == ALLOWLIST_VERSION == data["version"]
+    # A library upgrade changes what models reference: regenerate, review, bump.
+    for name, version in data["generated_with"].items():
+        assert importlib.import_module(name).__version__ == version, name
+    assert len(allowed_globals()) == len(data["globals"]) > 250
+    # Every entry still passes the rule it was generated under.
+    assert [f"{m}.{n}" for m, n in allowed_globals() if judge(m, n) is not None] == []
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("sklearn.feature_selection._base", "attrgetter"),  # operator, re-exported
+        ("xgboost.core", "os"),  # a module
+        ("sklearn.model_selection._search", "reduce"),  # functools
+        ("sklearn.datasets._base", "NamedTemporaryFile"),  # tempfile
+        ("sklearn.datasets._twenty_newsgroups", "pickle"),
+        ("numpy.linalg", "test"),  # a test runner instance
+        ("lightgbm.basic", "__builtins__"),
+        ("builtins", "getattr"),
+        ("builtins", "eval"),
+        ("builtins", "__import__"),
+        ("os", "system"),
+        ("importlib", "import_module"),
+        ("numpy", "load"),
+        ("sklearn.base", "os.system"),
+        ("runpy", "run_path"),
+    ],
+)
+def test_the_generator_rule_refuses_what_models_must_never_name(module, name):
+    from registry.validation.allowlist_generate import judge
+
+    assert judge(module, name) is not None
+    assert check_global(module, name) is not None
+
+
+def test_the_generator_rule_allows_classes_functions_ufuncs_and_dtypes():
+    from registry.validation.allowlist_generate import judge
+
+    assert judge("sklearn.linear_model._logistic", "LogisticRegression") is None
+    assert judge("numpy", "log1p") is None  # a ufunc (allowed if a model referenced it)
+    assert judge("numpy", "dtype") is None
+    assert judge("numpy._core.multiarray", "_reconstruct") is None
+    assert judge("builtins", "slice") is None
+
+
+def test_a_decision_for_another_allow_list_or_format_is_refused(artifacts):
+    from registry.modelkit.loading import LoaderDecisionError, load_model, loader_decision
+
+    decision = loader_decision("joblib")
+    assert decision == {"format": "joblib", "loader": "restricted-joblib", "allowlist_version": 2}
+    assert load_model(artifacts["joblib"].path, decision).predict is not None
+    for bad in (
+        {},
+        {**decision, "allowlist_version": 1},
+        {**decision, "loader": "restricted-pickle"},
+        {"format": "skops", "loader": "skops-recorded-trust", "allowlist_version": 2},
+    ):
+        with pytest.raises(LoaderDecisionError):
+            load_model(artifacts["joblib"].path, bad)
+
+
+def test_a_joblib_file_is_never_read_as_a_plain_pickle(artifacts):
+    from registry.modelkit.allowlist import GlobalRefusedError
+    from registry.modelkit.loading import load_model, loader_decision
+
+    # Under a pickle decision joblib's array wrapper is refused: the file is never read a
+    # second way (and the scan of a "pickle" refuses the wrapper likewise).
+    with pytest.raises(GlobalRefusedError, match="NumpyArrayWrapper"):
+        load_model(artifacts["joblib"].path, loader_decision("pickle"))
+    assert not scan_artifact(artifacts["joblib"].path, "pickle").safe
