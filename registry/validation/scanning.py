@@ -192,6 +192,12 @@ def skops_trusted_types(path: Path) -> tuple[list[str], list[ScanFinding]]:
     trusted list (what ``skops.io.load(trusted=...)`` needs) is recorded on the version at
     validation and is all that serving and batch ever trust.
     """
+    _, trusted, findings = _audit_skops(path)
+    return trusted, findings
+
+
+def _audit_skops(path: Path) -> tuple[list[str], list[str], list[ScanFinding]]:
+    """(every global the schema names, the trusted list, findings)."""
     from skops.io import get_untrusted_types
 
     try:
@@ -200,7 +206,7 @@ def skops_trusted_types(path: Path) -> tuple[list[str], list[ScanFinding]]:
         untrusted = get_untrusted_types(data=data)
     except Exception as exc:
         reason = f"skops file could not be audited: {type(exc).__name__}: {exc}"
-        return [], [ScanFinding("", "", SEVERITY_ERROR, reason)]
+        return [], [], [ScanFinding("", "", SEVERITY_ERROR, reason)]
     findings = []
     for module, name, node in named:
         verdict = check_global(module, name)
@@ -212,17 +218,17 @@ def skops_trusted_types(path: Path) -> tuple[list[str], list[ScanFinding]]:
         # skops names a type our walk did not see: never trust what was not judged.
         unseen = ", ".join(sorted(set(untrusted) - listed))
         findings.append(ScanFinding("", "", SEVERITY_ERROR, f"skops types not audited: {unseen}"))
-    return trusted, findings
+    return [f"{module}.{name}" for module, name, _ in named], trusted, findings
 
 
 def _scan_skops(path: Path) -> ScanReport:
-    trusted, findings = skops_trusted_types(path)
+    named, trusted, findings = _audit_skops(path)
     return ScanReport(
         scanner="skops+allowlist",
         scanner_version=f"skops {metadata.version('skops')}, allowlist {ALLOWLIST_VERSION}",
         safe=not findings,
         findings=findings,
-        globals_seen=trusted + [f"{f.module}.{f.name}" for f in findings if f.module],
+        globals_seen=named,
         format=SKOPS,
         skops_trusted=trusted if not findings else [],
     )

@@ -261,3 +261,49 @@ def test_skops_reduce_and_method_chains_are_refused(tmp_path, marker):
         assert finding.where.startswith("skops node root")
         with pytest.raises(GlobalRefusedError, match=named.rpartition(".")[2]):
             load_model(path, decision)  # planted under the good version's recorded trust
+
+
+# --- the decision is recorded once, at validation ------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("framework", ["sklearn", "skops"])
+def test_validation_records_the_loading_decision_on_the_version(
+    registered_model, scientist, api_for, sklearn_model, framework
+):
+    import skops.io
+
+    from registry.choices import VersionState
+    from registry.models import ModelVersion
+    from registry.services import version_validate
+    from tests.registry.helpers import upload_payload
+
+    artifact, filename = sklearn_model.artifact, "model.joblib"
+    if framework == "skops":
+        artifact, filename = skops.io.dumps(sklearn_model.model), "model.skops"
+    response = api_for(scientist).post(
+        "/api/v1/models/churn/versions/",
+        upload_payload(
+            artifact,
+            filename=filename,
+            framework=framework,
+            reference=sklearn_model.reference_csv,
+        ),
+        format="multipart",
+    )
+    assert response.status_code == 201, response.content
+
+    version = version_validate(version_id=ModelVersion.objects.get().pk)
+
+    assert version.state == VersionState.VALIDATED, version.validation_report
+    fmt = "joblib" if framework == "sklearn" else "skops"
+    expected = loader_decision(fmt, version.validation_report["scan"]["skops_trusted"])
+    assert version.loader == expected == version.validation_report["loader"]
+    if framework == "skops":
+        # Only what the scan judged against the list (skops trusts its own defaults too:
+        # every type it would construct was checked by the walk, defaults included).
+        from registry.modelkit.allowlist import is_allowed
+
+        trusted = version.loader["skops_trusted"]
+        assert all(is_allowed(*t.rsplit(".", 1)) for t in trusted)
+        assert "sklearn.pipeline.Pipeline" in version.validation_report["scan"]["globals_seen"]
