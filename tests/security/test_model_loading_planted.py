@@ -80,3 +80,24 @@ def test_batch_child_refuses_a_planted_file_and_its_payload_never_runs(built, tm
         BatchChild(bento_dir=bento_dir, home=home, start_timeout=120)
 
     assert not marker.exists()
+
+
+def test_slot_server_refuses_a_planted_file_and_its_payload_never_runs(built, tmp_path):
+    from deployments.runtime.base import SlotStartError
+    from deployments.runtime.local import LocalProcessBackend
+
+    home, bento_dir, model_file = built
+    marker = tmp_path / "pwned"
+    model_file.write_bytes(_payloads(marker)["attrgetter-os-system"][0])
+    backend = LocalProcessBackend(home, tmp_path / "serving-state", ready_timeout=30)
+    tag = f"{bento_dir.parent.name}:{bento_dir.name}"
+    try:
+        with pytest.raises(SlotStartError) as raised:
+            backend.slot_start(slot_key="planted.blue", bento_tag=tag)
+    finally:
+        for status in backend.slots():
+            backend.slot_stop(slot_key=status.slot_key, timeout=5)
+
+    assert "GlobalRefusedError" in str(raised.value) + raised.value.log_tail
+    assert "sklearn.feature_selection._base.attrgetter" in raised.value.log_tail
+    assert not marker.exists()
