@@ -252,8 +252,30 @@ def test_skops_reduce_and_method_chains_are_refused(tmp_path, marker):
             "protocol": inner["protocol"], "_skops_version": inner["_skops_version"],
         })  # fmt: skip
 
+    def json_node(value):
+        kind = {str: "str", int: "int", bool: "bool", type(None): "NoneType"}[type(value)]
+        return {
+            "__class__": kind, "__module__": "builtins", "__loader__": "JsonNode",
+            "content": json.dumps(value), "is_json": True,
+        }  # fmt: skip
+
+    def to_reduce(schema):  # NamedTemporaryFile("w", -1, None, None, "", marker, dir, False)
+        args = ["w", -1, None, None, "", marker.name, str(marker.parent), False]
+        schema["content"]["content"]["solver"] = {
+            "__class__": TEMPFILE[1], "__module__": TEMPFILE[0],
+            "__loader__": "ConstructorFromReduceNode",
+            "content": {
+                "__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode",
+                "content": [json_node(arg) for arg in args],
+            },
+        }  # fmt: skip
+
     method = "sklearn.linear_model._logistic.LogisticRegression.set_params"
-    for edit, named in ((to_function, ".".join(ATTRGETTER)), (to_method, method)):
+    for edit, named in (
+        (to_function, ".".join(ATTRGETTER)),
+        (to_method, method),
+        (to_reduce, ".".join(TEMPFILE)),
+    ):
         path = tmp_path / "bad.skops"
         path.write_bytes(_skops_bytes(model, edit))
         report = scan_artifact(path, "skops")
