@@ -51,6 +51,10 @@ LOADERS = {
 }
 
 
+# Formats whose files name globals the allow-list judged; the others hold data only.
+_JUDGED_FORMATS = frozenset({PICKLE, JOBLIB, SKOPS})
+
+
 class LoaderDecisionError(ValueError):
     """The recorded loading decision is missing, malformed or for another allow-list."""
 
@@ -78,8 +82,9 @@ def check_decision(decision: Any) -> dict[str, Any]:
         raise LoaderDecisionError(
             f"recorded loader {decision.get('loader')!r} is not the loader of {fmt!r}"
         )
-    if decision.get("allowlist_version") != allowlist_version():
-        # The list changed since validation: the file was judged by another policy.
+    if fmt in _JUDGED_FORMATS and decision.get("allowlist_version") != allowlist_version():
+        # The list changed since validation: the file was judged by another policy (a
+        # built Bento carries its own copy of the list, so it keeps loading).
         raise LoaderDecisionError(
             f"version was validated against allow-list {decision.get('allowlist_version')!r}, "
             f"this process enforces {allowlist_version()}; validate it again"
@@ -95,8 +100,8 @@ def check_decision(decision: Any) -> dict[str, Any]:
 def load_model(path: str | Path, decision: dict[str, Any], *, threads: int | None = None) -> Any:
     """Load the artifact at ``path`` exactly as the recorded ``decision`` says.
 
-    ``threads`` caps the native thread pool of the boosters and ONNX Runtime (the sandbox
-    uses 1); it changes how the model runs, never how the file is read.
+    ``threads`` caps the native thread pool of XGBoost and ONNX Runtime (the sandbox uses
+    1); it changes how the model runs, never how the file is read.
     """
     decision = check_decision(decision)
     fmt = decision["format"]
@@ -118,7 +123,9 @@ def load_model(path: str | Path, decision: dict[str, Any], *, threads: int | Non
     if fmt == LIGHTGBM_TEXT:
         import lightgbm
 
-        return lightgbm.Booster(model_file=path, params={"num_threads": threads or 0})
+        # A Booster read from a file ignores ``params``: its threads follow OMP_NUM_THREADS,
+        # which the sandbox sets to 1.
+        return lightgbm.Booster(model_file=path)
     import onnxruntime
 
     options = onnxruntime.SessionOptions()

@@ -369,6 +369,9 @@ def test_a_decision_for_another_allow_list_or_format_is_refused(artifacts):
     ):
         with pytest.raises(LoaderDecisionError):
             load_model(artifacts["joblib"].path, bad)
+    # Data-only formats name no globals: a decision from an older list still loads them.
+    older = {**loader_decision("xgboost-json"), "allowlist_version": 1}
+    assert load_model(artifacts["xgboost-json"].path, older).num_features() == 4
 
 
 def test_a_joblib_file_is_never_read_as_a_plain_pickle(artifacts):
