@@ -356,6 +356,7 @@ def build_run(*, build_id: int) -> Build:
                     framework=version.framework,
                     fmt=version.artifact_format,
                     feature_names=version.signature.get("feature_names"),
+                    loader=version.loader or None,
                     log_path=log_path,
                     timeout=settings.MODELYARD_BUILD_TIMEOUT_SECONDS,
                 )

@@ -222,6 +222,7 @@ def bento_build(
     log_path: Path,
     timeout: float = 900.0,
     lock_timeout: float = 600.0,
+    loader: dict[str, Any] | None = None,
 ) -> BuildResult:
     """Import the artifact as model ``name:vN`` and build Bento ``name:vN`` from it.
 
@@ -229,6 +230,9 @@ def bento_build(
     returned without rebuilding; one built from a different artifact is an error (registry
     artifacts are immutable, so that means the store and the registry disagree).
     ``lock_timeout`` bounds the wait for other store writers, ``timeout`` the build itself.
+    ``loader`` is the loading decision recorded on the version (``ModelVersion.loader``),
+    written into the service as a literal; without one (a version validated before the
+    decision was recorded) it is decided here the way validation decides it.
     """
     started = time.monotonic()
     home = Path(home).resolve()  # the child runs in another directory
@@ -258,6 +262,7 @@ def bento_build(
     if not artifact_path.is_file():
         raise BuildError(f"artifact {artifact_path} does not exist or is not a file")
     artifact_sha256 = _sha256(artifact_path)
+    loader = _loading_decision(loader, fmt, artifact_path)
 
     marker = _read_marker(home, bento_tag)
     if marker is not None and bento_exists(home=home, bento_tag=bento_tag):
@@ -291,6 +296,7 @@ def bento_build(
             model_tag=model_tag,
             version=version,
             feature_names=feature_names,
+            loader=loader,
             labels=labels,
             packages=packages,
             description=f"Modelyard: model {model_name!r} version {version}",
@@ -358,6 +364,27 @@ def _pinned_packages(fmt: str) -> list[str]:
     return pins
 
 
+def _loading_decision(loader: dict[str, Any] | None, fmt: str, artifact: Path) -> dict[str, Any]:
+    from registry.modelkit.loading import LoaderDecisionError, check_decision, loader_decision
+
+    if not loader:
+        trusted = None
+        if fmt == "skops":
+            from registry.validation.scanning import skops_trusted_types
+
+            trusted, findings = skops_trusted_types(artifact)
+            if findings:
+                raise BuildError(f"skops artifact fails the allow-list: {findings[0].reason}")
+        loader = loader_decision(fmt, trusted)
+    try:
+        check_decision(loader)
+    except LoaderDecisionError as exc:
+        raise BuildError(str(exc)) from None
+    if loader["format"] != fmt:
+        raise BuildError(f"recorded loader is for format {loader['format']!r}, not {fmt!r}")
+    return loader
+
+
 def _render_build_context(
     context: Path,
     *,
@@ -367,6 +394,7 @@ def _render_build_context(
     model_tag: str,
     version: int,
     feature_names: list[str] | None,
+    loader: dict[str, Any],
     labels: dict[str, str],
     packages: list[str],
     description: str,
@@ -384,6 +412,8 @@ def _render_build_context(
         model_version=repr(int(version)),
         artifact_file=repr(_ARTIFACT_FILES[fmt]),
         feature_names=repr(list(feature_names)) if feature_names is not None else "None",
+        # JSON data only (str, int, list of str): its repr() is a plain literal.
+        loader=repr(json.loads(json.dumps(loader))),
         service_name=repr(SERVICE_NAME),
         service_class=SERVICE_CLASS,
     )

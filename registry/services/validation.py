@@ -13,6 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from registry.choices import VersionState
+from registry.modelkit.loading import loader_decision
 from registry.models import ModelVersion
 from registry.services.artifacts import artifact_local_path, file_sha256
 from registry.services.transitions import version_transition
@@ -71,6 +72,8 @@ def _run_checks(version: ModelVersion) -> tuple[bool, dict[str, Any]]:
         if not scan.safe:
             report["error"] = "The safety scan refused the artifact."
             return False, report
+        # Decided once, here: every process that loads this version reads it this way.
+        report["loader"] = loader_decision(version.artifact_format, scan.skops_trusted)
         limits = SandboxLimits(
             timeout_seconds=settings.MODELYARD_SANDBOX_TIMEOUT_SECONDS,
             memory_bytes=settings.MODELYARD_SANDBOX_MEMORY_BYTES,
@@ -86,6 +89,7 @@ def _run_checks(version: ModelVersion) -> tuple[bool, dict[str, Any]]:
                 fmt=version.artifact_format,
                 sample_path=reference_path,
                 limits=limits,
+                loader=report["loader"],
             )
     report["load"] = load.to_dict()
     report["limits"] = {
@@ -136,6 +140,8 @@ def version_validate(*, version_id: int) -> ModelVersion | None:
                 "output": {"shape": load["output_shape"], "dtype": load["output_dtype"]},
             }
             fields.append("signature")
+            version.loader = report["loader"]
+            fields.append("loader")
         version_transition(
             version=version,
             to=VersionState.VALIDATED if ok else VersionState.INVALID,

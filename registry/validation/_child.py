@@ -150,56 +150,18 @@ def _describe(exc: BaseException) -> str:
 # --- loaders ----------------------------------------------------------------------------
 
 
-def _load_joblib(request: dict[str, Any]) -> Any:
-    import joblib
+def _load_recorded(request: dict[str, Any]) -> Any:
+    # The one loader every model process uses, with the decision validation records on the
+    # version: a restricted unpickler for pickle/joblib, the reviewed trust for skops.
+    from modelkit.loading import load_model
 
-    # Reached only for files the static scan passed; this process is the second fence.
-    return joblib.load(request["artifact_path"])
-
-
-def _load_skops(request: dict[str, Any]) -> Any:
-    import skops.io
-
-    # The parent computes the trusted list exactly as the scan does; anything beyond it
-    # makes skops refuse to construct the object.
-    return skops.io.load(request["artifact_path"], trusted=request.get("skops_trusted") or [])
+    return load_model(request["artifact_path"], request["loader"], threads=1)
 
 
-def _load_xgboost(request: dict[str, Any]) -> Any:
-    import xgboost
-
-    booster = xgboost.Booster()
-    booster.load_model(request["artifact_path"])
-    booster.set_param({"nthread": 1})
-    return booster
-
-
-def _load_lightgbm(request: dict[str, Any]) -> Any:
-    import lightgbm
-
-    return lightgbm.Booster(model_file=request["artifact_path"], params={"num_threads": 1})
-
-
-def _load_onnx(request: dict[str, Any]) -> Any:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(
-        request["artifact_path"], sess_options=options, providers=["CPUExecutionProvider"]
-    )
-
-
-LOADERS = {
-    "pickle": _load_joblib,
-    "joblib": _load_joblib,
-    "skops": _load_skops,
-    "xgboost-json": _load_xgboost,
-    "xgboost-ubj": _load_xgboost,
-    "lightgbm-text": _load_lightgbm,
-    "onnx": _load_onnx,
-}
+LOADERS = dict.fromkeys(
+    ("pickle", "joblib", "skops", "xgboost-json", "xgboost-ubj", "lightgbm-text", "onnx"),
+    _load_recorded,
+)
 
 
 # --- adapters: the model's signature and one predict call ---------------------------------

@@ -15,7 +15,6 @@ cannot follow with certainty is reported as a problem, never guessed.
 
 from __future__ import annotations
 
-import _compat_pickle
 import bz2
 import contextlib
 import io
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from registry.modelkit.allowlist import canonical_name
 
 # Compressed joblib files start with the magic of their compressor; the prefixes are the
 # ones joblib itself checks (joblib/compressor.py), so we open exactly what it would open.
@@ -80,6 +81,8 @@ class PickleWalk:
     protocol: int = 0
     # (module, name) exactly as the unpickler would resolve them, in order of first use.
     globals: list[tuple[str, str]] = field(default_factory=list)
+    # Where each global is first named: the opcode's offset in the (decompressed) stream.
+    offsets: dict[tuple[str, str], int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     joblib_arrays: int = 0
     stream_bytes: int = 0
@@ -225,6 +228,13 @@ class _Reader:
             raise PickleStructureError("pickle line argument is unterminated or too long")
         return data
 
+    def position(self) -> int:
+        """Offset of the next byte the unpickler reads, in the decompressed stream."""
+        pending = 0
+        if self.frame is not None:
+            pending = len(self.frame.getbuffer()) - self.frame.tell()
+        return self.walk.stream_bytes - pending
+
     def load_frame(self, size: int) -> None:
         if self.frame is not None and self.frame.read() != b"":
             raise PickleStructureError("beginning of a new frame before end of current frame")
@@ -281,6 +291,7 @@ class _Machine:
         self.metastack: list[list[Any]] = []
         self.memo: dict[Any, Any] = {}
         self.proto = 0
+        self.opcode_offset = 0
 
     def problem(self, message: str) -> None:
         if message not in self.walk.problems:
@@ -316,14 +327,12 @@ class _Machine:
         return self.stack[-1]
 
     def find_class(self, module: str, name: str) -> _Global:
-        # Same renames as pickle._Unpickler.find_class for protocol 0-2 (fix_imports).
-        if self.proto < 3:
-            if (module, name) in _compat_pickle.NAME_MAPPING:
-                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-            elif module in _compat_pickle.IMPORT_MAPPING:
-                module = _compat_pickle.IMPORT_MAPPING[module]
-        if (module, name) not in self.walk.globals:
+        # The renames pickle applies for protocol 0-2 (fix_imports), applied exactly as the
+        # restricted unpicklers apply them (at every protocol: they cannot see it).
+        module, name = canonical_name(module, name)
+        if (module, name) not in self.walk.offsets:
             self.walk.globals.append((module, name))
+            self.walk.offsets[(module, name)] = self.opcode_offset
         if (
             name.rpartition(".")[2] in _ARRAY_WRAPPER_NAMES
             and (module, name) != JOBLIB_ARRAY_WRAPPER
@@ -344,6 +353,7 @@ class _Machine:
     def run(self) -> None:
         read = self.reader.read
         while True:
+            self.opcode_offset = self.reader.position()
             code = read(1)
             opcode = pickletools.code2op.get(code.decode("latin-1"))
             if opcode is None:
@@ -606,10 +616,15 @@ class _UnfollowableError(PickleStructureError):
     """A joblib array whose byte layout cannot be derived from literal values."""
 
 
-def walk_pickle_file(path: Path) -> tuple[PickleWalk, str | None]:
-    """Walk a pickle/joblib file as ``joblib.load`` would read it: (walk, compressor or None).
+def walk_pickle_file(path: Path, *, joblib_arrays: bool = True) -> tuple[PickleWalk, str | None]:
+    """Walk a pickle/joblib file as its loader reads it: (walk, compressor or None).
 
+    ``joblib_arrays=True``: as ``modelkit.loading.load_joblib`` (joblib's unpickler) reads
+    it; False: as ``load_pickle`` (a plain unpickler, never decompressing) reads it.
     Raises PickleStructureError for files that are not complete, well-formed pickles.
     """
+    if not joblib_arrays:
+        with open(path, "rb") as raw:
+            return walk_pickle(raw, joblib_arrays=False), None
     with open_pickle_stream(path) as (stream, compression):
         return walk_pickle(stream), compression

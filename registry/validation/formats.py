@@ -85,7 +85,7 @@ def detect_format(path: Path, framework: str) -> str:
     if fmt is None:
         raise _not_format_error(path, framework)
     if fmt in (PICKLE, JOBLIB):
-        _check_complete_pickle(path, framework)
+        _check_complete_pickle(path, framework, fmt)
     return fmt
 
 
@@ -145,7 +145,8 @@ def _sniff_pickle(path: Path, head: bytes) -> str | None:
     if not _looks_like_pickle(head):
         return None
     # Uncompressed joblib dumps carry their arrays in NumpyArrayWrapper objects; a plain
-    # pickle.dump never names that class. (Both are loaded the same way, by joblib.load.)
+    # pickle.dump never names that class. The format decided here is recorded on the
+    # version and picks its one loader (joblib's unpickler or a plain one) everywhere.
     return JOBLIB if _file_contains(path, b"NumpyArrayWrapper") else PICKLE
 
 
@@ -166,11 +167,12 @@ def _file_contains(path: Path, needle: bytes) -> bool:
     return False
 
 
-def _check_complete_pickle(path: Path, framework: str) -> None:
+def _check_complete_pickle(path: Path, framework: str, fmt: str) -> None:
     # Truncated or corrupt pickles are caught here, so the uploader hears "broken file"
     # rather than "unsafe". The walk only reads opcodes; scanning judges what they import.
+    # Walked the way the loader of ``fmt`` will read it (see modelkit.loading).
     try:
-        walk_pickle_file(path)
+        walk_pickle_file(path, joblib_arrays=fmt == JOBLIB)
     except PickleStructureError as exc:
         raise ArtifactFormatError(
             f"file is not a readable pickle/joblib file: {exc} (declared framework {framework!r})"

@@ -27,6 +27,8 @@ from typing import IO, Any
 
 import psutil
 
+from registry.modelkit.loading import loader_decision
+
 from .formats import FORMATS, SKOPS
 
 CHILD_SCRIPT = Path(__file__).with_name("_child.py")
@@ -76,8 +78,13 @@ def sandbox_load_and_predict(
     fmt: str,
     sample_path: Path | None,
     limits: SandboxLimits,
+    loader: dict[str, Any] | None = None,
 ) -> LoadReport:
     """Load ``artifact_path`` in a limited child process and predict on a small sample.
+
+    ``loader`` is the loading decision (``modelkit.loading.loader_decision``) the child
+    loads with, the one recorded on the version; by default the decision for ``fmt``
+    (skops: with the trusted types of the static scan).
 
     Model problems (load errors, crashes, timeouts, memory) come back as ``ok=False`` with
     a message; only wrong arguments raise.
@@ -99,10 +106,16 @@ def sandbox_load_and_predict(
         # The child imports registry/modelkit by path as ``modelkit``, as a Bento ships it.
         "modelkit_dir": str(MODELKIT_DIR),
     }
-    if fmt == SKOPS:
-        from .scanning import skops_trusted_types
+    if loader is None:
+        trusted = None
+        if fmt == SKOPS:
+            from .scanning import skops_trusted_types
 
-        request["skops_trusted"], _ = skops_trusted_types(artifact_path)
+            trusted, _ = skops_trusted_types(artifact_path)
+        loader = loader_decision(fmt, trusted)
+    if loader.get("format") != fmt:
+        raise ValueError(f"loading decision {loader!r} is not for format {fmt!r}")
+    request["loader"] = loader
 
     with (
         tempfile.TemporaryDirectory(prefix="modelyard-sandbox-") as workdir,

@@ -1,14 +1,14 @@
 """Static safety scan of an artifact: what would loading it import, and is that allowed?
 
-Nothing here loads the model. Pickle/joblib streams are walked opcode by opcode (see
-``_pickle``); every global they name must be on our allow-list *and* pass picklescan's
-deny-list. skops files are audited with skops' own ``get_untrusted_types``. ONNX, XGBoost
-and LightGBM model files hold no code and are safe by format.
-
-The allow-list works on names, without importing anything: it cannot see that an allowed
-module re-exports a dangerous function under an innocent name. Names and submodules that
-touch files, processes or the interpreter are therefore denied outright, and loading
-still happens only in the sandbox (the second line of defence).
+Nothing here loads the model or imports anything the file names. Pickle/joblib streams are
+walked opcode by opcode (see ``_pickle``) exactly as the recorded loader will read them, and
+skops schemas node by node (``modelkit.loading.skops_globals``); every global they name must
+be on the reviewed allow-list of exact (module, qualified name) pairs
+(``registry/modelkit/allowlist.json``), the same list the restricted unpicklers of every
+model process enforce. A finding names the global and where it sits in the file (opcode
+offset in the decompressed stream, or skops node path). picklescan's deny-list is kept as a
+second opinion only: it adds its verdict to findings, it does not decide. ONNX, XGBoost and
+LightGBM model files hold no code and are safe by format.
 """
 
 from __future__ import annotations
@@ -19,56 +19,28 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from registry.modelkit.allowlist import allowlist_version, is_allowed
+from registry.modelkit.loading import skops_globals
+
 from ._pickle import JOBLIB_ARRAY_WRAPPER, PickleStructureError, walk_pickle_file
 from .formats import JOBLIB, PICKLE, SAFE_FORMATS, SKOPS
 
-# Bump when the policy below changes, so stored reports say which policy judged them.
-ALLOWLIST_VERSION = 1
+# Which policy judged a stored report: the version of the checked-in allow-list.
+ALLOWLIST_VERSION = allowlist_version()
 
-# Packages (and their submodules) whose classes and functions fitted models reference.
-ALLOWED_PACKAGES = ("sklearn", "scipy", "numpy", "xgboost", "lightgbm")
-
-_SAFE_BUILTINS = (
-    "bool", "int", "float", "complex", "str", "bytes", "bytearray", "tuple", "list", "dict",
-    "set", "frozenset", "slice", "range", "object",
+# Only for the wording of a finding (a name off the list is refused either way): module
+# roots and names that are known to run code, import, or touch files and processes.
+_DANGEROUS_ROOTS = frozenset(
+    {"os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__", "operator",
+     "_operator", "functools", "_functools", "pickle", "_pickle", "pkgutil", "tempfile",
+     "io", "_io", "runpy", "importlib", "shutil", "socket", "ctypes", "code", "marshal",
+     "types", "webbrowser", "pty", "commands"}
 )  # fmt: skip
-# Exactly these from the standard library and joblib, nothing else.
-ALLOWED_GLOBALS = frozenset(
-    {
-        *(f"builtins.{name}" for name in _SAFE_BUILTINS),
-        "collections.OrderedDict",
-        "collections.defaultdict",
-        "collections.deque",
-        "collections.Counter",
-        "copyreg._reconstructor",  # how protocol 0/1 pickles create instances
-        "_codecs.encode",  # how protocol 0-2 pickles write bytes
-        ".".join(JOBLIB_ARRAY_WRAPPER),
-    }
-)
-
-# Submodules of allowed packages that no model needs and that read/write files, reach the
-# network, compile or run code, or exist only for tests.
-DENIED_MODULE_PARTS = frozenset(
-    {
-        "tests", "testing", "_testing", "_testutils", "conftest", "__main__", "_lib",
-        "f2py", "distutils", "ctypeslib", "externals", "datasets", "io", "npyio",
-        "_npyio_impl", "_datasource", "format", "dask", "spark", "collective", "tracker",
-        "federated", "plotting",
-    }
+_DANGEROUS_NAMES = frozenset(
+    {"system", "popen", "Popen", "eval", "exec", "compile", "getattr", "setattr",
+     "attrgetter", "itemgetter", "methodcaller", "reduce", "partial", "__import__",
+     "import_module", "open", "load", "loads", "NamedTemporaryFile", "test", "run"}
 )  # fmt: skip
-# Callables that load pickles, touch files, run programs or reach the interpreter, in
-# whichever allowed module they might be re-exported from.
-DENIED_NAMES = frozenset(
-    {
-        "system", "popen", "Popen", "spawn", "eval", "exec", "compile", "getattr",
-        "setattr", "delattr", "__import__", "import_module", "open", "load", "loads",
-        "save", "savez", "savez_compressed", "savetxt", "loadtxt", "genfromtxt", "fromfile",
-        "tofile", "fromregex", "memmap", "open_memmap", "DataSource", "dump", "dumps",
-        "load_library", "read_pickle", "to_pickle", "urlopen", "remove", "unlink",
-        "rmtree", "run", "call", "check_call", "check_output",
-    }
-)  # fmt: skip
-DENIED_NAME_PREFIXES = ("fetch_", "load_", "dump_", "read_", "write_", "save_")
 
 SEVERITY_DANGEROUS = "dangerous"  # known to run code or touch the system
 SEVERITY_UNTRUSTED = "untrusted"  # not on the allow-list
@@ -81,6 +53,9 @@ class ScanFinding:
     name: str
     severity: str
     reason: str
+    # Where in the file: "opcode offset 1234" (of the decompressed stream) or "skops node
+    # root.attrs.steps[0]"; empty for problems of the whole file.
+    where: str = ""
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
@@ -94,6 +69,8 @@ class ScanReport:
     findings: list[ScanFinding] = field(default_factory=list)
     globals_seen: list[str] = field(default_factory=list)
     format: str = ""
+    # skops only: the types beyond skops' defaults that loading must trust (all on the list).
+    skops_trusted: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,34 +95,26 @@ def scan_artifact(path: Path, fmt: str) -> ScanReport:
 
 
 def check_global(module: str, name: str) -> tuple[str, str] | None:
-    """Why importing ``module.name`` at load time is not allowed: (severity, reason), or None."""
-    qualified = f"{module}.{name}"
-    if qualified in ALLOWED_GLOBALS:
+    """Why loading ``module.name`` is not allowed: (severity, reason), or None.
+
+    Exact membership of the allow-list decides; the severity only says how bad it looks.
+    """
+    if is_allowed(module, name):
         return None
-    parts = module.split(".")
-    if parts[0] not in ALLOWED_PACKAGES:
-        return SEVERITY_UNTRUSTED, f"{qualified} is not on the allow-list of model globals"
+    qualified = f"{module}.{name}"
+    reason = f"{qualified} is not on the allow-list of model globals (version {ALLOWLIST_VERSION})"
+    parts = {*module.split("."), *name.split(".")}
+    if (
+        module.split(".")[0] in _DANGEROUS_ROOTS
+        or parts & _DANGEROUS_NAMES
+        or any(p.startswith("__") and p.endswith("__") for p in parts)
+    ):
+        return SEVERITY_DANGEROUS, f"{reason}; it can run code or touch the system"
     if "." in name:
         # Protocol 4 resolves dotted names attribute by attribute, which can walk out of
         # an allowed module into anything it imported.
-        return SEVERITY_DANGEROUS, f"{qualified} reaches through attributes of {module}"
-    if denied := DENIED_MODULE_PARTS.intersection(parts):
-        return SEVERITY_DANGEROUS, f"{module} is a denied submodule ({', '.join(sorted(denied))})"
-    if name in DENIED_NAMES or name.startswith(DENIED_NAME_PREFIXES):
-        return SEVERITY_DANGEROUS, f"{qualified} can touch files, programs or the interpreter"
-    if module == "numpy" and not _is_plain_numpy_global(name):
-        # numpy's top level mixes dtypes and ufuncs with file I/O; allow only the former.
-        return SEVERITY_UNTRUSTED, f"{qualified} is not a numpy type or ufunc"
-    return None
-
-
-def _is_plain_numpy_global(name: str) -> bool:
-    import numpy as np
-
-    value = vars(np).get(name)  # vars(): no lazy submodule import via numpy.__getattr__
-    if isinstance(value, np.ufunc):
-        return True
-    return isinstance(value, type) and issubclass(value, np.generic | np.ndarray | np.dtype)
+        return SEVERITY_DANGEROUS, f"{reason}; it reaches through attributes of {module}"
+    return SEVERITY_UNTRUSTED, reason
 
 
 # --- pickle / joblib ----------------------------------------------------------------------
@@ -160,7 +129,9 @@ def _scan_pickle(path: Path, fmt: str) -> ScanReport:
         format=fmt,
     )
     try:
-        walk, _compression = walk_pickle_file(path)
+        # Walked as the recorded loader reads it: joblib's unpickler for joblib files, a
+        # plain unpickler (no array payloads, no decompression) for plain pickles.
+        walk, _compression = walk_pickle_file(path, joblib_arrays=fmt == JOBLIB)
     except PickleStructureError as exc:
         report.findings.append(
             ScanFinding("", "", SEVERITY_ERROR, f"file could not be fully scanned: {exc}")
@@ -175,13 +146,19 @@ def _scan_pickle(path: Path, fmt: str) -> ScanReport:
     flagged = _picklescan_dangerous(walk.globals)
     for module, name in walk.globals:
         verdict = check_global(module, name)
+        if fmt == PICKLE and (module, name) == JOBLIB_ARRAY_WRAPPER:
+            # Only joblib's unpickler reads array payloads after the wrapper.
+            verdict = (
+                SEVERITY_UNTRUSTED,
+                "a joblib array wrapper in a file loaded as a plain pickle",
+            )
         if (module, name) in flagged:
+            # Second opinion: its word is added, and it refuses even a listed global.
             reason = f"picklescan flags {module}.{name} as dangerous"
-            if verdict is not None:
-                reason = f"{reason}; {verdict[1]}"
-            verdict = (SEVERITY_DANGEROUS, reason)
+            verdict = (SEVERITY_DANGEROUS, f"{verdict[1]}; {reason}" if verdict else reason)
         if verdict is not None:
-            report.findings.append(ScanFinding(module, name, *verdict))
+            where = f"opcode offset {walk.offsets[(module, name)]}"
+            report.findings.append(ScanFinding(module, name, *verdict, where=where))
     report.safe = not report.findings
     return report
 
@@ -209,36 +186,49 @@ def _picklescan_dangerous(globals_: list[tuple[str, str]]) -> set[tuple[str, str
 
 
 def skops_trusted_types(path: Path) -> tuple[list[str], list[ScanFinding]]:
-    """The types of a skops file we trust beyond skops' defaults, and findings for the rest.
+    """The types of a skops file to trust beyond skops' defaults, and findings for the rest.
 
-    The sandbox passes exactly this list to ``skops.io.load(trusted=...)``.
+    Every type, function and method the schema names must be on the allow-list; the
+    trusted list (what ``skops.io.load(trusted=...)`` needs) is recorded on the version at
+    validation and is all that serving and batch ever trust.
     """
-    from skops.io import get_untrusted_types
-
-    try:
-        untrusted = get_untrusted_types(file=str(path))
-    except Exception as exc:
-        reason = f"skops file could not be audited: {type(exc).__name__}: {exc}"
-        return [], [ScanFinding("", "", SEVERITY_ERROR, reason)]
-    trusted: list[str] = []
-    findings: list[ScanFinding] = []
-    for type_name in untrusted:
-        module, _, name = type_name.rpartition(".")
-        verdict = check_global(module, name)
-        if verdict is None:
-            trusted.append(type_name)
-        else:
-            findings.append(ScanFinding(module, name, *verdict))
+    _, trusted, findings = _audit_skops(path)
     return trusted, findings
 
 
+def _audit_skops(path: Path) -> tuple[list[str], list[str], list[ScanFinding]]:
+    """(every global the schema names, the trusted list, findings)."""
+    from skops.io import get_untrusted_types
+
+    try:
+        data = Path(path).read_bytes()
+        named = list(skops_globals(data))
+        untrusted = get_untrusted_types(data=data)
+    except Exception as exc:
+        reason = f"skops file could not be audited: {type(exc).__name__}: {exc}"
+        return [], [], [ScanFinding("", "", SEVERITY_ERROR, reason)]
+    findings = []
+    for module, name, node in named:
+        verdict = check_global(module, name)
+        if verdict is not None:
+            findings.append(ScanFinding(module, name, *verdict, where=f"skops node {node}"))
+    listed = {f"{module}.{name}" for module, name, _ in named if is_allowed(module, name)}
+    trusted = sorted(t for t in untrusted if t in listed)
+    if not findings and len(trusted) != len(untrusted):
+        # skops names a type our walk did not see: never trust what was not judged.
+        unseen = ", ".join(sorted(set(untrusted) - listed))
+        findings.append(ScanFinding("", "", SEVERITY_ERROR, f"skops types not audited: {unseen}"))
+    return [f"{module}.{name}" for module, name, _ in named], trusted, findings
+
+
 def _scan_skops(path: Path) -> ScanReport:
-    trusted, findings = skops_trusted_types(path)
+    named, trusted, findings = _audit_skops(path)
     return ScanReport(
         scanner="skops+allowlist",
         scanner_version=f"skops {metadata.version('skops')}, allowlist {ALLOWLIST_VERSION}",
         safe=not findings,
         findings=findings,
-        globals_seen=trusted + [f"{f.module}.{f.name}" for f in findings if f.module],
+        globals_seen=named,
         format=SKOPS,
+        skops_trusted=trusted if not findings else [],
     )

@@ -164,13 +164,43 @@ def test_a_hostile_artifact_never_runs_in_the_web_or_worker_process(
     assert not ModelVersion.objects.exists()
 
 
+def test_a_reexported_dangerous_global_is_refused_at_upload_naming_it(
+    registered_model, scientist, api_for, tmp_path
+):
+    """attrgetter('system')(xgboost.core.os)(cmd): every name sits inside an allowed package,
+    which a package-prefix rule let through; the exact list does not."""
+    marker = tmp_path / "pwned"
+    glob = b"csklearn.feature_selection._base\nattrgetter\n(Vsystem\ntR(cxgboost.core\nos\ntR"
+    payload = glob + f"(Vtouch {marker}\ntR.".encode()
+
+    with _Recorder() as resolved:
+        response = api_for(scientist).post(
+            "/api/v1/models/churn/versions/",
+            {"file": SimpleUploadedFile("m.pkl", payload), "framework": "sklearn"},
+            format="multipart",
+        )
+
+    assert response.status_code == 422, response.content
+    error = response.json()["error"]
+    assert "sklearn.feature_selection._base.attrgetter" in error["message"]
+    finding = error["details"]["findings"][0]
+    assert finding["where"] == "opcode offset 0"
+    assert resolved == []
+    assert not marker.exists()
+    assert not ModelVersion.objects.exists()
+
+
 # --- source scan ----------------------------------------------------------------------------
 
 # Modules that load model artifacts: each runs only in a child process of its own.
 LOADERS_ALLOWED = {
     "registry/validation/_child.py",  # the validation sandbox (rlimits, no network)
     "batch/_child.py",  # long-lived batch inference children
+    # The one restricted loader: called only by the two children above and the generated
+    # services (model processes); the web process imports it for skops_globals only.
+    "registry/modelkit/loading.py",
 }
+UNPICKLER_BASES = {"Unpickler", "_Unpickler", "NumpyUnpickler"}
 PROCESS_PACKAGES = [
     "config",
     "core",
@@ -219,6 +249,13 @@ def _dangerous_calls(path: Path) -> list[str]:
                     isinstance(allow[0].value, ast.Constant) and allow[0].value.value is False
                 ):
                     found.append(f"{path}:{node.lineno} np.load without allow_pickle=False")
+        if isinstance(node, ast.ClassDef):
+            for base in node.bases:
+                base_name = (
+                    base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+                )
+                if base_name in UNPICKLER_BASES:
+                    found.append(f"{path}:{node.lineno} class {node.name}({base_name})")
         if isinstance(node, ast.ImportFrom) and node.module in {"pickle", "joblib", "dill"}:
             names = {alias.name for alias in node.names}
             if names & {"load", "loads", "Unpickler"}:
@@ -246,8 +283,9 @@ def test_the_scan_catches_what_it_looks_for(tmp_path):
     sample.write_text(
         "import pickle, joblib, numpy as np\n"
         "pickle.loads(b'')\njoblib.load('m')\nnp.load('a.npy')\nnp.load('b', allow_pickle=True)\n"
+        "class U(pickle.Unpickler): pass\n"
     )
-    assert len(_dangerous_calls(sample)) == 4
+    assert len(_dangerous_calls(sample)) == 5
 
 
 def test_a_pickle_planted_in_the_cache_is_never_unpickled(tmp_path):

@@ -263,12 +263,14 @@ def test_scan_refuses_attribute_path_out_of_an_allowed_module(tmp_path):
     assert "sklearn.base.os.path.exists" in _flagged(report)
 
 
-def test_check_global_denies_file_access_reexported_by_numpy():
-    assert check_global("numpy", "load") is not None
+def test_check_global_is_exact_membership_of_the_allow_list():
+    assert check_global("numpy", "load")[0] == "dangerous"
     assert check_global("numpy", "float64") is None
-    assert check_global("numpy", "log1p") is None
-    assert check_global("numpy.lib._npyio_impl", "loadtxt")[0] == "dangerous"
-    assert check_global("sklearn.datasets", "fetch_openml")[0] == "dangerous"
+    # Not referenced by any generated model, so not on the list, harmless or not.
+    assert check_global("numpy", "log1p")[0] == "untrusted"
+    assert check_global("numpy.lib._npyio_impl", "loadtxt")[0] == "untrusted"
+    assert check_global("sklearn.datasets", "fetch_openml")[0] == "untrusted"
+    assert check_global("sklearn.utils._tags", "attrgetter")[0] == "dangerous"
     assert check_global("sklearn.linear_model._logistic", "LogisticRegression") is None
 
 
@@ -294,3 +296,90 @@ def test_scan_marks_data_only_formats_safe(artifacts):
 def test_scan_rejects_unknown_format_as_programming_error(artifacts):
     with pytest.raises(ValueError, match="unknown artifact format"):
         scan_artifact(artifacts["pickle"].path, "tensorflow")
+
+
+# --- the allow-list and its generator ---------------------------------------------------------
+
+
+def test_checked_in_allow_list_is_for_the_installed_libraries():
+    import importlib
+    import json
+
+    from registry.modelkit.allowlist import ALLOWLIST_FILE, allowed_globals, allowlist_version
+    from registry.validation.allowlist_generate import ALLOWLIST_VERSION, judge
+
+    data = json.loads(ALLOWLIST_FILE.read_text())
+    assert allowlist_version() == ALLOWLIST_VERSION == data["version"]
+    # A library upgrade changes what models reference: regenerate, review, bump.
+    for name, version in data["generated_with"].items():
+        assert importlib.import_module(name).__version__ == version, name
+    assert len(allowed_globals()) == len(data["globals"]) > 250
+    # Every entry still passes the rule it was generated under.
+    assert [f"{m}.{n}" for m, n in allowed_globals() if judge(m, n) is not None] == []
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("sklearn.feature_selection._base", "attrgetter"),  # operator, re-exported
+        ("xgboost.core", "os"),  # a module
+        ("sklearn.model_selection._search", "reduce"),  # functools
+        ("sklearn.datasets._base", "NamedTemporaryFile"),  # tempfile
+        ("sklearn.datasets._twenty_newsgroups", "pickle"),
+        ("numpy.linalg", "test"),  # a test runner instance
+        ("lightgbm.basic", "__builtins__"),
+        ("builtins", "getattr"),
+        ("builtins", "eval"),
+        ("builtins", "__import__"),
+        ("os", "system"),
+        ("importlib", "import_module"),
+        ("numpy", "load"),
+        ("sklearn.base", "os.system"),
+        ("runpy", "run_path"),
+    ],
+)
+def test_the_generator_rule_refuses_what_models_must_never_name(module, name):
+    from registry.validation.allowlist_generate import judge
+
+    assert judge(module, name) is not None
+    assert check_global(module, name) is not None
+
+
+def test_the_generator_rule_allows_classes_functions_ufuncs_and_dtypes():
+    from registry.validation.allowlist_generate import judge
+
+    assert judge("sklearn.linear_model._logistic", "LogisticRegression") is None
+    assert judge("numpy", "log1p") is None  # a ufunc (allowed if a model referenced it)
+    assert judge("numpy", "dtype") is None
+    assert judge("numpy._core.multiarray", "_reconstruct") is None
+    assert judge("builtins", "slice") is None
+
+
+def test_a_decision_for_another_allow_list_or_format_is_refused(artifacts):
+    from registry.modelkit.loading import LoaderDecisionError, load_model, loader_decision
+
+    decision = loader_decision("joblib")
+    assert decision == {"format": "joblib", "loader": "restricted-joblib", "allowlist_version": 2}
+    assert load_model(artifacts["joblib"].path, decision).predict is not None
+    for bad in (
+        {},
+        {**decision, "allowlist_version": 1},
+        {**decision, "loader": "restricted-pickle"},
+        {"format": "skops", "loader": "skops-recorded-trust", "allowlist_version": 2},
+    ):
+        with pytest.raises(LoaderDecisionError):
+            load_model(artifacts["joblib"].path, bad)
+    # Data-only formats name no globals: a decision from an older list still loads them.
+    older = {**loader_decision("xgboost-json"), "allowlist_version": 1}
+    assert load_model(artifacts["xgboost-json"].path, older).num_features() == 4
+
+
+def test_a_joblib_file_is_never_read_as_a_plain_pickle(artifacts):
+    from registry.modelkit.allowlist import GlobalRefusedError
+    from registry.modelkit.loading import load_model, loader_decision
+
+    # Under a pickle decision joblib's array wrapper is refused: the file is never read a
+    # second way (and the scan of a "pickle" refuses the wrapper likewise).
+    with pytest.raises(GlobalRefusedError, match="NumpyArrayWrapper"):
+        load_model(artifacts["joblib"].path, loader_decision("pickle"))
+    assert not scan_artifact(artifacts["joblib"].path, "pickle").safe
