@@ -140,6 +140,9 @@ def _embedded_redis(stack: Stack, *, persist: bool) -> str:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Its own session: the terminal's Ctrl-C reaches devstack only, which stops Redis
+        # after every process that uses it (it died first, under a working worker).
+        start_new_session=True,
     )
     deadline = time.monotonic() + 10
     while not port_open("127.0.0.1", port):
