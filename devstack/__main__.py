@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from devstack.runner import ProcessGroup, say
-from devstack.services import DATA, ROOT, stack_start
+from devstack.services import DATA, ROOT, Stack, port_open, stack_start
 from devstack.stackfile import (
     PID_KEY,
     stack_file,
@@ -93,6 +93,10 @@ def cmd_run(args: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     web_port, gateway_port = _ports()
+    for name, port in (("MODELYARD_WEB_PORT", web_port), ("MODELYARD_GATEWAY_PORT", gateway_port)):
+        if port_open("127.0.0.1", port):
+            say(f"port {port} is in use (another `make run`?); choose another with {name}=...")
+            return 1
     public = os.environ.get("MODELYARD_PUBLIC_URL", f"http://127.0.0.1:{web_port}")
     gateway = os.environ.get("MODELYARD_GATEWAY_URL", f"http://127.0.0.1:{gateway_port}")
     stack = stack_start(database="modelyard", redis_db=0, prefer_local=False, persist=True)
@@ -122,6 +126,8 @@ def cmd_run(args: list[str]) -> int:
                 f"  second terminal: .venv/bin/python manage.py ... finds this stack "
                 f"through {stack_file(DATA)}"
             )
+        else:
+            say(f"{public}/healthz did not answer; see the web lines above")
         exited = group.wait_any()
         say(f"{exited.name} exited ({exited.popen.returncode}); stopping everything")
         return 1
@@ -134,7 +140,7 @@ def cmd_run(args: list[str]) -> int:
         _shutdown(stack, group, env)
 
 
-def _shutdown(stack, group: ProcessGroup | None, env: dict[str, str]) -> None:
+def _shutdown(stack: Stack, group: ProcessGroup | None, env: dict[str, str]) -> None:
     """Web, gateway, worker and beat first (they need Redis and PostgreSQL until they have
     exited), then the slot servers (recorded as stopped), the embedded servers last."""
     stack_file_remove(DATA)
