@@ -970,6 +970,30 @@ def rollouts_stuck() -> list[int]:
     )
 
 
+def runtime_servers_stop(*, reason: str) -> list[str]:
+    """Stop every slot server of the local backend and record each as ``slot_stopped``.
+
+    `make run`'s shutdown calls this (devstack): the next start's sweep restarts them, and
+    the deployment's events read "stopped", then "restarted", never "crashed".
+    """
+    backend = backends.runtime_backend()
+    if not hasattr(backend, "servers_stop"):
+        return []  # Kubernetes slots outlive the platform's processes by design
+    slots_by_key = {s.runtime_key: s for s in Slot.objects.select_related("deployment")}
+    lines = []
+    for event in backend.servers_stop(reason=reason):
+        lines.append(f"{event.slot_key}: {event.kind}: {event.message}")
+        slot = slots_by_key.get(event.slot_key)
+        if slot is not None:
+            event_record(
+                deployment=slot.deployment,
+                kind=f"slot_{event.kind}",
+                message=event.message,
+                slot=slot.color,
+            )
+    return lines
+
+
 def deployments_reconcile() -> list[str]:
     """Converge every deployment on its recorded state; return what was done.
 

@@ -27,6 +27,28 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     return False
 
 
+def postgres_url(
+    *, host: str, port: int | str | None, user: str, name: str, password: str = ""
+) -> str:
+    """A PostgreSQL URL; a Unix socket folder as host is percent-encoded (libpq and
+    dj-database-url both read it back), a bare "/tmp/x" would end the authority."""
+    secret = f":{quote(password, safe='')}" if password else ""
+    host = quote(host or "127.0.0.1", safe="")
+    base = f"postgresql://{quote(user, safe='')}{secret}@{host}:{port or 5432}"
+    return f"{base}/{name}" if name else base
+
+
+def database_url_of(settings_dict: dict) -> str:
+    """The URL of a Django DATABASES entry (what a child process's DATABASE_URL needs)."""
+    return postgres_url(
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"],
+        user=settings_dict["USER"],
+        password=settings_dict["PASSWORD"] or "",
+        name=settings_dict["NAME"],
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -88,7 +110,7 @@ def _embedded_postgres(stack: Stack) -> str:
     info = server.get_postmaster_info()
     stack.started.append(f"embedded PostgreSQL (pid {info.pid}, data {pgdata})")
     stack._stops.append(server.cleanup)
-    return f"postgresql://postgres@{quote(str(info.socket_dir), safe='')}:{info.port}"
+    return postgres_url(host=str(info.socket_dir), port=info.port, user="postgres", name="")
 
 
 def _embedded_redis(stack: Stack, *, persist: bool) -> str:
@@ -118,6 +140,9 @@ def _embedded_redis(stack: Stack, *, persist: bool) -> str:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Its own session: the terminal's Ctrl-C reaches devstack only, which stops Redis
+        # after every process that uses it (it died first, under a working worker).
+        start_new_session=True,
     )
     deadline = time.monotonic() + 10
     while not port_open("127.0.0.1", port):

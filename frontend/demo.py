@@ -50,8 +50,14 @@ def _train_churn_model(seed: int):
     return buffer.getvalue(), reference, float(model.score(frame, target))
 
 
+KEY_LINE = "gateway key for "
+
+
 def demo_users_ensure(logins_path: Path) -> list[tuple[str, str, str]]:
-    """Create (or re-password) the demo users; passwords are generated, never defaults."""
+    """Create (or re-password) the demo users; passwords are generated, never defaults.
+
+    The file is rewritten with the new passwords; its gateway key lines are kept (a key's
+    value exists nowhere else, see ``demo_key_ensure``)."""
     logins = []
     for username, role in DEMO_USERS:
         password = secrets.token_urlsafe(12)
@@ -63,9 +69,47 @@ def demo_users_ensure(logins_path: Path) -> list[tuple[str, str, str]]:
             user.save(update_fields=["password"])
         logins.append((username, role, password))
     logins_path.parent.mkdir(parents=True, exist_ok=True)
-    logins_path.write_text("".join(f"{u:8} {r:15} {p}\n" for u, r, p in logins))
+    kept = [line + "\n" for line in _read_lines(logins_path) if line.startswith(KEY_LINE)]
+    logins_path.write_text("".join([*(f"{u:8} {r:15} {p}\n" for u, r, p in logins), *kept]))
     logins_path.chmod(0o600)
     return logins
+
+
+def _read_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def demo_key_ensure(*, deployment_name: str, logins_path: Path) -> tuple[str, bool]:
+    """The demo's gateway key for ``deployment_name``: the one in ``logins_path`` while it is
+    still a live key of that deployment, else a new one issued and written there.
+
+    Returns (key, issued). Only the key's digest is stored, so the file is the one place
+    its value survives a restart.
+    """
+    from deployments import services as deployment_services
+    from deployments.models import Deployment, DeploymentKey
+    from gateway.routes import deployment_key_hash
+
+    prefix = f"{KEY_LINE}{deployment_name}: "
+    lines = _read_lines(logins_path)
+    for line in lines:
+        if line.startswith(prefix):
+            key = line[len(prefix) :].strip()
+            live = DeploymentKey.objects.filter(
+                deployment__name=deployment_name,
+                digest=deployment_key_hash(key),
+                revoked_at__isnull=True,
+            )
+            if live.exists():
+                return key, False
+    deployment = Deployment.objects.get(name=deployment_name)
+    _, key = deployment_services.deployment_key_create(
+        deployment=deployment, name="demo-app", actor=User.objects.get(username="olive")
+    )
+    kept = [line for line in lines if not line.startswith(prefix)]
+    logins_path.write_text("".join(line + "\n" for line in [*kept, prefix + key]))
+    logins_path.chmod(0o600)
+    return key, True
 
 
 def demo_model_ensure() -> RegisteredModel:
@@ -126,17 +170,18 @@ def demo_model_ensure() -> RegisteredModel:
     return model
 
 
-def demo_deployment_ensure(model: RegisteredModel) -> tuple[str, str | None]:
-    """Deployment churn-prod serving the champion; returns (name, new key or None).
+def demo_deployment_ensure(model: RegisteredModel) -> tuple[str, bool]:
+    """Deployment churn-prod serving the champion; returns (name, created now).
 
-    The rollout is queued here and carried out by the worker once `make run` starts it.
+    The rollout is queued here and carried out by the worker once `make run` starts it; its
+    gateway key comes from ``demo_key_ensure``.
     """
     from deployments import services as deployment_services
     from deployments.models import Deployment
 
     deployment = Deployment.objects.filter(name="churn-prod").first()
     if deployment is not None:
-        return deployment.name, None
+        return deployment.name, False
     olive = User.objects.get(username="olive")
     deployment = deployment_services.deployment_create(
         name="churn-prod",
@@ -146,13 +191,10 @@ def demo_deployment_ensure(model: RegisteredModel) -> tuple[str, str | None]:
         bake_seconds=120,
         description="The churn model behind the retention campaigns.",
     )
-    _, key = deployment_services.deployment_key_create(
-        deployment=deployment, name="demo-app", actor=olive
-    )
     deployment_services.rollout_start(
         deployment=deployment, version_number=1, actor=olive, reason="demo: first rollout"
     )
-    return deployment.name, key
+    return deployment.name, True
 
 
 # --- a history for the dashboard --------------------------------------------------------------

@@ -53,6 +53,8 @@ def _log_config(level: str) -> dict[str, object]:
         "class": "logging.StreamHandler",
         "stream": "ext://sys.stderr",
     }
+    # uvicorn's own lines (start, shutdown) in the same format, not its "INFO:     ..." one.
+    config["handlers"]["default"]["formatter"] = "gateway"  # type: ignore[index]
     # The root logger, so gateway.* and modelyard.* records reach stderr in every worker too.
     config["root"] = {"handlers": ["gateway"], "level": level.upper()}
     return config

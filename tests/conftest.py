@@ -320,15 +320,9 @@ def live_stack(request, transactional_db, tmp_path, bento_dirs, settings):
     from django.db import connection
 
     from deployments import backends
-    from devstack.services import free_port
+    from devstack.services import database_url_of, free_port
 
-    db = connection.settings_dict
-    host = db["HOST"] or "127.0.0.1"
-    if host.startswith("/"):
-        from urllib.parse import quote
-
-        host = quote(host, safe="")
-    database_url = f"postgresql://{db['USER']}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
+    database_url = database_url_of(connection.settings_dict)
     redis_server = None
     if request.node.get_closest_marker("stack_private_redis"):
         redis_server = RedisServer(free_port(), tmp_path)

@@ -419,6 +419,9 @@ if MODELYARD_LOG_FORMAT not in {"json", "plain"}:
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured("MODELYARD_LOG_FORMAT must be 'json' or 'plain'.")
+MODELYARD_LOG_LEVEL = env_str("MODELYARD_LOG_LEVEL", "INFO").upper()
+_ROUTINE_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+_ROUTINE_LEVEL = "DEBUG" if MODELYARD_LOG_LEVEL == "DEBUG" else "WARNING"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -434,6 +437,15 @@ LOGGING = {
             "filters": ["request_id"],
         }
     },
-    "root": {"handlers": ["console"], "level": env_str("MODELYARD_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "root": {"handlers": ["console"], "level": MODELYARD_LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # Routine lines of periodic work (beat's "Sending due task", the worker's "Task ...
+        # received/succeeded" every few seconds) drowned everything else: shown at DEBUG
+        # only. Failures are logged at WARNING/ERROR by the same loggers and stay visible.
+        **{name: {"level": _ROUTINE_LEVEL} for name in _ROUTINE_LOGGERS},
+    },
 }
+# Celery's processes log through LOGGING too (one format for every process), instead of
+# replacing the root logger's handlers with their own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False

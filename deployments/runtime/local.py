@@ -161,6 +161,27 @@ class LocalProcessBackend(RuntimeBackend):
                 # The slot's home only holds links and BentoML's scratch (metrics dir).
                 _remove_tree(self.state_dir / "homes" / slot_key)
 
+    def servers_stop(self, *, reason: str, timeout: float = 10) -> list[SlotEvent]:
+        """Stop every slot's server but keep its record, as a machine's shutdown does.
+
+        The record loses its pid, so the next supervision round starts the server again
+        (a ``restarted`` event) instead of finding a dead pid and calling it a crash.
+        """
+        events: list[SlotEvent] = []
+        for slot_key in sorted(record.slot_key for record in self._records()):
+            with self._slot_lock(slot_key, timeout=2 * self.ready_timeout + 30):
+                record = self._load(slot_key)
+                if record is None or record.pid is None:
+                    continue
+                pid = record.pid
+                self._kill_slot(slot_key, record, timeout=timeout)
+                record.pid = record.create_time = record.unready_since = None
+                record.next_attempt_at = None
+                record.failures = 0
+                events.append(self._event(record, "stopped", f"server pid {pid} stopped: {reason}"))
+                self._save(record)
+        return events
+
     def slot_status(self, *, slot_key: str) -> SlotStatus:
         validate_slot_key(slot_key)
         record = self._load(slot_key)

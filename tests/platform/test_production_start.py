@@ -24,6 +24,8 @@ import psycopg
 import pytest
 from django.conf import settings
 
+from devstack.services import database_url_of
+
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = str(ROOT / "platform" / "entrypoint.sh")
 DATABASE = "modelyard_k8s_prodstart"
@@ -57,11 +59,7 @@ def production_database() -> str:
     )
     admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
     admin.execute(f"CREATE DATABASE {DATABASE}")
-    password = f":{server['PASSWORD']}" if server["PASSWORD"] else ""
-    yield (
-        f"postgres://{server['USER']}{password}@{server['HOST']}:{server['PORT'] or 5432}/"
-        f"{DATABASE}"
-    )
+    yield database_url_of({**server, "NAME": DATABASE})
     admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
     admin.close()
 

@@ -7,6 +7,7 @@ from frontend.demo import (
     demo_batch_ensure,
     demo_deployment_ensure,
     demo_history_ensure,
+    demo_key_ensure,
     demo_model_ensure,
     demo_users_ensure,
 )
@@ -20,17 +21,19 @@ class Command(BaseCommand):
         logins = demo_users_ensure(logins_path)
         model = demo_model_ensure()
         self.stdout.write(f"Demo model: {model.name} ({model.versions.count()} versions)")
-        name, key = demo_deployment_ensure(model)
-        if key:
-            with logins_path.open("a") as handle:
-                handle.write(f"gateway key for {name}: {key}\n")
+        name, created = demo_deployment_ensure(model)
+        if created:
             self.stdout.write(
-                f"Deployment {name} is rolling out v1 (the worker builds and starts it). Try:\n"
-                f"  curl -s -X POST {settings.MODELYARD_GATEWAY_URL}/d/{name}/predict "
-                f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
-                '-d \'{"instances": [{"tenure_months": 3, "monthly_charges": 90, '
-                '"support_calls": 5, "contract_years": 0}]}\''
+                f"Deployment {name} is rolling out v1 (the worker builds and starts it)."
             )
+        key, issued = demo_key_ensure(deployment_name=name, logins_path=logins_path)
+        self.stdout.write(
+            f"Gateway key for {name} ({'new' if issued else 'kept'}; also in {logins_path}). Try:\n"
+            f"  curl -s -X POST {settings.MODELYARD_GATEWAY_URL}/d/{name}/predict "
+            f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+            '-d \'{"instances": [{"tenure_months": 3, "monthly_charges": 90, '
+            '"support_calls": 5, "contract_years": 0}]}\''
+        )
         history = demo_history_ensure(deployment_name=name)
         if history["rollups"]:
             self.stdout.write(
