@@ -160,7 +160,17 @@ def _dead_end(version: dict[str, Any], ref: VersionRef) -> str:
 
 def cmd_submit(client: Client, args: argparse.Namespace, out: Output) -> int:
     ref = _ref(args)
-    version = client.submit(ref, args.comment)
+    try:
+        version = client.submit(ref, args.comment)
+    except ApiError as exc:
+        # A re-run pipeline submits again: a version already in review (or past it) is done.
+        if exc.status != 409:
+            raise
+        version = client.version_get(ref)
+        if version["state"] not in ("in_review", "approved"):
+            raise
+        out.result(version, f"{ref} is already {version['state']}")
+        return EXIT_OK
     out.result(version, f"{ref} is {version['state']}")
     return EXIT_OK
 
@@ -186,9 +196,20 @@ def _wait_rollout(client: Client, args: argparse.Namespace, out: Output, rollout
 
 
 def cmd_deploy(client: Client, args: argparse.Namespace, out: Output) -> int:
-    rollout = client.rollout_start(
-        args.deployment, version=args.version_number, alias=args.alias or "", reason=args.reason
-    )
+    try:
+        rollout = client.rollout_start(
+            args.deployment,
+            version=args.version_number,
+            alias=args.alias or "",
+            reason=args.reason,
+        )
+    except ApiError as exc:
+        # A re-run pipeline deploys again: the version already serving is success.
+        if exc.code != "already_live":
+            raise
+        deployment = client.deployment_get(args.deployment)
+        out.result(deployment, exc.message)
+        return EXIT_OK
     return _wait_rollout(client, args, out, rollout)
 
 
