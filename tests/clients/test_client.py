@@ -152,14 +152,28 @@ def test_rollout_by_alias_is_resolved_and_recorded(server, model_file):
     assert "(alias champion)" in rollout["steps"][0]["message"]
 
 
-def test_batch_download_of_an_unfinished_job_leaves_no_file(ci, tmp_path):
-    from batch.models import BatchJob
-
-    with pytest.raises(ApiError) as missing:
-        ci.batch_download(999_999, tmp_path / "out.parquet")
-    assert missing.value.status == 404
-    assert not list(tmp_path.iterdir())
-    assert BatchJob.objects.count() == 0
+def test_batch_run_queues_a_job_and_an_unfinished_output_is_refused(
+    ci, model_file, tmp_path, sklearn_model
+):
+    RegisteredModelFactory(name="fraud")
+    ci.push("fraud", model_file, framework="sklearn")
+    ModelVersion.objects.filter(number=1).update(state=VersionState.APPROVED)
+    rows = tmp_path / "rows.csv"
+    rows.write_bytes(sklearn_model.reference_csv)
+    job = ci.batch_run("fraud", version=1, file=rows, probabilities=True)
+    assert (job["state"], job["version"] or job["requested_version"]) == ("queued", 1)
+    assert job["probabilities"] is True
+    waited = ci.wait_batch(job["id"], timeout=0.3)  # no worker here: it stays queued
+    assert waited.outcome is WaitOutcome.TIMEOUT and "is queued" in waited.message
+    out = tmp_path / "out" / "result.parquet"
+    out.parent.mkdir()
+    with pytest.raises(ApiError) as refused:
+        ci.batch_download(job["id"], out)
+    assert refused.value.status == 409 and refused.value.code == "output_not_ready"
+    assert not list(out.parent.iterdir())  # neither the file nor a partial one
+    with pytest.raises(ApiError) as both:
+        ci.batch_run("fraud", version=1, alias="champion", file=rows)
+    assert both.value.code == "version_or_alias"
 
 
 def test_version_ref_parsing():

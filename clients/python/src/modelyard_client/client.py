@@ -373,19 +373,20 @@ class Client:
         probabilities: bool = False,
         id_column: str = "",
     ) -> dict[str, Any]:
-        data: dict[str, Any] = {"model": model, "probabilities": str(probabilities).lower()}
+        fields: dict[str, Any] = {"model": model, "probabilities": probabilities}
         if version is not None:
-            data["version"] = str(version)
+            fields["version"] = version
         if alias:
-            data["alias"] = alias
+            fields["alias"] = alias
         if input_path:
-            data["input_path"] = input_path
+            fields["input_path"] = input_path
         if id_column:
-            data["id_column"] = id_column
+            fields["id_column"] = id_column
         if file is None:
-            return self._json("POST", "batch-jobs/", data=data)
+            return self._json("POST", "batch-jobs/", json=fields)
+        form = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()}
         with file.open("rb") as handle:
-            return self._json("POST", "batch-jobs/", data=data, files={"file": (file.name, handle)})
+            return self._json("POST", "batch-jobs/", data=form, files={"file": (file.name, handle)})
 
     def batch_get(self, job_id: int) -> dict[str, Any]:
         return self._json("GET", f"batch-jobs/{job_id}/")
