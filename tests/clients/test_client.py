@@ -213,3 +213,20 @@ def test_non_platform_error_bodies_are_summarised():
         proxy.server_close()
     assert failed.value.status == 502 and failed.value.code == "http_error"
     assert failed.value.message == "HTTP 502: <html><body><h1>502 Bad Gateway</h1></body></html>"
+
+
+def test_concurrent_pushes_of_one_file_make_one_version_and_keep_one_copy(
+    ci, model_file, storage_snapshot
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    RegisteredModelFactory(name="fraud")
+    with ThreadPoolExecutor(4) as pool:  # the live server answers each request in a thread
+        results = list(
+            pool.map(lambda _: ci.push("fraud", model_file, framework="sklearn"), range(4))
+        )
+    assert {version["number"] for version, _ in results} == {1}
+    assert sorted(created for _, created in results) == [False, False, False, True]
+    assert ModelVersion.objects.filter(model__name="fraud").count() == 1
+    stored = [path for path in storage_snapshot() if path.endswith("model.joblib")]
+    assert len(stored) == 1  # a push that lost the race deleted its copy
