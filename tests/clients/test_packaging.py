@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,11 +31,14 @@ SUBSTITUTE = {
 def test_pip_install_into_a_fresh_venv(tmp_path):
     # Offline: build the wheel with this venv's setuptools (no index, no build isolation),
     # then install it into a venv that has nothing else.
+    # A copy of the sources, so the build leaves no build/ in the checkout.
+    source = tmp_path / "client"
+    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     wheels = tmp_path / "wheels"
     subprocess.run(
         [
             *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index"),
-            *("--no-build-isolation", "--wheel-dir", str(wheels), str(CLIENT)),
+            *("--no-build-isolation", "--wheel-dir", str(wheels), str(source)),
         ],
         check=True,
         capture_output=True,
