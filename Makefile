@@ -16,7 +16,7 @@ $(BIN)/python:
 # versions that were tested.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' -e ./clients/python
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -28,6 +28,9 @@ class Deployment(models.Model):
     # Guard thresholds (monitoring reads them): error rate, p99, drift, cost.
     guard_policy = models.JSONField(default=dict, blank=True)
     live_slot = models.CharField(max_length=8, choices=SlotColor.choices, blank=True)
+    # A protected alias of the model this deployment follows: when it moves (which only an
+    # operator or reviewer may do, to an approved version) a rollout to it starts.
+    follow_alias = models.CharField(max_length=64, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
@@ -109,6 +112,8 @@ class Rollout(models.Model):
         ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     kind = models.CharField(max_length=16, choices=RolloutKind.choices, default=RolloutKind.ROLLOUT)
+    # The alias the rollout was asked for by, if any: resolved to ``version`` when it started.
+    alias = models.CharField(max_length=64, blank=True)
     target_slot = models.CharField(max_length=8, choices=SlotColor.choices)
     state = models.CharField(
         max_length=16, choices=RolloutState.choices, default=RolloutState.PENDING, db_index=True

@@ -40,6 +40,7 @@ from deployments.choices import (
     SlotColor,
     SlotState,
 )
+from deployments.follow import alias_version_number
 from deployments.integrations import bentoml as bento
 from deployments.models import Build, Deployment, DeploymentEvent, DeploymentKey, Rollout, Slot
 from deployments.runtime.base import RuntimeBackendError
@@ -464,10 +465,26 @@ def _end_baking(deployment: Deployment, *, to: str, note: str) -> None:
 
 @transaction.atomic
 def rollout_start(
-    *, deployment: Deployment, version_number: int, actor: User | None, reason: str = ""
+    *,
+    deployment: Deployment,
+    version_number: int | None = None,
+    actor: User | None,
+    reason: str = "",
+    alias: str = "",
 ) -> Rollout:
-    """Queue a rollout of a version into the idle slot. One active rollout per deployment."""
+    """Queue a rollout of a version into the idle slot. One active rollout per deployment.
+
+    Name the version by ``version_number`` or by ``alias`` (exactly one): an alias is
+    resolved here, under the deployment's lock, and recorded on the rollout.
+    """
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+    if (version_number is None) == (not alias):
+        raise InvalidInput(
+            "Name the version to roll out by 'version' or by 'alias', not both or neither.",
+            code="version_or_alias",
+        )
+    if alias:
+        version_number = alias_version_number(deployment=deployment, alias=alias)
     version = ModelVersion.objects.filter(model=deployment.model_id, number=version_number).first()
     if version is None:
         raise NotFound(f"{deployment.model.name} has no version {version_number}.")
@@ -491,20 +508,27 @@ def rollout_start(
     rollout = Rollout.objects.create(
         deployment=deployment,
         version=version,
+        alias=alias,
         kind=RolloutKind.ROLLOUT,
         target_slot=target,
         previous_version=live.version if live else None,
         created_by=actor,
         reason=reason,
     )
-    _log_step(rollout, f"rollout of v{version.number} into the {target} slot requested")
+    via = f" (alias {alias})" if alias else ""
+    _log_step(rollout, f"rollout of v{version.number}{via} into the {target} slot requested")
     rollout.save(update_fields=["steps"])
     audit_record(
         actor=actor,
         action=AuditAction.ROLLOUT_STATE_CHANGED,
         obj=rollout,
         reason=reason,
-        after={"state": rollout.state, "version": version.number, "slot": target},
+        after={
+            "state": rollout.state,
+            "version": version.number,
+            "slot": target,
+            **({"alias": alias} if alias else {}),
+        },
     )
     _enqueue_advance(rollout.pk)
     return rollout

@@ -116,7 +116,11 @@ class ModelVersion(models.Model):
                 fields=["model", "number"], name="registry_version_unique_number"
             ),
         ]
-        indexes = [models.Index(fields=["model", "state"])]
+        indexes = [
+            models.Index(fields=["model", "state"]),
+            # The idempotent push looks versions up by their bytes (version_push).
+            models.Index(fields=["model", "artifact_sha256"], name="registry_version_model_sha"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.model.name} v{self.number}"

@@ -30,6 +30,7 @@ class RolloutSerializer(serializers.ModelSerializer):
             "deployment",
             "kind",
             "version",
+            "alias",
             "previous_version",
             "target_slot",
             "state",
@@ -61,6 +62,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "guard_policy",
             "live_slot",
             "live_version",
+            "follow_alias",
             "slots",
             "endpoint",
             "created_at",
@@ -95,8 +97,22 @@ class DeploymentCreateSerializer(serializers.Serializer):
 
 
 class RolloutCreateSerializer(serializers.Serializer):
-    version = serializers.IntegerField(min_value=1)
+    version = serializers.IntegerField(min_value=1, required=False, default=None, allow_null=True)
+    alias = serializers.CharField(
+        max_length=64,
+        required=False,
+        default="",
+        allow_blank=True,
+        help_text="Roll out the version this alias points at (instead of 'version').",
+    )
     reason = serializers.CharField(required=False, default="", allow_blank=True)
+
+
+class FollowSerializer(serializers.Serializer):
+    alias = serializers.CharField(
+        max_length=64, allow_blank=True, help_text="A protected alias to follow; '' to stop."
+    )
+    reason = serializers.CharField(required=False, default="", allow_blank=True, max_length=500)
 
 
 class RollbackSerializer(serializers.Serializer):

@@ -8,13 +8,14 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core.choices import Capability
-from deployments import selectors, services
+from deployments import follow, selectors, services
 from deployments.api.serializers import (
     DeploymentCreateSerializer,
     DeploymentDetailSerializer,
     DeploymentKeyCreatedSerializer,
     DeploymentKeySerializer,
     DeploymentSerializer,
+    FollowSerializer,
     KeyCreateSerializer,
     KeyRevokeSerializer,
     RollbackSerializer,
@@ -39,6 +40,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         "rollouts": C.VIEW,
         "rollout_detail": C.VIEW,
         "rollback": C.DEPLOY,
+        "follow": C.DEPLOY,
         # Keys open the prediction endpoint: listing them is as sensitive as issuing them.
         "keys": C.DEPLOY,
         "key_revoke": C.DEPLOY,
@@ -90,10 +92,24 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         rollout = services.rollout_start(
             deployment=deployment,
             version_number=data.validated_data["version"],
+            alias=data.validated_data["alias"],
             actor=request.user,
             reason=data.validated_data["reason"],
         )
         return Response(RolloutSerializer(rollout).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=FollowSerializer, responses={200: DeploymentDetailSerializer})
+    @action(detail=True, methods=["put"])
+    def follow(self, request, name=None):
+        data = FollowSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        deployment = follow.deployment_follow_set(
+            deployment=selectors.deployment_ref(name=name),
+            alias=data.validated_data["alias"],
+            actor=request.user,
+            reason=data.validated_data["reason"],
+        )
+        return self._detail(deployment)
 
     @extend_schema(operation_id="deployments_rollout_detail", responses={200: RolloutSerializer})
     @action(detail=True, methods=["get"], url_path=r"rollouts/(?P<rollout_id>[0-9]+)")

@@ -163,12 +163,17 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(
         request={"multipart/form-data": VersionUploadSerializer},
-        responses={201: VersionDetailSerializer},
+        responses={201: VersionDetailSerializer, 200: VersionDetailSerializer},
+        description=(
+            "Idempotent by the artifact's sha256: pushing bytes this model already holds (in a "
+            "version that is not archived) answers 200 with that version, unchanged; a new "
+            "version answers 201."
+        ),
     )
     def create(self, request, model_name=None):
         data = VersionUploadSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        version = services.version_upload(
+        pushed = services.version_push(
             model=self.get_model(),
             uploader=request.user,
             artifact=data.validated_data["file"],
@@ -176,7 +181,8 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             metadata=data.validated_data["metadata"],
             reference=data.validated_data.get("reference_data"),
         )
-        return self._detail(version, status.HTTP_201_CREATED)
+        code = status.HTTP_201_CREATED if pushed.created else status.HTTP_200_OK
+        return self._detail(pushed.version, code)
 
     @extend_schema(request=SubmitSerializer, responses={200: VersionDetailSerializer})
     @action(detail=True, methods=["post"])

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -19,6 +21,28 @@ UNUSABLE_STATES = {VersionState.INVALID, VersionState.REJECTED, VersionState.ARC
 # A protected alias is what production and schedules follow: moving it is a release, so it
 # takes an operator (deploy) or a reviewer, not whoever uploaded the version.
 PROTECTED_ALIAS_CAPABILITIES = frozenset({Capability.DEPLOY, Capability.REVIEW})
+
+logger = logging.getLogger(__name__)
+
+# Called after a protected alias moved and the move committed, with keyword arguments
+# model_id, alias, version_number, actor_id. Registry is below deployments and may not
+# import it: deployments registers its follower here (DeploymentsConfig.ready).
+ProtectedAliasMoved = Callable[..., None]
+_protected_alias_moved: list[ProtectedAliasMoved] = []
+
+
+def alias_register_protected_moved(callback: ProtectedAliasMoved) -> None:
+    """Run ``callback`` after every committed move of a protected alias (registered once)."""
+    if callback not in _protected_alias_moved:
+        _protected_alias_moved.append(callback)
+
+
+def _notify_protected_moved(**event: Any) -> None:
+    for callback in _protected_alias_moved:
+        try:
+            callback(**event)
+        except Exception:  # the move is committed: a follower's failure must not undo or 500 it
+            logger.exception("protected alias follower %r failed for %s", callback, event)
 
 
 def _check_may_write(*, actor: User, token: Any, name: str, protected: bool) -> None:
@@ -90,6 +114,14 @@ def alias_set(
         before=before,
         after={"version": version.number, "protected": is_protected},
     )
+    if is_protected and (before is None or before["version"] != version.number):
+        event = {
+            "model_id": model.pk,
+            "alias": alias.name,
+            "version_number": version.number,
+            "actor_id": actor.pk,
+        }
+        transaction.on_commit(lambda: _notify_protected_moved(**event))
     return alias
 
 

@@ -24,6 +24,7 @@ from registry.models import DatasetReference, ModelVersion, RegisteredModel
 from registry.services.artifacts import (
     artifact_delete_quietly,
     artifact_store,
+    file_sha256,
     uploaded_file_on_disk,
 )
 from registry.services.transitions import version_transition
@@ -96,6 +97,50 @@ def _resolve_parents(refs: list[ParentRef]) -> list[ModelVersion]:
     return parents
 
 
+@dataclass(frozen=True)
+class PushResult:
+    version: ModelVersion
+    created: bool
+
+
+def _same_artifact(model: RegisteredModel, sha256: str) -> ModelVersion | None:
+    # An archived version was retired on purpose: pushing its bytes again makes a new one.
+    return (
+        ModelVersion.objects.filter(model=model, artifact_sha256=sha256)
+        .exclude(state=VersionState.ARCHIVED)
+        .order_by("number")
+        .first()
+    )
+
+
+def version_push(
+    *,
+    model: RegisteredModel,
+    uploader: User,
+    artifact: UploadedFile,
+    framework: str,
+    metadata: VersionMetadata,
+    reference: UploadedFile | None = None,
+) -> PushResult:
+    """Idempotent upload (the API's, for CI): the same artifact bytes pushed again to the same
+    model return the version that holds them (any state but archived), unchanged.
+
+    Decided by a lookup on (model, sha256) under the model row lock that also allocates
+    version numbers, so two concurrent pushes of one file make one version. Not a unique
+    constraint: browser uploads (version_upload) may still hold the same bytes twice, and
+    an archived version's bytes may come back as a new version.
+    """
+    return _upload(
+        model=model,
+        uploader=uploader,
+        artifact=artifact,
+        framework=framework,
+        metadata=metadata,
+        reference=reference,
+        reuse=True,
+    )
+
+
 def version_upload(
     *,
     model: RegisteredModel,
@@ -105,6 +150,28 @@ def version_upload(
     metadata: VersionMetadata,
     reference: UploadedFile | None = None,
 ) -> ModelVersion:
+    """Store a new version and start its validation."""
+    return _upload(
+        model=model,
+        uploader=uploader,
+        artifact=artifact,
+        framework=framework,
+        metadata=metadata,
+        reference=reference,
+        reuse=False,
+    ).version
+
+
+def _upload(
+    *,
+    model: RegisteredModel,
+    uploader: User,
+    artifact: UploadedFile,
+    framework: str,
+    metadata: VersionMetadata,
+    reference: UploadedFile | None,
+    reuse: bool,
+) -> PushResult:
     """Store a new version and start its validation.
 
     Everything that can be checked without loading the model is checked here, before
@@ -127,6 +194,10 @@ def version_upload(
     written: list[str] = []
     try:
         with uploaded_file_on_disk(artifact) as artifact_path:
+            if reuse:  # cheap early answer; the locked lookup in _version_create decides
+                existing = _same_artifact(model, file_sha256(artifact_path))
+                if existing is not None:
+                    return PushResult(version=existing, created=False)
             try:
                 fmt = detect_format(artifact_path, framework)
             except ArtifactFormatError as exc:
@@ -154,7 +225,8 @@ def version_upload(
                 )
             written.append(stored_reference.path)
         with transaction.atomic():
-            version = _version_create(
+            result = _version_create(
+                reuse=reuse,
                 model=model,
                 uploader=uploader,
                 framework=framework,
@@ -166,10 +238,12 @@ def version_upload(
                 scan=scan.to_dict(),
                 reference=(stored_reference, reference_info) if reference_info else None,
             )
+        if not result.created:  # lost a race to an identical push: keep no second copy
+            artifact_delete_quietly(written)
     except BaseException:
         artifact_delete_quietly(written)
         raise
-    return version
+    return result
 
 
 def _reference_prepare(reference: UploadedFile) -> dict[str, Any]:
@@ -185,6 +259,7 @@ def _reference_prepare(reference: UploadedFile) -> dict[str, Any]:
 
 def _version_create(
     *,
+    reuse,
     model,
     uploader,
     framework,
@@ -195,9 +270,13 @@ def _version_create(
     parents,
     scan,
     reference,
-) -> ModelVersion:
+) -> PushResult:
     # Lock the model row: version numbers are allocated one at a time per model.
     locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+    if reuse:
+        existing = _same_artifact(locked, stored.sha256)
+        if existing is not None:
+            return PushResult(version=existing, created=False)
     last = locked.versions.order_by("-number").values_list("number", flat=True).first()
     version = ModelVersion(
         model=locked,
@@ -248,7 +327,7 @@ def _version_create(
         },
     )
     transaction.on_commit(lambda: _enqueue_validation(version.pk))
-    return version
+    return PushResult(version=version, created=True)
 
 
 def _enqueue_validation(version_id: int) -> None:

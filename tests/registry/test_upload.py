@@ -10,7 +10,7 @@ from django.test import override_settings
 
 from core.models import AuditEvent
 from registry.models import ModelVersion
-from tests.models import Malicious
+from tests.models import Malicious, train_sklearn_joblib
 from tests.registry.helpers import raw_multipart, upload_payload
 
 pytestmark = pytest.mark.django_db
@@ -68,13 +68,33 @@ def test_upload_stores_artifact_under_server_name_with_hash_and_lineage(
     assert AuditEvent.objects.filter(action="version.uploaded", object_id=str(version.pk)).exists()
 
 
-def test_version_numbers_increase_per_model(registered_model, scientist, api_for, sklearn_model):
+def test_version_numbers_increase_per_model(registered_model, scientist, api_for):
     api = api_for(scientist)
+    # Different bytes each time: the same bytes again are the same version (the next test).
     numbers = [
-        api.post(URL, upload_payload(sklearn_model.artifact), format="multipart").json()["number"]
-        for _ in range(3)
+        api.post(
+            URL, upload_payload(train_sklearn_joblib(seed=seed).artifact), format="multipart"
+        ).json()["number"]
+        for seed in range(3)
     ]
     assert numbers == [1, 2, 3]
+
+
+def test_pushing_the_same_bytes_again_returns_the_existing_version(
+    registered_model, scientist, api_for, sklearn_model, storage_snapshot
+):
+    api = api_for(scientist)
+    first = api.post(URL, upload_payload(sklearn_model.artifact), format="multipart")
+    files_after_first = storage_snapshot()
+    again = api.post(
+        URL, upload_payload(sklearn_model.artifact, metadata={"tags": ["x"]}), format="multipart"
+    )
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["number"] == first.json()["number"] == 1
+    assert again.json()["tags"] == []  # the existing version, unchanged
+    assert ModelVersion.objects.count() == 1
+    assert storage_snapshot() == files_after_first  # no second copy of the file
+    assert AuditEvent.objects.filter(action="version.uploaded").count() == 1
 
 
 def _assert_refused(response, status, code_or_text, storage_snapshot):

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("registry", "0002_version_loader_contract_policy")]
+
+    operations = [
+        migrations.AddIndex(
+            model_name="modelversion",
+            index=models.Index(
+                fields=["model", "artifact_sha256"], name="registry_version_model_sha"
+            ),
+        ),
+    ]
