@@ -149,13 +149,15 @@ def model_process_start(
     threads: int | None = None,
     own_network: bool = False,
     reads: Iterable[Path] = (),
+    passes: Iterable[Path] = (),
 ) -> ModelProcessStart:
     """Prepare ``home`` (the process's own folder) and wrap ``argv`` in its confinement.
 
     ``reads`` are the files and folders the process loads: it runs as the model user only
     if that user can reach and read all of them (and ``home``, the interpreter and its
     environment), else as the platform's user with a note. ``own_network`` asks for an
-    empty network namespace.
+    empty network namespace. ``passes`` are folders it only needs to pass through, to
+    files the caller grants it later (:func:`grant_read`, :func:`grant_write_folder`).
     """
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
@@ -167,7 +169,8 @@ def model_process_start(
         os.chown(home, user.uid, user.gid)
         # The interpreter and its environment (a venv's site-packages) are loaded too.
         needed = [home, *reads, Path(argv[0]), Path(sys.prefix), Path(sys.base_prefix)]
-        exposed, unreadable = _exposures(needed, user)
+        wanted = [*((path, True) for path in needed), *((path, False) for path in passes)]
+        exposed, unreadable = _exposures(wanted, user)
         if unreadable:
             notes.append(
                 f"model user {user.name} (uid {user.uid}) cannot read {', '.join(unreadable)}:"
@@ -187,7 +190,9 @@ def model_process_start(
     )
 
 
-def _exposures(paths: Iterable[Path], user: ModelUser) -> tuple[list[tuple[Path, Path]], list[str]]:
+def _exposures(
+    paths: Iterable[tuple[Path, bool]], user: ModelUser
+) -> tuple[list[tuple[Path, Path]], list[str]]:
     """What to show the model user through a private mount namespace, and what it still
     could not read.
 
@@ -198,8 +203,8 @@ def _exposures(paths: Iterable[Path], user: ModelUser) -> tuple[list[tuple[Path,
     """
     exposed: dict[Path, Path] = {}
     unreadable: list[str] = []
-    for path in paths:
-        if user_can_read(path, user):
+    for path, read in paths:
+        if user_can_read(path, user, read=read):
             continue
         try:
             target = Path(path).resolve(strict=True)
@@ -213,7 +218,7 @@ def _exposures(paths: Iterable[Path], user: ModelUser) -> tuple[list[tuple[Path,
             unreadable.append(str(path))
             continue
         entry = closed / target.relative_to(closed).parts[0]
-        if not user_can_read(target, user, opened=closed):
+        if not user_can_read(target, user, opened=closed, read=read):
             unreadable.append(str(path))
             continue
         exposed[entry] = closed
@@ -271,8 +276,11 @@ def model_user(notes: list[str] | None = None) -> ModelUser | None:
     return ModelUser(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
 
 
-def user_can_read(path: Path, user: ModelUser, *, opened: Path | None = None) -> bool:
-    """Whether ``user`` (with only its primary group) can reach and read ``path``.
+def user_can_read(
+    path: Path, user: ModelUser, *, opened: Path | None = None, read: bool = True
+) -> bool:
+    """Whether ``user`` (with only its primary group) can reach and read ``path`` (only
+    reach it, and pass through it if a folder, with ``read=False``).
 
     From the mode bits of the path and every folder above it (ACLs are not consulted);
     ``opened`` and the folders above it count as open (see :func:`_exposures`).
@@ -286,7 +294,7 @@ def user_can_read(path: Path, user: ModelUser, *, opened: Path | None = None) ->
             continue
         if not _allowed(folder, user, stat.S_IXUSR):
             return False
-    want = stat.S_IRUSR | (stat.S_IXUSR if target.is_dir() else 0)
+    want = (stat.S_IRUSR if read else 0) | (stat.S_IXUSR if target.is_dir() else 0)
     return _allowed(target, user, want)
 
 
@@ -301,15 +309,35 @@ def _allowed(path: Path, user: ModelUser, owner_bits: int) -> bool:
     return info.st_mode & bits == bits
 
 
-def grant_read(path: Path, confinement: Confinement) -> None:
+@dataclass(frozen=True)
+class Grant:
+    """A read grant on one file; :meth:`revoke` puts its group and mode back."""
+
+    path: Path | None = None
+    gid: int = -1
+    mode: int = 0
+
+    def revoke(self) -> None:
+        if self.path is None:
+            return
+        try:
+            os.chown(self.path, -1, self.gid)
+            os.chmod(self.path, self.mode)
+        except FileNotFoundError:
+            pass  # already consumed and removed
+
+
+def grant_read(path: Path, confinement: Confinement) -> Grant:
     """Let the model user read one file the platform made for it (group read, its group).
 
     The owner stays the platform's user, so the model process cannot change or replace it.
     """
     if confinement.user is None:
-        return
+        return Grant()
+    info = os.stat(path)
     os.chown(path, -1, confinement.user.gid)
-    os.chmod(path, (os.stat(path).st_mode & 0o7777) | stat.S_IRGRP)
+    os.chmod(path, (info.st_mode & 0o7777) | stat.S_IRGRP)
+    return Grant(Path(path), info.st_gid, info.st_mode & 0o7777)
 
 
 def grant_write_folder(path: Path, confinement: Confinement) -> None:

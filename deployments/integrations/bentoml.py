@@ -555,9 +555,12 @@ def serve_command(*, bento_tag: str, host: str, port: int) -> list[str]:
 
 
 def serve_environment(*, bentoml_home: Path, workers: int = 1) -> dict[str, str]:
-    """Environment overrides for ``serve_command`` (merge into os.environ).
+    """The BentoML variables of ``serve_command``'s environment.
 
-    The worker count comes from config; ``--api-workers`` is ignored by 1.4 services.
+    Given to ``core.model_process`` as a model process's extra variables: the server gets
+    these and the minimal environment, never the platform's own (its database and Redis
+    URLs, secret key, tokens). The worker count comes from config; ``--api-workers`` is
+    ignored by 1.4 services.
     """
     if workers < 1:
         raise ValueError("workers must be >= 1")

@@ -13,6 +13,11 @@ outlives a SIGKILLed arbiter (still answering on the port). Every process of a s
 therefore carries ``MODELYARD_SLOT=<state dir id>/<slot key>`` in its environment, which
 the workers inherit; stopping, crash recovery and supervision find leftovers by that
 mark, not by process group.
+
+A server holds none of the platform's environment (no database or Redis URL, no secret
+key): it starts as every model process does (``core.model_process``), in its slot's home,
+as the unprivileged model user where the machine allows; the slot's record and log say
+how it was confined.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 import psutil
 from filelock import FileLock, Timeout
 
+from core.model_process import ModelProcessStart, model_process_start
 from deployments.integrations import bentoml as bentoml_integration
 from deployments.runtime.base import (
     ResourceSample,
@@ -70,6 +76,7 @@ class _SlotRecord:
     unready_since: float | None = None
     last_event: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    isolation: dict[str, Any] | None = None  # Confinement.to_dict() of the current server
 
 
 class LocalProcessBackend(RuntimeBackend):
@@ -368,29 +375,22 @@ class LocalProcessBackend(RuntimeBackend):
                 else _free_port(record.host)
             )
             record.port = port
+            start = self._process_start(record, slot_home, port)
+            record.isolation = start.confinement.to_dict()
             log_offset = self._open_log(
-                record.slot_key, f"starting {record.bento_tag} on port {port}"
-            )
-            env = dict(os.environ)
-            env.update(
-                bentoml_integration.serve_environment(
-                    bentoml_home=slot_home, workers=record.workers
-                )
-            )
-            env[SLOT_ENV] = self._mark_prefix + record.slot_key
-            command = bentoml_integration.serve_command(
-                bento_tag=record.bento_tag, host=record.host, port=port
+                record.slot_key,
+                f"starting {record.bento_tag} on port {port} ({_confinement_line(start)})",
             )
             with self._log_path(record.slot_key).open("ab") as log:
                 # Own session: a Ctrl-C or a death of the supervising process does not take
                 # the server down; a new supervisor adopts it instead.
                 proc = subprocess.Popen(
-                    command,
+                    start.argv,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    cwd=slot_home,
-                    env=env,
+                    cwd=start.cwd,
+                    env=start.env,
                     start_new_session=True,
                 )
             self._children[proc.pid] = proc
@@ -419,6 +419,24 @@ class LocalProcessBackend(RuntimeBackend):
                     continue  # another process took the port between our probe and bind
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _process_start(self, record: _SlotRecord, slot_home: Path, port: int) -> ModelProcessStart:
+        """How the slot's server starts: as every model process does (core.model_process),
+        none of the platform's environment, its home as its own folder, as the model user
+        where the machine allows; it reads its Bento through the home's store links."""
+        extra = bentoml_integration.serve_environment(
+            bentoml_home=slot_home, workers=record.workers
+        )
+        extra[SLOT_ENV] = self._mark_prefix + record.slot_key
+        bento_name, _, bento_version = record.bento_tag.partition(":")
+        return model_process_start(
+            argv=bentoml_integration.serve_command(
+                bento_tag=record.bento_tag, host=record.host, port=port
+            ),
+            home=slot_home,
+            extra_env=extra,
+            reads=[self.home / "bentos" / bento_name / bento_version],
+        )
 
     def _wait_ready(
         self, record: _SlotRecord, *, deadline: float, log_offset: int | None = None
@@ -721,6 +739,12 @@ class _SlotLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _confinement_line(start: ModelProcessStart) -> str:
+    confinement = start.confinement
+    who = f"as {confinement.user.name}" if confinement.user else "as the platform's user"
+    return "; ".join([who, *confinement.notes])
 
 
 def _new_event(slot_key: str, kind: str, message: str) -> SlotEvent:
