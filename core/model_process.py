@@ -25,6 +25,7 @@ No Django here: the BentoML integration and the sandbox, which are Django-free, 
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import pwd
@@ -34,6 +35,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,7 +179,11 @@ def model_process_start(
                 " running as the platform's user"
             )
             user, exposed = None, []
-    wrapper, applied = _wrapper(user, own_network, _expose_script(exposed, home), notes)
+    script = _expose_script(exposed)
+    if exposed and not script:
+        notes.append("no user switch: no place outside the closed folders to stage mounts")
+        user = None
+    wrapper, applied = _wrapper(user, own_network, script, notes)
     if user is None or not applied["user"]:
         os.chown(home, os.geteuid(), os.getegid())
         user = None
@@ -196,10 +202,11 @@ def _exposures(
     """What to show the model user through a private mount namespace, and what it still
     could not read.
 
-    A path it cannot reach only because a folder above it is closed (the interpreter under
-    /root/.pyenv, /root being 0700) is reachable in a mount namespace where that folder is
-    an empty tmpfs with just the needed entry bound back in: (closed folder, entry) pairs.
-    The rest of the closed folder stays hidden. Only as root.
+    A path it cannot reach only because folders above it are closed (the interpreter under
+    /root/.pyenv, /root being 0700) is reachable in a mount namespace where the topmost
+    closed folder is an empty tmpfs holding only the path down to the needed entry (the
+    child of the deepest closed folder), bound back in: (topmost closed, entry) pairs. The
+    rest of the closed folders stays hidden. Only as root.
     """
     exposed: dict[Path, Path] = {}
     unreadable: list[str] = []
@@ -211,45 +218,65 @@ def _exposures(
         except OSError:
             unreadable.append(str(path))
             continue
-        closed = next(
-            (d for d in reversed(target.parents) if not _allowed(d, user, stat.S_IXUSR)), None
-        )
-        if closed is None or closed == Path("/") or os.geteuid() != 0:
+        closed = [d for d in reversed(target.parents) if not _allowed(d, user, stat.S_IXUSR)]
+        if not closed or closed[0] == Path("/") or os.geteuid() != 0:
             unreadable.append(str(path))
             continue
-        entry = closed / target.relative_to(closed).parts[0]
-        if not user_can_read(target, user, opened=closed, read=read):
+        entry = closed[-1] / target.relative_to(closed[-1]).parts[0]
+        if not user_can_read(target, user, opened=closed[-1], read=read):
             unreadable.append(str(path))
             continue
-        exposed[entry] = closed
-    return [(closed, entry) for entry, closed in sorted(exposed.items())], unreadable
+        exposed[entry] = closed[0]
+    # An entry inside another one is reachable through it (its real folders).
+    kept = {
+        entry: top
+        for entry, top in exposed.items()
+        if not any(other in entry.parents for other in exposed)
+    }
+    return [(top, entry) for entry, top in sorted(kept.items())], unreadable
 
 
-def _expose_script(exposed: list[tuple[Path, Path]], home: Path) -> list[str]:
+@functools.cache
+def _stage_root() -> Path:
+    """Empty mount points for the exposures, one folder per platform process.
+
+    Outside every closed folder (the tmpfs would hide them), and only ever mounted on inside
+    the model processes' own mount namespaces, so every start can reuse them.
+    """
+    root = Path(tempfile.mkdtemp(prefix="modelyard-model-mounts-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+def _expose_script(exposed: list[tuple[Path, Path]]) -> list[str]:
     """``sh -c`` that mounts the exposures (in the caller's new mount namespace) and execs
-    the rest of the command line; [] when there is nothing to expose."""
+    the rest of the command line; [] when there is nothing to expose (or no place to stage
+    them)."""
     if not exposed:
         return []
-    lines = ["set -e"]
-    for index, (_closed, entry) in enumerate(exposed):
-        stage = home / f".expose-{index}"
+    root = _stage_root()
+    tops = sorted({top for top, _entry in exposed})
+    if any(top == root or top in root.parents for top in tops):
+        return []
+    binds, mounts, moves = [], [], []
+    for index, (_top, entry) in enumerate(exposed):
+        stage = root / str(index)
         if entry.is_dir():
             stage.mkdir(exist_ok=True)
         else:
-            stage.touch()
-        lines.append(f"mount --bind {shlex.quote(str(entry))} {shlex.quote(str(stage))}")
-    for closed in sorted({closed for closed, _entry in exposed}):
-        lines.append(
+            stage.touch(exist_ok=True)
+        stage_q, entry_q = shlex.quote(str(stage)), shlex.quote(str(entry))
+        binds.append(f"mount --bind {entry_q} {stage_q}")
+        parent = shlex.quote(str(entry.parent))
+        make = f"mkdir {entry_q}" if entry.is_dir() else f"touch {entry_q}"
+        moves.append(f"mkdir -p {parent}; {make}; mount --move {stage_q} {entry_q}")
+    for top in tops:
+        mounts.append(
             "mount -t tmpfs -o mode=0755,size=64k,nosuid,nodev modelyard-hidden "
-            + shlex.quote(str(closed))
+            + shlex.quote(str(top))
         )
-    for index, (_closed, entry) in enumerate(exposed):
-        stage = shlex.quote(str(home / f".expose-{index}"))
-        quoted = shlex.quote(str(entry))
-        make = f"mkdir {quoted}" if entry.is_dir() else f"touch {quoted}"
-        lines.append(f"{make}; mount --move {stage} {quoted}")
-    lines.append('exec "$@"')
-    return ["/bin/sh", "-c", "; ".join(lines), "modelyard-model-process"]
+    script = "; ".join(["set -e", "umask 022", *binds, *mounts, *moves, 'exec "$@"'])
+    return ["/bin/sh", "-c", script, "modelyard-model-process"]
 
 
 def model_user(notes: list[str] | None = None) -> ModelUser | None:

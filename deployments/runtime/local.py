@@ -165,7 +165,7 @@ class LocalProcessBackend(RuntimeBackend):
                 self._kill_processes(self._marked(slot_key), timeout=timeout)
             self._delete_record(slot_key)
             with contextlib.suppress(FileNotFoundError):
-                # The slot's home only holds links and BentoML's scratch (metrics dir).
+                # The slot's home only holds its Bento (hard links) and BentoML's scratch.
                 _remove_tree(self.state_dir / "homes" / slot_key)
 
     def slot_status(self, *, slot_key: str) -> SlotStatus:
@@ -366,7 +366,7 @@ class LocalProcessBackend(RuntimeBackend):
         The record is saved as soon as the process exists, so a supervisor that dies
         while waiting leaves a record its successor can adopt or clean up.
         """
-        slot_home = self._prepare_home(record.slot_key)
+        slot_home = self._prepare_home(record.slot_key, record.bento_tag)
         preferred = record.port
         for attempt in range(_PORT_ATTEMPTS):
             port = (
@@ -423,19 +423,18 @@ class LocalProcessBackend(RuntimeBackend):
     def _process_start(self, record: _SlotRecord, slot_home: Path, port: int) -> ModelProcessStart:
         """How the slot's server starts: as every model process does (core.model_process),
         none of the platform's environment, its home as its own folder, as the model user
-        where the machine allows; it reads its Bento through the home's store links."""
+        where the machine allows; it reads its Bento from its home (_prepare_home)."""
         extra = bentoml_integration.serve_environment(
             bentoml_home=slot_home, workers=record.workers
         )
         extra[SLOT_ENV] = self._mark_prefix + record.slot_key
-        bento_name, _, bento_version = record.bento_tag.partition(":")
         return model_process_start(
             argv=bentoml_integration.serve_command(
                 bento_tag=record.bento_tag, host=record.host, port=port
             ),
             home=slot_home,
             extra_env=extra,
-            reads=[self.home / "bentos" / bento_name / bento_version],
+            reads=[slot_home / "bentos"],
         )
 
     def _wait_ready(
@@ -583,25 +582,16 @@ class LocalProcessBackend(RuntimeBackend):
 
     # ------------------------------------------------------------------ files
 
-    def _prepare_home(self, slot_key: str) -> Path:
-        """The slot's own BENTOML_HOME, with the shared stores linked in.
+    def _prepare_home(self, slot_key: str, bento_tag: str) -> Path:
+        """The slot's own BENTOML_HOME, holding only its Bento and that Bento's models.
 
         Every ``bentoml serve`` wipes $BENTOML_HOME/prometheus_multiproc_dir, so slots
-        sharing a home would mix up each other's /metrics.
+        sharing a home would mix up each other's /metrics; and the server, running as the
+        model user, reads its own Bento there (hard links) and nothing else of the store.
         """
         slot_home = self.state_dir / "homes" / slot_key
         slot_home.mkdir(parents=True, exist_ok=True)
-        for name in bentoml_integration.STORE_DIRS:
-            target = self.home / name
-            target.mkdir(parents=True, exist_ok=True)
-            link = slot_home / name
-            if link.is_symlink() and Path(os.readlink(link)) == target:
-                continue
-            if link.is_symlink() or link.is_file():
-                link.unlink()
-            elif link.exists():
-                _remove_tree(link)
-            link.symlink_to(target, target_is_directory=True)
+        bentoml_integration.bento_serving_copy(home=self.home, bento_tag=bento_tag, dest=slot_home)
         return slot_home
 
     def _log_path(self, slot_key: str) -> Path:
@@ -796,7 +786,7 @@ def _port_free(host: str, port: int) -> bool:
 def _remove_tree(path: Path) -> None:
     import shutil
 
-    # Never follow the links to the shared store: remove the links themselves.
+    # Homes of older versions linked the shared store: remove the links, never follow them.
     for name in bentoml_integration.STORE_DIRS:
         link = path / name
         if link.is_symlink():
