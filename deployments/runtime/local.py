@@ -135,9 +135,7 @@ class LocalProcessBackend(RuntimeBackend):
             else:
                 self._kill_processes(self._marked(slot_key), timeout=5)
             if not bentoml_integration.bento_exists(home=self.home, bento_tag=bento_tag):
-                raise SlotStartError(
-                    f"slot {slot_key}: Bento {bento_tag} is not built in the store at {self.home}"
-                )
+                raise self._not_built(slot_key, bento_tag)
             new = _SlotRecord(
                 slot_key=slot_key,
                 bento_tag=bento_tag,
@@ -591,8 +589,15 @@ class LocalProcessBackend(RuntimeBackend):
         """
         slot_home = self.state_dir / "homes" / slot_key
         slot_home.mkdir(parents=True, exist_ok=True)
+        if not bentoml_integration.bento_exists(home=self.home, bento_tag=bento_tag):
+            raise self._not_built(slot_key, bento_tag)  # e.g. deleted since the slot started
         bentoml_integration.bento_serving_copy(home=self.home, bento_tag=bento_tag, dest=slot_home)
         return slot_home
+
+    def _not_built(self, slot_key: str, bento_tag: str) -> SlotStartError:
+        return SlotStartError(
+            f"slot {slot_key}: Bento {bento_tag} is not built in the store at {self.home}"
+        )
 
     def _log_path(self, slot_key: str) -> Path:
         return self.state_dir / "logs" / f"{slot_key}.log"
