@@ -104,8 +104,11 @@ class LocalProcessBackend(RuntimeBackend):
         self.backoff_max = backoff_max
         self.stable_after = stable_after
         self.log_max_bytes = log_max_bytes
-        for sub in ("slots", "homes", "logs"):
+        # Servers run as the model user: they pass through homes/ to their own home and
+        # never see the records or the logs (other slots' tracebacks and requests).
+        for sub, mode in (("slots", 0o700), ("homes", 0o711), ("logs", 0o700)):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+            (self.state_dir / sub).chmod(mode)
         # Marks this state dir's processes; two backends on two state dirs never mix.
         self._mark_prefix = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12] + "/"
         self._children: dict[int, subprocess.Popen[bytes]] = {}

@@ -114,12 +114,13 @@ def _slot_processes(backend: LocalProcessBackend, slot_key: str) -> list[psutil.
 
 
 @pytest.fixture
-def slot_backend(store, tmp_path):
-    backend = LocalProcessBackend(store["home"], tmp_path / "state", ready_timeout=60)
+def slot_backend(store, shared_tmp):
+    # A state dir the model user could reach: its own modes are what keep it out.
+    backend = LocalProcessBackend(store["home"], shared_tmp / "state", ready_timeout=60)
     yield backend
     for status in backend.slots():
         backend.slot_stop(slot_key=status.slot_key, timeout=5)
-    for proc in serving_processes(tmp_path / "state"):
+    for proc in serving_processes(shared_tmp / "state"):
         proc.kill()
 
 
@@ -174,10 +175,15 @@ def test_slot_server_runs_as_the_model_user_and_cannot_read_platform_files(
     assert record.running
     # What the record says matches what the process is.
     assert slot_backend._load("churn.green").isolation["user"] == user.name
-    # The model user itself cannot read a 0640 platform file.
-    check = model_process_start(argv=["/bin/cat", str(secret)], home=shared_tmp / "probe")
-    result = subprocess.run(check.argv, env=check.env, cwd=check.cwd, capture_output=True)
-    assert result.returncode != 0 and MARKER.encode() not in result.stdout
+    # The model user cannot read a 0640 platform file, the slots' logs or their records.
+    log = slot_backend._log_path("churn.green")
+    assert "starting scorer:v2" in log.read_text()
+    for path in (secret, log, slot_backend._record_path("churn.green")):
+        check = model_process_start(argv=["/bin/cat", str(path)], home=shared_tmp / "probe")
+        assert check.confinement.user == user
+        result = subprocess.run(check.argv, env=check.env, cwd=check.cwd, capture_output=True)
+        assert result.returncode != 0, path
+        assert b"Permission denied" in result.stderr, result.stderr
 
 
 # --------------------------------------------------------------------------- batch children
