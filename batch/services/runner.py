@@ -120,8 +120,14 @@ class BatchChild:
         one request queued behind the running one; replies come in order (chunk_reply)."""
         # The staged input is the platform's file (0640): the model user may read this one;
         # it writes its output as a new file into the (sticky) chunk folder.
-        granted = grant_read(input_path, self.confinement)
-        grant_write_folder(output_path.parent, self.confinement)
+        # Two chunks of one staged file in flight share its one grant (and its original
+        # mode, put back once neither is).
+        shared = [grant for _, grant in self._outputs if grant.path == input_path]
+        try:
+            granted = shared[0] if shared else grant_read(input_path, self.confinement)
+            grant_write_folder(output_path.parent, self.confinement)
+        except OSError as exc:
+            raise ChunkFileError(f"giving the model user its chunk files: {exc}") from exc
         spec = {
             "input": str(input_path),
             "batch": batch_index,
@@ -153,7 +159,8 @@ class BatchChild:
             raise
         self.in_flight -= 1
         output, granted = self._outputs.popleft()
-        granted.revoke()  # another job's model process must not read this job's rows
+        if all(other is not granted for _, other in self._outputs):
+            granted.revoke()  # another job's model process must not read this job's rows
         if self.confinement.user is not None and header.get("ok") and output.is_file():
             reclaim(output)  # the platform's again before it is renamed into place
         if not header.get("ok"):
@@ -212,8 +219,9 @@ class BatchChild:
             self.proc.kill()
             self.proc.wait(5)
         self.in_flight = 0
-        while self._outputs:
-            self._outputs.popleft()[1].revoke()
+        for grant in {id(grant): grant for _, grant in self._outputs}.values():
+            grant.revoke()
+        self._outputs.clear()
         self._remove_folder()
 
     def _remove_folder(self) -> None:

@@ -260,6 +260,17 @@ def test_batch_child_holds_no_secrets_and_still_predicts_its_chunk(
         assert (after.st_gid, after.st_mode) == (before.st_gid, before.st_mode)  # revoked
         info = output.stat()
         assert (info.st_uid, info.st_mode & 0o777) == (os.geteuid(), 0o640)  # reclaimed
+        # Two chunks of one staged file in flight: one grant, put back after both.
+        chunk = {"batch_index": 0, "rows": 50, "id_column": "", "probabilities": False}
+        for suffix in ("a", "b"):
+            child.chunk_send(input_path=staged, output_path=job / "chunks" / suffix, **chunk)
+        granted_gid = before.st_gid if reason else model_user().gid
+        assert staged.stat().st_gid == granted_gid
+        assert child.chunk_reply(timeout=60)["rows"] == 50
+        assert staged.stat().st_gid == granted_gid  # the second chunk may still open it
+        assert child.chunk_reply(timeout=60)["rows"] == 50
+        after = staged.stat()
+        assert (after.st_gid, after.st_mode) == (before.st_gid, before.st_mode)
     finally:
         child.stop()
     assert not child.folder.exists()
