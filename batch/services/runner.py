@@ -26,6 +26,7 @@ from deployments.integrations import bentoml as bento_integration
 
 CHILD_SCRIPT = Path(__file__).resolve().parent.parent / "_child.py"
 MAX_CHILDREN = 2  # per worker process: a schedule's new and old version side by side
+_FOLDER_PREFIX = "modelyard-batch-child-"  # then the worker's pid
 
 
 class ChildError(Exception):
@@ -45,8 +46,10 @@ class BatchChild:
     def __init__(
         self, *, bento_dir: Path, home: Path, start_timeout: float, threads: int = 1
     ) -> None:
-        # A folder of its own as HOME, TMPDIR and working directory, removed with the child.
-        self.folder = Path(tempfile.mkdtemp(prefix="modelyard-batch-child-"))
+        # A folder of its own as HOME, TMPDIR and working directory, removed with the child
+        # (or, if this worker process was killed, by the next one to start a child).
+        _remove_orphaned_folders()
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
         # As every model process (core.model_process): none of the platform's environment,
         # the model user where the machine allows. It reads its Bento and, per chunk, what
         # chunk_send grants it.
@@ -241,6 +244,24 @@ class BatchChild:
             self.proc.kill()
             self.proc.wait(5)
         self._remove_folder()
+
+
+def _remove_orphaned_folders() -> None:
+    """Remove the folders of children whose worker process is gone (killed, never stopped)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_FOLDER_PREFIX}*-*"):
+        owner = folder.name[len(_FOLDER_PREFIX) :].partition("-")[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _storage_root() -> list[Path]:

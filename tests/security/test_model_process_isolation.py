@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -227,7 +228,13 @@ def test_batch_child_holds_no_secrets_and_still_predicts_its_chunk(
 
     name, version = store["v1"].split(":")
     bento_dir = Path(store["home"]) / "bentos" / name / version
+    # The folder a killed worker's child left behind (its worker pid is gone).
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = Path(tempfile.gettempdir()) / f"modelyard-batch-child-{gone.pid}-left"
+    orphan.mkdir()
     child = runner.BatchChild(bento_dir=bento_dir, home=Path(store["home"]), start_timeout=120)
+    assert not orphan.exists()
     try:
         env = _environ(child.proc.pid)
         _assert_no_secrets(env, child.proc.pid)
