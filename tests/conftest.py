@@ -26,6 +26,19 @@ def sklearn_model():
 
 
 @pytest.fixture
+def shared_tmp():
+    """A folder that model processes, which run as an unprivileged user where the machine
+    allows, can reach and write (pytest's own tmp_path is private to root)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="modelyard-test-shared-"))
+    folder.chmod(0o1777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
 def make_user(db):
     def make(role: str = Role.VIEWER, username: str | None = None):
         kwargs = {"role": role}

@@ -8,25 +8,25 @@ counts as a transient failure (retried alone); a model that raises on the data i
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from batch._child import _LENGTHS, encode_message
+from core.model_process import Grant, grant_read, grant_write_folder, model_process_start, reclaim
+from deployments.integrations import bentoml as bento_integration
 
 CHILD_SCRIPT = Path(__file__).resolve().parent.parent / "_child.py"
-_THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
 MAX_CHILDREN = 2  # per worker process: a schedule's new and old version side by side
+_FOLDER_PREFIX = "modelyard-batch-child-"  # then the worker's pid
 
 
 class ChildError(Exception):
@@ -46,23 +46,53 @@ class BatchChild:
     def __init__(
         self, *, bento_dir: Path, home: Path, start_timeout: float, threads: int = 1
     ) -> None:
-        env = dict(os.environ)
-        env.update({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"})
+        # A folder of its own as HOME, TMPDIR and working directory, removed with the child
+        # (or, if this worker process was killed, by the next one to start a child).
+        _remove_orphaned_folders()
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
+        # As every model process (core.model_process): none of the platform's environment,
+        # the model user where the machine allows. It reads its Bento and, per chunk, what
+        # chunk_send grants it.
         # Parallelism comes from chunks on many workers; a BLAS or OpenMP pool per child
         # on top oversubscribes the cores (measured on 2 cores: a logistic regression took
         # 0.17 s per 100k-row chunk with two children, 0.04 s once each had one thread).
-        for name in _THREAD_VARIABLES:
-            env[name] = str(threads)
-        env.setdefault("PYTHONUNBUFFERED", "1")
+        try:
+            # Its own copy of the one Bento it loads (hard links): the store is not its to read.
+            bento_home = self.folder  # BentoML writes a little beside its stores (envs/)
+            bento_dir = bento_integration.bento_serving_copy(
+                home=home, bento_tag=f"{bento_dir.parent.name}:{bento_dir.name}", dest=bento_home
+            )
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
+        start = model_process_start(
+            argv=[sys.executable, str(CHILD_SCRIPT), str(bento_dir)],
+            home=self.folder,
+            extra_env={
+                "BENTOML_HOME": str(bento_home),
+                "BENTOML_DO_NOT_TRACK": "True",
+                "PYTHONUNBUFFERED": "1",
+            },
+            threads=threads,
+            reads=[Path(bento_dir), CHILD_SCRIPT],
+            passes=_storage_root(),
+        )
+        self.confinement = start.confinement
         self.owner_pid = os.getpid()
         self.in_flight = 0  # requests sent and not yet answered
-        self.proc = subprocess.Popen(
-            [sys.executable, str(CHILD_SCRIPT), str(bento_dir)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=str(home),
-            env=env,
-        )
+        # Per request in flight: its output file and the read grant on its input.
+        self._outputs: collections.deque[tuple[Path, Grant]] = collections.deque()
+        try:
+            self.proc = subprocess.Popen(
+                start.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                cwd=start.cwd,
+                env=start.env,
+            )
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
         try:
             header, _ = self._read(time.monotonic() + start_timeout, "starting")
         except BaseException:
@@ -91,6 +121,16 @@ class BatchChild:
         write the result to ``output_path`` (a new file). Only paths cross the pipe. The
         child reads the next request's rows while it predicts this one, so a caller keeps
         one request queued behind the running one; replies come in order (chunk_reply)."""
+        # The staged input is the platform's file (0640): the model user may read this one;
+        # it writes its output as a new file into the (sticky) chunk folder.
+        # Two chunks of one staged file in flight share its one grant (and its original
+        # mode, put back once neither is).
+        shared = [grant for _, grant in self._outputs if grant.path == input_path]
+        try:
+            granted = shared[0] if shared else grant_read(input_path, self.confinement)
+            grant_write_folder(output_path.parent, self.confinement)
+        except OSError as exc:
+            raise ChunkFileError(f"giving the model user its chunk files: {exc}") from exc
         spec = {
             "input": str(input_path),
             "batch": batch_index,
@@ -107,6 +147,7 @@ class BatchChild:
             self.kill()
             raise ChildError(f"the batch child went away: {exc}") from exc
         self.in_flight += 1
+        self._outputs.append((output_path, granted))
 
     def chunk_reply(self, *, timeout: float) -> dict[str, Any]:
         """The summary (rows, columns, timings) of the oldest request sent. The caller checks
@@ -120,6 +161,11 @@ class BatchChild:
             self.kill()
             raise
         self.in_flight -= 1
+        output, granted = self._outputs.popleft()
+        if all(other is not granted for _, other in self._outputs):
+            granted.revoke()  # another job's model process must not read this job's rows
+        if self.confinement.user is not None and header.get("ok") and output.is_file():
+            reclaim(output)  # the platform's again before it is renamed into place
         if not header.get("ok"):
             if header.get("kind") == "file":
                 raise ChunkFileError(header.get("error") or "the chunk's files failed")
@@ -176,6 +222,14 @@ class BatchChild:
             self.proc.kill()
             self.proc.wait(5)
         self.in_flight = 0
+        for grant in {id(grant): grant for _, grant in self._outputs}.values():
+            grant.revoke()
+        self._outputs.clear()
+        self._remove_folder()
+
+    def _remove_folder(self) -> None:
+        if self.owner_pid == os.getpid() and self.proc.poll() is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def stop(self) -> None:
         """Close the child's stdin (it exits when idle); kill it if it does not."""
@@ -189,6 +243,35 @@ class BatchChild:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        self._remove_folder()
+
+
+def _remove_orphaned_folders() -> None:
+    """Remove the folders of children whose worker process is gone (killed, never stopped)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_FOLDER_PREFIX}*-*"):
+        owner = folder.name[len(_FOLDER_PREFIX) :].partition("-")[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _storage_root() -> list[Path]:
+    """The local artifact storage root, which the child must reach for its chunk files."""
+    from django.core.files.storage import default_storage
+
+    try:
+        return [Path(default_storage.path(""))]
+    except NotImplementedError:  # an object store: chunks are local temporary copies
+        return []
 
 
 _children: dict[str, BatchChild] = {}

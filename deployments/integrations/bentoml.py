@@ -585,9 +585,12 @@ def serve_command(*, bento_tag: str, host: str, port: int) -> list[str]:
 
 
 def serve_environment(*, bentoml_home: Path, workers: int = 1) -> dict[str, str]:
-    """Environment overrides for ``serve_command`` (merge into os.environ).
+    """The BentoML variables of ``serve_command``'s environment.
 
-    The worker count comes from config; ``--api-workers`` is ignored by 1.4 services.
+    Given to ``core.model_process`` as a model process's extra variables: the server gets
+    these and the minimal environment, never the platform's own (its database and Redis
+    URLs, secret key, tokens). The worker count comes from config; ``--api-workers`` is
+    ignored by 1.4 services.
     """
     if workers < 1:
         raise ValueError("workers must be >= 1")
@@ -598,7 +601,46 @@ def serve_environment(*, bentoml_home: Path, workers: int = 1) -> dict[str, str]
     }
 
 
-STORE_DIRS = ("models", "bentos")  # what a serving home links from the shared store
+STORE_DIRS = ("models", "bentos")  # what a serving home holds of the shared store
+
+
+def bento_serving_copy(*, home: Path, bento_tag: str, dest: Path) -> Path:
+    """Give ``dest`` (a model process's own BENTOML_HOME) the one Bento and its models.
+
+    A model process runs as a user that must read its own Bento and nothing else of the
+    store (BentoML makes each version's folder 0700). The copy is hard links where the
+    store is on the same filesystem (the store's files stay the platform's, read-only to
+    the model user; a few ms), else a real copy. Anything ``dest`` held before is replaced.
+    Returns the Bento's folder in ``dest``.
+    """
+    import yaml
+
+    bento = _bento_dir(home, bento_tag)
+    info = yaml.safe_load((bento / "bento.yaml").read_text())
+    items = [("bentos", bento_tag), *(("models", tag) for tag in _yaml_model_tags(info))]
+    for sub in STORE_DIRS:
+        target = dest / sub
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True, mode=0o755)
+    for sub, tag in items:
+        name, version = _split_tag(tag)
+        copied = dest / sub / name / version
+        shutil.copytree(home / sub / name / version, copied, copy_function=_link_or_copy)
+        # copytree keeps the store's 0700 folders; only ours are walked (root's, fresh).
+        for folder in (copied.parent, copied, *(p for p in copied.rglob("*") if p.is_dir())):
+            folder.chmod(0o755)
+    name, version = _split_tag(bento_tag)
+    return dest / "bentos" / name / version
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or links refused: copy
+        shutil.copy2(source, target)
 
 
 # --------------------------------------------------------------------------- child process

@@ -247,8 +247,11 @@ class KubernetesBackend(RuntimeBackend):
             ],
         }
         pod_spec: dict[str, Any] = {
-            # Slots call nothing in the cluster: no API token in the pods.
+            # Slots call nothing in the cluster: no API token in the pods, and none of the
+            # platform's Secrets or ConfigMap (the env above is all a slot gets). Nor the
+            # addresses of every Service in the namespace (PostgreSQL, Redis) as variables.
             "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": BENTO_UID,

@@ -13,6 +13,11 @@ outlives a SIGKILLed arbiter (still answering on the port). Every process of a s
 therefore carries ``MODELYARD_SLOT=<state dir id>/<slot key>`` in its environment, which
 the workers inherit; stopping, crash recovery and supervision find leftovers by that
 mark, not by process group.
+
+A server holds none of the platform's environment (no database or Redis URL, no secret
+key): it starts as every model process does (``core.model_process``), in its slot's home,
+as the unprivileged model user where the machine allows; the slot's record and log say
+how it was confined.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 import psutil
 from filelock import FileLock, Timeout
 
+from core.model_process import ModelProcessStart, model_process_start
 from deployments.integrations import bentoml as bentoml_integration
 from deployments.runtime.base import (
     ResourceSample,
@@ -70,6 +76,7 @@ class _SlotRecord:
     unready_since: float | None = None
     last_event: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    isolation: dict[str, Any] | None = None  # Confinement.to_dict() of the current server
 
 
 class LocalProcessBackend(RuntimeBackend):
@@ -97,8 +104,11 @@ class LocalProcessBackend(RuntimeBackend):
         self.backoff_max = backoff_max
         self.stable_after = stable_after
         self.log_max_bytes = log_max_bytes
-        for sub in ("slots", "homes", "logs"):
+        # Servers run as the model user: they pass through homes/ to their own home and
+        # never see the records or the logs (other slots' tracebacks and requests).
+        for sub, mode in (("slots", 0o700), ("homes", 0o711), ("logs", 0o700)):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+            (self.state_dir / sub).chmod(mode)
         # Marks this state dir's processes; two backends on two state dirs never mix.
         self._mark_prefix = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12] + "/"
         self._children: dict[int, subprocess.Popen[bytes]] = {}
@@ -128,9 +138,7 @@ class LocalProcessBackend(RuntimeBackend):
             else:
                 self._kill_processes(self._marked(slot_key), timeout=5)
             if not bentoml_integration.bento_exists(home=self.home, bento_tag=bento_tag):
-                raise SlotStartError(
-                    f"slot {slot_key}: Bento {bento_tag} is not built in the store at {self.home}"
-                )
+                raise self._not_built(slot_key, bento_tag)
             new = _SlotRecord(
                 slot_key=slot_key,
                 bento_tag=bento_tag,
@@ -158,7 +166,7 @@ class LocalProcessBackend(RuntimeBackend):
                 self._kill_processes(self._marked(slot_key), timeout=timeout)
             self._delete_record(slot_key)
             with contextlib.suppress(FileNotFoundError):
-                # The slot's home only holds links and BentoML's scratch (metrics dir).
+                # The slot's home only holds its Bento (hard links) and BentoML's scratch.
                 _remove_tree(self.state_dir / "homes" / slot_key)
 
     def servers_stop(self, *, reason: str, timeout: float = 10) -> list[SlotEvent]:
@@ -380,7 +388,7 @@ class LocalProcessBackend(RuntimeBackend):
         The record is saved as soon as the process exists, so a supervisor that dies
         while waiting leaves a record its successor can adopt or clean up.
         """
-        slot_home = self._prepare_home(record.slot_key)
+        slot_home = self._prepare_home(record.slot_key, record.bento_tag)
         preferred = record.port
         for attempt in range(_PORT_ATTEMPTS):
             port = (
@@ -389,29 +397,22 @@ class LocalProcessBackend(RuntimeBackend):
                 else _free_port(record.host)
             )
             record.port = port
+            start = self._process_start(record, slot_home, port)
+            record.isolation = start.confinement.to_dict()
             log_offset = self._open_log(
-                record.slot_key, f"starting {record.bento_tag} on port {port}"
-            )
-            env = dict(os.environ)
-            env.update(
-                bentoml_integration.serve_environment(
-                    bentoml_home=slot_home, workers=record.workers
-                )
-            )
-            env[SLOT_ENV] = self._mark_prefix + record.slot_key
-            command = bentoml_integration.serve_command(
-                bento_tag=record.bento_tag, host=record.host, port=port
+                record.slot_key,
+                f"starting {record.bento_tag} on port {port} ({_confinement_line(start)})",
             )
             with self._log_path(record.slot_key).open("ab") as log:
                 # Own session: a Ctrl-C or a death of the supervising process does not take
                 # the server down; a new supervisor adopts it instead.
                 proc = subprocess.Popen(
-                    command,
+                    start.argv,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    cwd=slot_home,
-                    env=env,
+                    cwd=start.cwd,
+                    env=start.env,
                     start_new_session=True,
                 )
             self._children[proc.pid] = proc
@@ -440,6 +441,23 @@ class LocalProcessBackend(RuntimeBackend):
                     continue  # another process took the port between our probe and bind
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _process_start(self, record: _SlotRecord, slot_home: Path, port: int) -> ModelProcessStart:
+        """How the slot's server starts: as every model process does (core.model_process),
+        none of the platform's environment, its home as its own folder, as the model user
+        where the machine allows; it reads its Bento from its home (_prepare_home)."""
+        extra = bentoml_integration.serve_environment(
+            bentoml_home=slot_home, workers=record.workers
+        )
+        extra[SLOT_ENV] = self._mark_prefix + record.slot_key
+        return model_process_start(
+            argv=bentoml_integration.serve_command(
+                bento_tag=record.bento_tag, host=record.host, port=port
+            ),
+            home=slot_home,
+            extra_env=extra,
+            reads=[slot_home / "bentos"],
+        )
 
     def _wait_ready(
         self, record: _SlotRecord, *, deadline: float, log_offset: int | None = None
@@ -586,26 +604,24 @@ class LocalProcessBackend(RuntimeBackend):
 
     # ------------------------------------------------------------------ files
 
-    def _prepare_home(self, slot_key: str) -> Path:
-        """The slot's own BENTOML_HOME, with the shared stores linked in.
+    def _prepare_home(self, slot_key: str, bento_tag: str) -> Path:
+        """The slot's own BENTOML_HOME, holding only its Bento and that Bento's models.
 
         Every ``bentoml serve`` wipes $BENTOML_HOME/prometheus_multiproc_dir, so slots
-        sharing a home would mix up each other's /metrics.
+        sharing a home would mix up each other's /metrics; and the server, running as the
+        model user, reads its own Bento there (hard links) and nothing else of the store.
         """
         slot_home = self.state_dir / "homes" / slot_key
         slot_home.mkdir(parents=True, exist_ok=True)
-        for name in bentoml_integration.STORE_DIRS:
-            target = self.home / name
-            target.mkdir(parents=True, exist_ok=True)
-            link = slot_home / name
-            if link.is_symlink() and Path(os.readlink(link)) == target:
-                continue
-            if link.is_symlink() or link.is_file():
-                link.unlink()
-            elif link.exists():
-                _remove_tree(link)
-            link.symlink_to(target, target_is_directory=True)
+        if not bentoml_integration.bento_exists(home=self.home, bento_tag=bento_tag):
+            raise self._not_built(slot_key, bento_tag)  # e.g. deleted since the slot started
+        bentoml_integration.bento_serving_copy(home=self.home, bento_tag=bento_tag, dest=slot_home)
         return slot_home
+
+    def _not_built(self, slot_key: str, bento_tag: str) -> SlotStartError:
+        return SlotStartError(
+            f"slot {slot_key}: Bento {bento_tag} is not built in the store at {self.home}"
+        )
 
     def _log_path(self, slot_key: str) -> Path:
         return self.state_dir / "logs" / f"{slot_key}.log"
@@ -744,6 +760,12 @@ class _SlotLock:
         self.release()
 
 
+def _confinement_line(start: ModelProcessStart) -> str:
+    confinement = start.confinement
+    who = f"as {confinement.user.name}" if confinement.user else "as the platform's user"
+    return "; ".join([who, *confinement.notes])
+
+
 def _new_event(slot_key: str, kind: str, message: str) -> SlotEvent:
     return SlotEvent(slot_key=slot_key, kind=kind, message=message, at=datetime.now(UTC))
 
@@ -793,7 +815,7 @@ def _port_free(host: str, port: int) -> bool:
 def _remove_tree(path: Path) -> None:
     import shutil
 
-    # Never follow the links to the shared store: remove the links themselves.
+    # Homes of older versions linked the shared store: remove the links, never follow them.
     for name in bentoml_integration.STORE_DIRS:
         link = path / name
         if link.is_symlink():

@@ -3,8 +3,11 @@
 The child (``_child.py``) runs isolated (``python -I``: neither the working directory nor
 PYTHONPATH is on its path) and refuses to import the project's packages even when they are
 installed into the environment, so it cannot reach the project or its settings; in its own
-session, with limits on address space, CPU time, open files, file size and core dumps, a
-trimmed environment and a scratch directory as HOME and working directory. A wall-clock
+session, with limits on address space, CPU time, open files, file size and core dumps. It
+starts as every model process does (``core.model_process``): the minimal environment, its
+scratch directory as HOME and working directory, and where the machine allows it as the
+unprivileged model user (reading copies of its inputs) in a network namespace of its own
+with no usable interface; the report's ``isolation`` says what applied. A wall-clock
 deadline kills its whole process tree. These limits contain runaway or hostile loads; they
 are not a substitute for the static scan, which runs first.
 """
@@ -16,6 +19,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +31,7 @@ from typing import IO, Any
 
 import psutil
 
+from core.model_process import Confinement, model_process_start, model_user
 from registry.modelkit.loading import loader_decision
 
 from .formats import FORMATS, SKOPS
@@ -34,6 +39,8 @@ from .formats import FORMATS, SKOPS
 CHILD_SCRIPT = Path(__file__).with_name("_child.py")
 MODELKIT_DIR = Path(__file__).resolve().parents[1] / "modelkit"
 SAMPLE_ROWS = 100
+# Request fields naming files the child reads: copied into its folder for the model user.
+_INPUT_PATHS = ("artifact_path", "sample_path")
 MAX_OPEN_FILES = 64
 # The child has no reason to write files; this also caps what it can pour into stderr.
 MAX_FILE_BYTES = 64 * 1024**2
@@ -67,6 +74,8 @@ class LoadReport:
     peak_rss_bytes: int | None = None
     # "reference" (the uploaded sample) or "synthetic" (random floats of the model's width)
     sample_source: str | None = None
+    # What confined the child (user, own network) and why anything could not be applied.
+    isolation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,11 +131,13 @@ def sandbox_load_and_predict(
         tempfile.TemporaryFile() as stdout,
         tempfile.TemporaryFile() as stderr,
     ):
-        timed_out, returncode = _run_child(request, limits, workdir, stdout, stderr)
+        timed_out, returncode, confinement = _run_child(request, limits, workdir, stdout, stderr)
         stdout.seek(0)
         response_bytes = stdout.read(_MAX_RESPONSE_BYTES)
         stderr_tail = _tail(stderr)
-    return _report(limits, timed_out, returncode, response_bytes, stderr_tail)
+    report = _report(limits, timed_out, returncode, response_bytes, stderr_tail)
+    report.isolation = confinement.to_dict()
+    return report
 
 
 def _project_packages() -> list[str]:
@@ -156,15 +167,30 @@ def _run_child(
     workdir: str,
     stdout: IO[bytes],
     stderr: IO[bytes],
-) -> tuple[bool, int]:
-    proc = subprocess.Popen(
+) -> tuple[bool, int, Confinement]:
+    home = Path(workdir)
+    request = _inputs_for_model_user(request, home)
+    start = model_process_start(
         # -B: do not write .pyc files into the shared environment.
-        [sys.executable, "-I", "-B", str(CHILD_SCRIPT)],
+        argv=[sys.executable, "-I", "-B", str(CHILD_SCRIPT)],
+        home=home,
+        # One thread each: predictable memory under RLIMIT_AS and no oversubscription of
+        # the worker's cores.
+        threads=1,
+        own_network=True,
+        reads=[
+            CHILD_SCRIPT,
+            MODELKIT_DIR,
+            *(Path(request[key]) for key in _INPUT_PATHS if request.get(key)),
+        ],
+    )
+    proc = subprocess.Popen(
+        start.argv,
         stdin=subprocess.PIPE,
         stdout=stdout,
         stderr=stderr,
-        cwd=workdir,
-        env=_child_env(workdir),
+        cwd=start.cwd,
+        env=start.env,
         start_new_session=True,
         # preexec_fn is only unsafe when the caller runs threads that hold locks across
         # fork; the validation task runs in a prefork worker process.
@@ -186,7 +212,28 @@ def _run_child(
         # session's process group id) cannot have been reused by an unrelated process.
         _kill_tree(proc.pid)
         returncode = proc.wait()
-    return timed_out, returncode
+    return timed_out, returncode, start.confinement
+
+
+def _inputs_for_model_user(request: dict[str, Any], home: Path) -> dict[str, Any]:
+    """The request with its input files copied into the child's own folder.
+
+    Stored artifacts are 0640 and the platform's: a child switched to the model user reads
+    its copies, and nothing else of the media root. (Copying 50 MB costs tens of ms.)
+    """
+    if model_user() is None:
+        return request
+    inputs = home / "inputs"
+    inputs.mkdir(mode=0o755)
+    copied = dict(request)
+    for key in _INPUT_PATHS:
+        if request.get(key):
+            source = Path(request[key])
+            target = inputs / f"{key}{''.join(source.suffixes[-2:])}"
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o644)
+            copied[key] = str(target)
+    return copied
 
 
 def _wait_without_reaping(pid: int, timeout: float) -> bool:
@@ -229,25 +276,6 @@ def _apply_limits(limits: SandboxLimits) -> None:
         if current_hard != resource.RLIM_INFINITY:
             soft, hard = min(soft, current_hard), min(hard, current_hard)
         resource.setrlimit(limit, (soft, hard))
-
-
-def _child_env(workdir: str) -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": workdir,
-        "TMPDIR": workdir,
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-        # One thread each: predictable memory under RLIMIT_AS and no oversubscription of
-        # the worker's cores.
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
-    # Needed by OpenBLAS on some CPUs/containers to pick a kernel at all.
-    for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    return env
 
 
 def _tail(stream: IO[bytes]) -> str:

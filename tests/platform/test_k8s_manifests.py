@@ -208,3 +208,24 @@ def test_configmap_starts_production_settings_and_asks_for_the_service_account(t
     assert first == "kubernetes True True 31536000"
     assert second.startswith("ImproperlyConfigured Kubernetes runtime backend: cannot load")
     assert "service account (in-cluster)" in second
+
+
+def test_slot_pods_accept_only_modelyard_pods_and_open_no_connection():
+    from deployments.runtime.kubernetes import BENTO_PORT, LABEL_MANAGED_BY, LABEL_NAME
+
+    policy = by_kind("NetworkPolicy")["modelyard-slots"]
+    spec = policy["spec"]
+    # It selects exactly the pods the runtime backend renders for slots.
+    assert spec["podSelector"]["matchLabels"] == {
+        LABEL_NAME: "modelyard-slot",
+        LABEL_MANAGED_BY: "modelyard",
+    }
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    assert spec["egress"] == []  # no PostgreSQL, no Redis, no internet for a model
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": BENTO_PORT}]
+    (source,) = rule["from"]
+    assert source == {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "modelyard"}}}
+    for process in ("gateway", "worker"):  # the traffic and the smoke checks
+        labels = by_kind("Deployment")[f"modelyard-{process}"]["spec"]["template"]["metadata"]
+        assert labels["labels"]["app.kubernetes.io/part-of"] == "modelyard"

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
+from core.model_process import SECRET_NAME
 from deployments import backends
 from deployments.integrations.kubernetes import KubeClient, KubeConnection, KubeError
 from deployments.runtime.base import RuntimeBackendError, SlotNotFound, SlotStartError
@@ -77,6 +78,34 @@ def image(tag: str) -> str:
 
 
 # --------------------------------------------------------------------------- rendering
+
+
+def test_slot_pod_gets_no_platform_secrets_and_runs_confined(store, make_k8s):
+    """A slot pod runs an uploaded model: nothing of the platform's may reach it."""
+    backend = make_k8s(service_account="slot-runner", image_pull_secret="registry-credentials")
+    deployment, _ = backend.render(slot_key="churn-prod.blue", bento_tag=store["v1"])
+    assert kubernetes_validate.validate(deployment, SCHEMA_VERSION, strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["enableServiceLinks"] is False  # no PostgreSQL/Redis addresses as variables
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert "hostNetwork" not in pod and "hostPID" not in pod and "hostIPC" not in pod
+    # Writable places are the pod's own emptyDirs; no Secret, ConfigMap, PVC or host path.
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert all(set(volume) == {"name", "emptyDir"} for volume in volumes.values()), volumes
+    for container in [*pod["containers"], *pod.get("initContainers", [])]:
+        assert "envFrom" not in container
+        for variable in container["env"]:
+            assert set(variable) == {"name", "value"}, variable  # no secretKeyRef/valueFrom
+            assert not SECRET_NAME.search(variable["name"]), variable
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert not security.get("privileged")
+        assert {mount["name"] for mount in container["volumeMounts"]} <= volumes.keys()
 
 
 def test_rendered_manifests_for_a_built_bento_validate_strictly(store, make_k8s):

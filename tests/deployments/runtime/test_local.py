@@ -184,7 +184,8 @@ def test_restart_failures_back_off(make_backend, store, tmp_path):
     events = backend.supervise_once()
     # First crash: restarted at once — which fails fast, the Bento being gone.
     assert [event.kind for event in events] == ["crashed", "restart_failed"]
-    assert "exited" in events[1].message and "next attempt in 30 s" in events[1].message
+    assert "is not built in the store" in events[1].message
+    assert "next attempt in 30 s" in events[1].message
     # Second consecutive failure: the next attempt waits, so this round does nothing.
     assert backend.supervise_once() == []
     status = backend.slot_status(slot_key="scorer.blue")

@@ -138,10 +138,10 @@ def test_sandbox_times_out_a_load_that_sleeps(write_pickle, no_leftover_processe
     assert time.monotonic() - started < 10
 
 
-def test_sandbox_kills_processes_the_model_started(write_pickle, tmp_path):
+def test_sandbox_kills_processes_the_model_started(write_pickle, shared_tmp):
     import psutil
 
-    pid_file = tmp_path / "grandchild.pid"
+    pid_file = shared_tmp / "grandchild.pid"
     path = write_pickle(
         Evil(subprocess.Popen, ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"])
     )
