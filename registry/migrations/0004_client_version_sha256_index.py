@@ -4,7 +4,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("registry", "0002_version_loader_contract_policy")]
+    dependencies = [("registry", "0003_pages_verbose_names")]
 
     operations = [
         migrations.AddIndex(
