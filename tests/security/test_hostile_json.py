@@ -148,4 +148,7 @@ def test_the_upload_page_refuses_nul_and_deep_json_at_the_field(
     assert response.status_code == 400
     errors = response.context["form"].errors
     assert message.lower() in " ".join(errors["params"]).lower(), errors
-    assert not ModelVersion.objects.exists() and storage_snapshot() == set()
+    # No version and no artifact: the only file is the chosen model kept for the retry
+    # (the upload page keeps files that had no error of their own, frontend/upload_staging).
+    assert not ModelVersion.objects.exists()
+    assert storage_snapshot() == {f"upload-staging/{scientist.pk}/file"}
