@@ -100,7 +100,13 @@ class MakeRun:
                 environ = proc.info["environ"] or {}
             except psutil.Error:
                 continue
-            ours = str(self.data) in cmdline or environ.get("MODELYARD_DATA_DIR") == str(self.data)
+            # Slot servers start from a minimal environment (no MODELYARD_*), but their
+            # BENTOML_HOME is their own folder under the stack's data folder.
+            ours = (
+                str(self.data) in cmdline
+                or environ.get("MODELYARD_DATA_DIR") == str(self.data)
+                or environ.get("BENTOML_HOME", "").startswith(f"{self.data}{os.sep}")
+            )
             with contextlib.suppress(psutil.Error):
                 if ours and proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE:
                     found.append(proc)
