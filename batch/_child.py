@@ -10,8 +10,9 @@ prints goes to stderr): a frame is two big-endian u64 lengths, a JSON header and
 A request names a chunk's files instead of carrying its rows (``{"chunk": {...}}``): the
 child maps the chunk's record batch of the staged input (an Arrow IPC file, see the
 worker's batch/services/files.py), predicts, writes the output chunk (Arrow IPC too)
-(``prediction``, ``probability_<class>`` when asked, the id column first when the job has
-one) to the temporary path the worker chose and answers with a small summary. The worker
+(``prediction``, ``probability_<label>`` named by the contract's labels when asked, the
+id column first when the job has one) to the temporary path the worker chose and answers
+with a small summary. The worker
 checks the paths, renames the file into place and counts the chunk, so the exactly-once
 rules stay on its side. (Rows used to cross the pipe both ways as Arrow IPC streams: about
 25 ms of copying per 250k rows, with the worker idle meanwhile.)
@@ -72,47 +73,18 @@ def read_message(stream: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
 
 
 class _Predictor:
-    """The Bento's service instance, asked through the model's own batch API where known."""
+    """The Bento's service instance: its contract's Predictor types and predicts a chunk."""
 
     def __init__(self, service: Any) -> None:
         self.service = service
-        # scikit-learn family: the service holds the estimator and the columns it was fit on.
-        self.native = hasattr(service, "model") and hasattr(service, "frame_columns")
+        self.native = True  # every family answers through modelkit.contract
 
     def predict(self, table: Any, probabilities: bool) -> Any:
-        import numpy as np
-        import pyarrow as pa
-
-        classes = None
-        if self.native:
-            service = self.service
-            if service.frame_columns:
-                features = table.select(service.frame_columns).to_pandas()
-            else:
-                columns = [column.to_numpy(zero_copy_only=False) for column in table.columns]
-                try:
-                    features = np.column_stack(columns).astype(np.float64, copy=False)
-                except (TypeError, ValueError):
-                    features = np.column_stack(columns).astype(object)
-            predictions = service.model.predict(features)
-            proba = None
-            if probabilities and service.has_proba:
-                proba = service.model.predict_proba(features)
-                classes = getattr(service.model, "classes_", None)
-        else:
-            # Other families answer through the service's own synchronous core (row lists).
-            rows = [list(row) for row in zip(*(c.to_pylist() for c in table.columns), strict=True)]
-            body = self.service.predict_records(rows, probabilities)
-            predictions = np.asarray(body["predictions"])
-            proba = np.asarray(body["probabilities"]) if body.get("probabilities") else None
-        arrays = {"prediction": pa.array(np.asarray(predictions))}
-        if proba is not None:
-            proba = np.asarray(proba, dtype=np.float64).reshape(len(table), -1)
-            labels = [str(c) for c in classes] if classes is not None else None
-            for j in range(proba.shape[1]):
-                name = f"probability_{labels[j] if labels else j}"
-                arrays[name] = pa.array(proba[:, j])
-        return pa.table(arrays)
+        contract = self.service.predictor.contract
+        names = [feature["name"] for feature in contract["features"]]
+        if contract.get("names_source") == "positional" and table.column_names != names:
+            table = table.rename_columns(names)  # planned by position (batch/services/inputs)
+        return self.service.predictor.predict_table(table, probabilities)
 
 
 class _ChunkFileError(Exception):

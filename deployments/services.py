@@ -9,6 +9,7 @@ redelivered task or the reconciliation sweep can run any step again without harm
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -358,6 +359,7 @@ def build_run(*, build_id: int) -> Build:
                     fmt=version.artifact_format,
                     feature_names=version.signature.get("feature_names"),
                     loader=version.loader or None,
+                    contract=version.contract or None,
                     log_path=log_path,
                     timeout=settings.MODELYARD_BUILD_TIMEOUT_SECONDS,
                 )
@@ -812,53 +814,86 @@ def _step_starting(rollout: Rollout) -> bool:
     return _transition(rollout, S.VERIFYING, f"{slot} ready at {handle.url}")
 
 
-def _smoke_instances(version: ModelVersion, rows: int) -> list[dict[str, Any]] | None:
-    if not version.reference_path:
-        return None
-    from registry.validation.reference import load_reference_frame
-
-    with artifact_local_path(version.reference_path) as path:
-        frame = load_reference_frame(path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS)
-    return frame.head(rows).to_dict(orient="records")
+def _smoke_instances(version: ModelVersion) -> list[Any]:
+    """The JSON rows validation predicted on, keyed by the contract's feature names:
+    exactly what a client would send (NaN already null)."""
+    load = version.validation_report.get("load") or {}
+    rows = load.get("smoke_rows")
+    if rows:
+        return list(rows)
+    # A version validated before contracts were recorded: one positional row of zeros.
+    return [[0.0] * int(version.signature.get("n_features") or 1)]
 
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
     return a == b
 
 
+def _slot_error_text(response: httpx.Response) -> str:
+    """The slot's own words for a refused smoke request (its error body's message)."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict) and error.get("message"):
+        details = error.get("details") or {}
+        return f"{error.get('code', 'error')}: {error['message']}" + (
+            f" {json.dumps(details)}" if details else ""
+        )
+    return response.text[:2000] or response.reason_phrase
+
+
 def _step_verifying(rollout: Rollout) -> bool:
     slot = Slot.objects.get(deployment=rollout.deployment, color=rollout.target_slot)
     version = rollout.version
-    expected = (version.validation_report.get("load") or {}).get("predictions_preview") or []
-    instances = _smoke_instances(version, rows=max(len(expected), 5))
+    load = version.validation_report.get("load") or {}
+    expected = load.get("predictions_preview") or []
+    expected_proba = load.get("probabilities_preview")
+    instances = _smoke_instances(version)
+    replay = bool(load.get("smoke_rows"))
     try:
-        body = (
-            {"instances": instances}
-            if instances
-            else {"instances": [[0.0] * int(version.signature.get("n_features") or 1)]}
-        )
-        response = httpx.post(f"{slot.url}/predict", json=body, timeout=30)
-        response.raise_for_status()
-        predictions = response.json()["predictions"]
-    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        response = httpx.post(f"{slot.url}/predict", json={"instances": instances}, timeout=30)
+    except httpx.HTTPError as exc:
         _fail(rollout, f"smoke request to {slot} failed: {exc}")
         return False
-    if instances and expected and not _same(predictions[: len(expected)], expected):
+    if response.status_code != 200:
         _fail(
             rollout,
-            f"{slot} answered {predictions[: len(expected)]} on the reference sample; "
+            f"smoke request to {slot} was refused ({response.status_code}): "
+            + _slot_error_text(response),
+        )
+        return False
+    try:
+        body = response.json()
+        predictions = body["predictions"]
+    except (ValueError, KeyError, TypeError) as exc:
+        _fail(rollout, f"smoke request to {slot} answered no predictions: {exc}")
+        return False
+    if replay and expected and not _same(predictions[: len(expected)], expected):
+        _fail(
+            rollout,
+            f"{slot} answered {predictions[: len(expected)]} on the validation sample; "
             f"validation answered {expected}",
+        )
+        return False
+    if replay and expected_proba and not _same(body.get("probabilities"), expected_proba):
+        _fail(
+            rollout,
+            f"{slot} answered probabilities {body.get('probabilities')} on the validation "
+            f"sample; validation answered {expected_proba}",
         )
         return False
     return _transition(
         rollout,
         S.SWITCHING,
         f"smoke request answered {len(predictions)} prediction(s)"
-        + (" matching validation" if instances and expected else ""),
+        + (" matching validation" if replay and expected else ""),
     )
 
 

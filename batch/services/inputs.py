@@ -124,11 +124,28 @@ def _portable(dtype: str) -> str:
     return dtype if dtype in ("bool", "string") else ""
 
 
+# How a contract's logical type is read from CSV/Parquet: integers as float64 too, so 12.0
+# reaches the contract (which refuses 12.5 only where the model would).
+_CONTRACT_TYPES = {"number": "float64", "integer": "float64", "string": "string", "boolean": "bool"}
+
+
 def input_plan(*, version: ModelVersion, header: list[str], id_column: str) -> InputPlan:
-    """Match an input's columns to the version's signature; clear errors when they differ."""
+    """Match an input's columns to the version's contract; clear errors when they differ.
+
+    Types come from the contract (registry/modelkit/contract.py), never from the data: a
+    zip code column of a model that takes a category is read as strings.
+    """
     signature = version.signature or {}
     inputs = signature.get("inputs") or []
     names = signature.get("feature_names")
+    contract = version.contract or {}
+    if contract.get("features"):
+        names = [f["name"] for f in contract["features"]]
+        inputs = [
+            {"name": f["name"], "dtype": _CONTRACT_TYPES[f["type"]]} for f in contract["features"]
+        ]
+        if contract.get("names_source") == "positional" and not set(names) <= set(header):
+            names = None  # fitted and uploaded without names: columns by position
     if not header:
         raise InvalidInput("The input has no columns.", code="empty_input")
     if id_column and id_column not in header:

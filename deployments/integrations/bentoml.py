@@ -78,7 +78,6 @@ _FORMAT_MODULES = {
 }
 
 _TEMPLATES_DIR = Path(__file__).with_name("service_templates")
-_COMMON_MODULE = "modelyard_io.py"
 # registry/modelkit (loading and the model contract) ships into every Bento as the package
 # ``modelkit``, so serving and batch apply exactly the code that validation applied.
 _MODELKIT_SOURCE = Path(modelkit.__file__).parent
@@ -220,6 +219,7 @@ def bento_build(
     fmt: str,
     feature_names: list[str] | None,
     log_path: Path,
+    contract: dict[str, Any] | None = None,
     timeout: float = 900.0,
     lock_timeout: float = 600.0,
     loader: dict[str, Any] | None = None,
@@ -297,6 +297,7 @@ def bento_build(
             version=version,
             feature_names=feature_names,
             loader=loader,
+            contract=contract,
             labels=labels,
             packages=packages,
             description=f"Modelyard: model {model_name!r} version {version}",
@@ -395,11 +396,16 @@ def _render_build_context(
     version: int,
     feature_names: list[str] | None,
     loader: dict[str, Any],
+    contract: dict[str, Any] | None,
     labels: dict[str, str],
     packages: list[str],
     description: str,
 ) -> None:
-    """Write service.py (from the family's template), modelyard_io.py and bentofile.yaml."""
+    """Write service.py (from the family's template), the modelkit package and bentofile.yaml.
+
+    The version's contract is rendered in as a literal: the service applies exactly what
+    validation decided, with no store or registry to ask at start-up.
+    """
     context.mkdir(parents=True)
     template = string.Template((_TEMPLATES_DIR / f"{family}.py.tmpl").read_text())
     # Every substituted value is a repr() literal or a fixed identifier, so no model name
@@ -414,12 +420,14 @@ def _render_build_context(
         feature_names=repr(list(feature_names)) if feature_names is not None else "None",
         # JSON data only (str, int, list of str): its repr() is a plain literal.
         loader=repr(json.loads(json.dumps(loader))),
+        # A JSON round trip first: only plain JSON values (dict, list, str, numbers, bools,
+        # None) reach repr(), whose output is then a Python literal of the same value.
+        contract=repr(json.loads(json.dumps(contract))) if contract else "None",
         service_name=repr(SERVICE_NAME),
         service_class=SERVICE_CLASS,
     )
     compile(source, "service.py", "exec")  # a broken template fails here, not in the server
     (context / "service.py").write_text(source)
-    shutil.copyfile(_TEMPLATES_DIR / _COMMON_MODULE, context / _COMMON_MODULE)
     shutil.copytree(
         _MODELKIT_SOURCE,
         context / _MODELKIT_PACKAGE,
@@ -431,7 +439,7 @@ def _render_build_context(
         "name": name,
         "description": description,
         "labels": labels,
-        "include": ["service.py", _COMMON_MODULE, f"{_MODELKIT_PACKAGE}/**"],
+        "include": ["service.py", f"{_MODELKIT_PACKAGE}/**"],
         "python": {
             "packages": packages,
             # Locking resolves dependencies against the package index at build time; the

@@ -118,6 +118,18 @@ class VersionDetailSerializer(VersionSerializer):
     datasets = DatasetSerializer(many=True)
     reviews = ReviewSerializer(many=True)
     aliases = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    labels_note = serializers.SerializerMethodField()
+
+    def get_labels_note(self, obj: ModelVersion) -> str | None:
+        """Says plainly when a model's labels are positions, not the original labels."""
+        output = (obj.contract or {}).get("output") or {}
+        if output.get("labels_source") != "index":
+            return None
+        count = len(output.get("classes") or [])
+        return (
+            f"This model file keeps no class names: its labels are 0..{count - 1}. Upload it "
+            "with class_labels in the metadata to answer with the original labels."
+        )
 
     class Meta(VersionSerializer.Meta):
         fields = [
@@ -132,6 +144,8 @@ class VersionDetailSerializer(VersionSerializer):
             "reference_schema",
             "reference_sha256",
             "signature",
+            "contract",
+            "labels_note",
             "validation_report",
             "validated_at",
             # The review policy this version entered review under (null before submit).
@@ -174,6 +188,34 @@ class VersionMetadataSerializer(serializers.Serializer):
     training_run_id = serializers.CharField(
         max_length=200, required=False, default="", allow_blank=True
     )
+    feature_names = serializers.ListField(
+        child=serializers.CharField(max_length=200),
+        required=False,
+        allow_null=True,
+        default=None,
+        max_length=10_000,
+    )
+    class_labels = serializers.ListField(
+        child=serializers.JSONField(),
+        required=False,
+        allow_null=True,
+        default=None,
+        max_length=10_000,
+    )
+
+    def validate_feature_names(self, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise serializers.ValidationError("feature names must be distinct")
+        return value
+
+    def validate_class_labels(self, value: list[Any] | None) -> list[Any] | None:
+        if value is None:
+            return None
+        if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
+            raise serializers.ValidationError("class labels must be strings or integers")
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("class labels must be distinct")
+        return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         # Dict keys and values escape the fields' own NUL check; PostgreSQL would refuse

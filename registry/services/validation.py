@@ -60,6 +60,7 @@ def version_validation_claim(*, version_id: int) -> bool:
 
 def _run_checks(version: ModelVersion) -> tuple[bool, dict[str, Any]]:
     report: dict[str, Any] = dict(version.validation_report)
+    declared = (version.signature or {}).get("declared") or {}
     with artifact_local_path(version.artifact_path) as path:
         # The file must be the one that was uploaded (artifacts are immutable).
         digest = file_sha256(path)
@@ -90,6 +91,8 @@ def _run_checks(version: ModelVersion) -> tuple[bool, dict[str, Any]]:
                 sample_path=reference_path,
                 limits=limits,
                 loader=report["loader"],
+                declared_feature_names=declared.get("feature_names"),
+                class_labels=declared.get("class_labels"),
             )
     report["load"] = load.to_dict()
     report["limits"] = {
@@ -99,6 +102,11 @@ def _run_checks(version: ModelVersion) -> tuple[bool, dict[str, Any]]:
     if not load.ok:
         report["error"] = load.error
     return load.ok, report
+
+
+def _declared_part(version: ModelVersion) -> dict[str, Any]:
+    declared = (version.signature or {}).get("declared")
+    return {"declared": declared} if declared else {}
 
 
 def version_validate(*, version_id: int) -> ModelVersion | None:
@@ -138,10 +146,12 @@ def version_validate(*, version_id: int) -> ModelVersion | None:
                 "n_features": load["n_features"],
                 "feature_names": load["feature_names"],
                 "output": {"shape": load["output_shape"], "dtype": load["output_dtype"]},
+                **_declared_part(version),
             }
-            fields.append("signature")
             version.loader = report["loader"]
-            fields.append("loader")
+            # The contract every model process applies (registry/modelkit/contract.py).
+            version.contract = load.get("contract") or {}
+            fields += ["signature", "loader", "contract"]
         version_transition(
             version=version,
             to=VersionState.VALIDATED if ok else VersionState.INVALID,

@@ -69,6 +69,10 @@ class VersionMetadata:
     code_repo: str = ""
     code_commit: str = ""
     training_run_id: str = ""
+    # Declared signature: the feature names of a model fitted without them (rows keyed by
+    # name then work), and the original labels of a booster file that keeps only 0..k-1.
+    feature_names: list[str] | None = None
+    class_labels: list[Any] | None = None
 
 
 def _check_size(upload: UploadedFile, *, limit: int, what: str) -> None:
@@ -257,6 +261,18 @@ def _reference_prepare(reference: UploadedFile) -> dict[str, Any]:
     return {"rows": len(frame), "schema": infer_schema(frame), "suffix": suffix}
 
 
+def _declared_signature(metadata: VersionMetadata) -> dict[str, Any]:
+    declared = {
+        key: value
+        for key, value in (
+            ("feature_names", metadata.feature_names),
+            ("class_labels", metadata.class_labels),
+        )
+        if value
+    }
+    return {"declared": declared} if declared else {}
+
+
 def _version_create(
     *,
     reuse,
@@ -297,6 +313,7 @@ def _version_create(
         code_commit=metadata.code_commit,
         training_run_id=metadata.training_run_id,
         validation_report={"upload_scan": scan},
+        signature=_declared_signature(metadata),
     )
     if reference is not None:
         stored_reference, info = reference

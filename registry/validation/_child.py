@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import faulthandler
 import json
-import math
 import os
 import resource
 import sys
@@ -20,18 +19,6 @@ import traceback
 from typing import Any
 
 PREVIEW_ROWS = 5
-SYNTHETIC_ROWS = 5
-_ONNX_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(double)": "float64",
-    "tensor(float16)": "float16",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-    "tensor(string)": "object",
-}
 
 
 class _ProjectBlocker:
@@ -68,10 +55,6 @@ def _import_modelkit(directory: str) -> None:
     spec.loader.exec_module(module)
 
 
-class SampleError(Exception):
-    """The sample cannot be shaped into the model's input."""
-
-
 def main() -> int:
     # stdout carries only our JSON; everything else libraries print (Python or C level)
     # goes to stderr, which the parent keeps for error reports.
@@ -104,38 +87,80 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         return _failure("load", f"model failed to load: {_describe(exc)}")
     load_seconds = time.perf_counter() - started
 
+    # The same module decides and applies the contract here as in every served model.
+    from modelkit import contract as model_contract
+    from modelkit import contract_decide
+
+    source = "reference" if request.get("sample_path") else "synthetic"
     try:
-        adapter = ADAPTERS[fmt](model, request)
-        sample, source = _sample(adapter, request)
+        raw = None
+        if request.get("sample_path"):
+            raw = contract_decide.read_sample(
+                request["sample_path"], int(request.get("sample_rows", 100))
+            )
+        decided = contract_decide.decide(
+            model,
+            fmt,
+            sample=raw,
+            declared_names=request.get("declared_feature_names"),
+            class_labels=request.get("class_labels"),
+        )
+        if raw is not None:
+            frame = model_contract.typed_frame(decided, contract_decide.usable_rows(decided, raw))
+        else:
+            frame = contract_decide.synthetic_frame(decided)
+        decided = contract_decide.settle(model, decided, frame)
+        predictor = model_contract.Predictor(model, decided)
+        # Predicted from the JSON rows a client would send: what the smoke check replays.
+        rows = model_contract.frame_to_rows(decided, frame)
         started = time.perf_counter()
-        output = adapter.predict(sample)
+        predictions, proba = predictor.predict_rows(rows, True)
         predict_seconds = time.perf_counter() - started
+        body = model_contract.response(decided, predictions, proba, 0)
     except MemoryError:
         return _failure("memory", "MemoryError while predicting")
-    except SampleError as exc:
-        return _failure("sample", str(exc), load_seconds=load_seconds)
+    except (contract_decide.ContractDecisionError, model_contract.ContractError) as exc:
+        return _failure("sample", str(exc) + _synthetic_hint(source), load_seconds)
     except Exception as exc:
         traceback.print_exc()
-        return _failure("predict", f"smoke prediction failed: {_describe(exc)}", load_seconds)
+        message = f"smoke prediction failed: {_describe(exc)}{_synthetic_hint(source)}"
+        return _failure("predict", message, load_seconds)
 
     import numpy as np
 
-    array = output if isinstance(output, np.ndarray) else None
+    array = np.asarray(predictions) if not isinstance(predictions, list) else None
     return {
         "ok": True,
         "error": None,
         "error_kind": None,
         "load_seconds": round(load_seconds, 6),
         "predict_seconds": round(predict_seconds, 6),
-        "sample_rows": _rows(sample),
+        "sample_rows": len(rows),
         "sample_source": source,
-        "output_shape": list(array.shape) if array is not None else [len(output)],
-        "output_dtype": _dtype_name(array.dtype) if array is not None else type(output).__name__,
-        "input_schema": adapter.input_schema(sample),
-        "n_features": adapter.n_features,
-        "feature_names": adapter.feature_names,
-        "predictions_preview": _json_safe(list(output[:PREVIEW_ROWS])),
+        "output_shape": list(array.shape) if array is not None else [len(predictions)],
+        "output_dtype": _dtype_name(array.dtype) if array is not None else "object",
+        "input_schema": [
+            {"name": f["name"], "dtype": _SCHEMA_DTYPES[f["type"]]} for f in decided["features"]
+        ],
+        "n_features": len(decided["features"]),
+        "feature_names": model_contract.feature_names(decided),
+        "predictions_preview": body["predictions"][:PREVIEW_ROWS],
+        "probabilities_preview": (body.get("probabilities") or [])[:PREVIEW_ROWS] or None,
+        "smoke_rows": rows[:PREVIEW_ROWS],
+        "contract": decided,
     }
+
+
+_SCHEMA_DTYPES = {"number": "float64", "integer": "int64", "string": "string", "boolean": "bool"}
+
+
+def _synthetic_hint(source: str) -> str:
+    if source != "synthetic":
+        return ""
+    return (
+        " (the model was tried on a synthetic sample of made-up values; upload reference "
+        "data, a sample of the training data, so it is tried on real rows)"
+    )
 
 
 def _failure(kind: str, message: str, load_seconds: float | None = None) -> dict[str, Any]:
@@ -164,207 +189,7 @@ LOADERS = dict.fromkeys(
 )
 
 
-# --- adapters: the model's signature and one predict call ---------------------------------
-
-
-class _Adapter:
-    feature_names: list[str] | None = None
-    n_features: int | None = None
-    synthetic_dtype = "float64"
-
-    def predict(self, sample: Any) -> Any:
-        raise NotImplementedError
-
-    def prepare(self, frame: Any) -> Any:
-        """The model's input from a frame whose columns are already in the model's order."""
-        return frame if self.feature_names else frame.to_numpy()
-
-    def input_schema(self, sample: Any) -> list[dict[str, str]]:
-        names = self.feature_names or [f"feature_{i}" for i in range(_cols(sample))]
-        dtypes = (
-            [_dtype_name(t) for t in sample.dtypes]
-            if hasattr(sample, "dtypes")
-            else [_dtype_name(sample.dtype)] * len(names)
-        )
-        return [{"name": n, "dtype": d} for n, d in zip(names, dtypes, strict=False)]
-
-
-class _SklearnAdapter(_Adapter):
-    def __init__(self, model: Any, request: dict[str, Any]) -> None:
-        if not callable(getattr(model, "predict", None)):
-            raise SampleError(f"loaded object of type {type(model).__name__} has no predict()")
-        self.model = model
-        names = getattr(model, "feature_names_in_", None)
-        self.feature_names = [str(n) for n in names] if names is not None else None
-        n_features = getattr(model, "n_features_in_", None)
-        self.n_features = int(n_features) if n_features is not None else None
-
-    def predict(self, sample: Any) -> Any:
-        return self.model.predict(sample)
-
-
-class _XGBoostAdapter(_Adapter):
-    synthetic_dtype = "float32"
-
-    def __init__(self, booster: Any, request: dict[str, Any]) -> None:
-        self.booster = booster
-        self.feature_names = list(booster.feature_names) if booster.feature_names else None
-        self.n_features = int(booster.num_features())
-        self.feature_types = list(booster.feature_types or [])
-
-    def prepare(self, frame: Any) -> Any:
-        if not self.feature_names:
-            return frame.to_numpy()
-        frame = frame.copy()
-        for name, kind in zip(self.feature_names, self.feature_types, strict=False):
-            if kind == "c":  # categorical splits need pandas categories
-                frame[name] = frame[name].astype("category")
-        return frame
-
-    def predict(self, sample: Any) -> Any:
-        return self.booster.inplace_predict(sample)
-
-
-class _LightGBMAdapter(_Adapter):
-    def __init__(self, booster: Any, request: dict[str, Any]) -> None:
-        self.booster = booster
-        names = list(booster.feature_name())
-        self.n_features = int(booster.num_feature())
-        # LightGBM names unnamed features Column_0, Column_1, ...: those are positions.
-        default = [f"Column_{i}" for i in range(self.n_features)]
-        self.feature_names = None if names == default else names
-
-    def predict(self, sample: Any) -> Any:
-        return self.booster.predict(sample)
-
-
-class _OnnxAdapter(_Adapter):
-    synthetic_dtype = "float32"
-
-    def __init__(self, session: Any, request: dict[str, Any]) -> None:
-        self.session = session
-        self.inputs = session.get_inputs()
-        for item in self.inputs:
-            if item.type not in _ONNX_TYPES:
-                raise SampleError(f"ONNX input {item.name!r} has unsupported type {item.type}")
-        if len(self.inputs) == 1:
-            # One 2-D tensor: features by position (ONNX keeps no column names).
-            shape = self.inputs[0].shape
-            if len(shape) != 2:
-                raise SampleError(f"ONNX input {self.inputs[0].name!r} has shape {shape}")
-            self.n_features = shape[1] if isinstance(shape[1], int) else None
-            self.synthetic_dtype = _ONNX_TYPES[self.inputs[0].type]
-        else:
-            # One input per column, named after it (skl2onnx's layout for DataFrames).
-            self.feature_names = [item.name for item in self.inputs]
-            self.n_features = len(self.inputs)
-
-    def prepare(self, frame: Any) -> Any:
-        if self.feature_names:
-            return frame
-        return frame.to_numpy().astype(_ONNX_TYPES[self.inputs[0].type])
-
-    def _feeds(self, sample: Any) -> dict[str, Any]:
-        import numpy as np
-
-        if not self.feature_names:
-            return {self.inputs[0].name: np.asarray(sample, dtype=_ONNX_TYPES[self.inputs[0].type])}
-        feeds = {}
-        for item in self.inputs:
-            column = np.asarray(sample[item.name]).astype(_ONNX_TYPES[item.type])
-            feeds[item.name] = column.reshape(-1, 1) if len(item.shape) == 2 else column
-        return feeds
-
-    def predict(self, sample: Any) -> Any:
-        import numpy as np
-
-        output = self.session.run(None, self._feeds(sample))[0]
-        return output if isinstance(output, list) else np.asarray(output)
-
-    def input_schema(self, sample: Any) -> list[dict[str, str]]:
-        if self.feature_names:
-            return [
-                {"name": item.name, "dtype": _dtype_name(_ONNX_TYPES[item.type])}
-                for item in self.inputs
-            ]
-        return super().input_schema(sample)
-
-
-ADAPTERS = {
-    "pickle": _SklearnAdapter,
-    "joblib": _SklearnAdapter,
-    "skops": _SklearnAdapter,
-    "xgboost-json": _XGBoostAdapter,
-    "xgboost-ubj": _XGBoostAdapter,
-    "lightgbm-text": _LightGBMAdapter,
-    "onnx": _OnnxAdapter,
-}
-
-
-# --- the sample -------------------------------------------------------------------------
-
-
-def _sample(adapter: _Adapter, request: dict[str, Any]) -> tuple[Any, str]:
-    path = request.get("sample_path")
-    if path:
-        frame = _read_sample(path, int(request.get("sample_rows", 100)))
-        return adapter.prepare(_order_columns(adapter, frame)), "reference"
-    if adapter.feature_names is None and adapter.n_features is None:
-        raise SampleError(
-            "the model does not say how many features it takes; upload reference data"
-        )
-    import numpy as np
-    import pandas as pd
-
-    n_features = adapter.n_features or len(adapter.feature_names or [])
-    values = np.random.default_rng(0).normal(size=(SYNTHETIC_ROWS, n_features))
-    values = values.astype(adapter.synthetic_dtype)
-    if adapter.feature_names:
-        return pd.DataFrame(values, columns=adapter.feature_names), "synthetic"
-    return values, "synthetic"
-
-
-def _read_sample(path: str, rows: int) -> Any:
-    import pandas as pd
-
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"PAR1":
-        import pyarrow.parquet as pq
-
-        batch = next(pq.ParquetFile(path).iter_batches(batch_size=rows), None)
-        if batch is None:
-            raise SampleError("reference sample has no rows")
-        return batch.to_pandas()
-    return pd.read_csv(path, nrows=rows, encoding="utf-8-sig")
-
-
-def _order_columns(adapter: _Adapter, frame: Any) -> Any:
-    if adapter.feature_names:
-        missing = [n for n in adapter.feature_names if n not in frame.columns]
-        if missing:
-            raise SampleError(
-                f"reference sample lacks the model's feature column(s): {', '.join(missing)}"
-            )
-        return frame[adapter.feature_names]
-    if adapter.n_features is not None and len(frame.columns) != adapter.n_features:
-        raise SampleError(
-            f"the model was fitted without feature names and takes {adapter.n_features} "
-            f"features by position, but the reference sample has {len(frame.columns)} "
-            "columns; upload a sample with exactly the training columns, in order"
-        )
-    return frame
-
-
 # --- JSON-safe output ---------------------------------------------------------------------
-
-
-def _rows(sample: Any) -> int:
-    return len(sample)
-
-
-def _cols(sample: Any) -> int:
-    return int(sample.shape[1]) if len(sample.shape) > 1 else 1
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -379,26 +204,6 @@ def _dtype_name(dtype: Any) -> str:
     if dtype.kind == "b":
         return "bool"
     return dtype.name
-
-
-def _json_safe(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {str(_json_safe(k)): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return repr(value)
 
 
 if __name__ == "__main__":

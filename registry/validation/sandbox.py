@@ -76,6 +76,11 @@ class LoadReport:
     sample_source: str | None = None
     # What confined the child (user, own network) and why anything could not be applied.
     isolation: dict[str, Any] = field(default_factory=dict)
+    # The model contract decided in the child (registry/modelkit/contract_decide.py), the
+    # JSON rows it was proven on and what it answered: the rollout's smoke check replays them.
+    contract: dict[str, Any] = field(default_factory=dict)
+    smoke_rows: list[Any] = field(default_factory=list)
+    probabilities_preview: list[Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +93,8 @@ def sandbox_load_and_predict(
     sample_path: Path | None,
     limits: SandboxLimits,
     loader: dict[str, Any] | None = None,
+    declared_feature_names: list[str] | None = None,
+    class_labels: list[Any] | None = None,
 ) -> LoadReport:
     """Load ``artifact_path`` in a limited child process and predict on a small sample.
 
@@ -114,6 +121,8 @@ def sandbox_load_and_predict(
         "blocked_packages": _project_packages(),
         # The child imports registry/modelkit by path as ``modelkit``, as a Bento ships it.
         "modelkit_dir": str(MODELKIT_DIR),
+        "declared_feature_names": declared_feature_names,
+        "class_labels": class_labels,
     }
     if loader is None:
         trusted = None
