@@ -35,7 +35,7 @@ from monitoring.models import DriftFeature, DriftProfile, DriftWindow, Monitorin
 from monitoring.services.rollups import metrics_redis
 from registry.models import ModelVersion
 from registry.services.artifacts import artifact_local_path
-from registry.validation.reference import infer_schema, load_reference_frame
+from registry.validation.reference import infer_schema, load_reference_frame, reference_rows
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +133,13 @@ def drift_prediction_profile_ensure(*, profile: DriftProfile, version: ModelVers
     if slot is None:
         return False
     with artifact_local_path(version.reference_path) as path:
-        frame = load_reference_frame(path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS)
-    records = json.loads(frame.to_json(orient="records"))
+        if version.contract:  # rows exactly as a client sends them (registry/modelkit)
+            records = reference_rows(
+                path, contract=version.contract, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS
+            )
+        else:
+            frame = load_reference_frame(path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS)
+            records = json.loads(frame.to_json(orient="records"))
     predictions: list[Any] = []
     try:
         with httpx.Client(timeout=30) as http:

@@ -133,7 +133,7 @@ def rows_to_columns(contract: dict[str, Any], instances: Any) -> dict[str, list[
             if len(row) != len(names):
                 raise ContractError(
                     "wrong_width",
-                    f"row {index} has {len(row)} values; the model takes {len(names)} "
+                    f"row {index} has {len(row)} values, expected {len(names)} "
                     f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})",
                     row=index,
                     expected=len(names),
@@ -308,6 +308,25 @@ def _column_error(
         feature=feature["name"],
         expected=feature["type"],
     )
+
+
+def usable_rows(contract: dict[str, Any], sample: Any) -> Any:
+    """The sample's rows a client could send: nulls only where the model takes them.
+
+    A reference sample is real data and may have gaps that the model itself cannot take
+    (a scaler and a linear model refuse NaN); those rows prove nothing about the model.
+    """
+    strict = [f["name"] for f in contract["features"] if not f.get("nullable")]
+    if not strict:
+        return sample
+    kept = sample.dropna(subset=strict)
+    if kept.empty:
+        raise ContractError(
+            "no_usable_rows",
+            "every row of the reference sample has a missing value in a feature that the "
+            f"model cannot take missing ({', '.join(strict[:10])}); upload rows without gaps",
+        )
+    return kept.reset_index(drop=True)
 
 
 def frame_to_rows(contract: dict[str, Any], frame: Any) -> list[dict[str, Any]]:

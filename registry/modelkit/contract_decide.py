@@ -341,24 +341,6 @@ def _booster_objective(model: Any, family: str) -> tuple[str, int]:
     return objective, max(int(model.num_model_per_iteration()), 2)
 
 
-def usable_rows(contract: dict[str, Any], sample: Any) -> Any:
-    """The sample's rows a client could send: nulls only where the model takes them.
-
-    A reference sample is real data and may have gaps that the model itself cannot take
-    (a scaler and a linear model refuse NaN); those rows prove nothing about the model.
-    """
-    strict = [f["name"] for f in contract["features"] if not f.get("nullable")]
-    if not strict:
-        return sample
-    kept = sample.dropna(subset=strict)
-    if kept.empty:
-        raise ContractDecisionError(
-            "every row of the reference sample has a missing value in a feature that the "
-            f"model cannot take missing ({', '.join(strict[:10])}); upload rows without gaps"
-        )
-    return kept.reset_index(drop=True)
-
-
 def synthetic_frame(contract: dict[str, Any], rows: int = SYNTHETIC_ROWS) -> Any:
     """A small sample of plausible values when no reference data was uploaded."""
     import pandas as pd

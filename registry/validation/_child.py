@@ -106,7 +106,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             class_labels=request.get("class_labels"),
         )
         if raw is not None:
-            frame = model_contract.typed_frame(decided, contract_decide.usable_rows(decided, raw))
+            frame = model_contract.typed_frame(decided, model_contract.usable_rows(decided, raw))
         else:
             frame = contract_decide.synthetic_frame(decided)
         decided = contract_decide.settle(model, decided, frame)

@@ -23,8 +23,15 @@ class ReferenceDataError(ValueError):
     """The reference data file cannot be used as a sample."""
 
 
-def load_reference_frame(path: Path, *, max_rows: int = 100_000) -> pd.DataFrame:
-    """Read a CSV or Parquet sample (sniffed by content, not name) of at most ``max_rows``."""
+def load_reference_frame(
+    path: Path, *, max_rows: int = 100_000, contract: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """Read a CSV or Parquet sample (sniffed by content, not name) of at most ``max_rows``.
+
+    With the version's ``contract``, the model's feature columns are typed by it (a CSV is
+    then read as text, so zip codes stay strings where the model takes categories), never
+    by pandas' guesses; without one (at upload, before validation decided it) pandas reads.
+    """
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(_SNIFF_BYTES)
@@ -33,7 +40,7 @@ def load_reference_frame(path: Path, *, max_rows: int = 100_000) -> pd.DataFrame
     if head.startswith(PARQUET_MAGIC):
         frame = _read_parquet(path, max_rows)
     else:
-        frame = _read_csv(path, head, max_rows)
+        frame = _read_csv(path, head, max_rows, as_text=bool(contract))
     if len(frame.columns) == 0:
         raise ReferenceDataError("reference data has no columns")
     duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
@@ -41,7 +48,35 @@ def load_reference_frame(path: Path, *, max_rows: int = 100_000) -> pd.DataFrame
         raise ReferenceDataError(f"reference data repeats column names: {', '.join(duplicated)}")
     if len(frame) == 0:
         raise ReferenceDataError("reference data has columns but no rows")
+    if contract and contract.get("features"):
+        frame = _typed(frame, contract)
     return frame
+
+
+def _typed(frame: pd.DataFrame, contract: dict[str, Any]) -> pd.DataFrame:
+    from registry.modelkit import contract as model_contract
+
+    try:
+        typed = model_contract.typed_frame(contract, frame)
+    except model_contract.ContractError as exc:
+        raise ReferenceDataError(f"reference data does not fit the model: {exc}") from exc
+    rest = frame.drop(columns=[c for c in typed.columns if c in frame.columns])
+    return typed.join(rest) if len(rest.columns) else typed
+
+
+def reference_rows(
+    path: Path, *, contract: dict[str, Any], max_rows: int = 100_000
+) -> list[dict[str, Any]]:
+    """The reference sample as the JSON rows a client would send the model (keyed by the
+    contract's names, typed by it, null for NaN; rows the model cannot take left out)."""
+    from registry.modelkit import contract as model_contract
+
+    frame = load_reference_frame(path, max_rows=max_rows, contract=contract)
+    try:
+        usable = model_contract.usable_rows(contract, frame)
+    except model_contract.ContractError as exc:
+        raise ReferenceDataError(str(exc)) from exc
+    return model_contract.frame_to_rows(contract, usable)
 
 
 def _too_many_rows(count: int | str, max_rows: int) -> ReferenceDataError:
@@ -67,7 +102,7 @@ def _read_parquet(path: Path, max_rows: int) -> pd.DataFrame:
         raise ReferenceDataError(f"reference data is not a readable Parquet file: {exc}") from exc
 
 
-def _read_csv(path: Path, head: bytes, max_rows: int) -> pd.DataFrame:
+def _read_csv(path: Path, head: bytes, max_rows: int, *, as_text: bool = False) -> pd.DataFrame:
     import pandas as pd
 
     if b"\x00" in head:
@@ -87,7 +122,9 @@ def _read_csv(path: Path, head: bytes, max_rows: int) -> pd.DataFrame:
     if repeated:
         raise ReferenceDataError(f"reference data repeats column names: {', '.join(repeated)}")
     try:
-        frame = pd.read_csv(path, nrows=max_rows + 1, encoding="utf-8-sig")
+        frame = pd.read_csv(
+            path, nrows=max_rows + 1, encoding="utf-8-sig", dtype=str if as_text else None
+        )
     except pd.errors.EmptyDataError as exc:
         raise ReferenceDataError("reference data has no columns") from exc
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:

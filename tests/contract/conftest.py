@@ -102,13 +102,8 @@ def contract_backend(contract_home, tmp_path_factory):
         backend.slot_stop(slot_key=status.slot_key)
 
 
-def batch_predict(home: Path, bento_tag: str, table: pa.Table, workdir: Path) -> pa.Table:
-    """One chunk through the real batch child (batch/_child.py) on the built Bento."""
-    staged, output = workdir / "chunk.arrow", workdir / "out.arrow"
-    for path in (staged, output):
-        path.unlink(missing_ok=True)
-    with pa.OSFile(str(staged), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table.combine_chunks())
+def batch_predict(home: Path, bento_tag: str, tables: list[pa.Table], workdir: Path) -> list[Any]:
+    """Chunks through one real batch child (batch/_child.py) on the built Bento."""
     env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "PATH": "/usr/bin:/bin"}
     child = subprocess.Popen(
         [sys.executable, str(BATCH_CHILD), str(_bento_dir(home, bento_tag))],
@@ -117,19 +112,29 @@ def batch_predict(home: Path, bento_tag: str, table: pa.Table, workdir: Path) ->
         stderr=subprocess.DEVNULL,
         env=env,
     )
+    outputs = []
     try:
         ready, _ = read_message(child.stdout)
         assert ready.get("ok"), ready
-        spec = {"input": str(staged), "batch": 0, "rows": table.num_rows, "output": str(output)}
-        child.stdin.write(encode_message({"chunk": {**spec, "probabilities": True}}))
-        child.stdin.flush()
-        reply, _ = read_message(child.stdout)
-        assert reply.get("ok"), reply
+        for index, table in enumerate(tables):
+            staged, output = workdir / f"chunk-{index}.arrow", workdir / f"out-{index}.arrow"
+            with (
+                pa.OSFile(str(staged), "wb") as sink,
+                pa.ipc.new_file(sink, table.schema) as writer,
+            ):
+                writer.write_table(table.combine_chunks())
+            spec = {"input": str(staged), "batch": 0, "rows": table.num_rows}
+            chunk = {**spec, "output": str(output), "probabilities": True}
+            child.stdin.write(encode_message({"chunk": chunk}))
+            child.stdin.flush()
+            reply, _ = read_message(child.stdout)
+            assert reply.get("ok"), reply
+            with pa.memory_map(str(output)) as mapped:
+                outputs.append(pa.ipc.open_file(mapped).read_all().to_pandas())
     finally:
         child.stdin.close()
         child.wait(timeout=60)
-    with pa.memory_map(str(output)) as mapped:
-        return pa.ipc.open_file(mapped).read_all()
+    return outputs
 
 
 def staged_table(version: Any, path: Path, fmt: str) -> pa.Table:

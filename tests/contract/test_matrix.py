@@ -31,7 +31,8 @@ def sample_frame(prepared) -> pd.DataFrame:
     frame = prepared.case.rows.head(ROWS).copy()
     nullable = {f["name"] for f in prepared.report.contract["features"] if f["nullable"]}
     names = dict(zip(frame.columns, prepared.report.feature_names, strict=True))
-    if names["income"] in nullable:
+    # (ONNX takes NaN too, but the sklearn model it was converted from, our yardstick, not.)
+    if names["income"] in nullable and prepared.case.framework != "onnx":
         frame.loc[frame.index[0], "income"] = np.nan
     return frame
 
@@ -93,7 +94,8 @@ def test_model_answers_like_itself_when_served_and_in_batch(
         smoke = httpx.post(
             f"{handle.url}/predict", json={"instances": report.smoke_rows}, timeout=60
         ).json()
-        assert smoke["predictions"] == report.predictions_preview  # what the rollout replays
+        # What the rollout replays (BLAS may differ in the last bit on fewer rows).
+        assert_same(smoke["predictions"], report.predictions_preview)
     finally:
         contract_backend.slot_stop(slot_key=f"m-{name[:20]}-{variant}")
 
@@ -105,9 +107,11 @@ def test_model_answers_like_itself_when_served_and_in_batch(
         renamed = frame.set_axis(report.feature_names, axis=1)
         renamed.to_csv(csv_path, index=False)
         renamed.to_parquet(parquet_path, index=False)
-    for path, fmt in ((csv_path, "csv"), (parquet_path, "parquet")):
-        table = staged_table(version, path, fmt)
-        out = batch_predict(contract_home, prepared.build.bento_tag, table, tmp_path).to_pandas()
+    tables = [
+        staged_table(version, csv_path, "csv"),
+        staged_table(version, parquet_path, "parquet"),
+    ]
+    for out in batch_predict(contract_home, prepared.build.bento_tag, tables, tmp_path):
         assert_same(out["prediction"].tolist(), expected)
         if expected_proba is not None:
             columns = [f"probability_{label}" for label in case.classes]
