@@ -68,8 +68,9 @@ def test_sandbox_loads_and_predicts_every_format(
     assert report.output_shape[0] == len(reference_frame)
     assert report.predictions_preview == _expected_preview(artifact, reference_frame)
     assert report.n_features == len(FEATURES)
-    # ONNX keeps no column names; every other format here was trained on a DataFrame.
-    assert report.feature_names == (None if name == "onnx" else FEATURES)
+    # ONNX and numpy-fitted boosters keep no column names: the contract takes them from the
+    # reference header, so clients key their rows by name for every model.
+    assert report.feature_names == FEATURES
     assert report.load_seconds > 0
     assert report.predict_seconds >= 0
     assert report.peak_rss_bytes > 10 * 1024**2
