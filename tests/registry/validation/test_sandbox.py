@@ -25,10 +25,11 @@ def _run(artifact, sample_path, limits=LIMITS):
 def _expected_preview(artifact, frame: pd.DataFrame) -> list:
     """What the model predicts when loaded right here, on the first 5 sample rows."""
     X = frame[FEATURES].head(5)
+    # Native binary boosters answer labels like XGBClassifier/LGBMClassifier.predict.
     if artifact.fmt == "xgboost-json" or artifact.fmt == "xgboost-ubj":
-        out = artifact.model.inplace_predict(X)
+        out = (artifact.model.inplace_predict(X) > 0.5).astype(int)
     elif artifact.fmt == "lightgbm-text":
-        out = artifact.model.predict(X)
+        out = (artifact.model.predict(X) > 0.5).astype(int)
     elif artifact.fmt == "onnx":
         import onnxruntime
 
