@@ -285,7 +285,13 @@ def _typed_series(feature: dict[str, Any], series: Any) -> np.ndarray:
         if not missing.any():
             values = values.astype(bool)
     if missing.any() and not feature.get("nullable"):
-        raise _column_error(feature, series, missing, "values (no nulls)", "null_value")
+        row = int(np.flatnonzero(missing)[0])
+        raise ContractError(
+            "null_value",
+            f"row {row}: feature {feature['name']!r} may not be null for this model",
+            row=row,
+            feature=feature["name"],
+        )
     return values
 
 

@@ -248,7 +248,10 @@ def test_model_error_fails_the_job_with_the_row_range(batch_setup):
     frame.loc[1_500, "income"] = np.nan  # LogisticRegression refuses NaN
     job = run_job_inline(_job(batch_setup, frame))
     assert job.state == JobState.FAILED
-    assert job.error.startswith("rows 1000-1999 (chunk 1): ValueError: Input X contains NaN")
+    # The contract refuses the null before the model sees it (row 500 of the chunk).
+    assert job.error.startswith(
+        "rows 1000-1999 (chunk 1): ContractError: row 500: feature 'income' may not be null"
+    )
     assert set(_chunks(job)[i].state for i in range(2)) == {"succeeded", "failed"}
     assert BatchJob.objects.get(pk=job.pk).output_path == ""
 
