@@ -161,3 +161,16 @@ def test_a_model_that_fails_on_the_synthetic_sample_suggests_reference_data(tmp_
         tmp_path, buffer.getvalue(), "m.joblib", sample=frame.to_csv(index=False).encode()
     )
     assert fixed.ok, fixed.error
+
+
+def test_a_refused_smoke_request_fails_the_rollout_with_the_slots_own_words():
+    import httpx
+
+    from deployments.services import _slot_error_text
+
+    body = mc.error_body("wrong_type", "row 0: feature 'zip' takes a string", {"row": 0})
+    refused = httpx.Response(400, json=body)
+    assert _slot_error_text(refused) == (
+        "wrong_type: row 0: feature 'zip' takes a string {\"row\": 0}"
+    )
+    assert _slot_error_text(httpx.Response(502, text="upstream gone")) == "upstream gone"
