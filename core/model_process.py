@@ -12,15 +12,18 @@ a batch child -- starts as if the model were hostile:
   ``nobody``) with no capabilities and no way to regain privileges (``setpriv --nnp``), so
   the platform's files (artifacts are stored 0640) are out of its reach;
 - on request (the validation child), a network namespace of its own holding only a loopback
-  interface that is down: no connection to anything, not even 127.0.0.1.
+  interface that is down: no connection to anything, not even 127.0.0.1; and a PID
+  namespace of its own, so nothing it starts outlives it.
 
 Users and namespaces come from util-linux (``setpriv``, ``unshare``), which exec in place:
-the PID the caller sees is the model process itself, and no ``preexec_fn`` runs in a
-threaded caller. What it loads must be readable by that user; folders closed above it are
-shown through a private mount namespace (``core.model_reach``). What the machine cannot do
-(not root and no user namespaces, a user that does not exist, a file the user cannot
-reach) is probed at run time and left out with a note saying why; a model process is
-never refused because the machine lacks a feature.
+the PID the caller sees is the model process itself (but for a PID namespace, where
+``unshare --fork`` stays as its parent and passes its exit status on), and no
+``preexec_fn`` runs in a threaded caller. What it loads must be readable by that user;
+folders closed above it are shown through a private mount namespace
+(``core.model_reach``). What the machine cannot do (not root and no user namespaces, a
+user that does not exist, a file the user cannot reach) is probed at run time and left
+out with a note saying why; a model process is never refused because the machine lacks a
+feature.
 
 No Django here: the BentoML integration and the sandbox, which are Django-free, use it.
 """
@@ -324,10 +327,18 @@ def _network_prefix() -> tuple[list[str], str]:
     else:
         # A user namespace grants the right to create the network namespace without root.
         prefix = [unshare, "--user", "--map-current-user", "--net", "--"]
+    # Also a PID namespace of its own, whose first process is the model process: when it
+    # ends, the kernel kills every process it left behind, also those that left its session
+    # (setsid, double fork), which the caller's kill of the process tree no longer reaches
+    # once they are orphaned. unshare then stays as the parent and passes on the model
+    # process's exit status or signal.
+    with_pids = [*prefix[:-1], "--pid", "--fork", "--kill-child", "--"]
+    if _works(tuple(with_pids)):
+        return with_pids, ""
     if not _works(tuple(prefix)):
         how = "as root" if os.geteuid() == 0 else "with user namespaces"
         return [], f"no own network: unshare --net failed {how} on this machine"
-    return prefix, ""
+    return prefix, "no own PID namespace: processes a model leaves behind may outlive it"
 
 
 @functools.cache

@@ -16,7 +16,7 @@ from batch.services.runner import BatchChild, ChildError
 from deployments.integrations.bentoml import _bento_dir, _model_dir, bento_build
 from registry.modelkit.loading import loader_decision
 from tests.models import train_sklearn_joblib
-from tests.security.test_model_loading import _payloads
+from tests.security.test_model_loading import PAYLOADS, _payloads
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,7 @@ def _object_array_exploit(marker: Path) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize(
-    "name", ["attrgetter-os-system", "zlib-joblib", "protocol-4-dotted", "object-array"]
-)
+@pytest.mark.parametrize("name", [*PAYLOADS, "object-array"])
 def test_batch_child_refuses_a_planted_file_and_its_payload_never_runs(built, tmp_path, name):
     home, bento_dir, model_file = built
     marker = tmp_path / "pwned"
@@ -82,13 +80,15 @@ def test_batch_child_refuses_a_planted_file_and_its_payload_never_runs(built, tm
     assert not marker.exists()
 
 
-def test_slot_server_refuses_a_planted_file_and_its_payload_never_runs(built, tmp_path):
+@pytest.mark.parametrize("name", [*PAYLOADS, "object-array"])
+def test_slot_server_refuses_a_planted_file_and_its_payload_never_runs(built, tmp_path, name):
     from deployments.runtime.base import SlotStartError
     from deployments.runtime.local import LocalProcessBackend
 
     home, bento_dir, model_file = built
     marker = tmp_path / "pwned"
-    model_file.write_bytes(_payloads(marker)["attrgetter-os-system"][0])
+    exploit = _object_array_exploit(marker) if name == "object-array" else None
+    model_file.write_bytes(exploit or _payloads(marker)[name][0])
     backend = LocalProcessBackend(home, tmp_path / "serving-state", ready_timeout=30)
     tag = f"{bento_dir.parent.name}:{bento_dir.name}"
     try:
@@ -99,5 +99,6 @@ def test_slot_server_refuses_a_planted_file_and_its_payload_never_runs(built, tm
             backend.slot_stop(slot_key=status.slot_key, timeout=5)
 
     assert "GlobalRefusedError" in str(raised.value) + raised.value.log_tail
-    assert "sklearn.feature_selection._base.attrgetter" in raised.value.log_tail
+    named = "posix.system" if exploit else _payloads(marker)[name][2]
+    assert f"{named} is not on the allow-list" in raised.value.log_tail
     assert not marker.exists()

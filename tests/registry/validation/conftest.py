@@ -7,7 +7,10 @@ a second, and the sandbox tests dominate the run time anyway.
 from __future__ import annotations
 
 import pickle
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.registry.validation.helpers import FEATURES, Artifact
+from tests.registry.validation.helpers import FEATURES, Artifact, probe_modelkit
 
 
 @pytest.fixture(scope="session")
@@ -158,3 +161,23 @@ def no_leftover_processes():
     yield
     after = {p.pid for p in psutil.Process().children(recursive=True)} - before
     assert not after
+
+
+@pytest.fixture(scope="session")
+def probe_modelkit_dir() -> Iterator[Path]:
+    """A modelkit copy whose allow-list admits the test payloads (``helpers.probe_modelkit``),
+    in a folder of its own under the system temp dir that the model user can read."""
+    folder = Path(tempfile.mkdtemp(prefix="modelyard-probe-modelkit-"))
+    try:
+        yield probe_modelkit(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def allowlist_hole(probe_modelkit_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The validation child imports the probe copy of modelkit instead of the real one."""
+    from registry.validation import sandbox
+
+    monkeypatch.setattr(sandbox, "MODELKIT_DIR", probe_modelkit_dir)
+    return probe_modelkit_dir

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import subprocess
+import signal
 import time
 
 import numpy as np
@@ -11,7 +10,7 @@ import pandas as pd
 import pytest
 
 from registry.validation.sandbox import SandboxLimits, sandbox_load_and_predict
-from tests.registry.validation.helpers import FEATURES, CustomEstimator, Evil
+from tests.registry.validation.helpers import FEATURES, CustomEstimator, Evil, probe_pickle
 
 LIMITS = SandboxLimits(timeout_seconds=60)
 
@@ -123,38 +122,69 @@ def test_sandbox_reports_missing_feature_columns(artifacts, workdir, reference_f
     assert "lacks the model's feature column(s): income" in report.error
 
 
-def test_sandbox_times_out_a_load_that_sleeps(write_pickle, no_leftover_processes):
-    path = write_pickle(Evil(time.sleep, 30))
-    started = time.monotonic()
-
-    report = sandbox_load_and_predict(
-        artifact_path=path,
-        fmt="pickle",
-        sample_path=None,
-        limits=SandboxLimits(timeout_seconds=3),
+def _run_probe(tmp_path, probe: str, *args, limits=LIMITS):
+    """Load a pickle calling a test payload, in a child given the probe copy of modelkit
+    (``allowlist_hole``): the payload really runs, as if the allow-list had a hole."""
+    path = tmp_path / f"{probe}.pkl"
+    path.write_bytes(probe_pickle(probe, *args))
+    return sandbox_load_and_predict(
+        artifact_path=path, fmt="pickle", sample_path=None, limits=limits
     )
 
-    # The restricted unpickler refuses the call before it runs (it used to time out here).
+
+def test_probe_payloads_are_refused_by_the_real_allow_list(tmp_path):
+    # Control: without the hole the loader refuses them, so the tests below run only
+    # because of it, and test what stands behind the list.
+    report = _run_probe(tmp_path, "exit_with", 3)
+
     assert not report.ok
-    assert "GlobalRefusedError: time.sleep is not on the allow-list" in report.error
+    assert "GlobalRefusedError: modelkit._probes.exit_with is not on the allow-list" in (
+        report.error
+    )
+
+
+def test_sandbox_times_out_a_load_that_sleeps(allowlist_hole, tmp_path, no_leftover_processes):
+    started = time.monotonic()
+
+    report = _run_probe(tmp_path, "sleep", 30, limits=SandboxLimits(timeout_seconds=3))
+
+    assert not report.ok
+    assert report.error == "model load timed out after 3s"
     assert time.monotonic() - started < 10
 
 
-def test_sandbox_kills_processes_the_model_started(write_pickle, shared_tmp):
-    import psutil
-
+@pytest.mark.parametrize("own_session", [False, True], ids=["same-session", "own-session"])
+@pytest.mark.parametrize("child_waits", [True, False], ids=["timed-out", "returned"])
+def test_sandbox_kills_processes_the_model_started(
+    allowlist_hole, tmp_path, shared_tmp, own_session, child_waits
+):
     pid_file = shared_tmp / "grandchild.pid"
-    path = write_pickle(
-        Evil(subprocess.Popen, ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"])
+    limits = SandboxLimits(timeout_seconds=3)
+
+    report = _run_probe(
+        tmp_path, "spawn", str(pid_file), own_session, 30 if child_waits else 0, limits=limits
     )
 
-    report = _run(type("A", (), {"path": path, "fmt": "pickle"}), None)
-
-    # The restricted unpickler refuses Popen, so no process is ever started.
     assert not report.ok
-    assert "GlobalRefusedError: subprocess.Popen" in report.error
-    assert not pid_file.exists()
-    del psutil
+    if child_waits:
+        assert report.error == "model load timed out after 3s"
+    else:
+        # The child itself finished (its "model" has no predict()) and left the process.
+        assert "loaded object of type str has no predict()" in report.error, report.error
+    grandchild = int(pid_file.read_text())
+    left = _running(grandchild)
+    if left:
+        os.kill(grandchild, signal.SIGKILL)  # a failing run must not leave it behind
+    assert not left, f"process {grandchild} the model started is still running"
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_sandbox_stops_a_load_that_exceeds_the_memory_limit(write_pickle):
@@ -171,22 +201,21 @@ def test_sandbox_stops_a_load_that_exceeds_the_memory_limit(write_pickle):
     assert "memory limit of 512 MB" in report.error
 
 
-def test_sandbox_reports_a_crashing_load_with_its_stderr(write_pickle):
-    path = write_pickle(Evil(ctypes.string_at, 0))  # reads address 0: SIGSEGV
-
-    report = _run(type("A", (), {"path": path, "fmt": "pickle"}), None)
+def test_sandbox_reports_a_crashing_load_with_its_stderr(allowlist_hole, tmp_path):
+    report = _run_probe(tmp_path, "crash")
 
     assert not report.ok
-    assert "GlobalRefusedError: ctypes.string_at" in report.error  # refused, never called
+    assert report.error.startswith("model process crashed (signal SIGSEGV):"), report.error
+    # faulthandler's traceback from the child's stderr: where it crashed.
+    assert "Segmentation fault" in report.error
+    assert "_probes.py" in report.error and "in crash" in report.error
 
 
-def test_sandbox_reports_a_load_that_exits(write_pickle):
-    path = write_pickle(Evil(os._exit, 3))
-
-    report = _run(type("A", (), {"path": path, "fmt": "pickle"}), None)
+def test_sandbox_reports_a_load_that_exits(allowlist_hole, tmp_path):
+    report = _run_probe(tmp_path, "exit_with", 3)
 
     assert not report.ok
-    assert "GlobalRefusedError: posix._exit" in report.error  # refused, never called
+    assert report.error.startswith("model process exited with code 3 before reporting a result")
 
 
 def test_sandbox_reports_a_load_that_raises(write_pickle):
@@ -199,20 +228,25 @@ def test_sandbox_reports_a_load_that_raises(write_pickle):
 
 
 @pytest.mark.parametrize(
-    ("module", "top"), [("registry.validation", "registry"), ("config.settings", "config")]
+    ("module", "top"),
+    [
+        ("registry.validation", "registry"),
+        ("config.settings", "config"),
+        ("core.model_process", "core"),
+        ("tests", "tests"),
+    ],
 )
-def test_sandbox_child_cannot_import_the_project(write_pickle, module, top):
+def test_sandbox_child_cannot_import_the_project(allowlist_hole, tmp_path, module, top):
     # Even with the project installed into the environment (pip install -e .), a model
     # cannot reach its code or settings; a module has no predict(), so a successful
     # import would show up as a different error.
-    path = write_pickle(Evil(__import__, module))
+    report = _run_probe(tmp_path, "import_module", module)
 
-    report = _run(type("A", (), {"path": path, "fmt": "pickle"}), None)
-
-    # The loader refuses __import__ outright; the project blocker stays behind it.
     assert not report.ok
-    assert "GlobalRefusedError: builtins.__import__" in report.error
-    del top
+    assert (
+        f"ModuleNotFoundError: No module named {top!r} "
+        "(the model sandbox cannot import the project)"
+    ) in report.error, report.error
 
 
 def test_sandbox_refuses_skops_types_outside_the_allow_list(tmp_path):
