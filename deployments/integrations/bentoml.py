@@ -78,6 +78,15 @@ _FORMAT_MODULES = {
 }
 
 _TEMPLATES_DIR = Path(__file__).with_name("service_templates")
+_FAMILY_TITLES = {
+    "sklearn": "scikit-learn family",
+    "xgboost": "XGBoost",
+    "lightgbm": "LightGBM",
+    "onnx": "ONNX",
+}
+# One worker per slot on a shared machine: ONNX Runtime gets one thread instead of a pool
+# per core, like the other frameworks run.
+_FAMILY_THREADS = {"onnx": 1}
 # registry/modelkit (loading and the model contract) ships into every Bento as the package
 # ``modelkit``, so serving and batch apply exactly the code that validation applied.
 _MODELKIT_SOURCE = Path(modelkit.__file__).parent
@@ -407,11 +416,15 @@ def _render_build_context(
     validation decided, with no store or registry to ask at start-up.
     """
     context.mkdir(parents=True)
-    template = string.Template((_TEMPLATES_DIR / f"{family}.py.tmpl").read_text())
+    # One template for every family: modelkit.contract turns rows into each framework's
+    # input and its output into the answer, so only the title and thread count differ.
+    template = string.Template((_TEMPLATES_DIR / "service.py.tmpl").read_text())
     # Every substituted value is a repr() literal or a fixed identifier, so no model name
     # or feature name can inject code into the generated service.
     source = template.substitute(
         title=bento_tag,
+        family_title=_FAMILY_TITLES[family],
+        threads=repr(_FAMILY_THREADS.get(family)),
         fmt=fmt,
         fmt_literal=repr(fmt),
         model_tag=repr(model_tag),
