@@ -182,7 +182,9 @@ def cmd_promote(client: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def _wait_rollout(client: Client, args: argparse.Namespace, out: Output, rollout: dict) -> int:
+def _wait_rollout(
+    client: Client, args: argparse.Namespace, out: Output, rollout: dict[str, Any]
+) -> int:
     out.progress(f"{rollout['kind']} {rollout['id']} of {args.deployment} to v{rollout['version']}")
     if args.no_wait:
         out.result(rollout, f"{rollout['kind']} {rollout['id']} is {rollout['state']}")
@@ -281,7 +283,8 @@ def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    # A _Parser too: the subparsers (parser_class=_Parser) take it as a parent.
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     common.add_argument("--url", help="server URL (default: $MODELYARD_URL)")
     common.add_argument("--token", help="API token (default: $MODELYARD_TOKEN)")
