@@ -231,6 +231,9 @@ def cmd_batch_run(client: Client, args: argparse.Namespace, out: Output) -> int:
         raise UsageError("Give the input as --file PATH or --input-path SERVER_PATH (one).")
     if args.download and not args.wait:
         raise UsageError("--download needs --wait.")
+    # Checked before the job is queued: a typo here must not cost a whole job's run.
+    if args.download and not Path(args.download).absolute().parent.is_dir():
+        raise UsageError(f"--download {args.download}: its folder does not exist.")
     job = client.batch_run(
         args.model,
         version=args.version_number,
@@ -386,6 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_AUTH if exc.is_auth else EXIT_ERROR
     except (UsageError, ValueError) as exc:
         print(f"modelyard: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # a local file: unreadable upload, a download the disk refused
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"modelyard:{where} {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("modelyard: interrupted", file=sys.stderr)
