@@ -13,8 +13,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall only when the dependency pins change. constraints.txt is the lock: the exact
-# versions that were tested.
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+# versions that were tested. The README's `.venv/bin/modelyard` is the editable client, so a
+# change to its pyproject (dependencies, entry point) reinstalls too.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt clients/python/pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' -e ./clients/python
 	@touch $(STAMP)

@@ -182,7 +182,9 @@ def cmd_promote(client: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def _wait_rollout(client: Client, args: argparse.Namespace, out: Output, rollout: dict) -> int:
+def _wait_rollout(
+    client: Client, args: argparse.Namespace, out: Output, rollout: dict[str, Any]
+) -> int:
     out.progress(f"{rollout['kind']} {rollout['id']} of {args.deployment} to v{rollout['version']}")
     if args.no_wait:
         out.result(rollout, f"{rollout['kind']} {rollout['id']} is {rollout['state']}")
@@ -229,6 +231,9 @@ def cmd_batch_run(client: Client, args: argparse.Namespace, out: Output) -> int:
         raise UsageError("Give the input as --file PATH or --input-path SERVER_PATH (one).")
     if args.download and not args.wait:
         raise UsageError("--download needs --wait.")
+    # Checked before the job is queued: a typo here must not cost a whole job's run.
+    if args.download and not Path(args.download).absolute().parent.is_dir():
+        raise UsageError(f"--download {args.download}: its folder does not exist.")
     job = client.batch_run(
         args.model,
         version=args.version_number,
@@ -281,7 +286,8 @@ def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    # A _Parser too: the subparsers (parser_class=_Parser) take it as a parent.
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     common.add_argument("--url", help="server URL (default: $MODELYARD_URL)")
     common.add_argument("--token", help="API token (default: $MODELYARD_TOKEN)")
@@ -383,6 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_AUTH if exc.is_auth else EXIT_ERROR
     except (UsageError, ValueError) as exc:
         print(f"modelyard: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # a local file: unreadable upload, a download the disk refused
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"modelyard:{where} {exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("modelyard: interrupted", file=sys.stderr)

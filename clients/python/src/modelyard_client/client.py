@@ -122,6 +122,16 @@ class Client:
     ) -> None:
         if not url:
             raise ValueError("No server URL: set MODELYARD_URL (e.g. http://127.0.0.1:8000).")
+        # Refused here, as a ValueError the CLI prints: httpx would raise InvalidURL (no
+        # ValueError) on a bad port or character, or "unsupported protocol" on a missing scheme.
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"The server URL {url!r} is not a URL: {exc}.") from exc
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(
+                f"The server URL {url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000)."
+            )
         headers = {"Accept": "application/json", "User-Agent": "modelyard-client/0.1"}
         if token:
             headers["Authorization"] = f"Token {token}"
@@ -154,7 +164,8 @@ class Client:
         except httpx.TimeoutException as exc:
             raise ApiError(0, "timeout", f"{self.url} did not answer in time ({exc}).") from exc
         except httpx.TransportError as exc:
-            raise ApiError(0, "unreachable", f"Cannot reach {self.url}: {exc}.") from exc
+            reason = str(exc).rstrip(".") or type(exc).__name__
+            raise ApiError(0, "unreachable", f"Cannot reach {self.url}: {reason}.") from exc
         if response.status_code >= 400:
             raise ApiError.from_response(response)
         return response
