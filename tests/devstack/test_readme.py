@@ -8,6 +8,7 @@ one bash script; the only change is the ports, since this stack cannot take 8000
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -70,8 +71,12 @@ def test_the_readme_runs_verbatim_beside_make_run(make_run):
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n---\n{result.stderr[-5000:]}"
     out = result.stdout
     # curl prints no newline after a body: what follows it shares its line.
-    predicted = re.findall(r'\{"predictions": \[(\d)\], "model_version": (\d+)', out)
-    assert predicted and predicted[0][0] in ("0", "1"), out
+    # The predict answer: labels, probabilities in the order of "classes", the version.
+    answers = re.findall(r'(\{"predictions": .*?"model_version": \d+\})', out)
+    assert answers, out
+    answer = json.loads(answers[0])
+    assert answer["predictions"][0] in (0, 1) and answer["classes"] == [0, 1], out
+    assert abs(sum(answer["probabilities"][0]) - 1.0) < 1e-9, out
     states = re.findall(r"(?:^|\})(validated|invalid|baking|live|failed)$", out, re.MULTILINE)
     assert states[0] == "validated" and len(states) == 4, out
     assert "failed" not in states, out
