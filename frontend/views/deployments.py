@@ -26,8 +26,8 @@ from deployments.models import Deployment, Rollout
 from deployments.services import DEPLOYABLE_STATES
 from frontend import charts
 from frontend import dashboard_captions as captions
-from frontend import dashboard_data as data
 from frontend.views.access import capability_require
+from monitoring import selectors as data
 from registry.models import ModelVersion
 
 ROLLOUT_STEPS = ["pending", "building", "starting", "verifying", "switching", "baking", "live"]
@@ -242,7 +242,7 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
 
 
 def _window(request: HttpRequest) -> str:
-    window = request.GET.get("window", data.DEFAULT_WINDOW)
+    window = request.GET.get("window", data.DASHBOARD_DEFAULT_WINDOW)
     try:
         return data.window_check(window)
     except InvalidInput as exc:
@@ -320,7 +320,7 @@ def _error_page(
     request: HttpRequest, deployment: Deployment, error: DomainError | str, status: int
 ) -> HttpResponse:
     message = error.message if isinstance(error, DomainError) else error
-    context = _detail_context(request, deployment, data.DEFAULT_WINDOW)
+    context = _detail_context(request, deployment, data.DASHBOARD_DEFAULT_WINDOW)
     context["action_error"] = message
     return render(request, "frontend/deployments/detail.html", context, status=status)
 
