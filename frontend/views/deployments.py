@@ -11,7 +11,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -105,13 +104,7 @@ def _rollback_is_warm(deployment: Deployment, target: ModelVersion | None) -> bo
 @require_GET
 def deployment_list(request: HttpRequest) -> HttpResponse:
     _require(request, Capability.VIEW)
-    last_rollout = Rollout.objects.filter(deployment=OuterRef("pk")).order_by("-created_at")
-    deployments = list(
-        selectors.deployment_list().annotate(
-            last_rollout_state=Subquery(last_rollout.values("state")[:1]),
-            last_rollout_kind=Subquery(last_rollout.values("kind")[:1]),
-        )
-    )
+    deployments = list(selectors.deployment_list_with_last_rollout())
     error_rates = data.error_rate_last_hour([d.pk for d in deployments])
     rows = []
     for deployment in deployments:
