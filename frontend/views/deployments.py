@@ -6,6 +6,7 @@ Views are adapters like the API's: read through selectors, write through the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -234,16 +235,21 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
     }
 
 
-def _window(request: HttpRequest) -> str:
+def _window_page(
+    request: HttpRequest,
+    name: str,
+    template: str,
+    context: Callable[[Deployment, str], dict[str, Any]],
+) -> HttpResponse:
+    """A deployment's page over the ``?window=`` asked for; 400 naming the known windows."""
+    _require(request, Capability.VIEW)
+    deployment = _deployment(name)
     window = request.GET.get("window", data.DASHBOARD_DEFAULT_WINDOW)
     try:
-        return data.window_check(window)
+        data.window_check(window)
     except InvalidInput as exc:
-        raise _BadRequest(exc.message) from exc
-
-
-class _BadRequest(Exception):
-    pass
+        return HttpResponse(exc.message, status=400, content_type="text/plain")
+    return render(request, template, context(deployment, window))
 
 
 def _deployable_versions(deployment: Deployment, live_version: ModelVersion | None):
@@ -269,16 +275,11 @@ def _detail_context(request: HttpRequest, deployment: Deployment, window: str) -
 @login_required
 @require_GET
 def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
-    _require(request, Capability.VIEW)
-    deployment = _deployment(name)
-    try:
-        window = _window(request)
-    except _BadRequest as exc:
-        return HttpResponse(str(exc), status=400, content_type="text/plain")
-    return render(
+    return _window_page(
         request,
+        name,
         "frontend/deployments/detail.html",
-        _detail_context(request, deployment, window),
+        lambda deployment, window: _detail_context(request, deployment, window),
     )
 
 
@@ -295,15 +296,7 @@ def deployment_status(request: HttpRequest, name: str) -> HttpResponse:
 @require_GET
 def deployment_dashboard(request: HttpRequest, name: str) -> HttpResponse:
     """The chart data endpoint the dashboard polls: tiles and figures of one window."""
-    _require(request, Capability.VIEW)
-    deployment = _deployment(name)
-    try:
-        window = _window(request)
-    except _BadRequest as exc:
-        return HttpResponse(str(exc), status=400, content_type="text/plain")
-    return render(
-        request, "frontend/deployments/_dashboard.html", dashboard_context(deployment, window)
-    )
+    return _window_page(request, name, "frontend/deployments/_dashboard.html", dashboard_context)
 
 
 # --- rollback and rollout -------------------------------------------------------------------

@@ -22,7 +22,9 @@ from registry.models import ModelVersion, RegisteredModel
 _LIVE_ALIASES = ("production", "prod", "champion")
 
 
-def live_version(model: RegisteredModel, *, exclude: ModelVersion | None = None):
+def live_version(
+    model: RegisteredModel, *, exclude: ModelVersion | None = None
+) -> tuple[ModelVersion, str] | None:
     """The version of ``model`` that is live now: what its production alias points at, else
     what a production deployment's live slot serves. Returns (version, how we know) or None."""
     aliases = {a.name.lower(): a for a in model.aliases.select_related("version")}

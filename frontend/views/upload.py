@@ -18,7 +18,7 @@ from frontend.forms import AUTO_FRAMEWORK, UploadForm
 from frontend.views.access import capability_required
 from registry import selectors, services
 from registry.choices import Framework
-from registry.models import RegisteredModel
+from registry.models import ModelVersion, RegisteredModel
 from registry.services.artifacts import uploaded_file_on_disk
 from registry.validation.formats import ArtifactFormatError, detect_format, guess_framework
 from registry.validation.reference import ReferenceDataError, load_reference_frame
@@ -66,7 +66,7 @@ class _UploadRefused(Exception):
         self.field, self.message = field, message
 
 
-def _upload(request: HttpRequest, form: UploadForm):
+def _upload(request: HttpRequest, form: UploadForm) -> ModelVersion:
     data = form.cleaned_data
     framework = data["framework"]
     if framework == AUTO_FRAMEWORK:

@@ -3,6 +3,7 @@ cost, drift, guard breaches, alerts, webhooks."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -52,7 +53,7 @@ class TrafficSummary:
         rows: int,
         errors: int,
         lat: int,
-        hist,
+        hist: Sequence[int],
         start: datetime | None = None,
         period: int = 60,
     ) -> None:
