@@ -24,8 +24,6 @@ app.conf.task_routes = {
     "deployments.reconcile": {"queue": "rollouts"},
     "batch.*": {"queue": "batch"},
     "monitoring.*": {"queue": "monitoring"},
-    # The dashboard cache warm reads roll-ups, like the monitoring tasks beside it.
-    "frontend.*": {"queue": "monitoring"},
 }
 # Broker connection: a Redis restart must not end the worker. Celery retries a lost broker
 # connection, but by default only 100 times (a Redis down for a few minutes ended the worker,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 
 from core.errors import NotFound
 from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState
@@ -17,6 +17,25 @@ def deployment_list() -> QuerySet[Deployment]:
             Prefetch("slots", Slot.objects.select_related("version")),
         )
         .order_by("name")
+    )
+
+
+def deployment_list_with_last_rollout() -> QuerySet[Deployment]:
+    """``deployment_list`` with the state and kind of each one's latest rollout
+    (``last_rollout_state``, ``last_rollout_kind``; None before the first)."""
+    last = Rollout.objects.filter(deployment=OuterRef("pk")).order_by("-created_at")
+    return deployment_list().annotate(
+        last_rollout_state=Subquery(last.values("state")[:1]),
+        last_rollout_kind=Subquery(last.values("kind")[:1]),
+    )
+
+
+def deployment_list_serving(*, model_id: int) -> QuerySet[Deployment]:
+    """The model's deployments that have a live slot, slots and their versions prefetched."""
+    return (
+        Deployment.objects.filter(model=model_id)
+        .exclude(live_slot="")
+        .prefetch_related("slots__version")
     )
 
 

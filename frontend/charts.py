@@ -312,8 +312,3 @@ def prediction_distribution_figure(
     layout["yaxis"]["tickformat"] = ".0%"
     layout["xaxis"] = {"type": "category"}  # the legend sits below: no axis title to clash
     return {"data": data, "layout": layout, "config": CONFIG}
-
-
-def shares(counts: Sequence[float]) -> list[float]:
-    total = float(sum(counts))
-    return [c / total if total else 0.0 for c in counts]

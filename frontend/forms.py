@@ -343,10 +343,10 @@ class DeploymentForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from deployments.choices import Environment
-        from registry.models import RegisteredModel
+        from registry.selectors import model_list_by_name
 
         super().__init__(*args, **kwargs)
-        self.fields["model"].queryset = RegisteredModel.objects.order_by("name")
+        self.fields["model"].queryset = model_list_by_name()
         self.fields["environment"].choices = Environment.choices
 
 

@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from deployments.models import Deployment
-from monitoring import services
+from monitoring import selectors, services
 
 logger = logging.getLogger(__name__)
 
@@ -165,3 +165,67 @@ def retention_task() -> dict[str, int]:
         "resource_samples_deleted": services.resources_retention(),
         "drift_windows_deleted": services.drift_retention(),
     }
+
+
+# --- the dashboard's helpers ------------------------------------------------------------------
+# Both run every minute and have the same policy: a stale message is the next run's work
+# (expires, so they never pile up); a cold 30d merge of a busy deployment, or one reference
+# sample sent to a slot in chunks with a 30 s timeout each, takes seconds, many deployments
+# or new versions longer (time limits); acks_late because each run writes what a redelivery
+# or an overlapping run would write again (reasons beside each task).
+_EVERY_MINUTE: dict[str, Any] = {
+    "acks_late": True,
+    "soft_time_limit": 240,
+    "time_limit": 300,
+    "expires": 50,
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": True,
+    "max_retries": 2,
+}
+
+
+# Writes the very cache entries a dashboard request would: a rerun merges the same rows and
+# writes the same values again.
+@shared_task(name="monitoring.dashboard_cache_warm", **_EVERY_MINUTE)
+def dashboard_cache_warm_task() -> dict[str, Any]:
+    """Merge and cache the closed chart buckets of every deployment with traffic."""
+    result = selectors.dashboard_cache_warm()
+    if result.seconds > 5:
+        logger.info(
+            "dashboard cache warm: %d deployments, %d windows, %.3fs",
+            result.deployments,
+            result.windows,
+            result.seconds,
+        )
+    return {
+        "deployments": result.deployments,
+        "windows": result.windows,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+# Builds each baseline once (a version with one is skipped): a rerun asks the slot again at
+# worst and writes the same profile.
+@shared_task(name="monitoring.prediction_baselines_ensure", **_EVERY_MINUTE)
+def prediction_baselines_ensure_task() -> dict[str, Any]:
+    """Give every newly served version its reference prediction distribution."""
+    built = services.prediction_baselines_ensure()
+    if built:
+        logger.info("prediction baselines built for versions %s", built)
+    return {"built": built}
+
+
+# The names these two had in the frontend app, still registered so that a message an older
+# beat queued just before an upgrade is received as a known task (and dropped as expired)
+# rather than failed as NotRegistered: Celery looks the name up before it checks the expiry.
+# Messages expire after 50 s, so these can go one release after the move (issue 17).
+@shared_task(name="frontend.dashboard_cache_warm", **_EVERY_MINUTE)
+def dashboard_cache_warm_legacy_task() -> dict[str, Any]:
+    """The former name of monitoring.dashboard_cache_warm (see above)."""
+    return dashboard_cache_warm_task()
+
+
+@shared_task(name="frontend.prediction_baselines_ensure", **_EVERY_MINUTE)
+def prediction_baselines_ensure_legacy_task() -> dict[str, Any]:
+    """The former name of monitoring.prediction_baselines_ensure (see above)."""
+    return prediction_baselines_ensure_task()

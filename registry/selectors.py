@@ -24,6 +24,37 @@ def model_list() -> QuerySet[RegisteredModel]:
     )
 
 
+def model_search(
+    *, q: str = "", framework: str = "", state: str = "", owner: str = ""
+) -> QuerySet[RegisteredModel]:
+    """``model_list`` narrowed by text (name, description, exact tag), by having a version of
+    ``framework`` / in ``state``, and by owner's username (any case); blank means any."""
+    models = model_list()
+    if q := q.strip():
+        models = models.filter(
+            Q(name__icontains=q) | Q(description__icontains=q) | Q(tags__contains=[q])
+        )
+    # Version filters as a subquery: a join would multiply the version counts.
+    version_filter = {k: v for k, v in (("framework", framework), ("state", state)) if v}
+    if version_filter:
+        models = models.filter(
+            pk__in=ModelVersion.objects.filter(**version_filter).values("model_id")
+        )
+    if owner := owner.strip():
+        models = models.filter(owner__username__iexact=owner)
+    return models
+
+
+def model_list_by_name() -> QuerySet[RegisteredModel]:
+    """The model rows alone, by name: for pickers and counts (no annotations to compute)."""
+    return RegisteredModel.objects.order_by("name")
+
+
+def model_find(*, name: str) -> RegisteredModel | None:
+    """The model called ``name`` (names are unique in any case), or None."""
+    return RegisteredModel.objects.filter(name__iexact=name).first()
+
+
 def model_get(*, name: str, summary: bool = True) -> RegisteredModel:
     """One model by name (any case); ``summary`` adds version counts and aliases."""
     models = model_list() if summary else RegisteredModel.objects.all()
@@ -41,6 +72,28 @@ def model_version_states(*, model: RegisteredModel) -> dict[str, int]:
 def version_list(*, model: RegisteredModel | None = None) -> QuerySet[ModelVersion]:
     versions = ModelVersion.objects.select_related("model", "created_by")
     return versions.filter(model=model) if model is not None else versions
+
+
+def version_exists(*, model_name: str, number: int) -> bool:
+    return ModelVersion.objects.filter(model__name__iexact=model_name, number=number).exists()
+
+
+def version_list_approved() -> QuerySet[ModelVersion]:
+    """Approved versions of every model, by model name then newest first."""
+    return (
+        ModelVersion.objects.filter(state=VersionState.APPROVED)
+        .select_related("model")
+        .order_by("model__name", "-number")
+    )
+
+
+def alias_list_approved() -> QuerySet[Alias]:
+    """Aliases that point at an approved version, by model name then alias name."""
+    return (
+        Alias.objects.filter(version__state=VersionState.APPROVED)
+        .select_related("model", "version")
+        .order_by("model__name", "name")
+    )
 
 
 def version_detail_queryset() -> QuerySet[ModelVersion]:

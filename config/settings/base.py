@@ -402,12 +402,15 @@ CELERY_BEAT_SCHEDULE = {
     "monitoring-retention": {"task": "monitoring.retention", "schedule": 3600.0},
     # Dashboard: closed chart buckets merged and cached before anyone asks. Every minute,
     # within the 120 s life of the young buckets' entries, so they never lapse in front of
-    # a user (frontend/dashboard_data.py).
-    "frontend-dashboard-cache-warm": {"task": "frontend.dashboard_cache_warm", "schedule": 60.0},
+    # a user (monitoring/selectors/buckets.py).
+    "monitoring-dashboard-cache-warm": {
+        "task": "monitoring.dashboard_cache_warm",
+        "schedule": 60.0,
+    },
     # "Predictions vs reference" within a minute of a version serving, not after its first
-    # full drift window (frontend/dashboard_data.py, prediction_baselines_ensure).
-    "frontend-prediction-baselines": {
-        "task": "frontend.prediction_baselines_ensure",
+    # full drift window (monitoring/services/baselines.py).
+    "monitoring-prediction-baselines": {
+        "task": "monitoring.prediction_baselines_ensure",
         "schedule": 60.0,
     },
 }

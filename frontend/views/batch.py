@@ -24,8 +24,7 @@ from batch.models import BatchJob
 from core.choices import Capability
 from core.errors import DomainError, NotFound
 from frontend.views.access import capability_require
-from registry.choices import VersionState
-from registry.models import Alias, ModelVersion, RegisteredModel
+from registry import selectors as registry_selectors
 
 # Which form field an input error belongs to, by the service's error code.
 _FILE_ERRORS = {"empty_input", "bad_input", "wrong_column_count", "input_required", "too_large"}
@@ -40,19 +39,9 @@ def _require(request: HttpRequest, capability: str) -> None:
 def _targets() -> list[tuple[str, str]]:
     """Approved versions and aliases of every model, as select options."""
     options: list[tuple[str, str]] = []
-    versions = (
-        ModelVersion.objects.filter(state=VersionState.APPROVED)
-        .select_related("model")
-        .order_by("model__name", "-number")
-    )
-    for v in versions:
+    for v in registry_selectors.version_list_approved():
         options.append((f"{v.model.name}:v:{v.number}", f"{v.model.name} v{v.number}"))
-    aliases = (
-        Alias.objects.filter(version__state=VersionState.APPROVED)
-        .select_related("model", "version")
-        .order_by("model__name", "name")
-    )
-    for a in aliases:
+    for a in registry_selectors.alias_list_approved():
         options.append(
             (
                 f"{a.model.name}:a:{a.name}",
@@ -85,7 +74,7 @@ class BatchJobForm(forms.Form):
 
     def service_kwargs(self) -> dict[str, Any]:
         model_name, kind, value = self.cleaned_data["target"].split(":", 2)
-        model = RegisteredModel.objects.filter(name=model_name).first()
+        model = registry_selectors.model_find(name=model_name)
         if model is None:
             raise NotFound(f"No model named {model_name!r}.")
         return {

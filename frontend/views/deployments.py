@@ -6,12 +6,12 @@ Views are adapters like the API's: read through selectors, write through the sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import OuterRef, Subquery
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -26,8 +26,8 @@ from deployments.models import Deployment, Rollout
 from deployments.services import DEPLOYABLE_STATES
 from frontend import charts
 from frontend import dashboard_captions as captions
-from frontend import dashboard_data as data
 from frontend.views.access import capability_require
+from monitoring import selectors as data
 from registry.models import ModelVersion
 
 ROLLOUT_STEPS = ["pending", "building", "starting", "verifying", "switching", "baking", "live"]
@@ -105,13 +105,7 @@ def _rollback_is_warm(deployment: Deployment, target: ModelVersion | None) -> bo
 @require_GET
 def deployment_list(request: HttpRequest) -> HttpResponse:
     _require(request, Capability.VIEW)
-    last_rollout = Rollout.objects.filter(deployment=OuterRef("pk")).order_by("-created_at")
-    deployments = list(
-        selectors.deployment_list().annotate(
-            last_rollout_state=Subquery(last_rollout.values("state")[:1]),
-            last_rollout_kind=Subquery(last_rollout.values("kind")[:1]),
-        )
-    )
+    deployments = list(selectors.deployment_list_with_last_rollout())
     error_rates = data.error_rate_last_hour([d.pk for d in deployments])
     rows = []
     for deployment in deployments:
@@ -241,16 +235,21 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
     }
 
 
-def _window(request: HttpRequest) -> str:
-    window = request.GET.get("window", data.DEFAULT_WINDOW)
+def _window_page(
+    request: HttpRequest,
+    name: str,
+    template: str,
+    context: Callable[[Deployment, str], dict[str, Any]],
+) -> HttpResponse:
+    """A deployment's page over the ``?window=`` asked for; 400 naming the known windows."""
+    _require(request, Capability.VIEW)
+    deployment = _deployment(name)
+    window = request.GET.get("window", data.DASHBOARD_DEFAULT_WINDOW)
     try:
-        return data.window_check(window)
+        data.window_check(window)
     except InvalidInput as exc:
-        raise _BadRequest(exc.message) from exc
-
-
-class _BadRequest(Exception):
-    pass
+        return HttpResponse(exc.message, status=400, content_type="text/plain")
+    return render(request, template, context(deployment, window))
 
 
 def _deployable_versions(deployment: Deployment, live_version: ModelVersion | None):
@@ -276,16 +275,11 @@ def _detail_context(request: HttpRequest, deployment: Deployment, window: str) -
 @login_required
 @require_GET
 def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
-    _require(request, Capability.VIEW)
-    deployment = _deployment(name)
-    try:
-        window = _window(request)
-    except _BadRequest as exc:
-        return HttpResponse(str(exc), status=400, content_type="text/plain")
-    return render(
+    return _window_page(
         request,
+        name,
         "frontend/deployments/detail.html",
-        _detail_context(request, deployment, window),
+        lambda deployment, window: _detail_context(request, deployment, window),
     )
 
 
@@ -302,15 +296,7 @@ def deployment_status(request: HttpRequest, name: str) -> HttpResponse:
 @require_GET
 def deployment_dashboard(request: HttpRequest, name: str) -> HttpResponse:
     """The chart data endpoint the dashboard polls: tiles and figures of one window."""
-    _require(request, Capability.VIEW)
-    deployment = _deployment(name)
-    try:
-        window = _window(request)
-    except _BadRequest as exc:
-        return HttpResponse(str(exc), status=400, content_type="text/plain")
-    return render(
-        request, "frontend/deployments/_dashboard.html", dashboard_context(deployment, window)
-    )
+    return _window_page(request, name, "frontend/deployments/_dashboard.html", dashboard_context)
 
 
 # --- rollback and rollout -------------------------------------------------------------------
@@ -320,7 +306,7 @@ def _error_page(
     request: HttpRequest, deployment: Deployment, error: DomainError | str, status: int
 ) -> HttpResponse:
     message = error.message if isinstance(error, DomainError) else error
-    context = _detail_context(request, deployment, data.DEFAULT_WINDOW)
+    context = _detail_context(request, deployment, data.DASHBOARD_DEFAULT_WINDOW)
     context["action_error"] = message
     return render(request, "frontend/deployments/detail.html", context, status=status)
 

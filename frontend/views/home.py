@@ -5,7 +5,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from registry import selectors
-from registry.models import RegisteredModel
 
 
 @login_required
@@ -15,7 +14,7 @@ def home(request: HttpRequest) -> HttpResponse:
         request,
         "frontend/home.html",
         {
-            "model_count": RegisteredModel.objects.count(),
+            "model_count": selectors.model_list_by_name().count(),
             "review_count": selectors.review_queue().count(),
         },
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Q
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -24,29 +24,16 @@ MODELS_PER_PAGE = 20
 PENDING_STATES = {VersionState.UPLOADED, VersionState.VALIDATING}
 
 
-def _filtered_models(form: ModelFilterForm):
-    models = selectors.model_list()
+def _filtered_models(form: ModelFilterForm) -> QuerySet[RegisteredModel]:
     if not form.is_valid():
-        return models
+        return selectors.model_list()
     data = form.cleaned_data
-    if data["q"]:
-        q = data["q"].strip()
-        models = models.filter(
-            Q(name__icontains=q) | Q(description__icontains=q) | Q(tags__contains=[q])
-        )
-    # Version filters as a subquery: a join would multiply the version counts.
-    version_filter = {}
-    if data["framework"]:
-        version_filter["framework"] = data["framework"]
-    if data["state"]:
-        version_filter["state"] = data["state"]
-    if version_filter:
-        models = models.filter(
-            pk__in=ModelVersion.objects.filter(**version_filter).values("model_id")
-        )
-    if data["owner"]:
-        models = models.filter(owner__username__iexact=data["owner"].strip())
-    return models
+    return selectors.model_search(
+        q=data["q"] or "",
+        framework=data["framework"] or "",
+        state=data["state"] or "",
+        owner=data["owner"] or "",
+    )
 
 
 @capability_required(C.VIEW)
@@ -58,7 +45,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
         "form": form,
         "page": page,
         "filtered": form.is_valid() and any(form.cleaned_data.values()),
-        "any_models": page.paginator.count > 0 or RegisteredModel.objects.exists(),
+        "any_models": page.paginator.count > 0 or selectors.model_list_by_name().exists(),
     }
     # Live search swaps only the results (htmx), the full page otherwise.
     template = (

@@ -10,8 +10,8 @@ from django.shortcuts import redirect, render
 
 from core.choices import Capability as C
 from core.errors import DomainError
+from deployments import selectors as deployment_selectors
 from deployments.choices import Environment
-from deployments.models import Deployment
 from frontend.forms import ReviewForm
 from frontend.lineage import lineage_figure, lineage_rows
 from frontend.views.access import capability_required
@@ -22,7 +22,9 @@ from registry.models import ModelVersion, RegisteredModel
 _LIVE_ALIASES = ("production", "prod", "champion")
 
 
-def live_version(model: RegisteredModel, *, exclude: ModelVersion | None = None):
+def live_version(
+    model: RegisteredModel, *, exclude: ModelVersion | None = None
+) -> tuple[ModelVersion, str] | None:
     """The version of ``model`` that is live now: what its production alias points at, else
     what a production deployment's live slot serves. Returns (version, how we know) or None."""
     aliases = {a.name.lower(): a for a in model.aliases.select_related("version")}
@@ -30,11 +32,7 @@ def live_version(model: RegisteredModel, *, exclude: ModelVersion | None = None)
         alias = aliases.get(name)
         if alias is not None and alias.version != exclude:
             return alias.version, f"alias {alias.name}"
-    deployments = (
-        Deployment.objects.filter(model=model)
-        .exclude(live_slot="")
-        .prefetch_related("slots__version")
-    )
+    deployments = deployment_selectors.deployment_list_serving(model_id=model.pk)
     # Production first: that is what "live" means to the people reviewing.
     for deployment in sorted(deployments, key=lambda d: d.environment != Environment.PRODUCTION):
         for slot in deployment.slots.all():

@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
@@ -15,7 +16,7 @@ from core.errors import DomainError, PayloadTooLarge, UnsafeArtifact
 from frontend import upload_staging
 from frontend.forms import AUTO_FRAMEWORK, UploadForm
 from frontend.views.access import capability_required
-from registry import services
+from registry import selectors, services
 from registry.choices import Framework
 from registry.models import ModelVersion, RegisteredModel
 from registry.services.artifacts import uploaded_file_on_disk
@@ -48,8 +49,8 @@ def _error_field(exc: DomainError) -> str | None:
     return _ERROR_FIELDS.get(exc.code)
 
 
-def _model_names():
-    return RegisteredModel.objects.order_by("name").values_list("name", flat=True)
+def _model_names() -> QuerySet[RegisteredModel, str]:
+    return selectors.model_list_by_name().values_list("name", flat=True)
 
 
 def _guess(upload: UploadedFile) -> str | None:
@@ -65,7 +66,7 @@ class _UploadRefused(Exception):
         self.field, self.message = field, message
 
 
-def _upload(request: HttpRequest, form: UploadForm):
+def _upload(request: HttpRequest, form: UploadForm) -> ModelVersion:
     data = form.cleaned_data
     framework = data["framework"]
     if framework == AUTO_FRAMEWORK:
@@ -77,7 +78,7 @@ def _upload(request: HttpRequest, form: UploadForm):
             )
     # A new model and its first version are one unit: a refused upload leaves no model.
     with transaction.atomic():
-        model = RegisteredModel.objects.filter(name__iexact=data["model_name"]).first()
+        model = selectors.model_find(name=data["model_name"])
         if model is None:
             if not user_has_capability(request.user, C.MANAGE_MODELS):
                 raise _UploadRefused(
@@ -104,7 +105,7 @@ def _other_errors(request: HttpRequest, form: UploadForm) -> list[tuple[str, str
     errors: list[tuple[str, str]] = []
     # On a form with field errors too: each check runs when the fields it needs are clean.
     name = data.get("model_name")
-    exists = name is None or RegisteredModel.objects.filter(name__iexact=name).exists()
+    exists = name is None or selectors.model_find(name=name) is not None
     if not exists and not user_has_capability(request.user, C.MANAGE_MODELS):
         errors.append(
             (
@@ -115,8 +116,7 @@ def _other_errors(request: HttpRequest, form: UploadForm) -> list[tuple[str, str
         )
     # The parsed lines, not the metadata: that is built only when every metadata field is clean.
     for ref in data.get("parents") or []:
-        known = ModelVersion.objects.filter(model__name__iexact=ref["model"], number=ref["version"])
-        if not known.exists():
+        if not selectors.version_exists(model_name=ref["model"], number=ref["version"]):
             errors.append(
                 ("parents", f"Parent version {ref['model']} v{ref['version']} does not exist.")
             )

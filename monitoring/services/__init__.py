@@ -13,6 +13,7 @@ from monitoring.services.alerts import (
     webhook_sign,
     webhook_url_check,
 )
+from monitoring.services.baselines import prediction_baselines_ensure
 from monitoring.services.drift import (
     drift_compute_now,
     drift_compute_window,
@@ -45,6 +46,7 @@ __all__ = [
     "monitoring_policy_document",
     "monitoring_policy_effective",
     "monitoring_policy_update",
+    "prediction_baselines_ensure",
     "resources_retention",
     "resources_sample",
     "webhook_deliver",

@@ -2,7 +2,7 @@
 deployment page and its chart data endpoint per window, through the Django test client.
 
 Prints per window: (a) the cold first request without warming (every bucket merged in SQL),
-(b) the warm task's own time (frontend.dashboard_cache_warm's share for the window), (c) p50/p95
+(b) the warm task's own time (monitoring.dashboard_cache_warm's share for the window), (c) p50/p95
 (ms) of the page and the data endpoint after the warm task ran; then the whole task from an empty
 cache and in steady state, the plan of the bucket query, and as baselines measured in the same
 run the cold request and the monitoring selector's Python merge of the same window. Asserts the
@@ -23,9 +23,9 @@ from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 
-from frontend import dashboard_data as data
 from gateway.metrics import BUCKET_COUNT, BUFFER_TTL_S
 from monitoring.models import MetricRollup
+from monitoring.selectors import buckets as data
 from monitoring.selectors import traffic_by_version
 from tests.frontend.conftest import login  # noqa: F401 - fixture
 from tests.frontend.test_operations_pages import ops  # noqa: F401 - fixture
@@ -213,7 +213,7 @@ def test_dashboard_page_and_chart_endpoint_over_30_days_of_minute_rollups(
         f"({first.deployments} deployment(s) with traffic)"
     )
     print(f"cold = median of {COLD_RUNS} first requests after a cache clear, no warming")
-    print("warm task = this window's share of frontend.dashboard_cache_warm from an empty cache")
+    print("warm task = this window's share of monitoring.dashboard_cache_warm from an empty cache")
     print(f"data/page p50/p95 = {RUNS} requests each after the warm task ran")
     print("beat-stop = data request once the last 6 h of buckets lapsed (no warm for 2 min)")
     print("baseline = monitoring.selectors.traffic_by_version over the same window (Python merge)")

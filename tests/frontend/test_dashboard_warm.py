@@ -1,4 +1,4 @@
-"""The dashboard cache warm (frontend.tasks.dashboard_cache_warm): after it, a dashboard
+"""The dashboard cache warm (monitoring.dashboard_cache_warm): after it, a dashboard
 request merges only the open buckets in SQL; the closed ones come from the cache."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from django.utils import timezone
 
 from config.celery_app import app
 from deployments.services import deployment_create
-from frontend import dashboard_data as data
-from frontend.tasks import dashboard_cache_warm_task
 from gateway.metrics import BUCKET_COUNT
 from monitoring.models import MetricRollup
+from monitoring.selectors import buckets as data
 from monitoring.selectors import traffic_by_version
+from monitoring.tasks import dashboard_cache_warm_task
 from tests.frontend.conftest import login  # noqa: F401 - fixture
 from tests.frontend.test_operations_pages import ops  # noqa: F401 - fixture
 
@@ -201,12 +201,12 @@ def test_old_buckets_stay_cached_until_they_leave_their_window(ops):  # noqa: F8
 
 def test_the_task_is_scheduled_routed_to_monitoring_and_warms(ops):  # noqa: F811
     scheduled = {entry["task"]: entry for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    entry = scheduled["frontend.dashboard_cache_warm"]
+    entry = scheduled["monitoring.dashboard_cache_warm"]
     # More often than the young buckets' cache entries live, so they never lapse.
     assert entry["schedule"] < data._YOUNG_TTL
-    route = app.amqp.router.route({}, "frontend.dashboard_cache_warm")
+    route = app.amqp.router.route({}, "monitoring.dashboard_cache_warm")
     assert route["queue"].name == "monitoring"
-    task = app.tasks["frontend.dashboard_cache_warm"]
+    task = app.tasks["monitoring.dashboard_cache_warm"]
     assert task.acks_late and task.time_limit and task.soft_time_limit
     outcome = dashboard_cache_warm_task.apply().get()
     assert outcome["deployments"] == 1 and outcome["windows"] == len(data.WARM_WINDOWS)

@@ -249,9 +249,9 @@ def test_prediction_baseline_is_built_within_a_minute_of_serving(ops, model_slot
     from django.conf import settings as django_settings
 
     from config.celery_app import app
-    from frontend import dashboard_data as data
-    from frontend.tasks import prediction_baselines_ensure_task
+    from monitoring import selectors as data
     from monitoring.models import DriftProfile
+    from monitoring.tasks import prediction_baselines_ensure_task
 
     deployment = ops["deployment"]
     v2 = ops["versions"][2]
@@ -261,8 +261,8 @@ def test_prediction_baseline_is_built_within_a_minute_of_serving(ops, model_slot
     )
     # Beat asks every minute, on the monitoring queue.
     scheduled = {e["task"]: e for e in django_settings.CELERY_BEAT_SCHEDULE.values()}
-    assert scheduled["frontend.prediction_baselines_ensure"]["schedule"] <= 60
-    assert app.amqp.router.route({}, "frontend.prediction_baselines_ensure")["queue"].name == (
+    assert scheduled["monitoring.prediction_baselines_ensure"]["schedule"] <= 60
+    assert app.amqp.router.route({}, "monitoring.prediction_baselines_ensure")["queue"].name == (
         "monitoring"
     )
     outcome = prediction_baselines_ensure_task.apply().get()

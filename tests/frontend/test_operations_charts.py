@@ -1,4 +1,5 @@
-"""frontend/charts.py (pure figure builders) and the dashboard's SQL merge of roll-ups."""
+"""frontend/charts.py (pure figure builders) and the dashboard's SQL merge of roll-ups
+(monitoring/selectors/buckets.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from frontend import charts
-from frontend import dashboard_data as data
 from gateway.metrics import BUCKET_COUNT
+from monitoring import selectors as data
 from monitoring.models import DriftFeature, DriftWindow, MetricRollup
 from monitoring.selectors import traffic_by_version
 from tests.frontend.test_operations_pages import ops  # noqa: F401 - fixture
@@ -178,7 +179,7 @@ def test_prediction_distribution_compares_live_with_reference():
         labels=["0", "1"], reference=[0.5, 0.5], live=None
     )
     assert [t["name"] for t in reference_only["data"]] == ["reference"]
-    assert charts.shares([1, 3]) == [0.25, 0.75] and charts.shares([0, 0]) == [0.0, 0.0]
+    assert data.shares([1, 3]) == [0.25, 0.75] and data.shares([0, 0]) == [0.0, 0.0]
 
 
 # --- the SQL merge against the monitoring selector -------------------------------------------

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import numpy as np
@@ -354,6 +354,35 @@ def test_metrics_api_rejects_unknown_windows_with_the_shared_error_body(
     assert response.json()["error"]["code"] == "invalid"
     missing = api_for(make_user()).get("/api/v1/deployments/nope/metrics/")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_metrics_api_takes_the_dashboards_windows_30d_included(deployment, api_for, make_user):
+    # One window list for the API and the dashboard (the API used to stop at 7d).
+    from monitoring.selectors import WINDOWS
+
+    assert list(WINDOWS) == ["1h", "24h", "7d", "30d"]
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(days=20)
+    MetricRollup.objects.create(
+        deployment=deployment,
+        version=2,
+        status=200,
+        start=hour,
+        period_seconds=PERIOD_HOUR,
+        count=5,
+        rows=5,
+        latency_us_sum=5000,
+        histogram=[5 if i == 40 else 0 for i in range(BUCKET_COUNT)],
+    )
+    api = api_for(make_user())
+    requests = {}
+    for window, (seconds, _) in WINDOWS.items():
+        body = api.get(f"/api/v1/deployments/{deployment.name}/metrics/?window={window}").json()
+        assert body["window"] == window
+        span = datetime.fromisoformat(body["end"]) - datetime.fromisoformat(body["start"])
+        assert span.total_seconds() == seconds
+        requests[window] = body["total"]["requests"]
+    # The hour row 20 days back is in the month, not in the week.
+    assert requests == {"1h": 0, "24h": 0, "7d": 0, "30d": 5}
 
 
 def test_metrics_api_needs_a_signed_in_user(deployment, client):

@@ -27,6 +27,13 @@ PERIODIC = {
     "monitoring.alerts_detect",
     "monitoring.webhooks_deliver",
     "monitoring.retention",
+    "monitoring.dashboard_cache_warm",
+    "monitoring.prediction_baselines_ensure",
+}
+# The frontend app's names of the two dashboard helpers before they moved here (issue 17).
+FORMER_NAMES = {
+    "frontend.dashboard_cache_warm": "monitoring.dashboard_cache_warm",
+    "frontend.prediction_baselines_ensure": "monitoring.prediction_baselines_ensure",
 }
 
 
@@ -38,6 +45,18 @@ def test_monitoring_tasks_are_scheduled_routed_and_declare_their_policy():
         task = app.tasks[name]
         assert app.amqp.router.route({}, name)["queue"].name == "monitoring", name
         assert task.acks_late is True and task.time_limit > task.soft_time_limit, name
+
+
+def test_the_dashboard_helpers_former_names_are_still_known_but_no_longer_scheduled():
+    # A message queued under the old name before an upgrade must meet a registered task (the
+    # worker then drops it as expired), not fail as NotRegistered.
+    scheduled = {entry["task"] for entry in django_settings.CELERY_BEAT_SCHEDULE.values()}
+    for old, new in FORMER_NAMES.items():
+        assert old not in scheduled and new in scheduled
+        former, current = app.tasks[old], app.tasks[new]
+        policy = ("acks_late", "expires", "soft_time_limit", "time_limit", "autoretry_for")
+        assert [getattr(former, k) for k in policy] == [getattr(current, k) for k in policy]
+        assert former.expires and former.expires <= 60
 
 
 def test_minute_rows_outlive_the_gateway_buffers():

@@ -1,15 +1,15 @@
-"""Reads behind the deployment dashboard: roll-ups merged per time bucket and version.
+"""Roll-ups merged per chart bucket and version, in SQL, for the deployment dashboard.
 
-The monitoring selectors merge roll-ups in Python, which is right for one window summary
+``metrics.traffic_by_version`` merges roll-ups in Python, which is right for one window summary
 but far too slow for a chart over 30 days of minute rows (~130k rows x 149 histogram
 counts). Here the merge runs in SQL: one pass grouped by ``date_bin`` bucket and version,
 summing every histogram bucket by subscript (no ``unnest``: that multiplies the rows by
 149). Closed buckets never change once the gateway's buffers for them have expired, so
 each bucket's merged row is cached and a refresh only recomputes the buckets still open.
-The cold merge of a long window takes seconds, so a beat task (``dashboard_cache_warm``, every
-minute) fills the cache before anyone asks; a request then merges the open buckets only.
+The cold merge of a long window takes seconds, so a beat task (``monitoring.dashboard_cache_warm``,
+every minute) fills the cache before anyone asks; a request then merges the open buckets only.
 Percentiles come from ``gateway.metrics.percentile_from_histogram`` — the very function
-``monitoring.selectors.TrafficSummary`` uses — so the numbers match the API's.
+``metrics.TrafficSummary`` uses — so the numbers match the API's.
 """
 
 from __future__ import annotations
@@ -17,28 +17,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-import redis
 from django.core.cache import cache
 from django.db import connection
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from core.errors import InvalidInput
 from deployments.models import Deployment
 from gateway.metrics import BUCKET_COUNT, BUFFER_TTL_S, percentile_from_histogram
+from monitoring.models import MetricRollup
+from monitoring.selectors.windows import WINDOWS, window_range
 
-# window name -> (span seconds, chart bucket seconds): at most a few hundred points a chart.
-WINDOWS: dict[str, tuple[int, int]] = {
-    "1h": (3600, 60),
-    "24h": (86400, 300),
-    "7d": (7 * 86400, 3600),
-    "30d": (30 * 86400, 4 * 3600),
-}
-DEFAULT_WINDOW = "24h"
 # A bucket is cached once it ended this long ago: the roll-up runs every few seconds.
 _SETTLE = timedelta(minutes=5)
 # A closed bucket younger than the gateway buffer TTL could still receive a late roll-up
@@ -47,7 +39,7 @@ _SETTLE = timedelta(minutes=5)
 # a fixed TTL would expire a whole window's buckets at once and hand a user the cold merge.
 _YOUNG_TTL = 120
 _OLD_TTL_MARGIN = 3600
-# What the warm task fills (frontend.tasks.dashboard_cache_warm): the windows whose cold
+# What the warm task fills (monitoring.tasks.dashboard_cache_warm_task): the windows whose cold
 # merge is slow. A cold 1h window reads at most 60 minute rows a version.
 WARM_WINDOWS = ("24h", "7d", "30d")
 _CACHE_VERSION = 3
@@ -121,7 +113,7 @@ class Cell:
         self.percentiles = {q: percentile_from_histogram(counts, q) for q in CHART_QUANTILES}
         return self
 
-    def packed(self) -> list:
+    def packed(self) -> list[Any]:
         """A compact, JSON-safe form for the cache (the cache never holds pickles): the
         histogram's non-zero buckets only (a latency distribution fills a few dozen of 149)."""
         nonzero = np.flatnonzero(self.histogram)
@@ -138,7 +130,7 @@ class Cell:
         ]
 
     @classmethod
-    def unpacked(cls, packed: list) -> Cell:
+    def unpacked(cls, packed: list[Any]) -> Cell:
         *counts, index, values, percentiles = packed
         histogram = np.zeros(BUCKET_COUNT, dtype=np.int64)
         histogram[np.asarray(index, dtype=np.intp)] = np.asarray(values, dtype=np.int64)
@@ -172,25 +164,9 @@ class Buckets:
         return totals
 
 
-def window_check(window: str) -> str:
-    if window not in WINDOWS:
-        raise InvalidInput(
-            f"window must be one of {', '.join(WINDOWS)}; got {window!r}.",
-            code="invalid_window",
-            details={"window": list(WINDOWS)},
-        )
-    return window
-
-
-def window_range(window: str, *, now: datetime | None = None) -> tuple[datetime, datetime, int]:
-    """``(start, end, bucket seconds)``; start is floored to a bucket boundary."""
-    span, bucket = WINDOWS[window_check(window)]
-    end = now or timezone.now()
-    first = int((end.timestamp() - span) // bucket * bucket)
-    return datetime.fromtimestamp(first, tz=UTC), end, bucket
-
-
-def _query(deployment_id: int, start: datetime, end: datetime, bucket: int):
+def _query(
+    deployment_id: int, start: datetime, end: datetime, bucket: int
+) -> list[tuple[Any, ...]]:
     with connection.cursor() as cursor:
         cursor.execute(
             _BUCKETS_SQL,
@@ -199,7 +175,7 @@ def _query(deployment_id: int, start: datetime, end: datetime, bucket: int):
         return cursor.fetchall()
 
 
-def _cells_from_rows(rows) -> dict[datetime, dict[int, Cell]]:
+def _cells_from_rows(rows: list[tuple[Any, ...]]) -> dict[datetime, dict[int, Cell]]:
     cells: dict[datetime, dict[int, Cell]] = {}
     for row in rows:
         bucket, version, requests, nrows, predictions, errors, client, lat = row[:8]
@@ -271,7 +247,7 @@ def rollup_buckets(
         # margin for clock skew between web and worker), so they expire one by one.
         to_cache: dict[int, dict[str, Any]] = {}
         young: dict[str, Any] = {}
-        span = WINDOWS[window][0]
+        span = WINDOWS[window].seconds
         for s in starts:
             if s < first:
                 continue
@@ -312,8 +288,6 @@ class WarmResult:
 def deployments_with_traffic(*, since: datetime) -> list[Deployment]:
     """Deployments with a roll-up since ``since`` (one EXISTS probe each on the
     (deployment, start) index, not a scan of the roll-ups)."""
-    from monitoring.models import MetricRollup
-
     recent = MetricRollup.objects.filter(deployment=OuterRef("pk"), start__gte=since)
     return list(
         Deployment.objects.filter(Exists(recent)).only("pk", "name", "created_at").order_by("pk")
@@ -329,7 +303,7 @@ def dashboard_cache_warm(*, now: datetime | None = None) -> WarmResult:
     """
     started = time.perf_counter()
     now = now or timezone.now()
-    longest = max(WINDOWS[w][0] for w in WARM_WINDOWS)
+    longest = max(WINDOWS[w].seconds for w in WARM_WINDOWS)
     deployments = deployments_with_traffic(since=now - timedelta(seconds=longest))
     for deployment in deployments:
         for window in WARM_WINDOWS:
@@ -379,149 +353,3 @@ def error_rate_last_hour(deployment_ids: list[int]) -> dict[int, float | None]:
             [deployment_ids, timezone.now() - timedelta(hours=1)],
         )
         return {pk: (errors / count if count else None) for pk, count, errors in cursor.fetchall()}
-
-
-# --- cost, drift, predictions ---------------------------------------------------------------
-
-
-def cost_by_version(
-    *, deployment: Deployment, start: datetime, end: datetime, totals: dict[int, Cell]
-) -> list[dict[str, Any]]:
-    """Cost per prediction per version with its raw inputs (monitoring's own arithmetic)."""
-    from monitoring.selectors import cost_summary, prices_for, resources_by_version
-
-    resources = resources_by_version(deployment=deployment, start=start, end=end)
-    prices = prices_for(deployment)
-    out = []
-    for version in sorted(set(resources) | set(totals)):
-        predictions = totals[version].predictions if version in totals else 0
-        out.append(
-            {"version": version, **cost_summary(resources.get(version), predictions, prices)}
-        )
-    return out
-
-
-def drift_heatmap(
-    *, deployment: Deployment, start: datetime, end: datetime, version: int | None
-) -> dict[str, Any]:
-    """Features x window ends of one version: status and score (PSI, else JS) per cell."""
-    from monitoring.selectors import drift_feature_series
-
-    empty = {"features": [], "times": [], "statuses": [], "scores": [], "version": version}
-    if version is None:
-        return empty
-    rows = (
-        drift_feature_series(deployment=deployment, start=start, end=end)
-        .filter(window__version=version)
-        .values_list("feature", "window__end", "status", "psi", "js")
-    )
-    cells: dict[tuple[str, datetime], tuple[str, float | None]] = {}
-    features: set[str] = set()
-    times: set[datetime] = set()
-    for feature, at, status, psi, js in rows:
-        features.add(feature)
-        times.add(at)
-        cells[(feature, at)] = (status, psi if psi is not None else js)
-    ordered_features, ordered_times = sorted(features), sorted(times)
-    return {
-        "features": ordered_features,
-        "times": ordered_times,
-        "statuses": [
-            [cells.get((f, t), (None, None))[0] for t in ordered_times] for f in ordered_features
-        ],
-        "scores": [
-            [cells.get((f, t), (None, None))[1] for t in ordered_times] for f in ordered_features
-        ],
-        "version": version,
-    }
-
-
-def prediction_distribution(
-    *, deployment: Deployment, version: int | None, end: datetime, sample_seconds: int = 3600
-) -> dict[str, Any]:
-    """Reference prediction shares of ``version`` against its sampled live predictions of the
-    last ``sample_seconds`` (the gateway's sample stream), binned the same way."""
-    from monitoring import drift_stats as ds
-    from monitoring.models import DriftProfile
-    from monitoring.services.drift import samples_read
-
-    empty = {"labels": [], "reference": [], "live": None, "live_rows": 0, "version": version}
-    if version is None:
-        return empty
-    profile = (
-        DriftProfile.objects.filter(version__model=deployment.model_id, version__number=version)
-        .only("prediction", "prediction_arrays")
-        .first()
-    )
-    if profile is None or not profile.prediction:
-        return empty
-    predicted = next(
-        iter(
-            ds.profiles_from_storage(profile.prediction, profile.prediction_arrays or b"").values()
-        )
-    )
-    try:
-        live_values = samples_read(
-            deployment=deployment.name, start=end - timedelta(seconds=sample_seconds), end=end
-        ).get(version)
-    except redis.RedisError:  # show the reference alone, not a 500
-        live_values = None
-    values = live_values.predictions if live_values else []
-    if isinstance(predicted, ds.NumericProfile):
-        edges = [float(e) for e in predicted.edges]
-        bounds = ["-inf", *[f"{e:.3g}" for e in edges], "inf"]
-        labels = [f"({bounds[i]}, {bounds[i + 1]}]" for i in range(len(bounds) - 1)]
-        reference = predicted.ref_bin_counts.tolist()
-        live = None
-        if values:
-            array = np.asarray([v for v in values if isinstance(v, (int, float))], dtype=float)
-            finite = np.sort(array[np.isfinite(array)])
-            live = ds.live_bin_counts(predicted, finite).tolist() if finite.size else None
-    else:
-        labels = [*predicted.categories, "other"]
-        reference = predicted.ref_counts.tolist()
-        live = ds.categorical_counts(predicted, values)[0].tolist() if values else None
-    from frontend.charts import shares
-
-    return {
-        "labels": labels,
-        "reference": shares(reference),
-        "live": shares(live) if live else None,
-        "live_rows": int(sum(live)) if live else 0,
-        "version": version,
-    }
-
-
-def prediction_baselines_ensure() -> list[int]:
-    """Build the reference prediction distribution of every version a ready slot serves and
-    that has none yet; the ids of the versions that got one.
-
-    "Predictions vs reference" needs that baseline, and the monitoring app builds it only
-    while computing a scheduled drift window, i.e. after the first full window (an hour by
-    default) that closes with the version serving: the chart stayed empty ~35 minutes on
-    average. Asked every minute instead, a version that starts serving has its baseline
-    within a minute or two. The same monitoring services build it (asked of the serving slot,
-    never by loading the model here); a version that has one is not asked again.
-    """
-    from deployments.choices import SlotState
-    from deployments.models import Slot
-    from monitoring.models import DriftProfile
-    from monitoring.services.drift import drift_prediction_profile_ensure, drift_profile_ensure
-    from registry.models import ModelVersion
-
-    done = DriftProfile.objects.filter(prediction__isnull=False).values("version_id")
-    serving = (
-        Slot.objects.filter(state=SlotState.READY, version__isnull=False)
-        .exclude(url="")
-        .values("version_id")
-    )
-    built = []
-    for version in (
-        ModelVersion.objects.filter(pk__in=serving).exclude(reference_path="").exclude(pk__in=done)
-    ):
-        profile = drift_profile_ensure(version=version)
-        if profile is not None and drift_prediction_profile_ensure(
-            profile=profile, version=version
-        ):
-            built.append(version.pk)
-    return built

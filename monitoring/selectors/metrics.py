@@ -1,18 +1,18 @@
-"""Monitoring reads: metrics over a window per version, cost, drift, guards, alerts."""
+"""Window summaries per version (what the metrics API answers): traffic merged in Python,
+cost, drift, guard breaches, alerts, webhooks."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
 from django.conf import settings
 from django.db.models import QuerySet
-from django.utils import timezone
 
-from core.errors import InvalidInput
 from deployments.models import Deployment
 from gateway.metrics import BUCKET_COUNT, percentile_from_histogram
 from monitoring.models import (
@@ -26,21 +26,7 @@ from monitoring.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-
-WINDOWS: dict[str, int] = {"1h": 3600, "24h": 86400, "7d": 7 * 86400}
-
-
-def window_bounds(window: str, *, now: datetime | None = None) -> tuple[datetime, datetime]:
-    """``(start, end)`` of a named window ending now; InvalidInput for an unknown name."""
-    if window not in WINDOWS:
-        raise InvalidInput(
-            f"window must be one of {', '.join(WINDOWS)}; got {window!r}.",
-            code="invalid_window",
-            details={"window": list(WINDOWS)},
-        )
-    end = now or timezone.now()
-    return end - timedelta(seconds=WINDOWS[window]), end
-
+from monitoring.selectors.windows import window_bounds
 
 # --- latency, throughput, errors -----------------------------------------------------------
 
@@ -67,7 +53,7 @@ class TrafficSummary:
         rows: int,
         errors: int,
         lat: int,
-        hist,
+        hist: Sequence[int],
         start: datetime | None = None,
         period: int = 60,
     ) -> None:
