@@ -58,9 +58,13 @@ def serving(registered_model, make_user, live_version) -> Deployment:
     return deployment
 
 
-def _send(settings, deployment, version, frame, *, per_request=30) -> int:
-    """The rows as a client sends them, through the gateway's own sampler."""
-    records = [json_safe(row) for row in frame.to_dict(orient="records")]
+def _send(settings, deployment, version, frame, *, per_request=30, positional=False) -> int:
+    """The rows as a client sends them (objects, or lists in the contract's order), through
+    the gateway's own sampler."""
+    if positional:
+        records = [json_safe(list(row)) for row in frame.itertuples(index=False)]
+    else:
+        records = [json_safe(row) for row in frame.to_dict(orient="records")]
     sampler = PayloadSampler(
         rate=1.0,
         max_rows=per_request,
@@ -91,8 +95,9 @@ def _send(settings, deployment, version, frame, *, per_request=30) -> int:
     return written
 
 
-def _statuses(deployment) -> dict[str, tuple[str, str]]:
+def _statuses(deployment, rows: int) -> dict[str, tuple[str, str]]:
     [window] = drift_compute_now(deployment=deployment, seconds=600)
+    assert window.live_rows == rows
     return {f.feature: (f.kind, f.status) for f in window.features.all()}
 
 
@@ -120,7 +125,9 @@ def test_zip_codes_are_profiled_as_categories_and_only_a_shifted_category_drifts
     reference = case.rows.head(60)
     same = reference.loc[reference.index.repeat(3)]  # the reference's own rows, 180 of them
     assert _send(settings, serving, live_version, same) == 6
-    statuses = _statuses(serving)
+    names = [f["name"] for f in live_version.contract["features"]]
+    assert _send(settings, serving, live_version, same[names], positional=True) == 6
+    statuses = _statuses(serving, 360)
     assert statuses["zip"] == ("categorical", "ok")
     assert statuses["plan"] == ("categorical", "ok")
     assert all(status == "ok" for _, status in statuses.values()), statuses
@@ -128,7 +135,7 @@ def test_zip_codes_are_profiled_as_categories_and_only_a_shifted_category_drifts
     redis.Redis.from_url(settings.REDIS_URL).delete(samples_key(serving.name))
     shifted = same.assign(plan="pro")
     assert _send(settings, serving, live_version, shifted) == 6
-    statuses = _statuses(serving)
+    statuses = _statuses(serving, 180)
     assert statuses["plan"] == ("categorical", "drift")
     assert statuses["zip"] == ("categorical", "ok")
 
