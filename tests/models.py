@@ -275,6 +275,16 @@ def contract_cases() -> dict[str, ContractCase]:
     lgb_reg = lgb.LGBMRegressor(**lgb_params).fit(frame, value)
     add(
         ContractCase(
+            "lightgbm_joblib_regression",
+            "sklearn",
+            "m.joblib",
+            _joblib_bytes(lgb_reg),
+            frame,
+            lgb_reg.predict,
+        )
+    )
+    add(
+        ContractCase(
             "lightgbm_text_regression",
             "lightgbm",
             "m.txt",

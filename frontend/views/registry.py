@@ -17,6 +17,7 @@ from frontend.lineage import lineage_figure, lineage_rows
 from frontend.views.access import capability_required
 from registry import selectors, services
 from registry.choices import VersionState
+from registry.modelkit.contract import labels_note
 from registry.models import ModelVersion, RegisteredModel
 
 MODELS_PER_PAGE = 20
@@ -100,6 +101,7 @@ def _version_context(request: HttpRequest, version: ModelVersion) -> dict:
         "submit_form": SubmitForm(),
         "alias_form": AliasForm(),
         "own_version": version.created_by_id == request.user.pk,
+        "labels_note": labels_note(version.contract),
     }
 
 

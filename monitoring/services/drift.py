@@ -33,9 +33,15 @@ from monitoring import drift_stats as ds
 from monitoring.choices import DriftStatus, DriftWindowKind, FeatureKind
 from monitoring.models import DriftFeature, DriftProfile, DriftWindow, MonitoringPolicy
 from monitoring.services.rollups import metrics_redis
+from registry.modelkit import contract as model_contract
 from registry.models import ModelVersion
 from registry.services.artifacts import artifact_local_path
-from registry.validation.reference import infer_schema, load_reference_frame, reference_rows
+from registry.validation.reference import (
+    contract_schema,
+    infer_schema,
+    load_reference_frame,
+    reference_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +79,17 @@ def build_profiles(
     return profiles
 
 
-def prediction_profile(values: list[Any]) -> ds.NumericProfile | ds.CategoricalProfile | None:
-    """Predictions are categorical when they are labels (strings, bools, few integers)."""
+def prediction_profile(
+    values: list[Any], *, output: dict[str, Any] | None = None
+) -> ds.NumericProfile | ds.CategoricalProfile | None:
+    """Predictions are categorical when they are labels: the contract's ``output`` says so
+    (a regressor's few whole values stay numeric); without one, strings, bools and few
+    integers are taken for labels."""
     scalars = [v for v in values if not isinstance(v, (list, dict))]
     if not scalars:
         return None
-    if _looks_categorical(scalars):
+    kind = (output or {}).get("kind")
+    if kind == "label" or (kind != "value" and _looks_categorical(scalars)):
         return ds.categorical_profile(
             np.asarray(scalars, dtype=object),
             max_categories=settings.MODELYARD_DRIFT_MAX_CATEGORIES,
@@ -95,17 +106,65 @@ def _looks_categorical(values: list[Any]) -> bool:
     return integral and len(set(values)) <= settings.MODELYARD_DRIFT_MAX_CATEGORIES
 
 
+def _profiling_contract(version: ModelVersion) -> dict[str, Any] | None:
+    """The version's contract as drift reads data with it: every feature may be missing
+    (drift measures the missing rate; it never feeds the model), none is strict.
+
+    None for a version without one (validated before the contract existed): pandas' reading
+    of the reference, and the schema recorded at upload, are then all there is.
+    """
+    contract = version.contract if isinstance(version.contract, dict) else {}
+    if not contract.get("features"):
+        return None
+    features = [{**f, "nullable": True, "strict": False} for f in contract["features"]]
+    return {**contract, "features": features}
+
+
+def _typed_live(contract: dict[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
+    """Sampled rows typed by the contract, as the reference was, column by column: a column
+    the contract cannot type (rows the model refused are sampled too) is compared as sent."""
+    typed: dict[str, Any] = {}
+    for feature in contract["features"]:
+        name = feature["name"]
+        if name not in frame.columns:
+            continue
+        try:
+            one = model_contract.typed_frame({"features": [feature]}, frame[[name]])
+            typed[name] = one[name]
+        except model_contract.ContractError:
+            typed[name] = frame[name]
+    return pd.DataFrame(typed, index=frame.index)
+
+
+def _profile_current(profile: DriftProfile, schema: list[dict[str, Any]] | None) -> bool:
+    """Built from today's reference, with the kinds the schema gives (a profile built from
+    pandas' guesses before the contract typed the reference is built again)."""
+    if schema is None:
+        return True
+    kinds = {column["name"]: column["kind"] for column in schema}
+    return all(kinds.get(f["name"]) == f["kind"] for f in profile.features)
+
+
 @transaction.atomic
 def drift_profile_ensure(*, version: ModelVersion) -> DriftProfile | None:
     """The version's reference profile, built once (again only if the reference changed)."""
     if not version.reference_path:
         return None
+    contract = _profiling_contract(version)
+    # The model's features typed by its contract, as every model process reads them.
+    schema = contract_schema(contract) if contract else None
     profile = DriftProfile.objects.select_for_update().filter(version=version).first()
-    if profile is not None and profile.reference_sha256 == version.reference_sha256:
+    if (
+        profile is not None
+        and profile.reference_sha256 == version.reference_sha256
+        and _profile_current(profile, schema)
+    ):
         return profile
     with artifact_local_path(version.reference_path) as path:
-        frame = load_reference_frame(path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS)
-    profiles = build_profiles(frame, version.reference_schema or None)
+        frame = load_reference_frame(
+            path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS, contract=contract
+        )
+    profiles = build_profiles(frame, schema or version.reference_schema or None)
     described, blob = ds.profiles_to_storage(profiles)
     profile, _ = DriftProfile.objects.update_or_create(
         version=version,
@@ -153,7 +212,7 @@ def drift_prediction_profile_ensure(*, profile: DriftProfile, version: ModelVers
     except (httpx.HTTPError, ValueError) as exc:
         logger.warning("prediction baseline of %s not built: %s", version, exc)
         return False
-    built = prediction_profile(predictions)
+    built = prediction_profile(predictions, output=(version.contract or {}).get("output"))
     if built is None:
         return False
     described, blob = ds.profiles_to_storage({PREDICTION: built})
@@ -310,9 +369,12 @@ def drift_compute_window(
         samples = samples_read(deployment=deployment.name, start=start, end=end).get(
             version.number, LiveSamples()
         )
-    feature_names = [f["name"] for f in profile.features]
-    signature_names = version.signature.get("feature_names") or feature_names
-    frame = samples.frame(list(signature_names))
+    contract = _profiling_contract(version)
+    if contract:  # positional rows are in the contract's order; values typed by it
+        frame = _typed_live(contract, samples.frame(model_contract.feature_names(contract)))
+    else:
+        feature_names = [f["name"] for f in profile.features]
+        frame = samples.frame(list(version.signature.get("feature_names") or feature_names))
     thresholds = drift_thresholds(deployment)
     profiles = _profiles_of(profile)
     columns = {name: frame[name].to_numpy() for name in profiles if name in frame.columns}

@@ -8,6 +8,7 @@ from rest_framework import serializers
 from core.api.parsers import MAX_JSON_DEPTH, json_value_check
 from core.errors import InvalidInput
 from registry.choices import DatasetRole, Framework, ReviewDecision
+from registry.modelkit.contract import labels_note as contract_labels_note
 from registry.models import Alias, DatasetReference, ModelVersion, RegisteredModel, Review
 from registry.services.versions import DatasetRef, ParentRef, VersionMetadata
 
@@ -122,14 +123,7 @@ class VersionDetailSerializer(VersionSerializer):
 
     def get_labels_note(self, obj: ModelVersion) -> str | None:
         """Says plainly when a model's labels are positions, not the original labels."""
-        output = (obj.contract or {}).get("output") or {}
-        if output.get("labels_source") != "index":
-            return None
-        count = len(output.get("classes") or [])
-        return (
-            f"This model file keeps no class names: its labels are 0..{count - 1}. Upload it "
-            "with class_labels in the metadata to answer with the original labels."
-        )
+        return contract_labels_note(obj.contract)
 
     class Meta(VersionSerializer.Meta):
         fields = [

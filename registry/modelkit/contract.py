@@ -449,6 +449,19 @@ class Predictor:
         return pa.table(arrays)
 
 
+def labels_note(contract: dict[str, Any] | None) -> str | None:
+    """Says plainly when a model's labels are positions, not the original labels (the file
+    keeps no class names and the upload gave no ``class_labels``); None otherwise."""
+    output = (contract or {}).get("output") or {}
+    if output.get("labels_source") != "index":
+        return None
+    count = len(output.get("classes") or [])
+    return (
+        f"This model file keeps no class names: its labels are 0..{count - 1}. Upload it "
+        "with class_labels in the metadata to answer with the original labels."
+    )
+
+
 def probability_columns(contract: dict[str, Any]) -> list[str]:
     """Batch output column names of the probabilities, in class order, for every family."""
     classes = contract["output"].get("classes") or []

@@ -134,8 +134,29 @@ def _read_csv(path: Path, head: bytes, max_rows: int, *, as_text: bool = False) 
     return frame
 
 
+# A contract's logical type as the schema describes a column: a portable dtype name and
+# whether drift bins it (numeric) or counts it (categorical).
+_CONTRACT_COLUMNS = {
+    "number": ("float64", "numeric"),
+    "integer": ("int64", "numeric"),
+    "string": ("string", "categorical"),
+    "boolean": ("bool", "categorical"),
+}
+
+
+def contract_schema(contract: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schema of a version with a contract: its model's features, typed by the contract
+    (zip codes stay categories where the model takes categories), never by pandas' reading."""
+    columns = [(f["name"], *_CONTRACT_COLUMNS[f["type"]]) for f in contract["features"]]
+    return [{"name": name, "dtype": dtype, "kind": kind} for name, dtype, kind in columns]
+
+
 def infer_schema(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per column: name, a portable dtype name, and whether drift treats it as numeric."""
+    """Per column: name, a portable dtype name, and whether drift treats it as numeric.
+
+    Only for data no contract types yet (the upload, before validation decided one; versions
+    validated before contracts existed); ``contract_schema`` describes the rest.
+    """
     import pandas as pd
     from pandas.api import types
 
