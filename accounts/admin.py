@@ -8,7 +8,7 @@ from accounts.models import ApiToken, User
 class ModelyardUserAdmin(UserAdmin):
     list_display = ["username", "email", "role", "is_active", "last_login"]
     list_filter = ["role", "is_active"]
-    fieldsets = [*UserAdmin.fieldsets, ("Modelyard", {"fields": ["role"]})]
+    fieldsets = [*(UserAdmin.fieldsets or ()), ("Modelyard", {"fields": ["role"]})]
 
 
 @admin.register(ApiToken)

@@ -22,6 +22,11 @@ class TokenAuthFailureThrottle(SimpleRateThrottle):
     """
 
     scope = "token_auth_failures"
+    # Set by SimpleRateThrottle.__init__ (parse_rate); the DRF stubs leave them out.
+    num_requests: int
+    duration: int
+    # False when the cache could not be read: the request then is neither limited nor counted.
+    cache_up: bool
 
     def get_rate(self) -> str:
         # Read at each request (DRF binds its rates at import), so settings can change it.
@@ -39,8 +44,9 @@ class TokenAuthFailureThrottle(SimpleRateThrottle):
         except RedisError:
             # Fail open: an outage of the cache must not take the whole API down with it.
             logger.warning("token auth throttle skipped: cache unavailable", exc_info=True)
-            self.history = None
+            self.cache_up = False
             return
+        self.cache_up = True
         while self.history and self.history[-1] <= self.now - self.duration:
             self.history.pop()
         if len(self.history) >= self.num_requests:
@@ -50,7 +56,7 @@ class TokenAuthFailureThrottle(SimpleRateThrottle):
             )
 
     def record_failure(self) -> None:
-        if self.history is None:
+        if not self.cache_up:
             return
         self.history.insert(0, self.now)
         try:

@@ -10,6 +10,9 @@ from accounts.choices import Capability, Role
 
 class User(AbstractUser):
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.VIEWER)
+    # Not a field: set on the request's user by the token authentication ("api:<token>") and
+    # the web middleware ("web"), read by core.services.audit_record.
+    audit_via: str
 
     def __str__(self) -> str:
         return self.username

@@ -27,10 +27,10 @@ def audit_record(
         object_type = object_type or obj._meta.label_lower
         object_id = object_id or str(obj.pk)
         object_repr = object_repr or str(obj)[:200]
-    is_user = actor is not None and getattr(actor, "is_authenticated", False)
+    user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
     return AuditEvent.objects.create(
-        actor_id=actor.pk if is_user else None,
-        actor_name=actor.get_username() if is_user else "",
+        actor_id=user.pk if user is not None else None,
+        actor_name=user.get_username() if user is not None else "",
         # "system": a task or sweep acting alone; "direct": code called outside a request.
         via=via or getattr(actor, "audit_via", "") or ("system" if actor is None else "direct"),
         action=action,

@@ -128,8 +128,8 @@ def cmd_run(args: list[str]) -> int:
             )
         else:
             say(f"{public}/healthz did not answer; see the web lines above")
-        exited = group.wait_any()
-        say(f"{exited.name} exited ({exited.popen.returncode}); stopping everything")
+        exited, code = group.wait_any()
+        say(f"{exited.name} exited ({code}); stopping everything")
         return 1
     except KeyboardInterrupt:
         return 0

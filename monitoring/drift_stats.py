@@ -316,7 +316,9 @@ def profiles_to_storage(
         else:
             described.append({"name": name, "kind": "categorical", **profile.describe()})
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    # Named: else numpy's stubs read **arrays as possibly allow_pickle. The arrays are numeric,
+    # and profile_arrays_load reads with allow_pickle=False anyway.
+    np.savez(buffer, allow_pickle=False, **arrays)
     return described, buffer.getvalue()
 
 

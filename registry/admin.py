@@ -5,7 +5,7 @@ from registry.models import Alias, DatasetReference, ModelVersion, RegisteredMod
 
 class VersionInline(admin.TabularInline):
     model = ModelVersion
-    fields = ["number", "state", "framework", "artifact_sha256", "created_by", "created_at"]
+    fields = ("number", "state", "framework", "artifact_sha256", "created_by", "created_at")
     readonly_fields = fields
     extra = 0
     can_delete = False

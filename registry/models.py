@@ -34,6 +34,8 @@ class RegisteredModel(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Not a field: the API's detail views set it for RegisteredModelDetailSerializer.
+    versions_by_state: dict[str, int]
 
     class Meta:
         ordering = ["name"]

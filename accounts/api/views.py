@@ -3,10 +3,11 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotAuthenticated
 from rest_framework.response import Response
 
 from accounts.api.serializers import ApiTokenCreateSerializer, ApiTokenSerializer
-from accounts.models import ApiToken
+from accounts.models import ApiToken, User
 from accounts.selectors import token_list
 from accounts.services import token_create, token_revoke
 from core.choices import Capability
@@ -23,7 +24,10 @@ class ApiTokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user
             return ApiToken.objects.none()
-        return token_list(user=self.request.user)
+        user = self.request.user
+        if not isinstance(user, User):  # RolePermission lets only a signed-in user this far
+            raise NotAuthenticated()
+        return token_list(user=user)
 
     @extend_schema(request=ApiTokenCreateSerializer, responses={201: ApiTokenSerializer})
     def create(self, request):

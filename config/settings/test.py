@@ -19,11 +19,11 @@ STORAGES = {
 }
 # One artifact directory per test run (inherited by the live stack's processes), so
 # "nothing was stored" checks cannot see files of another run.
-MEDIA_ROOT = Path(
-    os.environ.setdefault(
-        "MODELYARD_TEST_MEDIA_ROOT", tempfile.mkdtemp(prefix="modelyard-test-artifacts-")
-    )
-)
+# Made only when none is given: setdefault(..., mkdtemp()) left an unused directory behind
+# on every import that had one (each mypy run, each process of the live stack).
+if "MODELYARD_TEST_MEDIA_ROOT" not in os.environ:
+    os.environ["MODELYARD_TEST_MEDIA_ROOT"] = tempfile.mkdtemp(prefix="modelyard-test-artifacts-")
+MEDIA_ROOT = Path(os.environ["MODELYARD_TEST_MEDIA_ROOT"])
 STORAGES["default"] = {
     "BACKEND": "django.core.files.storage.FileSystemStorage",
     "OPTIONS": {"location": str(MEDIA_ROOT), "file_permissions_mode": 0o640},

@@ -64,7 +64,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, exceptions.ValidationError):
         code, message, details = "invalid", _first_message(exc.detail), exc.detail
     elif isinstance(exc, exceptions.APIException):
-        code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else exc.default_code
         message, details = str(exc.detail), None
     else:  # pragma: no cover - DRF only handles APIException subclasses
         code, message, details = "error", str(exc), None

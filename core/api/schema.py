@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from django.conf import settings
 from drf_spectacular.openapi import AutoSchema
@@ -62,7 +62,9 @@ class ModelyardAutoSchema(AutoSchema):
             codes.append("400")
         return sorted(set(codes))
 
-    def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
+    def _get_response_bodies(
+        self, direction: Literal["request", "response"] = "response"
+    ) -> dict[str, Any]:
         responses = super()._get_response_bodies(direction=direction)
         for code in self._error_codes():
             if code not in responses:

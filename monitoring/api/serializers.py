@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from deployments.models import Deployment, Rollout
 from monitoring.choices import AlertKind
 from monitoring.models import Alert, GuardBreach, WebhookDelivery, WebhookEndpoint
 from monitoring.selectors import WINDOWS
@@ -16,7 +17,9 @@ class DriftComputeSerializer(serializers.Serializer):
 
 
 class GuardBreachSerializer(serializers.ModelSerializer):
-    rollback = serializers.PrimaryKeyRelatedField(read_only=True)
+    rollback: serializers.PrimaryKeyRelatedField[Rollout] = serializers.PrimaryKeyRelatedField(
+        read_only=True
+    )
 
     class Meta:
         model = GuardBreach
@@ -30,7 +33,9 @@ class AlertSerializer(serializers.ModelSerializer):
 
 
 class WebhookEndpointSerializer(serializers.ModelSerializer):
-    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    deployment: serializers.SlugRelatedField[Deployment] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True
+    )
 
     class Meta:
         model = WebhookEndpoint

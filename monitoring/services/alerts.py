@@ -96,7 +96,8 @@ def webhook_url_check(url: str) -> list[str]:
         raise InvalidInput(f"{host} does not resolve: {exc}", code="unresolvable") from exc
     addresses: list[str] = []
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        # str(): typeshed allows an int here (an IPv6 address when Python lacks IPv6 support).
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         if not address.is_global or address.is_multicast:
@@ -256,7 +257,7 @@ def webhook_sign(secret: str, timestamp: int, body: bytes) -> str:
 
 
 def _alert(
-    key: str, kind: str, deployment: Deployment, message: str, payload: dict
+    key: str, kind: str, deployment: Deployment, message: str, payload: dict[str, Any]
 ) -> Alert | None:
     """Create the alert once; None if it existed (so its deliveries are not made twice)."""
     if Alert.objects.filter(key=key).exists():

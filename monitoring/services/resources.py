@@ -35,7 +35,7 @@ def resources_sample() -> list[SlotResourceSample]:
         except RuntimeBackendError as exc:
             logger.info("no resource sample of %s: %s", slot, exc)
             continue
-        if measured.process_count == 0:
+        if measured.process_count == 0 or slot.version is None:  # None: excluded by the query
             continue
         samples.append(
             SlotResourceSample(

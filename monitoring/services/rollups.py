@@ -142,7 +142,7 @@ def metrics_rollup(*, client: redis.Redis | None = None, limit: int = 50_000) ->
     for offset in range(0, len(clean), _READ_BATCH):
         pipe = client.pipeline(transaction=False)
         for key, score in clean[offset : offset + _READ_BATCH]:
-            metrics_mark_clean(pipe, key, score)  # type: ignore[arg-type]
+            metrics_mark_clean(pipe, key, score)
         marked += sum(int(bool(answer)) for answer in pipe.execute())
     return RollupResult(
         buffers=len(dirty),

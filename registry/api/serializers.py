@@ -51,7 +51,7 @@ class RegisteredModelSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["owner", "created_at", "updated_at"]
         # Name rules and case-folded uniqueness are the service's to enforce (one message).
-        extra_kwargs = {"name": {"validators": []}}
+        extra_kwargs: dict[str, dict[str, Any]] = {"name": {"validators": []}}
 
 
 class RegisteredModelDetailSerializer(RegisteredModelSerializer):
@@ -118,7 +118,9 @@ class VersionDetailSerializer(VersionSerializer):
     parents = ParentOutSerializer(many=True)
     datasets = DatasetSerializer(many=True)
     reviews = ReviewSerializer(many=True)
-    aliases = serializers.SlugRelatedField(many=True, read_only=True, slug_field="name")
+    aliases: serializers.SlugRelatedField[Alias] = serializers.SlugRelatedField(
+        many=True, read_only=True, slug_field="name"
+    )
     labels_note = serializers.SerializerMethodField()
 
     def get_labels_note(self, obj: ModelVersion) -> str | None:

@@ -170,7 +170,7 @@ def load_pickle(path: str) -> Any:
 def _restricted_joblib_unpickler() -> type:
     from joblib.numpy_pickle import NumpyUnpickler
 
-    class RestrictedNumpyUnpickler(NumpyUnpickler):  # type: ignore[misc, valid-type]
+    class RestrictedNumpyUnpickler(NumpyUnpickler):
         """joblib's unpickler with the allow-list; its nested object-array pickles go
         through this ``find_class`` too (joblib routes them to the outer unpickler's)."""
 

@@ -29,7 +29,7 @@ def file_sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def uploaded_file_on_disk(upload: UploadedFile) -> Iterator[Path]:
+def uploaded_file_on_disk(upload: UploadedFile[bytes]) -> Iterator[Path]:
     """A local path for an upload: Django's temp file when it has one, else a temp copy."""
     if hasattr(upload, "temporary_file_path"):
         yield Path(upload.temporary_file_path())

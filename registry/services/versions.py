@@ -22,6 +22,7 @@ from core.services import audit_record
 from registry.choices import DatasetRole, Framework, VersionState
 from registry.models import DatasetReference, ModelVersion, RegisteredModel
 from registry.services.artifacts import (
+    StoredFile,
     artifact_delete_quietly,
     artifact_store,
     file_sha256,
@@ -75,7 +76,7 @@ class VersionMetadata:
     class_labels: list[Any] | None = None
 
 
-def _check_size(upload: UploadedFile, *, limit: int, what: str) -> None:
+def _check_size(upload: UploadedFile[bytes], *, limit: int, what: str) -> None:
     if upload.size is None or upload.size > limit:
         raise PayloadTooLarge(
             f"The {what} is {upload.size or 0:,} bytes; the limit is {limit:,} bytes.",
@@ -121,10 +122,10 @@ def version_push(
     *,
     model: RegisteredModel,
     uploader: User,
-    artifact: UploadedFile,
+    artifact: UploadedFile[bytes],
     framework: str,
     metadata: VersionMetadata,
-    reference: UploadedFile | None = None,
+    reference: UploadedFile[bytes] | None = None,
 ) -> PushResult:
     """Idempotent upload (the API's, for CI): the same artifact bytes pushed again to the same
     model return the version that holds them (any state but archived), unchanged.
@@ -149,10 +150,10 @@ def version_upload(
     *,
     model: RegisteredModel,
     uploader: User,
-    artifact: UploadedFile,
+    artifact: UploadedFile[bytes],
     framework: str,
     metadata: VersionMetadata,
-    reference: UploadedFile | None = None,
+    reference: UploadedFile[bytes] | None = None,
 ) -> ModelVersion:
     """Store a new version and start its validation."""
     return _upload(
@@ -170,10 +171,10 @@ def _upload(
     *,
     model: RegisteredModel,
     uploader: User,
-    artifact: UploadedFile,
+    artifact: UploadedFile[bytes],
     framework: str,
     metadata: VersionMetadata,
-    reference: UploadedFile | None,
+    reference: UploadedFile[bytes] | None,
     reuse: bool,
 ) -> PushResult:
     """Store a new version and start its validation.
@@ -220,7 +221,7 @@ def _upload(
                 basename=ARTIFACT_BASENAMES[fmt],
             )
             written.append(stored.path)
-        if reference_info is not None:
+        if reference is not None and reference_info is not None:
             with uploaded_file_on_disk(reference) as reference_path:
                 stored_reference = artifact_store(
                     local_path=reference_path,
@@ -250,7 +251,7 @@ def _upload(
     return result
 
 
-def _reference_prepare(reference: UploadedFile) -> dict[str, Any]:
+def _reference_prepare(reference: UploadedFile[bytes]) -> dict[str, Any]:
     with uploaded_file_on_disk(reference) as path:
         try:
             frame = load_reference_frame(path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS)
@@ -275,17 +276,17 @@ def _declared_signature(metadata: VersionMetadata) -> dict[str, Any]:
 
 def _version_create(
     *,
-    reuse,
-    model,
-    uploader,
-    framework,
-    fmt,
-    stored,
-    original_filename,
-    metadata,
-    parents,
-    scan,
-    reference,
+    reuse: bool,
+    model: RegisteredModel,
+    uploader: User,
+    framework: str,
+    fmt: str,
+    stored: StoredFile,
+    original_filename: str,
+    metadata: VersionMetadata,
+    parents: list[ModelVersion],
+    scan: dict[str, Any],
+    reference: tuple[StoredFile, dict[str, Any]] | None,
 ) -> PushResult:
     # Lock the model row: version numbers are allocated one at a time per model.
     locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)

@@ -26,7 +26,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from types import TracebackType
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -97,8 +98,30 @@ def joblib_compression(head: bytes) -> str | None:
     return None
 
 
+class ByteStream(Protocol):
+    """What a walk reads: a binary file, a BytesIO, or a decompressing reader over one."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+class _OwnedByteStream(ByteStream, Protocol):
+    """A decompressing reader over an open file, closed when the walk is done."""
+
+    def __enter__(self) -> ByteStream: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> object: ...
+
+
 @contextlib.contextmanager
-def open_pickle_stream(path: Path) -> Iterator[tuple[BinaryIO, str | None]]:
+def open_pickle_stream(path: Path) -> Iterator[tuple[ByteStream, str | None]]:
     """Open the (decompressed) pickle stream of a pickle/joblib file, and its compressor."""
     with open(path, "rb") as raw:
         head = raw.read(8)
@@ -116,13 +139,13 @@ def open_pickle_stream(path: Path) -> Iterator[tuple[BinaryIO, str | None]]:
             yield stream, compression
 
 
-def _decompressor(raw: BinaryIO, compression: str) -> BinaryIO:
+def _decompressor(raw: BinaryIO, compression: str) -> _OwnedByteStream:
     if compression in ("zlib", "gzip"):
         # joblib's own readers: its "zlib" is a bare zlib stream, not gzip framing.
         from joblib.compressor import BinaryGzipFile, BinaryZlibFile
 
         reader_cls = BinaryZlibFile if compression == "zlib" else BinaryGzipFile
-        return reader_cls(raw, "rb")  # type: ignore[no-any-return]
+        return reader_cls(raw, "rb")
     if compression == "bz2":
         return bz2.BZ2File(raw, "rb")
     if compression in ("lzma", "xz"):
@@ -154,7 +177,7 @@ class _Obj:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-class _Dict(dict):  # type: ignore[type-arg]
+class _Dict(dict):
     """A pickled dict; entries past MAX_DICT_ENTRIES are dropped and ``complete`` cleared."""
 
     complete = True
@@ -168,13 +191,17 @@ class _Opaque:
     """A value the walk does not model (an array joblib read, a buffer, ...)."""
 
 
+# What pickletools.code2op holds; that one is undocumented and absent from typeshed.
+_OPCODES = {op.code: op for op in pickletools.opcodes}
+
+
 # --- framing ----------------------------------------------------------------------------
 
 
 class _Reader:
     """Reads opcodes like ``pickle._Unframer``; joblib's array reads bypass it via ``raw``."""
 
-    def __init__(self, raw: BinaryIO, walk: PickleWalk) -> None:
+    def __init__(self, raw: ByteStream, walk: PickleWalk) -> None:
         self.raw = raw
         self.walk = walk
         self.frame: io.BytesIO | None = None
@@ -261,7 +288,7 @@ _LITERAL_OPS = {
 _CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
 
 
-def walk_pickle(stream: BinaryIO, *, joblib_arrays: bool = True) -> PickleWalk:
+def walk_pickle(stream: ByteStream, *, joblib_arrays: bool = True) -> PickleWalk:
     """Walk one pickle from ``stream`` without executing it.
 
     ``joblib_arrays``: follow joblib's array payloads (True for the stream ``joblib.load``
@@ -355,7 +382,7 @@ class _Machine:
         while True:
             self.opcode_offset = self.reader.position()
             code = read(1)
-            opcode = pickletools.code2op.get(code.decode("latin-1"))
+            opcode = _OPCODES.get(code.decode("latin-1"))
             if opcode is None:
                 raise PickleStructureError(f"byte {code!r} is not a pickle opcode")
             name = opcode.name
@@ -364,7 +391,8 @@ class _Machine:
                 arg: Any = self._read_global_args("utf-8" if name == "GLOBAL" else "ascii")
             elif opcode.arg is not None:
                 try:
-                    arg = opcode.arg.reader(self.reader)
+                    # typeshed asks for IO[bytes]; pickletools' readers call only read/readline.
+                    arg = opcode.arg.reader(self.reader)  # type: ignore[arg-type]
                 except PickleStructureError:
                     raise
                 except (ValueError, UnicodeDecodeError, struct.error) as exc:
@@ -593,7 +621,8 @@ class _Machine:
         try:
             dtype = np.dtype(*value.args)
             if value.state is not None:
-                dtype.__setstate__(self._literal(value.state))
+                # numpy's stubs leave out dtype.__setstate__, which numpy's own unpickling calls.
+                dtype.__setstate__(self._literal(value.state))  # type: ignore[attr-defined]
         except _UnfollowableError:
             raise
         except Exception as exc:  # numpy rejects malformed dtype state with many types

@@ -142,7 +142,8 @@ def boosting_models() -> Iterator[tuple[str, Any]]:
             {"objective": "binary:logistic", "nthread": 1}, xgboost.DMatrix(x, binary), 3
         ),
     )
-    quiet = {**small, "verbose": -1, "min_child_samples": 5}
+    # Any: keyword arguments for several estimators, whose stubs type each one differently.
+    quiet: dict[str, Any] = {**small, "verbose": -1, "min_child_samples": 5}
     for cls, y in ((lightgbm.LGBMClassifier, labels), (lightgbm.LGBMRegressor, values)):
         yield cls.__name__, cls(**quiet).fit(x, y)
     yield "LGBMRanker", lightgbm.LGBMRanker(**quiet).fit(x, labels, group=group)
