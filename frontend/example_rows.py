@@ -3,8 +3,10 @@
 Read from the version's model contract (``contract["features"]``: ordered names with a
 logical type each) when validation recorded one; else from the signature the validation
 child inferred (``signature["inputs"]``: name + dtype), else from the reference sample's
-schema (``reference_schema``: name + dtype). Values are neutral placeholders of each type,
-so a person sees which features go in, in which order, and edits the numbers.
+schema (``reference_schema``: name + dtype). The values are the first row validation
+proved the model on (its smoke rows: a reference row, or a synthetic one), so the example
+is one the model answers; without those, neutral placeholders of each type (an empty string
+for a category, which a model that refuses unknown categories would refuse).
 """
 
 from __future__ import annotations
@@ -56,9 +58,24 @@ def example_features(version: ModelVersion) -> tuple[list[tuple[str, str]], str]
     return [], ""
 
 
+def _proven_row(version: ModelVersion, names: list[str]) -> dict[str, Any] | None:
+    report = version.validation_report if isinstance(version.validation_report, dict) else {}
+    load = report.get("load") if isinstance(report.get("load"), dict) else {}
+    rows = load.get("smoke_rows") or []
+    first = rows[0] if rows else None
+    if isinstance(first, dict) and set(first) == set(names):
+        return {name: first[name] for name in names}
+    if isinstance(first, list) and len(first) == len(names):
+        return dict(zip(names, first, strict=True))
+    return None
+
+
 def example_rows(version: ModelVersion) -> tuple[list[dict[str, Any]], str]:
     """One example row keyed by feature name (in the model's order), and where it came from."""
     features, source = example_features(version)
     if not features:
         return [], ""
+    proven = _proven_row(version, [name for name, _ in features])
+    if proven is not None:
+        return [proven], source
     return [{name: _placeholder(kind) for name, kind in features}], source

@@ -17,6 +17,7 @@ from registry.modelkit.loading import loader_decision
 from registry.models import ModelVersion
 from registry.services.artifacts import artifact_local_path, file_sha256
 from registry.services.transitions import version_transition
+from registry.validation.reference import contract_schema
 from registry.validation.sandbox import SandboxLimits, sandbox_load_and_predict
 from registry.validation.scanning import scan_artifact
 
@@ -152,6 +153,14 @@ def version_validate(*, version_id: int) -> ModelVersion | None:
             # The contract every model process applies (registry/modelkit/contract.py).
             version.contract = load.get("contract") or {}
             fields += ["signature", "loader", "contract"]
+            if version.contract and version.reference_schema:
+                # The upload described the reference by pandas' reading (zip codes as
+                # int64); from now on the model's features are typed by the contract.
+                typed = {c["name"]: c for c in contract_schema(version.contract)}
+                version.reference_schema = [
+                    typed.get(column.get("name"), column) for column in version.reference_schema
+                ]
+                fields.append("reference_schema")
         version_transition(
             version=version,
             to=VersionState.VALIDATED if ok else VersionState.INVALID,

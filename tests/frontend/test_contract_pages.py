@@ -107,9 +107,13 @@ def test_try_a_prediction_example_is_the_contracts_features_and_types(login, liv
     contract = version.contract
     assert list(example) == model_contract.feature_names(contract)
     types = {f["name"]: f["type"] for f in contract["features"]}
-    # zip codes look numeric, but the model takes them as categories: the example says so.
-    assert types["zip"] == types["plan"] == "string" and example["zip"] == example["plan"] == ""
-    assert all(isinstance(example[n], float) for n, t in types.items() if t == "number")
+    # zip codes look numeric, but the model takes them as categories: the example says so,
+    # with the values of the first row validation proved the model on (a reference row).
+    assert types["zip"] == types["plan"] == "string"
+    assert isinstance(example["zip"], str) and example["zip"].isdigit() and example["plan"]
+    smoke = version.validation_report["load"]["smoke_rows"][0]
+    assert example == {name: smoke[name] for name in example}
+    assert all(isinstance(example[n], int | float) for n, t in types.items() if t == "number")
     # The example as typed passes the checks the model's own process applies.
     model_contract.rows_to_columns(contract, [example])
     curl = re.search(r"-d '(\{\"instances\".*?\})'", html.unescape(page)).group(1)
