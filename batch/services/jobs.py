@@ -40,8 +40,9 @@ from batch.choices import (
     InputSource,
     JobState,
 )
+from batch.engine import runner
 from batch.models import BatchChunk, BatchJob, BatchSchedule
-from batch.services import files, inputs, runner
+from batch.services import files, inputs
 from core.choices import AuditAction
 from core.errors import InvalidInput, InvalidState, NotAllowed, NotFound
 from core.services import audit_record

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from batch import services
 from batch.choices import JobState
-from batch.services import runner
+from batch.engine import runner
 from core.errors import InvalidState
 from tests.batch.conftest import csv_upload, input_frame, read_output, run_job_inline
 
@@ -124,8 +124,8 @@ def test_a_chunk_message_whose_chunk_was_taken_starts_on_the_next_untried_one(ba
 
 
 def test_a_child_dying_with_a_chunk_queued_retries_both_alone(batch_setup, settings, monkeypatch):
+    from batch.engine import runner
     from batch.models import BatchChunk, BatchJob
-    from batch.services import runner
 
     settings.MODELYARD_BATCH_RETRY_DELAY_SECONDS = 0
     job = _job(batch_setup, input_frame(3_000))

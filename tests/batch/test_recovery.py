@@ -11,8 +11,8 @@ import pytest
 from django.utils import timezone
 
 from batch import services
+from batch.engine import runner
 from batch.models import BatchChunk, BatchJob
-from batch.services import runner
 from config.celery_app import app
 from deployments.choices import BuildState
 from deployments.models import Build
