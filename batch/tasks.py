@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from batch import services
-from batch.services.jobs import PIPELINE_DEPTH
+from batch.services.chunks import PIPELINE_DEPTH
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
 from batch.models import BatchJob, BatchSchedule
@@ -122,7 +124,7 @@ class BatchScheduleSerializer(serializers.ModelSerializer):
 
 
 class _NoUnknownFields(serializers.Serializer):
-    def validate(self, attrs):
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(self.initial_data) - set(self.fields))
         if unknown:
             raise serializers.ValidationError({unknown[0]: "is not a field of a batch schedule."})

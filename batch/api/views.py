@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.files.storage import default_storage
+from django.db.models import QuerySet
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -24,6 +27,7 @@ from batch.api.serializers import (
     BatchScheduleUpdateSerializer,
 )
 from batch.choices import JobState
+from batch.models import BatchJob, BatchSchedule
 from core.api.parsers import SafeJSONParser, StrictMultiPartParser
 from core.api.schema import ErrorResponseSerializer
 from core.choices import Capability
@@ -46,20 +50,20 @@ class BatchJobViewSet(viewsets.GenericViewSet):
         "cancel": C.RUN_BATCH,
     }
 
-    def get_queryset(self):
+    def get_queryset(self) -> QuerySet[BatchJob]:
         return selectors.batch_job_list()
 
-    def get_object(self):
+    def get_object(self) -> BatchJob:
         raw = self.kwargs["pk"]
         if not raw.isascii() or not raw.isdigit():  # "abc", "1\x00": no such job, not a 500
             raise NotFound(f"No batch job {raw!r}.")
         return selectors.batch_job_get(job_id=int(raw))
 
-    def list(self, request):
+    def list(self, request) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         return self.get_paginated_response(BatchJobSerializer(page, many=True).data)
 
-    def retrieve(self, request, pk=None):
+    def retrieve(self, request, pk=None) -> Response:
         return Response(BatchJobSerializer(self.get_object()).data)
 
     @extend_schema(
@@ -69,7 +73,7 @@ class BatchJobViewSet(viewsets.GenericViewSet):
         },
         responses={201: BatchJobSerializer},
     )
-    def create(self, request):
+    def create(self, request) -> Response:
         data = BatchJobCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = data.validated_data
@@ -89,7 +93,7 @@ class BatchJobViewSet(viewsets.GenericViewSet):
 
     @extend_schema(request=BatchJobCancelSerializer, responses={200: BatchJobSerializer})
     @action(detail=True, methods=["post"])
-    def cancel(self, request, pk=None):
+    def cancel(self, request, pk=None) -> Response:
         data = BatchJobCancelSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         job = services.batch_job_cancel(
@@ -105,7 +109,7 @@ class BatchJobViewSet(viewsets.GenericViewSet):
         description="The job's output as a Parquet file (an attachment).",
     )
     @action(detail=True, methods=["get"])
-    def output(self, request, pk=None):
+    def output(self, request, pk=None) -> FileResponse:
         job = self.get_object()
         if job.state != JobState.SUCCEEDED or not job.output_path:
             raise InvalidState(
@@ -140,30 +144,30 @@ class BatchScheduleViewSet(viewsets.GenericViewSet):
         "rollback": C.SET_ALIAS,
     }
 
-    def get_queryset(self):
+    def get_queryset(self) -> QuerySet[BatchSchedule]:
         return selectors.batch_schedule_list()
 
-    def get_object(self):
+    def get_object(self) -> BatchSchedule:
         schedule = self.get_queryset().filter(pk=int(self.kwargs["pk"])).first()
         if schedule is None:
             raise NotFound(f"No batch schedule {self.kwargs['pk']}.")
         return schedule
 
-    def _render(self, schedule) -> dict:
+    def _render(self, schedule: BatchSchedule) -> dict[str, Any]:
         return BatchScheduleSerializer(self.get_queryset().get(pk=schedule.pk)).data
 
-    def list(self, request):
+    def list(self, request) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         versions = selectors.alias_versions(schedules=page)
         return self.get_paginated_response(
             BatchScheduleSerializer(page, many=True, context={"alias_versions": versions}).data
         )
 
-    def retrieve(self, request, pk=None):
+    def retrieve(self, request, pk=None) -> Response:
         return Response(BatchScheduleSerializer(self.get_object()).data)
 
     @extend_schema(request=BatchScheduleCreateSerializer, responses={201: BatchScheduleSerializer})
-    def create(self, request):
+    def create(self, request) -> Response:
         data = BatchScheduleCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
@@ -173,7 +177,7 @@ class BatchScheduleViewSet(viewsets.GenericViewSet):
         return Response(self._render(schedule), status=status.HTTP_201_CREATED)
 
     @extend_schema(request=BatchScheduleUpdateSerializer, responses={200: BatchScheduleSerializer})
-    def partial_update(self, request, pk=None):
+    def partial_update(self, request, pk=None) -> Response:
         data = BatchScheduleUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         schedule = services.batch_schedule_update(
@@ -182,13 +186,13 @@ class BatchScheduleViewSet(viewsets.GenericViewSet):
         return Response(self._render(schedule))
 
     @extend_schema(responses={204: None})
-    def destroy(self, request, pk=None):
+    def destroy(self, request, pk=None) -> Response:
         services.batch_schedule_delete(schedule=self.get_object(), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=BatchScheduleRolloutSerializer, responses={200: AliasMoveSerializer})
     @action(detail=True, methods=["post"])
-    def rollout(self, request, pk=None):
+    def rollout(self, request, pk=None) -> Response:
         """Point the schedule's alias at another approved version: the next run uses it."""
         data = BatchScheduleRolloutSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -202,7 +206,7 @@ class BatchScheduleViewSet(viewsets.GenericViewSet):
 
     @extend_schema(request=BatchScheduleRollbackSerializer, responses={200: AliasMoveSerializer})
     @action(detail=True, methods=["post"])
-    def rollback(self, request, pk=None):
+    def rollback(self, request, pk=None) -> Response:
         """Point the alias back at the version the schedule last ran before the current one."""
         data = BatchScheduleRollbackSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -212,5 +216,5 @@ class BatchScheduleViewSet(viewsets.GenericViewSet):
         return Response(_alias_body(alias))
 
 
-def _alias_body(alias) -> dict:
+def _alias_body(alias) -> dict[str, Any]:
     return {"model": alias.model.name, "alias": alias.name, "version": alias.version.number}

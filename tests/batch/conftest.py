@@ -17,8 +17,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from accounts.choices import Role
 from batch import services
+from batch.engine import runner
 from batch.models import BatchChunk, BatchJob
-from batch.services import runner
 from deployments.choices import BuildState
 from deployments.integrations.bentoml import bento_build
 from deployments.models import Build

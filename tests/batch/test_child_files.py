@@ -15,8 +15,9 @@ import pytest
 from django.core.files.storage import default_storage
 
 from batch import services
+from batch.engine import runner
 from batch.models import BatchChunk
-from batch.services import files, runner
+from batch.services import files
 from tests.batch.conftest import csv_upload, input_frame
 
 

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from batch import services
 from batch.choices import JobState
-from batch.services import runner
+from batch.engine import runner
 from core.errors import InvalidState
 from tests.batch.conftest import csv_upload, input_frame, read_output, run_job_inline
 
@@ -106,7 +106,7 @@ def test_second_delivery_of_a_chunk_task_writes_nothing_twice(batch_setup):
 
 
 def test_a_chunk_message_whose_chunk_was_taken_starts_on_the_next_untried_one(batch_setup):
-    from batch.services.jobs import _claim_chunk
+    from batch.services.chunk_claims import _claim_chunk
     from batch.tasks import batch_chunk_run_task
 
     job = _job(batch_setup, input_frame(3_000))
@@ -124,8 +124,8 @@ def test_a_chunk_message_whose_chunk_was_taken_starts_on_the_next_untried_one(ba
 
 
 def test_a_child_dying_with_a_chunk_queued_retries_both_alone(batch_setup, settings, monkeypatch):
+    from batch.engine import runner
     from batch.models import BatchChunk, BatchJob
-    from batch.services import runner
 
     settings.MODELYARD_BATCH_RETRY_DELAY_SECONDS = 0
     job = _job(batch_setup, input_frame(3_000))
@@ -165,14 +165,14 @@ def test_output_begun_during_the_last_chunk_is_dropped_if_that_chunk_fails(
     batch_setup, settings, monkeypatch
 ):
     from batch.models import BatchChunk, BatchJob
-    from batch.services import jobs
+    from batch.services import chunks
 
     settings.MODELYARD_BATCH_RETRY_DELAY_SECONDS = 0
     job = _job(batch_setup, input_frame(3_000))
     services.batch_job_prepare(job_id=job.pk)
     first, _, last = _chunks(job)
     drafts = []
-    begin = jobs._output_draft
+    begin = chunks._output_draft
 
     def recorded(job, last):
         drafts.append(begin(job, last))
@@ -180,7 +180,7 @@ def test_output_begun_during_the_last_chunk_is_dropped_if_that_chunk_fails(
 
     # The last chunk disagrees with the staged file (a storage problem: retried alone).
     BatchChunk.objects.filter(pk=last.pk).update(row_stop=2_999)
-    monkeypatch.setattr(jobs, "_output_draft", recorded)
+    monkeypatch.setattr(chunks, "_output_draft", recorded)
     outcome = services.batch_chunk_run(chunk_id=first.pk, follow=True)
     monkeypatch.undo()
     assert outcome.detail.endswith("then 2 more: done, retry")
@@ -200,7 +200,7 @@ def test_output_begun_during_the_last_chunk_is_dropped_if_that_chunk_fails(
 
 def test_chunk_whose_lease_was_lost_counts_once(batch_setup):
     from batch.models import BatchChunk, BatchJob
-    from batch.services.jobs import _chunk_finish, _claim_chunk
+    from batch.services.chunk_claims import _chunk_finish, _claim_chunk
 
     job = _job(batch_setup, input_frame(1_500))
     services.batch_job_prepare(job_id=job.pk)

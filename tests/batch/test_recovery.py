@@ -11,8 +11,8 @@ import pytest
 from django.utils import timezone
 
 from batch import services
+from batch.engine import runner
 from batch.models import BatchChunk, BatchJob
-from batch.services import runner
 from config.celery_app import app
 from deployments.choices import BuildState
 from deployments.models import Build
@@ -40,7 +40,7 @@ def _job(setup, rows=3_000, **kwargs):
 
 
 def test_sweep_reruns_the_chunk_of_a_dead_worker_and_a_lost_message(batch_setup, eager):
-    from batch.services.jobs import _claim_chunk
+    from batch.services.chunk_claims import _claim_chunk
 
     job = _job(batch_setup)
     services.batch_job_prepare(job_id=job.pk)
@@ -87,7 +87,7 @@ def test_job_waits_for_the_bento_to_be_built_then_runs(
 
 
 def test_lease_is_renewed_while_a_chunk_runs(batch_setup, transactional_db, settings):
-    from batch.services.jobs import _claim_chunk, _LeaseKeeper
+    from batch.services.chunk_claims import _claim_chunk, _LeaseKeeper
 
     settings.MODELYARD_BATCH_LEASE_SECONDS = 3
     job = _job(batch_setup)
@@ -109,7 +109,7 @@ def test_two_workers_claiming_one_chunk_at_once_get_it_once(batch_setup, transac
 
     from django.db import connection, transaction
 
-    from batch.services.jobs import _claim_chunk
+    from batch.services.chunk_claims import _claim_chunk
 
     job = _job(batch_setup)
     services.batch_job_prepare(job_id=job.pk)

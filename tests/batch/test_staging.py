@@ -16,8 +16,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
 from batch import services
+from batch.engine import runner
 from batch.models import BatchChunk, BatchJob
-from batch.services import files, inputs, runner
+from batch.services import files, inputs
 from core.errors import InvalidInput
 from tests.batch.conftest import input_frame, parquet_bytes, read_output
 

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batch.services import runner
-from batch.services.jobs import _bento_dir
+from batch.engine import runner
+from batch.engine.bentos import _bento_dir
 from deployments.models import Build
 from tests.batch.conftest import batch_bentos, batch_setup, input_frame  # noqa: F401 - fixtures
 from tests.benchmarks.test_batch_bench import ROWS, _forest_version

@@ -18,14 +18,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from batch._child import encode_message, read_message
+from batch.engine._child import encode_message, read_message
 from deployments.integrations.bentoml import BuildResult, _bento_dir, bento_build
 from deployments.runtime.local import LocalProcessBackend
 from registry.validation.formats import detect_format
 from registry.validation.sandbox import LoadReport, SandboxLimits, sandbox_load_and_predict
 from tests.models import ContractCase, contract_cases
 
-BATCH_CHILD = Path(__file__).resolve().parents[2] / "batch" / "_child.py"
+BATCH_CHILD = Path(__file__).resolve().parents[2] / "batch" / "engine" / "_child.py"
 
 
 @dataclass
@@ -103,7 +103,7 @@ def contract_backend(contract_home, tmp_path_factory):
 
 
 def batch_predict(home: Path, bento_tag: str, tables: list[pa.Table], workdir: Path) -> list[Any]:
-    """Chunks through one real batch child (batch/_child.py) on the built Bento."""
+    """Chunks through one real batch child (batch/engine/_child.py) on the built Bento."""
     env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "PATH": "/usr/bin:/bin"}
     child = subprocess.Popen(
         [sys.executable, str(BATCH_CHILD), str(_bento_dir(home, bento_tag))],

@@ -195,7 +195,7 @@ def test_a_reexported_dangerous_global_is_refused_at_upload_naming_it(
 # Modules that load model artifacts: each runs only in a child process of its own.
 LOADERS_ALLOWED = {
     "registry/validation/_child.py",  # the validation sandbox (rlimits, no network)
-    "batch/_child.py",  # long-lived batch inference children
+    "batch/engine/_child.py",  # long-lived batch inference children
     # The one restricted loader: called only by the two children above and the generated
     # services (model processes); the web process imports it for skops_globals only.
     "registry/modelkit/loading.py",

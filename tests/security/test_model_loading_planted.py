@@ -12,7 +12,7 @@ import joblib
 import numpy as np
 import pytest
 
-from batch.services.runner import BatchChild, ChildError
+from batch.engine.runner import BatchChild, ChildError
 from deployments.integrations.bentoml import _bento_dir, _model_dir, bento_build
 from registry.modelkit.loading import loader_decision
 from tests.models import train_sklearn_joblib

@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 import pytest
 
-from batch.services import runner
+from batch.engine import runner
 from core.model_process import model_environment, model_process_start, model_user
 from deployments.runtime.local import SLOT_ENV, LocalProcessBackend
 from registry.validation.sandbox import SandboxLimits, sandbox_load_and_predict

@@ -1,7 +1,7 @@
 """The batch child: loads one Bento's model once and predicts many chunks over a pipe.
 
-Started by path with the platform's Python (``python batch/_child.py <bento dir>``) by a
-batch worker, never imported by Django code except for the framing helpers below. The
+Started by path with the platform's Python (``python batch/engine/_child.py <bento dir>``)
+by a batch worker, never imported by Django code except for the framing helpers below. The
 model is only ever loaded here, never in the Celery worker itself: unpickling a model runs
 its code, and a crashing or leaking model must only take this process down.
 
@@ -205,7 +205,7 @@ def _describe(exc: BaseException) -> str:
 
 def main(argv: list[str]) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
-    # Run by path, Python puts batch/ first on sys.path; its modules (api, models, tasks)
+    # Run by path, Python puts batch/engine/ first on sys.path; its modules (runner, ...)
     # would shadow top-level names that a model's code may import.
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the worker

@@ -1,4 +1,4 @@
-"""Worker side of the batch child (batch/_child.py): start it once, send it many chunks.
+"""Worker side of the batch child (batch/engine/_child.py): start it once, send it many chunks.
 
 Each Celery pool process keeps at most a few children, one per Bento, alive between tasks,
 so a model is loaded once per worker process rather than once per chunk. Every wait on a
@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from batch._child import _LENGTHS, encode_message
+from batch.engine._child import _LENGTHS, encode_message
 from core.model_process import Grant, grant_read, grant_write_folder, model_process_start, reclaim
 from deployments.integrations import bentoml as bento_integration
 
-CHILD_SCRIPT = Path(__file__).resolve().parent.parent / "_child.py"
+CHILD_SCRIPT = Path(__file__).resolve().with_name("_child.py")  # started by path
 MAX_CHILDREN = 2  # per worker process: a schedule's new and old version side by side
 _FOLDER_PREFIX = "modelyard-batch-child-"  # then the worker's pid
 
