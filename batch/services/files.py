@@ -113,6 +113,10 @@ def storage_write_atomic(name: str) -> Iterator[Path]:
         tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
         try:
             yield tmp
+            # Readable by this platform's user only: a batch child (the model user) gets a
+            # read grant on the one chunk file it predicts, never another job's rows.
+            if tmp.exists():
+                os.chmod(tmp, 0o600)
             os.replace(tmp, local)  # atomic on one filesystem
         finally:
             tmp.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ read), the output compact Parquet."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -103,3 +104,25 @@ def test_a_large_upload_is_moved_into_storage_not_copied(batch_setup):
     with open(stored, "rb") as handle:
         assert handle.read() == content
     upload.close()  # Django's clean-up of a moved temporary file is harmless
+
+
+def test_staged_rows_are_the_platforms_alone_until_a_chunk_is_granted():
+    """A batch child runs model code as the model user: staged rows are written readable by
+    the platform's user only; the read grant opens the one chunk file the child predicts to
+    the model user's group, and revoking it closes the file again."""
+    from core.model_process import Confinement, grant_read, model_user
+
+    files.staged_write(9_999, 0, pa.record_batch({"a": [1.0, 2.0]}))
+    try:
+        path = Path(default_storage.path(files.staged_name(9_999, 0)))
+        assert path.stat().st_mode & 0o077 == 0, oct(path.stat().st_mode)
+        user = model_user()
+        if os.geteuid() != 0 or user is None:
+            return  # no model user to grant to: the mode above is the whole rule here
+        grant = grant_read(path, Confinement(user=user, own_network=False))
+        granted = path.stat()
+        assert granted.st_gid == user.gid and granted.st_mode & 0o077 == 0o040
+        grant.revoke()
+        assert path.stat().st_mode & 0o077 == 0
+    finally:
+        files.job_files_delete(9_999)
