@@ -23,7 +23,6 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -45,11 +44,8 @@ from batch.services import files, inputs, runner
 from core.choices import AuditAction
 from core.errors import InvalidInput, InvalidState, NotAllowed, NotFound
 from core.services import audit_record
-from deployments import backends
 from deployments.choices import BuildState
-from deployments.integrations import bentoml as bento
-from deployments.models import Build
-from deployments.services import build_ensure
+from deployments.services import build_ensure, version_bento_local
 from registry.choices import VersionState
 from registry.models import Alias, ModelVersion, RegisteredModel
 from registry.services.artifacts import (
@@ -646,24 +642,6 @@ class _LeaseKeeper:
         self._thread.join(10)
 
 
-def _bento_dir(bento_tag: str) -> Path:
-    home = backends.bento_home()
-    name, _, version = bento_tag.partition(":")
-    return home / "bentos" / name / version
-
-
-def _bento_available(bento_tag: str, version_id: int) -> None:
-    """Import the version's exported Bento when this machine's store lacks it."""
-    home = backends.bento_home()
-    if bento.bento_exists(home=home, bento_tag=bento_tag):
-        return
-    build = Build.objects.get(version_id=version_id)
-    if not build.archive_path:
-        raise runner.ChildError(f"Bento {bento_tag} is not on this machine and was not exported")
-    with artifact_local_path(build.archive_path) as archive:
-        bento.bento_import(home=home, archive=archive)
-
-
 # Chunks in one child at once: one predicting, the next read ahead by the child meanwhile.
 PIPELINE_DEPTH = 2
 
@@ -785,11 +763,8 @@ def _claim_next(job_id: int, worker: str, holding: int) -> tuple[BatchChunk, uui
 
 
 def _child_ready(job: BatchJob) -> runner.BatchChild:
-    _bento_available(job.bento_tag, job.version_id)
     return runner.child_for(
-        bento_tag=job.bento_tag,
-        bento_dir=_bento_dir(job.bento_tag),
-        home=backends.bento_home(),
+        bento=version_bento_local(version_id=job.version_id, bento_tag=job.bento_tag),
         start_timeout=settings.MODELYARD_BATCH_CHILD_START_TIMEOUT_SECONDS,
         threads=settings.MODELYARD_BATCH_CHILD_THREADS,
     )
