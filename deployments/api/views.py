@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.choices import Capability
@@ -22,6 +24,7 @@ from deployments.api.serializers import (
     RolloutCreateSerializer,
     RolloutSerializer,
 )
+from deployments.models import Deployment
 from registry.selectors import model_get
 
 C = Capability
@@ -46,26 +49,26 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         "key_revoke": C.DEPLOY,
     }
 
-    def get_queryset(self):
+    def get_queryset(self) -> QuerySet[Deployment]:
         return selectors.deployment_list()
 
-    def get_object(self):
+    def get_object(self) -> Deployment:
         return selectors.deployment_get(name=self.kwargs["name"])
 
-    def _detail(self, deployment, code=status.HTTP_200_OK):
+    def _detail(self, deployment: Deployment, code: int = status.HTTP_200_OK) -> Response:
         deployment = selectors.deployment_get(name=deployment.name)
         deployment.current_rollout = selectors.deployment_current_rollout(deployment)
         return Response(DeploymentDetailSerializer(deployment).data, status=code)
 
-    def list(self, request):
+    def list(self, request: Request) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         return self.get_paginated_response(DeploymentSerializer(page, many=True).data)
 
-    def retrieve(self, request, name=None):
+    def retrieve(self, request: Request, name: str = "") -> Response:
         return self._detail(self.get_object())
 
     @extend_schema(request=DeploymentCreateSerializer, responses={201: DeploymentDetailSerializer})
-    def create(self, request):
+    def create(self, request: Request) -> Response:
         data = DeploymentCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
@@ -75,7 +78,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
 
     @extend_schema(request=RolloutCreateSerializer, responses={202: RolloutSerializer})
     @action(detail=True, methods=["get", "post"])
-    def rollouts(self, request, name=None):
+    def rollouts(self, request: Request, name: str = "") -> Response:
         deployment = self.get_object()
         if request.method == "GET":
             page = self.paginate_queryset(selectors.rollout_list(deployment=deployment))
@@ -100,7 +103,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
 
     @extend_schema(request=FollowSerializer, responses={200: DeploymentDetailSerializer})
     @action(detail=True, methods=["put"])
-    def follow(self, request, name=None):
+    def follow(self, request: Request, name: str = "") -> Response:
         data = FollowSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         deployment = follow.deployment_follow_set(
@@ -113,13 +116,13 @@ class DeploymentViewSet(viewsets.GenericViewSet):
 
     @extend_schema(operation_id="deployments_rollout_detail", responses={200: RolloutSerializer})
     @action(detail=True, methods=["get"], url_path=r"rollouts/(?P<rollout_id>[0-9]+)")
-    def rollout_detail(self, request, name=None, rollout_id=None):
+    def rollout_detail(self, request: Request, name: str = "", rollout_id: str = "") -> Response:
         rollout = selectors.rollout_get(deployment=self.get_object(), rollout_id=int(rollout_id))
         return Response(RolloutSerializer(rollout).data)
 
     @extend_schema(request=RollbackSerializer, responses={202: RolloutSerializer})
     @action(detail=True, methods=["post"])
-    def rollback(self, request, name=None):
+    def rollback(self, request: Request, name: str = "") -> Response:
         data = RollbackSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         rollout = services.deployment_rollback(
@@ -138,7 +141,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         responses={201: DeploymentKeyCreatedSerializer},
     )
     @action(detail=True, methods=["get", "post"])
-    def keys(self, request, name=None):
+    def keys(self, request: Request, name: str = "") -> Response:
         deployment = self.get_object()
         if request.method == "GET":
             page = self.paginate_queryset(selectors.deployment_key_list(deployment=deployment))
@@ -157,7 +160,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         responses={200: DeploymentKeySerializer},
     )
     @action(detail=True, methods=["post"], url_path=r"keys/(?P<key_id>[0-9]+)/revoke")
-    def key_revoke(self, request, name=None, key_id=None):
+    def key_revoke(self, request: Request, name: str = "", key_id: str = "") -> Response:
         data = KeyRevokeSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         key = services.deployment_key_revoke(
