@@ -8,8 +8,7 @@ from deployments.models import Build, Deployment, DeploymentKey, Rollout, Slot
 
 class SlotInline(admin.TabularInline):
     model = Slot
-    fields = ["color", "version", "state", "bento_tag", "url", "updated_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("color", "version", "state", "bento_tag", "url", "updated_at")
     extra = 0
     can_delete = False
 

@@ -54,7 +54,7 @@ ACTIVE_ROLLOUT_STATES = (
 )
 
 # The version states each environment may serve: production only what a reviewer approved.
-DEPLOYABLE_STATES = {
+DEPLOYABLE_STATES: dict[str, set[str]] = {
     Environment.PRODUCTION: {VersionState.APPROVED},
     Environment.STAGING: {VersionState.VALIDATED, VersionState.IN_REVIEW, VersionState.APPROVED},
 }

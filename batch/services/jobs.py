@@ -763,6 +763,7 @@ def _claim_next(job_id: int, worker: str, holding: int) -> tuple[BatchChunk, uui
 
 
 def _child_ready(job: BatchJob) -> runner.BatchChild:
+    assert job.version_id is not None  # resolved when the job was prepared, before any chunk
     return runner.child_for(
         bento=version_bento_local(version_id=job.version_id, bento_tag=job.bento_tag),
         start_timeout=settings.MODELYARD_BATCH_CHILD_START_TIMEOUT_SECONDS,

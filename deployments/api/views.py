@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
@@ -9,6 +11,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.models import User
 from core.choices import Capability
 from deployments import follow, selectors, services
 from deployments.api.serializers import (
@@ -28,6 +31,12 @@ from deployments.models import Deployment
 from registry.selectors import model_get
 
 C = Capability
+
+
+def _actor(request: Request) -> User:
+    """The caller. Every action here requires a capability, which an anonymous user never has
+    (the permission check runs before the action), so it is a signed-in User."""
+    return cast(User, request.user)
 
 
 class DeploymentViewSet(viewsets.GenericViewSet):
@@ -57,7 +66,8 @@ class DeploymentViewSet(viewsets.GenericViewSet):
 
     def _detail(self, deployment: Deployment, code: int = status.HTTP_200_OK) -> Response:
         deployment = selectors.deployment_get(name=deployment.name)
-        deployment.current_rollout = selectors.deployment_current_rollout(deployment)
+        # Read by DeploymentDetailSerializer: the rollout in flight, if any.
+        deployment.current_rollout = selectors.deployment_current_rollout(deployment)  # type: ignore[attr-defined]
         return Response(DeploymentDetailSerializer(deployment).data, status=code)
 
     def list(self, request: Request) -> Response:
@@ -73,7 +83,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
         model = model_get(name=fields.pop("model"), summary=False)
-        deployment = services.deployment_create(model=model, actor=request.user, **fields)
+        deployment = services.deployment_create(model=model, actor=_actor(request), **fields)
         return self._detail(deployment, status.HTTP_201_CREATED)
 
     @extend_schema(request=RolloutCreateSerializer, responses={202: RolloutSerializer})
@@ -87,7 +97,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             return self.permission_denied(
                 request,
                 message=(
-                    f"Your role '{request.user.role}' does not allow rollouts (needs 'deploy')."
+                    f"Your role '{_actor(request).role}' does not allow rollouts (needs 'deploy')."
                 ),
             )
         data = RolloutCreateSerializer(data=request.data)
@@ -96,7 +106,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             deployment=deployment,
             version_number=data.validated_data["version"],
             alias=data.validated_data["alias"],
-            actor=request.user,
+            actor=_actor(request),
             reason=data.validated_data["reason"],
         )
         return Response(RolloutSerializer(rollout).data, status=status.HTTP_202_ACCEPTED)
@@ -109,7 +119,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         deployment = follow.deployment_follow_set(
             deployment=selectors.deployment_ref(name=name),
             alias=data.validated_data["alias"],
-            actor=request.user,
+            actor=_actor(request),
             reason=data.validated_data["reason"],
         )
         return self._detail(deployment)
@@ -127,7 +137,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         data.is_valid(raise_exception=True)
         rollout = services.deployment_rollback(
             deployment=selectors.deployment_ref(name=name),
-            actor=request.user,
+            actor=_actor(request),
             reason=data.validated_data["reason"],
         )
         return Response(RolloutSerializer(rollout).data, status=status.HTTP_202_ACCEPTED)
@@ -149,9 +159,9 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         data = KeyCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         record, key = services.deployment_key_create(
-            deployment=deployment, name=data.validated_data["name"], actor=request.user
+            deployment=deployment, name=data.validated_data["name"], actor=_actor(request)
         )
-        record.key = key
+        record.key = key  # type: ignore[attr-defined]  # shown once, never stored
         return Response(DeploymentKeyCreatedSerializer(record).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -166,7 +176,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         key = services.deployment_key_revoke(
             deployment=self.get_object(),
             key_id=int(key_id),
-            actor=request.user,
+            actor=_actor(request),
             reason=data.validated_data["reason"],
         )
         return Response(DeploymentKeySerializer(key).data)

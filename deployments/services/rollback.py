@@ -167,7 +167,7 @@ def _rollback(
         + ("(slot warm: instant switch)" if warm else "(slot cold: starting it first)"),
         evidence=evidence or {},
     )
-    if warm:
+    if bake_until is not None:  # warm
         rollout.state = RolloutState.BAKING
         log_step(
             rollout,

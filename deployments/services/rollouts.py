@@ -93,7 +93,7 @@ def rollout_start(
             "Name the version to roll out by 'version' or by 'alias', not both or neither.",
             code="version_or_alias",
         )
-    if alias:
+    if version_number is None:  # named by alias
         version_number = alias_version_number(deployment=deployment, alias=alias)
     version = ModelVersion.objects.filter(model=deployment.model_id, number=version_number).first()
     if version is None:
@@ -217,10 +217,10 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, bool) or isinstance(b, bool):
-        return a == b
+        return bool(a == b)
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
-    return a == b
+    return bool(a == b)
 
 
 def _slot_error_text(response: httpx.Response) -> str:

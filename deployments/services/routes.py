@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from django.db import transaction
 
 from deployments import backends
-from deployments.choices import SlotColor
 from deployments.models import Deployment, DeploymentKey, Slot
 from deployments.services._steps import event_record
 from gateway.routes import ROUTES_KEY, Route, route_parse_one, route_publish
+from gateway.routes import Slot as RouteSlot
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def route_of(deployment: Deployment, live: Slot | None) -> Route:
         return Route(
             deployment=deployment.name,
             version=0,
-            slot=SlotColor.BLUE,
+            slot="blue",
             upstream="http://127.0.0.1:1",
             key_hashes=key_hashes,
             state="none",
@@ -56,7 +57,7 @@ def route_of(deployment: Deployment, live: Slot | None) -> Route:
     return Route(
         deployment=deployment.name,
         version=live.version.number,
-        slot=live.color,
+        slot=cast(RouteSlot, live.color),  # a SlotColor value: the route's slots are the same two
         upstream=live.url,
         key_hashes=key_hashes,
         state="live",
