@@ -1,12 +1,14 @@
+from __future__ import annotations
+
 from django.contrib import admin
+from django.http import HttpRequest
 
 from deployments.models import Build, Deployment, DeploymentKey, Rollout, Slot
 
 
 class SlotInline(admin.TabularInline):
     model = Slot
-    fields = ["color", "version", "state", "bento_tag", "url", "updated_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("color", "version", "state", "bento_tag", "url", "updated_at")
     extra = 0
     can_delete = False
 
@@ -27,10 +29,10 @@ class RolloutAdmin(admin.ModelAdmin):
     list_display = ["id", "deployment", "kind", "version", "state", "created_at"]
     list_filter = ["state", "kind"]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Rollout | None = None) -> bool:
         return False
 
 
@@ -49,7 +51,7 @@ class BuildAdmin(admin.ModelAdmin):
         "finished_at",
     ]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
 
@@ -58,5 +60,5 @@ class DeploymentKeyAdmin(admin.ModelAdmin):
     list_display = ["deployment", "name", "created_at", "revoked_at"]
     readonly_fields = ["deployment", "name", "digest", "created_at"]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -1,5 +1,7 @@
 from django.db import models
 
+from registry.choices import VersionState
+
 
 class Environment(models.TextChoices):
     STAGING = "staging"
@@ -50,3 +52,9 @@ ACTIVE_ROLLOUT_STATES = (
     RolloutState.VERIFYING,
     RolloutState.SWITCHING,
 )
+
+# The version states each environment may serve: production only what a reviewer approved.
+DEPLOYABLE_STATES: dict[str, set[str]] = {
+    Environment.PRODUCTION: {VersionState.APPROVED},
+    Environment.STAGING: {VersionState.VALIDATED, VersionState.IN_REVIEW, VersionState.APPROVED},
+}

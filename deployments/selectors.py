@@ -5,7 +5,7 @@ from typing import Any
 from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 
 from core.errors import NotFound
-from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState
+from deployments.choices import ACTIVE_ROLLOUT_STATES, DEPLOYABLE_STATES, RolloutState
 from deployments.models import Deployment, DeploymentKey, Rollout, Slot
 from registry.models import ModelVersion
 
@@ -82,6 +82,52 @@ def rollout_get(*, deployment: Deployment, rollout_id: int) -> Rollout:
     if rollout is None:
         raise NotFound(f"{deployment} has no rollout {rollout_id}.")
     return rollout
+
+
+def rollback_target_version(
+    *, deployment: Deployment, live: Slot, idle: Slot | None
+) -> ModelVersion | None:
+    """The version a rollback of ``deployment`` goes back to; None when there is none.
+
+    The idle slot's version, else the previous version of the last rollout that took
+    traffic (baking or live), but never the version ``live`` serves. The rollback service
+    decides with it under the deployment's lock, the page with it to ask for confirmation.
+    ``live`` and ``idle`` come with their versions loaded: a query only when ``idle`` has none.
+    """
+    target = idle.version if idle is not None else None
+    if target is None:
+        last = (
+            Rollout.objects.filter(
+                deployment=deployment, state__in=[RolloutState.BAKING, RolloutState.LIVE]
+            )
+            .select_related("previous_version")
+            .order_by("-created_at")
+            .first()
+        )
+        target = last.previous_version if last else None
+    if target is not None and target.pk == live.version_id:
+        return None
+    return target
+
+
+def deployment_rollback_target(
+    *, deployment: Deployment
+) -> tuple[ModelVersion | None, ModelVersion | None]:
+    """(live version, version a rollback would go back to) of a deployment from
+    ``deployment_list`` (its slots prefetched); (None, None) while nothing is live."""
+    slots = list(deployment.slots.all())
+    live = next((s for s in slots if s.color == deployment.live_slot), None)
+    if live is None or live.version is None:
+        return None, None
+    idle = next((s for s in slots if s.color != deployment.live_slot), None)
+    return live.version, rollback_target_version(deployment=deployment, live=live, idle=idle)
+
+
+def version_deployable_list(*, deployment: Deployment) -> QuerySet[ModelVersion]:
+    """The versions of the deployment's model its environment may serve, newest first."""
+    return ModelVersion.objects.filter(
+        model=deployment.model_id, state__in=DEPLOYABLE_STATES[deployment.environment]
+    ).order_by("-number")
 
 
 def lineage_deployments_of_version(version: ModelVersion) -> list[dict[str, Any]]:

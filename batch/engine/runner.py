@@ -18,11 +18,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch.engine._child import _LENGTHS, encode_message
 from core.model_process import Grant, grant_read, grant_write_folder, model_process_start, reclaim
-from deployments.integrations import bentoml as bento_integration
+
+if TYPE_CHECKING:
+    from deployments.services import LocalBento
 
 CHILD_SCRIPT = Path(__file__).resolve().with_name("_child.py")  # started by path
 MAX_CHILDREN = 2  # per worker process: a schedule's new and old version side by side
@@ -43,9 +45,7 @@ class ChunkFileError(Exception):
 
 
 class BatchChild:
-    def __init__(
-        self, *, bento_dir: Path, home: Path, start_timeout: float, threads: int = 1
-    ) -> None:
+    def __init__(self, *, bento: LocalBento, start_timeout: float, threads: int = 1) -> None:
         # A folder of its own as HOME, TMPDIR and working directory, removed with the child
         # (or, if this worker process was killed, by the next one to start a child).
         _remove_orphaned_folders()
@@ -59,9 +59,7 @@ class BatchChild:
         try:
             # Its own copy of the one Bento it loads (hard links): the store is not its to read.
             bento_home = self.folder  # BentoML writes a little beside its stores (envs/)
-            bento_dir = bento_integration.bento_serving_copy(
-                home=home, bento_tag=f"{bento_dir.parent.name}:{bento_dir.name}", dest=bento_home
-            )
+            bento_dir = bento.serving_copy(dest=bento_home)
         except BaseException:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
@@ -277,10 +275,9 @@ def _storage_root() -> list[Path]:
 _children: dict[str, BatchChild] = {}
 
 
-def child_for(
-    *, bento_tag: str, bento_dir: Path, home: Path, start_timeout: float, threads: int = 1
-) -> BatchChild:
-    """This process's child for ``bento_tag``, started (and its model loaded) if needed."""
+def child_for(*, bento: LocalBento, start_timeout: float, threads: int = 1) -> BatchChild:
+    """This process's child for ``bento``, started (and its model loaded) if needed."""
+    bento_tag = bento.tag
     child = _children.get(bento_tag)
     if child is not None and child.alive and not child.in_flight:
         return child
@@ -288,7 +285,7 @@ def child_for(
         _children.pop(bento_tag).kill()
     for tag in list(_children)[: max(0, len(_children) - MAX_CHILDREN + 1)]:
         _children.pop(tag).stop()
-    child = BatchChild(bento_dir=bento_dir, home=home, start_timeout=start_timeout, threads=threads)
+    child = BatchChild(bento=bento, start_timeout=start_timeout, threads=threads)
     _children[bento_tag] = child
     return child
 

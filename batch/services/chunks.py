@@ -21,7 +21,7 @@ from django.conf import settings
 
 from batch.choices import JobState
 from batch.engine import runner
-from batch.engine.bentos import _child_ready
+from batch.engine.bentos import child_ready
 from batch.models import BatchChunk, BatchJob
 from batch.services import files
 from batch.services.chunk_claims import (
@@ -167,7 +167,7 @@ def batch_chunk_run(
     with _LeaseKeeper() as leases:
         leases.add(chunk.pk, token)
         try:
-            child = _child_ready(chunk.job)
+            child = child_ready(chunk.job)
         except Exception as exc:  # no child: transient, like a dead one
             return _chunk_failed(_Flight.unsent(chunk, token), exc)
         run.pipeline(child, leases)

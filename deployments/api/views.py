@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import cast
+
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.models import User
 from core.choices import Capability
 from deployments import follow, selectors, services
 from deployments.api.serializers import (
@@ -22,9 +27,16 @@ from deployments.api.serializers import (
     RolloutCreateSerializer,
     RolloutSerializer,
 )
+from deployments.models import Deployment
 from registry.selectors import model_get
 
 C = Capability
+
+
+def _actor(request: Request) -> User:
+    """The caller. Every action here requires a capability, which an anonymous user never has
+    (the permission check runs before the action), so it is a signed-in User."""
+    return cast(User, request.user)
 
 
 class DeploymentViewSet(viewsets.GenericViewSet):
@@ -46,36 +58,37 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         "key_revoke": C.DEPLOY,
     }
 
-    def get_queryset(self):
+    def get_queryset(self) -> QuerySet[Deployment]:
         return selectors.deployment_list()
 
-    def get_object(self):
+    def get_object(self) -> Deployment:
         return selectors.deployment_get(name=self.kwargs["name"])
 
-    def _detail(self, deployment, code=status.HTTP_200_OK):
+    def _detail(self, deployment: Deployment, code: int = status.HTTP_200_OK) -> Response:
         deployment = selectors.deployment_get(name=deployment.name)
-        deployment.current_rollout = selectors.deployment_current_rollout(deployment)
+        # Read by DeploymentDetailSerializer: the rollout in flight, if any.
+        deployment.current_rollout = selectors.deployment_current_rollout(deployment)  # type: ignore[attr-defined]
         return Response(DeploymentDetailSerializer(deployment).data, status=code)
 
-    def list(self, request):
+    def list(self, request: Request) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         return self.get_paginated_response(DeploymentSerializer(page, many=True).data)
 
-    def retrieve(self, request, name=None):
+    def retrieve(self, request: Request, name: str = "") -> Response:
         return self._detail(self.get_object())
 
     @extend_schema(request=DeploymentCreateSerializer, responses={201: DeploymentDetailSerializer})
-    def create(self, request):
+    def create(self, request: Request) -> Response:
         data = DeploymentCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
         model = model_get(name=fields.pop("model"), summary=False)
-        deployment = services.deployment_create(model=model, actor=request.user, **fields)
+        deployment = services.deployment_create(model=model, actor=_actor(request), **fields)
         return self._detail(deployment, status.HTTP_201_CREATED)
 
     @extend_schema(request=RolloutCreateSerializer, responses={202: RolloutSerializer})
     @action(detail=True, methods=["get", "post"])
-    def rollouts(self, request, name=None):
+    def rollouts(self, request: Request, name: str = "") -> Response:
         deployment = self.get_object()
         if request.method == "GET":
             page = self.paginate_queryset(selectors.rollout_list(deployment=deployment))
@@ -84,7 +97,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             return self.permission_denied(
                 request,
                 message=(
-                    f"Your role '{request.user.role}' does not allow rollouts (needs 'deploy')."
+                    f"Your role '{_actor(request).role}' does not allow rollouts (needs 'deploy')."
                 ),
             )
         data = RolloutCreateSerializer(data=request.data)
@@ -93,38 +106,38 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             deployment=deployment,
             version_number=data.validated_data["version"],
             alias=data.validated_data["alias"],
-            actor=request.user,
+            actor=_actor(request),
             reason=data.validated_data["reason"],
         )
         return Response(RolloutSerializer(rollout).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=FollowSerializer, responses={200: DeploymentDetailSerializer})
     @action(detail=True, methods=["put"])
-    def follow(self, request, name=None):
+    def follow(self, request: Request, name: str = "") -> Response:
         data = FollowSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         deployment = follow.deployment_follow_set(
             deployment=selectors.deployment_ref(name=name),
             alias=data.validated_data["alias"],
-            actor=request.user,
+            actor=_actor(request),
             reason=data.validated_data["reason"],
         )
         return self._detail(deployment)
 
     @extend_schema(operation_id="deployments_rollout_detail", responses={200: RolloutSerializer})
     @action(detail=True, methods=["get"], url_path=r"rollouts/(?P<rollout_id>[0-9]+)")
-    def rollout_detail(self, request, name=None, rollout_id=None):
+    def rollout_detail(self, request: Request, name: str = "", rollout_id: str = "") -> Response:
         rollout = selectors.rollout_get(deployment=self.get_object(), rollout_id=int(rollout_id))
         return Response(RolloutSerializer(rollout).data)
 
     @extend_schema(request=RollbackSerializer, responses={202: RolloutSerializer})
     @action(detail=True, methods=["post"])
-    def rollback(self, request, name=None):
+    def rollback(self, request: Request, name: str = "") -> Response:
         data = RollbackSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         rollout = services.deployment_rollback(
             deployment=selectors.deployment_ref(name=name),
-            actor=request.user,
+            actor=_actor(request),
             reason=data.validated_data["reason"],
         )
         return Response(RolloutSerializer(rollout).data, status=status.HTTP_202_ACCEPTED)
@@ -138,7 +151,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         responses={201: DeploymentKeyCreatedSerializer},
     )
     @action(detail=True, methods=["get", "post"])
-    def keys(self, request, name=None):
+    def keys(self, request: Request, name: str = "") -> Response:
         deployment = self.get_object()
         if request.method == "GET":
             page = self.paginate_queryset(selectors.deployment_key_list(deployment=deployment))
@@ -146,9 +159,9 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         data = KeyCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         record, key = services.deployment_key_create(
-            deployment=deployment, name=data.validated_data["name"], actor=request.user
+            deployment=deployment, name=data.validated_data["name"], actor=_actor(request)
         )
-        record.key = key
+        record.key = key  # type: ignore[attr-defined]  # shown once, never stored
         return Response(DeploymentKeyCreatedSerializer(record).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -157,13 +170,13 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         responses={200: DeploymentKeySerializer},
     )
     @action(detail=True, methods=["post"], url_path=r"keys/(?P<key_id>[0-9]+)/revoke")
-    def key_revoke(self, request, name=None, key_id=None):
+    def key_revoke(self, request: Request, name: str = "", key_id: str = "") -> Response:
         data = KeyRevokeSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         key = services.deployment_key_revoke(
             deployment=self.get_object(),
             key_id=int(key_id),
-            actor=request.user,
+            actor=_actor(request),
             reason=data.validated_data["reason"],
         )
         return Response(DeploymentKeySerializer(key).data)

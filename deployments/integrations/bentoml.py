@@ -171,6 +171,11 @@ def _bento_dir(home: Path, bento_tag: str) -> Path:
     return home / "bentos" / name / version
 
 
+def bento_path(*, home: Path, bento_tag: str) -> Path:
+    """The folder of ``bento_tag`` in the store under ``home`` (whether or not it is there)."""
+    return _bento_dir(home, bento_tag)
+
+
 def _model_dir(home: Path, model_tag: str) -> Path:
     name, version = _split_tag(model_tag)
     return home / "models" / name / version

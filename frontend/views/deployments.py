@@ -21,9 +21,8 @@ from accounts.permissions import user_has_capability
 from core.choices import Capability
 from core.errors import DomainError, InvalidInput, NotFound
 from deployments import selectors, services
-from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState, SlotState
-from deployments.models import Deployment, Rollout
-from deployments.services import DEPLOYABLE_STATES
+from deployments.choices import ACTIVE_ROLLOUT_STATES, SlotState
+from deployments.models import Deployment
 from frontend import charts
 from frontend import dashboard_captions as captions
 from frontend.views.access import capability_require
@@ -65,27 +64,10 @@ def _health(deployment: Deployment) -> tuple[str, str]:
 
 
 def rollback_target(deployment: Deployment) -> tuple[ModelVersion | None, ModelVersion | None]:
-    """(live version, version a rollback would go back to), chosen as deployment_rollback
-    chooses it: the idle slot's version, else the previous version of the last rollout. The
-    service decides again under its lock; the confirmation form carries what was shown."""
-    live = _live_slot(deployment)
-    if live is None or live.version is None:
-        return None, None
-    other = next((s for s in deployment.slots.all() if s.color != deployment.live_slot), None)
-    target = other.version if other is not None else None
-    if target is None:
-        last = (
-            Rollout.objects.filter(
-                deployment=deployment, state__in=[RolloutState.BAKING, RolloutState.LIVE]
-            )
-            .select_related("previous_version")
-            .order_by("-created_at")
-            .first()
-        )
-        target = last.previous_version if last else None
-    if target is not None and target.pk == live.version_id:
-        target = None
-    return live.version, target
+    """(live version, version a rollback would go back to), by the rule deployment_rollback
+    uses (selectors.rollback_target_version). The service decides again under its lock; the
+    confirmation form carries what was shown."""
+    return selectors.deployment_rollback_target(deployment=deployment)
 
 
 def _rollback_is_warm(deployment: Deployment, target: ModelVersion | None) -> bool:
@@ -253,9 +235,7 @@ def _window_page(
 
 
 def _deployable_versions(deployment: Deployment, live_version: ModelVersion | None):
-    versions = ModelVersion.objects.filter(
-        model=deployment.model_id, state__in=DEPLOYABLE_STATES[deployment.environment]
-    ).order_by("-number")
+    versions = selectors.version_deployable_list(deployment=deployment)
     if live_version is not None:
         versions = versions.exclude(pk=live_version.pk)
     return list(versions.only("id", "number", "state", "description"))

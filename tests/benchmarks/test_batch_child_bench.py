@@ -26,8 +26,8 @@ import pyarrow as pa
 import pytest
 
 from batch.engine import runner
-from batch.engine.bentos import _bento_dir
 from deployments.models import Build
+from deployments.services import LocalBento
 from tests.batch.conftest import batch_bentos, batch_setup, input_frame  # noqa: F401 - fixtures
 from tests.benchmarks.test_batch_bench import ROWS, _forest_version
 
@@ -84,8 +84,9 @@ def test_the_child_costs_the_model_nothing_beyond_chunking(batch_setup, bento_di
         folder = Path(tmp)
         model = _forest_version(batch_setup, bento_dirs["home"], folder).model
         child = runner.BatchChild(
-            bento_dir=_bento_dir(Build.objects.get(version__number=3).bento_tag),
-            home=bento_dirs["home"],
+            bento=LocalBento(
+                tag=Build.objects.get(version__number=3).bento_tag, home=bento_dirs["home"]
+            ),
             start_timeout=120,
         )
         expected = model.predict(features)

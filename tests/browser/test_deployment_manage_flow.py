@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from deployments.choices import SlotColor
 from deployments.models import Deployment, DeploymentKey, Slot
-from deployments.services import deployment_key_hash
+from gateway.routes import deployment_key_hash
 from tests.frontend.test_deployment_manage import _ModelSlot
 from tests.frontend.test_operations_pages import ops  # noqa: F401 - fixture
 

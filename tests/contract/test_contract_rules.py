@@ -166,7 +166,7 @@ def test_a_model_that_fails_on_the_synthetic_sample_suggests_reference_data(tmp_
 def test_a_refused_smoke_request_fails_the_rollout_with_the_slots_own_words():
     import httpx
 
-    from deployments.services import _slot_error_text
+    from deployments.services.rollouts import _slot_error_text
 
     body = mc.error_body("wrong_type", "row 0: feature 'zip' takes a string", {"row": 0})
     refused = httpx.Response(400, json=body)

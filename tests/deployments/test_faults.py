@@ -21,7 +21,7 @@ from tests.deployments.flows import _predict, _roll_out, churn_deployment
 
 pytestmark = pytest.mark.stack
 
-# Where the worker's test-only pause hook (deployments.services._pause_for_tests) waits; fixed
+# Where the worker's test-only pause hook (deployments.services._steps.pause_for_tests) waits; fixed
 # per test process because stack_env markers are evaluated at import.
 PAUSE_DIR = Path(tempfile.gettempdir()) / f"modelyard-test-pause-{os.getpid()}"
 

@@ -8,6 +8,7 @@ from core.models import AuditEvent
 from deployments.models import Deployment, DeploymentEvent, Rollout
 from registry.choices import VersionState
 from registry.models import ModelVersion
+from tests.factories import DeploymentFactory
 from tests.registry.helpers import upload_version
 
 pytestmark = pytest.mark.django_db
@@ -25,9 +26,7 @@ def approved(registered_model, scientist, sklearn_model):
 @pytest.fixture
 def deployments(registered_model, operator):
     return [
-        Deployment.objects.create(
-            name=name, model=registered_model, environment=env, created_by=operator
-        )
+        DeploymentFactory(name=name, model=registered_model, environment=env, created_by=operator)
         for name, env in [("churn-prod", "production"), ("churn-staging", "staging")]
     ]
 

@@ -21,11 +21,15 @@ from accounts.choices import Role
 from core.choices import AuditAction
 from core.models import AuditEvent
 from deployments import backends
-from deployments.models import Deployment, DeploymentKey, Slot
+from deployments.models import Deployment, DeploymentKey
 from deployments.services import deployment_create, route_sync
 from gateway.routes import ROUTES_KEY, deployment_key_hash, route_parse_one, route_remove
-from registry.models import ModelVersion
-from tests.factories import RegisteredModelFactory
+from tests.factories import (
+    DeploymentFactory,
+    ModelVersionFactory,
+    RegisteredModelFactory,
+    SlotFactory,
+)
 from tests.gateway.support import (
     TEST_GATEWAY_ENV,
     UPSTREAM_SCRIPT,
@@ -80,24 +84,17 @@ def deployment(transactional_db, make_user, servers) -> Iterator[Deployment]:
     backends.route_store.cache_clear()
     operator = make_user(Role.OPERATOR, "olive")
     model = RegisteredModelFactory(name="keys-model")
-    version = ModelVersion.objects.create(
-        model=model,
-        number=1,
-        created_by=operator,
-        framework="sklearn",
-        artifact_format="joblib",
-        safe_format=False,
-        artifact_path=f"models/keys-model/v1-{time.monotonic_ns()}.joblib",
-        artifact_sha256="0" * 64,
-        artifact_size=1,
+    version = ModelVersionFactory(model=model, number=1, created_by=operator)
+    deployment = DeploymentFactory(
+        name="keys-prod", model=model, environment="staging", created_by=operator, live_slot="blue"
     )
-    deployment = deployment_create(
-        name="keys-prod", model=model, environment="staging", actor=operator
+    SlotFactory(
+        deployment=deployment,
+        color="blue",
+        version=version,
+        state="ready",
+        url=servers["upstream"].url,
     )
-    Slot.objects.filter(deployment=deployment, color="blue").update(
-        version=version, state="ready", url=servers["upstream"].url
-    )
-    Deployment.objects.filter(pk=deployment.pk).update(live_slot="blue")
     route_sync(deployment_id=deployment.pk)
     yield deployment
     route_remove(backends.route_store(), "keys-prod")

@@ -15,8 +15,8 @@ from accounts.choices import Role
 from core.models import AuditEvent
 from deployments.choices import SlotColor, SlotState
 from deployments.models import Deployment, DeploymentKey, Slot
-from deployments.services import deployment_key_hash
 from frontend.example_rows import example_rows
+from gateway.routes import deployment_key_hash
 from registry.models import ModelVersion
 from tests.frontend.conftest import assert_csp_clean
 from tests.frontend.test_operations_pages import ops  # noqa: F401 - fixture

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from batch.engine.runner import BatchChild, ChildError
-from deployments.integrations.bentoml import _bento_dir, _model_dir, bento_build
+from deployments.integrations.bentoml import _model_dir, bento_build
+from deployments.services import LocalBento
 from registry.modelkit.loading import loader_decision
 from tests.models import train_sklearn_joblib
 from tests.security.test_model_loading import PAYLOADS, _payloads
@@ -40,18 +41,18 @@ def built(tmp_path_factory):
     )
     model_file = _model_dir(home, result.model_tag) / "model.joblib"
     good = model_file.read_bytes()
-    yield home, _bento_dir(home, result.bento_tag), model_file
+    yield home, LocalBento(tag=result.bento_tag, home=home), model_file
     model_file.write_bytes(good)
 
 
 def test_the_good_bento_loads_in_the_batch_child(built):
-    home, bento_dir, _ = built
-    child = BatchChild(bento_dir=bento_dir, home=home, start_timeout=120)
+    _, bento, _ = built
+    child = BatchChild(bento=bento, start_timeout=120)
     try:
         assert child.info["ok"] and child.info["native"]
     finally:
         child.stop()
-    service = (bento_dir / "src" / "service.py").read_text()
+    service = (bento.path / "src" / "service.py").read_text()
     assert "LOADER: dict[str, Any] = {'format': 'joblib', 'loader': 'restricted-joblib'" in service
 
 
@@ -69,13 +70,13 @@ def _object_array_exploit(marker: Path) -> bytes:
 
 @pytest.mark.parametrize("name", [*PAYLOADS, "object-array"])
 def test_batch_child_refuses_a_planted_file_and_its_payload_never_runs(built, tmp_path, name):
-    home, bento_dir, model_file = built
+    _, bento, model_file = built
     marker = tmp_path / "pwned"
     exploit = _object_array_exploit(marker) if name == "object-array" else None
     model_file.write_bytes(exploit or _payloads(marker)[name][0])
 
     with pytest.raises(ChildError, match="GlobalRefusedError"):
-        BatchChild(bento_dir=bento_dir, home=home, start_timeout=120)
+        BatchChild(bento=bento, start_timeout=120)
 
     assert not marker.exists()
 
@@ -91,12 +92,12 @@ def test_slot_server_refuses_a_planted_file_and_its_payload_never_runs(built, tm
     from deployments.runtime.base import SlotStartError
     from deployments.runtime.local import LocalProcessBackend
 
-    home, bento_dir, model_file = built
+    home, bento, model_file = built
     marker = tmp_path / "pwned"
     exploit = _object_array_exploit(marker) if name == "object-array" else None
     model_file.write_bytes(exploit or _payloads(marker)[name][0])
     backend = LocalProcessBackend(home, tmp_path / "serving-state", ready_timeout=30)
-    tag = f"{bento_dir.parent.name}:{bento_dir.name}"
+    tag = bento.tag
     try:
         with pytest.raises(SlotStartError) as raised:
             backend.slot_start(slot_key="planted.blue", bento_tag=tag)

@@ -27,6 +27,7 @@ import pytest
 from batch.engine import runner
 from core.model_process import model_environment, model_process_start, model_user
 from deployments.runtime.local import SLOT_ENV, LocalProcessBackend
+from deployments.services import LocalBento
 from registry.validation.sandbox import SandboxLimits, sandbox_load_and_predict
 
 # A built store with Bentos of two small scikit-learn models (module-scoped).
@@ -228,14 +229,13 @@ def test_batch_child_holds_no_secrets_and_still_predicts_its_chunk(
 ):
     import pyarrow as pa
 
-    name, version = store["v1"].split(":")
-    bento_dir = Path(store["home"]) / "bentos" / name / version
     # The folder a killed worker's child left behind (its worker pid is gone).
     gone = subprocess.Popen(["true"])
     gone.wait()
     orphan = Path(tempfile.gettempdir()) / f"modelyard-batch-child-{gone.pid}-left"
     orphan.mkdir()
-    child = runner.BatchChild(bento_dir=bento_dir, home=Path(store["home"]), start_timeout=120)
+    bento = LocalBento(tag=store["v1"], home=Path(store["home"]))
+    child = runner.BatchChild(bento=bento, start_timeout=120)
     assert not orphan.exists()
     try:
         env = _environ(child.proc.pid)

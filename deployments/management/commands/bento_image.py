@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from deployments import backends
 from deployments.integrations.bentoml import BentoError
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         "the image reference and the commands that build and push it."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("bento_tag", help="exact Bento tag, name:version (see the build)")
         parser.add_argument("--dest", required=True, help="directory to create")
         parser.add_argument(
@@ -32,7 +33,7 @@ class Command(BaseCommand):
             help="image registry (default: MODELYARD_K8S_IMAGE_REGISTRY)",
         )
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         registry = options["registry"] or settings.MODELYARD_K8S_IMAGE_REGISTRY
         if not registry:
             raise CommandError("no registry: pass --registry or set MODELYARD_K8S_IMAGE_REGISTRY")

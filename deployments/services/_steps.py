@@ -1,0 +1,144 @@
+"""The rollout state machine's shared plumbing: transitions, the step log, events, enqueueing.
+
+Internal to deployments.services: builds, rollouts, rollback and reconcile each use it, so none
+of them imports another for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from core.choices import AuditAction
+from core.services import audit_record
+from deployments import backends
+from deployments.choices import RolloutState, SlotColor, SlotState
+from deployments.models import Build, Deployment, DeploymentEvent, Rollout, Slot
+from deployments.runtime.base import RuntimeBackendError
+
+logger = logging.getLogger(__name__)
+
+
+def other_color(color: str) -> str:
+    return SlotColor.GREEN if color == SlotColor.BLUE else SlotColor.BLUE
+
+
+def event_record(*, deployment: Deployment, kind: str, message: str, slot: str = "") -> None:
+    DeploymentEvent.objects.create(
+        deployment=deployment, kind=kind, message=message[:5000], slot=slot
+    )
+
+
+def log_step(rollout: Rollout, message: str, **extra: Any) -> None:
+    rollout.steps = [
+        *rollout.steps,
+        {"at": timezone.now().isoformat(), "state": rollout.state, "message": message, **extra},
+    ]
+
+
+def enqueue_advance(rollout_id: int, countdown: float = 0) -> None:
+    from deployments.tasks import rollout_advance_task
+
+    transaction.on_commit(
+        lambda: rollout_advance_task.apply_async((rollout_id,), countdown=countdown)
+    )
+
+
+def transition(rollout: Rollout, to: str, message: str, **fields: Any) -> bool:
+    """Move ``rollout`` from its current state to ``to`` if nobody else has (conditional)."""
+    with transaction.atomic():
+        current = (
+            Rollout.objects.select_for_update().filter(pk=rollout.pk, state=rollout.state).first()
+        )
+        if current is None:
+            return False
+        before = current.state
+        current.state = to
+        current.state_changed_at = timezone.now()
+        for name, value in fields.items():
+            setattr(current, name, value)
+        if to in (RolloutState.LIVE, RolloutState.FAILED, RolloutState.ROLLED_BACK):
+            current.finished_at = timezone.now()
+        log_step(current, message)
+        current.save()
+        audit_record(
+            actor=None,
+            action=AuditAction.ROLLOUT_STATE_CHANGED,
+            obj=current,
+            reason=message[:500],
+            before={"state": before},
+            after={"state": to, "version": current.version.number},
+        )
+    rollout.refresh_from_db()
+    return True
+
+
+def fail(rollout: Rollout, error: str) -> None:
+    logger.warning("rollout %s failed: %s", rollout.pk, error)
+    if transition(rollout, RolloutState.FAILED, f"failed: {error}", error=error[:5000]):
+        slot = Slot.objects.select_related("deployment").get(
+            deployment=rollout.deployment, color=rollout.target_slot
+        )
+        if slot.deployment.live_slot != slot.color:  # never stop what serves traffic
+            slot_stop(slot)
+
+
+def slot_stop(slot: Slot) -> None:
+    try:
+        backends.runtime_backend().slot_stop(slot_key=slot.runtime_key)
+    except RuntimeBackendError as exc:
+        logger.warning("stopping %s failed: %s", slot, exc)
+    Slot.objects.filter(pk=slot.pk).update(state=SlotState.STOPPED, url="")
+
+
+def end_baking(deployment: Deployment, *, to: str, note: str) -> None:
+    """End the deployment's baking rollout (live, or rolled back), with a step note."""
+    for baking in Rollout.objects.select_for_update().filter(
+        deployment=deployment, state=RolloutState.BAKING
+    ):
+        baking.state = to
+        baking.finished_at = timezone.now()
+        log_step(baking, note)
+        baking.save(update_fields=["state", "finished_at", "steps"])
+
+
+def switched_note(slot: str, version: int, bake_until: datetime, *, had_previous: bool) -> str:
+    """The step-log line of a route switch (a rollout's, or a warm rollback's)."""
+    if not had_previous:
+        # A deployment's first rollout: nothing served before, so nothing is kept warm.
+        return f"traffic switched to {slot} (v{version}); first version of this deployment"
+    return (
+        f"traffic switched to {slot} (v{version}); "
+        f"previous slot kept warm until {bake_until:%H:%M:%S}"
+    )
+
+
+def pause_for_tests(step: str, obj: Rollout | Build) -> None:
+    """Test-only: hold ``step`` open once so a fault test can kill the worker inside it.
+
+    Active only with ``MODELYARD_TEST_PAUSE_DIR=<dir>`` in the environment (the fault tests set
+    it on their stack's worker; nothing else does) and an ``<dir>/arm-<step>`` file the test
+    creates: the worker consumes the arm file, creates ``<dir>/<step>-<object id>`` and waits,
+    up to 60 s, until that file is removed. Consuming the arm file makes the resumed step run
+    through.
+    """
+    directory = os.environ.get("MODELYARD_TEST_PAUSE_DIR")
+    if not directory:
+        return
+    arm = Path(directory) / f"arm-{step}"
+    try:
+        arm.unlink()
+    except FileNotFoundError:
+        return
+    hold = Path(directory) / f"{step}-{obj.pk}"
+    hold.write_text(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while hold.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

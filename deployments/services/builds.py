@@ -1,0 +1,140 @@
+"""Builds: a version turned into a Bento once, by one worker, then exported for other machines."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from deployments import backends
+from deployments.choices import BuildState, RolloutState
+from deployments.integrations import bentoml as bento
+from deployments.models import Build, Deployment, Rollout
+from deployments.services._steps import enqueue_advance, pause_for_tests
+from deployments.services.artifacts import artifact_mismatch, artifact_mismatch_record
+from registry.models import ModelVersion
+from registry.services.artifacts import artifact_local_path, artifact_store
+
+logger = logging.getLogger(__name__)
+
+
+def build_ensure(*, version: ModelVersion) -> Build:
+    build, _ = Build.objects.get_or_create(version=version)
+    return build
+
+
+def build_claim(*, build_id: int) -> bool:
+    """pending (or a build abandoned by a dead worker) → building, by one worker only."""
+    stale = timezone.now() - timedelta(seconds=settings.MODELYARD_BUILD_STALE_SECONDS)
+    claimed = Build.objects.filter(pk=build_id, state=BuildState.PENDING).update(
+        state=BuildState.BUILDING, started_at=timezone.now()
+    )
+    if not claimed:
+        claimed = Build.objects.filter(
+            pk=build_id, state=BuildState.BUILDING, started_at__lt=stale
+        ).update(started_at=timezone.now())
+    return bool(claimed)
+
+
+def build_run(*, build_id: int) -> Build:
+    """Turn the version into a Bento (once), wake the rollouts waiting on it, then export it.
+
+    The rollouts are woken as soon as the Bento is in this machine's store: exporting the
+    archive to artifact storage (a child process importing BentoML, plus tar.xz: 1-3 s here)
+    is only needed by other machines, so it runs after, off the rollout's critical path
+    (bento_export packs a private copy of the Bento, so the slot starting meanwhile never sees
+    BentoML's half-filled export directory). A build whose export failed stays succeeded
+    without an archive; running the task again exports it (see build_archive_ensure).
+    """
+    if not build_claim(build_id=build_id):
+        build = Build.objects.get(pk=build_id)
+        if build.state == BuildState.SUCCEEDED and not build.archive_path:
+            build_archive_ensure(build_id=build_id)
+        return Build.objects.get(pk=build_id)
+    build = Build.objects.select_related("version__model").get(pk=build_id)
+    pause_for_tests("build", build)  # claimed (building), nothing built yet
+    version = build.version
+    home = backends.bento_home()
+    mismatch: str | None = None
+    with tempfile.TemporaryDirectory(prefix="modelyard-build-") as tmp:
+        log_path = Path(tmp) / "build.log"
+        try:
+            with artifact_local_path(version.artifact_path) as artifact:
+                mismatch = artifact_mismatch(version=version, path=artifact)
+                if mismatch is not None:
+                    raise bento.BentoError(mismatch)
+                result = bento.bento_build(
+                    home=home,
+                    model_name=version.model.name,
+                    version=version.number,
+                    artifact_path=artifact,
+                    framework=version.framework,
+                    fmt=version.artifact_format,
+                    feature_names=version.signature.get("feature_names"),
+                    loader=version.loader or None,
+                    contract=version.contract or None,
+                    log_path=log_path,
+                    timeout=settings.MODELYARD_BUILD_TIMEOUT_SECONDS,
+                )
+        except bento.BentoError as exc:
+            Build.objects.filter(pk=build_id).update(
+                state=BuildState.FAILED,
+                error=str(exc),
+                log=exc.log[-200_000:],
+                finished_at=timezone.now(),
+            )
+            logger.warning("build %s failed: %s", build_id, exc)
+            if mismatch is not None:
+                waiting = Deployment.objects.filter(
+                    rollouts__version=version, rollouts__state=RolloutState.BUILDING
+                ).distinct()
+                artifact_mismatch_record(deployments=list(waiting), error=mismatch)
+        else:
+            Build.objects.filter(pk=build_id).update(
+                state=BuildState.SUCCEEDED,
+                bento_tag=result.bento_tag,
+                log=result.log[-200_000:],
+                seconds=result.seconds,
+                finished_at=timezone.now(),
+                error="",
+            )
+    build.refresh_from_db()
+    for rollout_id in Rollout.objects.filter(
+        version=version, state=RolloutState.BUILDING
+    ).values_list("id", flat=True):
+        enqueue_advance(rollout_id)
+    if build.state == BuildState.SUCCEEDED:
+        build_archive_ensure(build_id=build_id)
+        build.refresh_from_db()
+    return build
+
+
+def build_archive_ensure(*, build_id: int) -> Build:
+    """Export a succeeded build's Bento to artifact storage once (for other machines)."""
+    build = Build.objects.select_related("version").get(pk=build_id)
+    if build.state != BuildState.SUCCEEDED or build.archive_path:
+        return build
+    version = build.version
+    with tempfile.TemporaryDirectory(prefix="modelyard-export-") as tmp:
+        try:
+            archive = bento.bento_export(
+                home=backends.bento_home(),
+                bento_tag=build.bento_tag,
+                dest=Path(tmp) / "export.bento",
+            )
+            stored = artifact_store(
+                local_path=archive,
+                folder=f"bentos/{version.model_id}",
+                basename=f"v{version.number}.bento",
+            )
+        except (bento.BentoError, OSError) as exc:
+            # Serving here does not need the archive; only another machine would.
+            logger.warning("build %s: exporting the Bento failed: %s", build_id, exc)
+            return build
+    Build.objects.filter(pk=build_id, archive_path="").update(archive_path=stored.path)
+    build.refresh_from_db()
+    return build
