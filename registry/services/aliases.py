@@ -26,8 +26,9 @@ logger = logging.getLogger(__name__)
 
 # Called after a protected alias moved and the move committed, with keyword arguments
 # model_id, alias, version_number, actor_id. Registry is below deployments and may not
-# import it: deployments registers its follower here (DeploymentsConfig.ready).
-ProtectedAliasMoved = Callable[..., None]
+# import it: deployments registers its follower here (DeploymentsConfig.ready). What a
+# callback returns (deployments: the rollouts it started) is not used here.
+ProtectedAliasMoved = Callable[..., object]
 _protected_alias_moved: list[ProtectedAliasMoved] = []
 
 
