@@ -17,6 +17,7 @@ UPDATE.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
@@ -88,6 +89,7 @@ class StateMachine(Generic[M]):
         *,
         fields: Mapping[str, Any] | None = None,
         where: Q | None = None,
+        at: datetime | None = None,
         actor: Any | None = None,
         audit_action: AuditAction | None = None,
         reason: str = "",
@@ -97,14 +99,16 @@ class StateMachine(Generic[M]):
         another writer moved the row first or ``where`` (a lease, a token) no longer holds.
 
         ``fields`` are written in the same UPDATE; a value may be an expression (``F()``, a
-        JSON append) that the database computes from the row as it is. The audit record,
+        JSON append) that the database computes from the row as it is. ``at`` (default now)
+        is the state-changed-at time, for a caller whose ``finished_at`` must equal it. The
+        audit record,
         written when ``audit_action`` is given, commits or rolls back with the move.
         """
         self.check(obj, to)
         before = str(getattr(obj, self.field))
         values: dict[str, Any] = {**(fields or {}), self.field: str(to)}
         if self.changed_at_field:
-            values[self.changed_at_field] = timezone.now()
+            values[self.changed_at_field] = at or timezone.now()
         with transaction.atomic():
             rows = self.model._default_manager.filter(pk=obj.pk, **{self.field: before})
             if where is not None:

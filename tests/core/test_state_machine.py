@@ -99,6 +99,17 @@ def test_an_allowed_move_writes_state_timestamp_extra_fields_and_audit_in_one_up
 
 
 @pytest.mark.django_db
+def test_a_given_time_is_the_state_changed_at_so_another_field_can_equal_it(
+    registered_model, scientist
+):
+    version = _version(registered_model, scientist, S.VALIDATING)
+    at = timezone.now() - timedelta(minutes=5)
+    assert VERSION_STATES.move(version, S.VALIDATED, at=at, fields={"validated_at": at})
+    row = ModelVersion.objects.get(pk=version.pk)
+    assert row.state_changed_at == at == row.validated_at
+
+
+@pytest.mark.django_db
 def test_a_move_without_an_audit_action_writes_no_audit_record(registered_model, scientist):
     version = _version(registered_model, scientist, S.VALIDATING)
     assert VERSION_STATES.move(version, S.VALIDATED)
