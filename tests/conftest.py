@@ -344,7 +344,8 @@ def live_stack(request, transactional_db, tmp_path, bento_dirs, settings):
     else:
         # A Redis database of its own: no other worker sees its tasks, no stale message.
         base, _, number = settings.REDIS_URL.rpartition("/")
-        redis_url = f"{base}/{int(number or 0) + 1}"
+        # Redis has 16 databases unless configured otherwise: the next one, wrapping around.
+        redis_url = f"{base}/{(int(number or 0) + 1) % 16}"
         import redis
 
         redis.Redis.from_url(redis_url).flushdb()
