@@ -118,6 +118,13 @@ def _wait_http(url: str, deadline: float, proc: subprocess.Popen, log: Path) -> 
 def bento_dirs(tmp_path_factory):
     """A BentoML store and runtime state of this test session (never reused across runs:
     the test database numbers versions from 1 again, and a Bento is tied to its artifact)."""
+    yield from bento_dirs_fresh(tmp_path_factory)
+
+
+def bento_dirs_fresh(tmp_path_factory):
+    """A new BentoML store and runtime state; its slot servers are stopped at the end. A
+    module whose versions are other files than the session's ``churn`` versions overrides
+    ``bento_dirs`` with one of these (a Bento refuses a second artifact under its tag)."""
     root = tmp_path_factory.mktemp("bentoml")
     dirs = {"home": root / "home", "state": root / "runtime"}
     for path in dirs.values():

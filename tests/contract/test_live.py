@@ -16,10 +16,19 @@ import pandas as pd
 import pytest
 
 from registry.modelkit.contract import json_safe
+from tests.conftest import bento_dirs_fresh
 from tests.deployments.flows import _headers, _roll_out, _wait
 from tests.models import contract_cases
 
 pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def bento_dirs(tmp_path_factory):
+    # Its churn v1..v10 are the matrix's models, not the files other live tests built as
+    # churn v1 in the session's store (a Bento refuses a second artifact under its tag).
+    yield from bento_dirs_fresh(tmp_path_factory)
+
 
 LIVE = [
     "sklearn_numpy_string_labels",  # rows keyed by the reference header, string labels
