@@ -25,5 +25,5 @@ class ApiTokenAdmin(admin.ModelAdmin):
     list_filter = ["revoked_at"]
     readonly_fields = ["user", "name", "prefix", "digest", "scopes", "created_at", "last_used_at"]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request) -> bool:
         return False  # tokens are issued by the API or `adduser --token`: the key is shown once

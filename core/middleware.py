@@ -15,7 +15,7 @@ class RequestIdMiddleware:
     request across services; anything else is replaced, never echoed.
     """
 
-    def __init__(self, get_response):
+    def __init__(self, get_response) -> None:
         self.get_response = get_response
 
     def __call__(self, request):
@@ -32,7 +32,7 @@ class RequestIdMiddleware:
 class PrometheusMiddleware:
     """Count and time every request by method, URL name (not path) and status."""
 
-    def __init__(self, get_response):
+    def __init__(self, get_response) -> None:
         self.get_response = get_response
 
     def __call__(self, request):
@@ -53,7 +53,7 @@ class AuditViaMiddleware:
     that runs outside a request (shell, seed, tasks) leaves it unset.
     """
 
-    def __init__(self, get_response):
+    def __init__(self, get_response) -> None:
         self.get_response = get_response
 
     def __call__(self, request):

@@ -26,7 +26,7 @@ class HistogramField(ArrayField):
     row); the counts are ints already. The roll-up's hot path writes with raw SQL anyway.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs) -> None:
         kwargs.setdefault("base_field", models.BigIntegerField())
         super().__init__(**kwargs)
 

@@ -54,7 +54,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     ]
     inlines = [DatasetInline]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request) -> bool:
         return False
 
 
@@ -63,7 +63,7 @@ class ReviewAdmin(admin.ModelAdmin):
     list_display = ["version", "reviewer", "decision", "created_at"]
     readonly_fields = ["version", "reviewer", "decision", "comment", "evidence", "created_at"]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request) -> bool:
         return False
 
 
@@ -72,5 +72,5 @@ class AliasAdmin(admin.ModelAdmin):
     list_display = ["__str__", "version", "protected", "updated_by", "updated_at"]
     readonly_fields = ["model", "name", "version", "protected", "updated_by", "updated_at"]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request) -> bool:
         return False

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -21,7 +22,7 @@ class ApiTokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     required_capabilities = {a: Capability.MANAGE_TOKENS for a in ("list", "create", "revoke")}
     filterset_fields = ["name"]
 
-    def get_queryset(self):
+    def get_queryset(self) -> QuerySet[ApiToken]:
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user
             return ApiToken.objects.none()
         user = self.request.user
@@ -30,7 +31,7 @@ class ApiTokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return token_list(user=user)
 
     @extend_schema(request=ApiTokenCreateSerializer, responses={201: ApiTokenSerializer})
-    def create(self, request):
+    def create(self, request) -> Response:
         data = ApiTokenCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         issued = token_create(user=request.user, actor=request.user, **data.validated_data)
@@ -39,6 +40,6 @@ class ApiTokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(request=None, responses={200: ApiTokenSerializer})
     @action(detail=True, methods=["post"])
-    def revoke(self, request, pk=None):
+    def revoke(self, request, pk=None) -> Response:
         token = token_revoke(token_id=int(pk), actor=request.user)
         return Response(ApiTokenSerializer(token).data)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
@@ -11,7 +9,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.models import User
+from accounts.permissions import request_actor
 from core.choices import Capability
 from deployments import follow, selectors, services
 from deployments.api.serializers import (
@@ -31,12 +29,6 @@ from deployments.models import Deployment
 from registry.selectors import model_get
 
 C = Capability
-
-
-def _actor(request: Request) -> User:
-    """The caller. Every action here requires a capability, which an anonymous user never has
-    (the permission check runs before the action), so it is a signed-in User."""
-    return cast(User, request.user)
 
 
 class DeploymentViewSet(viewsets.GenericViewSet):
@@ -83,7 +75,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
         model = model_get(name=fields.pop("model"), summary=False)
-        deployment = services.deployment_create(model=model, actor=_actor(request), **fields)
+        deployment = services.deployment_create(model=model, actor=request_actor(request), **fields)
         return self._detail(deployment, status.HTTP_201_CREATED)
 
     @extend_schema(request=RolloutCreateSerializer, responses={202: RolloutSerializer})
@@ -94,11 +86,9 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             page = self.paginate_queryset(selectors.rollout_list(deployment=deployment))
             return self.get_paginated_response(RolloutSerializer(page, many=True).data)
         if not self._can(C.DEPLOY):
+            role = request_actor(request).role
             return self.permission_denied(
-                request,
-                message=(
-                    f"Your role '{_actor(request).role}' does not allow rollouts (needs 'deploy')."
-                ),
+                request, message=f"Your role '{role}' does not allow rollouts (needs 'deploy')."
             )
         data = RolloutCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -106,7 +96,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             deployment=deployment,
             version_number=data.validated_data["version"],
             alias=data.validated_data["alias"],
-            actor=_actor(request),
+            actor=request_actor(request),
             reason=data.validated_data["reason"],
         )
         return Response(RolloutSerializer(rollout).data, status=status.HTTP_202_ACCEPTED)
@@ -119,7 +109,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         deployment = follow.deployment_follow_set(
             deployment=selectors.deployment_ref(name=name),
             alias=data.validated_data["alias"],
-            actor=_actor(request),
+            actor=request_actor(request),
             reason=data.validated_data["reason"],
         )
         return self._detail(deployment)
@@ -137,7 +127,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         data.is_valid(raise_exception=True)
         rollout = services.deployment_rollback(
             deployment=selectors.deployment_ref(name=name),
-            actor=_actor(request),
+            actor=request_actor(request),
             reason=data.validated_data["reason"],
         )
         return Response(RolloutSerializer(rollout).data, status=status.HTTP_202_ACCEPTED)
@@ -159,7 +149,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         data = KeyCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         record, key = services.deployment_key_create(
-            deployment=deployment, name=data.validated_data["name"], actor=_actor(request)
+            deployment=deployment, name=data.validated_data["name"], actor=request_actor(request)
         )
         record.key = key  # type: ignore[attr-defined]  # shown once, never stored
         return Response(DeploymentKeyCreatedSerializer(record).data, status=status.HTTP_201_CREATED)
@@ -176,7 +166,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         key = services.deployment_key_revoke(
             deployment=self.get_object(),
             key_id=int(key_id),
-            actor=_actor(request),
+            actor=request_actor(request),
             reason=data.validated_data["reason"],
         )
         return Response(DeploymentKeySerializer(key).data)

@@ -35,7 +35,7 @@ class DeploymentMetricsView(APIView):
     required_capabilities = {"get": C.VIEW}
 
     @extend_schema(parameters=[WindowQuerySerializer], responses={200: dict})
-    def get(self, request, name: str):
+    def get(self, request, name: str) -> Response:
         query = WindowQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         deployment = deployment_get(name=name)
@@ -52,7 +52,7 @@ class DeploymentDriftView(APIView):
     required_capabilities = {"get": C.VIEW, "post": C.DEPLOY}
 
     @extend_schema(parameters=[WindowQuerySerializer], responses={200: dict})
-    def get(self, request, name: str):
+    def get(self, request, name: str) -> Response:
         query = WindowQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         deployment = deployment_get(name=name)
@@ -78,7 +78,7 @@ class DeploymentDriftView(APIView):
         )
 
     @extend_schema(request=DriftComputeSerializer, responses={202: dict})
-    def post(self, request, name: str):
+    def post(self, request, name: str) -> Response:
         data = DriftComputeSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         deployment = deployment_get(name=name)
@@ -92,7 +92,7 @@ class DeploymentGuardBreachesView(APIView):
     required_capabilities = {"get": C.VIEW}
 
     @extend_schema(responses={200: GuardBreachSerializer(many=True)})
-    def get(self, request, name: str):
+    def get(self, request, name: str) -> Response:
         deployment = deployment_get(name=name)
         breaches = selectors.guard_breach_list(deployment=deployment)[:100]
         return Response(GuardBreachSerializer(breaches, many=True).data)
@@ -102,7 +102,7 @@ class DeploymentAlertsView(APIView):
     required_capabilities = {"get": C.VIEW}
 
     @extend_schema(responses={200: AlertSerializer(many=True)})
-    def get(self, request, name: str):
+    def get(self, request, name: str) -> Response:
         alerts = selectors.alert_list(deployment=deployment_get(name=name))[:100]
         return Response(AlertSerializer(alerts, many=True).data)
 
@@ -113,7 +113,7 @@ class WebhookListView(APIView):
     required_capabilities = {"get": C.ADMIN, "post": C.ADMIN}
 
     @extend_schema(responses={200: WebhookEndpointSerializer(many=True)})
-    def get(self, request):
+    def get(self, request) -> Response:
         return Response(
             WebhookEndpointSerializer(selectors.webhook_endpoint_list(), many=True).data
         )
@@ -121,7 +121,7 @@ class WebhookListView(APIView):
     @extend_schema(
         request=WebhookEndpointCreateSerializer, responses={201: WebhookEndpointSecretSerializer}
     )
-    def post(self, request):
+    def post(self, request) -> Response:
         data = WebhookEndpointCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = dict(data.validated_data)
@@ -147,13 +147,13 @@ class WebhookDetailView(APIView):
     required_capabilities = {"get": C.ADMIN, "patch": C.ADMIN, "delete": C.ADMIN}
 
     @extend_schema(responses={200: WebhookEndpointSerializer})
-    def get(self, request, pk: int):
+    def get(self, request, pk: int) -> Response:
         return Response(WebhookEndpointSerializer(_webhook_get(pk)).data)
 
     @extend_schema(
         request=WebhookEndpointUpdateSerializer, responses={200: WebhookEndpointSecretSerializer}
     )
-    def patch(self, request, pk: int):
+    def patch(self, request, pk: int) -> Response:
         endpoint = _webhook_get(pk)
         data = WebhookEndpointUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -167,7 +167,7 @@ class WebhookDetailView(APIView):
         return Response({**WebhookEndpointSerializer(endpoint).data, "secret": secret})
 
     @extend_schema(responses={204: None})
-    def delete(self, request, pk: int):
+    def delete(self, request, pk: int) -> Response:
         services.webhook_endpoint_delete(endpoint=_webhook_get(pk), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -176,7 +176,7 @@ class WebhookDeliveriesView(APIView):
     required_capabilities = {"get": C.ADMIN}
 
     @extend_schema(responses={200: WebhookDeliverySerializer(many=True)})
-    def get(self, request, pk: int):
+    def get(self, request, pk: int) -> Response:
         endpoint = _webhook_get(pk)
         deliveries = selectors.webhook_delivery_list(endpoint=endpoint)[:200]
         return Response(WebhookDeliverySerializer(deliveries, many=True).data)
@@ -196,13 +196,13 @@ class DeploymentMonitoringPolicyView(APIView):
         }
 
     @extend_schema(responses={200: MonitoringPolicyResponseSerializer})
-    def get(self, request, name: str):
+    def get(self, request, name: str) -> Response:
         return Response(self._body(deployment_get(name=name)))
 
     @extend_schema(
         request=MonitoringPolicySerializer, responses={200: MonitoringPolicyResponseSerializer}
     )
-    def patch(self, request, name: str):
+    def patch(self, request, name: str) -> Response:
         deployment = deployment_get(name=name)
         # The service checks every value and names the field; the raw body keeps the
         # difference between a key that is absent and one that is null.

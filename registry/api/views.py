@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import django_filters
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser
+from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.models import ApiToken
+from accounts.permissions import request_actor
 from core.api.parsers import SafeJSONParser, StrictMultiPartParser
 from core.choices import Capability
 from core.errors import NotFound
@@ -32,9 +38,9 @@ from registry.models import ModelVersion, RegisteredModel
 C = Capability
 
 
-def _token(request):
+def _token(request: Request) -> ApiToken | None:
     """The API token whose scopes narrow this request's role (None for a session)."""
-    return request.auth if hasattr(request.auth, "scopes") else None
+    return request.auth if isinstance(request.auth, ApiToken) else None
 
 
 class ModelFilter(django_filters.FilterSet):
@@ -46,7 +52,7 @@ class ModelFilter(django_filters.FilterSet):
         model = RegisteredModel
         fields = ["owner", "team"]
 
-    def filter_tag(self, queryset, name, value):
+    def filter_tag(self, queryset: QuerySet[Any], name: str, value: str) -> QuerySet[Any]:
         return queryset.filter(tags__contains=[value])
 
 
@@ -67,16 +73,16 @@ class RegisteredModelViewSet(
         "partial_update": (C.MANAGE_MODELS, C.REVIEW),
     }
 
-    def get_queryset(self):
+    def get_queryset(self) -> QuerySet[RegisteredModel]:
         return selectors.model_list()
 
-    def get_object(self):
+    def get_object(self) -> RegisteredModel:
         return selectors.model_get(name=self.kwargs["name"])
 
-    def get_serializer_class(self):
+    def get_serializer_class(self) -> type[RegisteredModelSerializer]:
         return RegisteredModelSerializer
 
-    def retrieve(self, request, name=None):
+    def retrieve(self, request, name=None) -> Response:
         model = self.get_object()
         model.versions_by_state = selectors.model_version_states(model=model)
         return Response(RegisteredModelDetailSerializer(model).data)
@@ -84,7 +90,7 @@ class RegisteredModelViewSet(
     @extend_schema(
         request=RegisteredModelSerializer, responses={201: RegisteredModelDetailSerializer}
     )
-    def create(self, request):
+    def create(self, request) -> Response:
         data = RegisteredModelSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         model = services.model_create(owner=request.user, **data.validated_data)
@@ -95,12 +101,12 @@ class RegisteredModelViewSet(
     @extend_schema(
         request=RegisteredModelUpdateSerializer, responses={200: RegisteredModelDetailSerializer}
     )
-    def partial_update(self, request, name=None):
+    def partial_update(self, request: Request, name: str | None = None) -> Response:
         model = self.get_object()
         data = RegisteredModelUpdateSerializer(model, data=request.data, partial=True)
         data.is_valid(raise_exception=True)
         services.model_update(
-            model=model, actor=request.user, token=_token(request), **data.validated_data
+            model=model, actor=request_actor(request), token=_token(request), **data.validated_data
         )
         return self.retrieve(request, name=name)
 
@@ -115,7 +121,7 @@ class VersionFilter(django_filters.FilterSet):
         model = ModelVersion
         fields = ["state", "framework", "created_by"]
 
-    def filter_tag(self, queryset, name, value):
+    def filter_tag(self, queryset: QuerySet[Any], name: str, value: str) -> QuerySet[Any]:
         return queryset.filter(tags__contains=[value])
 
 
@@ -143,12 +149,12 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             self._model = selectors.model_get(name=self.kwargs["model_name"], summary=False)
         return self._model
 
-    def get_queryset(self):
+    def get_queryset(self) -> QuerySet[ModelVersion]:
         if getattr(self, "swagger_fake_view", False):  # schema generation: no URL kwargs
             return ModelVersion.objects.none()
         return selectors.version_list(model=self.get_model())
 
-    def get_serializer_class(self):
+    def get_serializer_class(self) -> type[VersionSerializer]:
         return VersionSerializer
 
     def get_object(self) -> ModelVersion:
@@ -158,7 +164,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         version = selectors.version_get(model=version.model, number=version.number)
         return Response(VersionDetailSerializer(version).data, status=code)
 
-    def retrieve(self, request, model_name=None, number=None):
+    def retrieve(self, request, model_name=None, number=None) -> Response:
         return Response(VersionDetailSerializer(self.get_object()).data)
 
     @extend_schema(
@@ -170,7 +176,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             "version answers 201."
         ),
     )
-    def create(self, request, model_name=None):
+    def create(self, request, model_name=None) -> Response:
         data = VersionUploadSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         pushed = services.version_push(
@@ -186,7 +192,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(request=SubmitSerializer, responses={200: VersionDetailSerializer})
     @action(detail=True, methods=["post"])
-    def submit(self, request, model_name=None, number=None):
+    def submit(self, request, model_name=None, number=None) -> Response:
         data = SubmitSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         version = services.version_submit_for_review(
@@ -196,7 +202,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(request=SubmitSerializer, responses={200: VersionDetailSerializer})
     @action(detail=True, methods=["post"])
-    def archive(self, request, model_name=None, number=None):
+    def archive(self, request, model_name=None, number=None) -> Response:
         data = SubmitSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         version = services.version_archive(
@@ -206,7 +212,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(request=ReviewCreateSerializer, responses={201: ReviewSerializer})
     @action(detail=True, methods=["post"])
-    def reviews(self, request, model_name=None, number=None):
+    def reviews(self, request, model_name=None, number=None) -> Response:
         data = ReviewCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         review = services.version_review(
@@ -219,7 +225,7 @@ class VersionViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         responses={200: dict},
     )
     @action(detail=True, methods=["get"])
-    def lineage(self, request, model_name=None, number=None):
+    def lineage(self, request, model_name=None, number=None) -> Response:
         try:
             depth = max(1, min(25, int(request.query_params.get("depth", 10))))
         except ValueError:
@@ -237,7 +243,7 @@ class AliasViewSet(viewsets.ViewSet):
     }
     serializer_class = AliasSerializer
 
-    def retrieve(self, request, model_name=None, alias=None):
+    def retrieve(self, request, model_name=None, alias=None) -> Response:
         model = selectors.model_get(name=model_name)
         for item in model.aliases.all():
             if item.name == alias:
@@ -245,7 +251,7 @@ class AliasViewSet(viewsets.ViewSet):
         raise NotFound(f"{model.name} has no alias {alias!r}.")
 
     @extend_schema(request=AliasSetSerializer, responses={200: AliasSerializer})
-    def update(self, request, model_name=None, alias=None):
+    def update(self, request, model_name=None, alias=None) -> Response:
         data = AliasSetSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         item = services.alias_set(
@@ -259,7 +265,7 @@ class AliasViewSet(viewsets.ViewSet):
         )
         return Response(AliasSerializer(item).data)
 
-    def destroy(self, request, model_name=None, alias=None):
+    def destroy(self, request, model_name=None, alias=None) -> Response:
         services.alias_delete(
             model=selectors.model_get(name=model_name),
             name=alias,

@@ -10,7 +10,7 @@ from core.errors import DomainError
 class Command(BaseCommand):
     help = "Create a user with a role; with --token, print a new API token as the last line."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser) -> None:
         parser.add_argument("username")
         parser.add_argument("--role", required=True, choices=Role.values)
         parser.add_argument("--password", help="omit for an API-only account")
@@ -18,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--token", action="store_true", help="also issue an API token")
         parser.add_argument("--token-name", default="cli")
 
-    def handle(self, *args, **options):
+    def handle(self, *args, **options) -> None:
         try:
             user = user_create(
                 username=options["username"],
