@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from monitoring.services.alerts import (
-    alerts_detect,
-    alerts_email,
-    webhook_deliver,
-    webhook_deliveries_due,
-    webhook_endpoint_create,
-    webhook_endpoint_delete,
-    webhook_endpoint_update,
-    webhook_sign,
-    webhook_url_check,
-)
+from monitoring.services.alerts import alerts_detect, alerts_email
 from monitoring.services.baselines import prediction_baselines_ensure
 from monitoring.services.drift import (
     drift_compute_now,
@@ -29,6 +19,15 @@ from monitoring.services.policy import (
 )
 from monitoring.services.resources import resources_retention, resources_sample
 from monitoring.services.rollups import metrics_downsample, metrics_retention, metrics_rollup
+from monitoring.services.webhooks import (
+    webhook_deliver,
+    webhook_deliveries_due,
+    webhook_endpoint_create,
+    webhook_endpoint_delete,
+    webhook_endpoint_update,
+    webhook_sign,
+    webhook_url_check,
+)
 
 __all__ = [
     "alerts_detect",

@@ -208,7 +208,7 @@ def test_webhooks_api_is_for_admins_and_refuses_internal_targets(
 
 
 def test_deliveries_connect_to_the_address_that_was_checked(settings):
-    from monitoring.services.alerts import _pinned
+    from monitoring.services.webhooks import _pinned
 
     settings.MODELYARD_WEBHOOK_ALLOWED_HOSTS = []
     assert webhook_url_check("https://93.184.216.34:8443/hook") == ["93.184.216.34"]

@@ -19,7 +19,7 @@ from accounts.choices import Role
 from deployments.services import deployment_create
 from monitoring.choices import AlertKind
 from monitoring.models import Alert, WebhookDelivery, WebhookEndpoint
-from monitoring.services.alerts import webhook_deliver, webhook_endpoint_create
+from monitoring.services.webhooks import webhook_deliver, webhook_endpoint_create
 
 pytestmark = pytest.mark.django_db
 HOOKS = "/api/v1/webhooks/"
