@@ -271,6 +271,7 @@ class _open_stored:
 def _claim_staging(job_id: int) -> uuid.UUID | None:
     """Claim the rest of a running job's staging from a stager that stopped renewing its
     lease (its worker died)."""
+    # Not JOB_STATES.move: it moves no state, only takes a dead stager's token and lease.
     token = uuid.uuid4()
     claimed = BatchJob.objects.filter(
         pk=job_id,
