@@ -38,6 +38,7 @@ from batch.services import files, inputs
 from core.choices import AuditAction
 from core.errors import InvalidInput, InvalidState, NotFound
 from core.services import audit_record
+from core.state_machine import StateMachine
 from registry.choices import VersionState
 from registry.models import Alias, ModelVersion, RegisteredModel
 from registry.services.artifacts import artifact_delete_quietly, uploaded_file_on_disk
@@ -206,32 +207,60 @@ def _lease(seconds: float | None = None) -> Any:
     return timezone.now() + timedelta(seconds=seconds or settings.MODELYARD_BATCH_LEASE_SECONDS)
 
 
+# Every move a job makes. The claims (_claim_step, staging._claim_staging) write
+# queued → preparing, preparing → preparing and joining → joining themselves; the rest go
+# through _set_state, and the prepare hand-back (staging._build_ready) is preparing → queued.
+JOB_STATES: StateMachine[BatchJob] = StateMachine(
+    BatchJob,
+    {
+        J.QUEUED: {J.PREPARING, J.FAILED, J.CANCELLED},
+        J.PREPARING: {J.PREPARING, J.QUEUED, J.RUNNING, J.FAILED, J.CANCELLED},
+        J.RUNNING: {J.JOINING, J.FAILED, J.CANCELLED},
+        J.JOINING: {J.JOINING, J.SUCCEEDED, J.FAILED},
+        J.SUCCEEDED: set(),
+        J.FAILED: set(),
+        J.CANCELLED: set(),
+    },
+)
+
+
 def _set_state(
-    job: BatchJob, to: str, *, actor: Any = None, reason: str = "", **fields: Any
+    job: BatchJob,
+    to: str,
+    *,
+    actor: Any = None,
+    reason: str = "",
+    token: uuid.UUID | None = None,
+    **fields: Any,
 ) -> None:
-    """Record a transition on a job row the caller holds locked."""
+    """Record a transition on a job row the caller holds locked; with ``token``, only while
+    the caller still holds the step (its ``step_token``)."""
     before = job.state
-    job.state = to
-    job.state_changed_at = timezone.now()
+    now = timezone.now()
     if to in (J.SUCCEEDED, J.FAILED, J.CANCELLED):
-        job.finished_at = job.state_changed_at
-        job.step_token = None
-    for name, value in fields.items():
-        setattr(job, name, value)
-    job.save()
-    after: dict[str, Any] = {"state": to}
+        fields = {"finished_at": now, "step_token": None, **fields}
+    after: dict[str, Any] = {}
     if job.version_id:
         after["version"] = job.version.number
     if to == J.SUCCEEDED:
-        after["rows"] = job.output_rows
-    audit_record(
+        after["rows"] = fields.get("output_rows", job.output_rows)
+    moved = JOB_STATES.move(
+        job,
+        to,
+        at=now,
+        fields=fields,
+        where=Q(step_token=token) if token is not None else None,
         actor=actor,
-        action=AuditAction.BATCH_JOB_STATE_CHANGED,
-        obj=job,
+        audit_action=AuditAction.BATCH_JOB_STATE_CHANGED,
         reason=reason[:500],
-        before={"state": before},
-        after=after,
+        evidence=after,
     )
+    if not moved:  # the caller's row lock and state/token check make this a bug, not a race
+        raise InvalidState(
+            f"Batch job {job.pk} is no longer {before} (or its step is another run's); "
+            f"it did not become {to}.",
+            details={"state": str(before), "requested": str(to)},
+        )
     if to in (J.FAILED, J.CANCELLED):
         BatchChunk.objects.filter(job=job, state__in=[C.PENDING, C.RUNNING]).update(
             state=C.CANCELLED, claim_token=None, lease_expires_at=None
@@ -261,6 +290,8 @@ def batch_job_cancel(*, job: BatchJob, actor: User | None, reason: str = "") -> 
 
 def _claim_step(job_id: int, *, start: str, to: str) -> uuid.UUID | None:
     """Claim the prepare or join step: unclaimed in ``start``, or ``to`` with a dead lease."""
+    # Not JOB_STATES.move: a claim works from a job id without reading the row, matches one
+    # of two starting states, and re-claims from its own state when its lease has expired.
     token = uuid.uuid4()
     now = timezone.now()
     claimed = (

@@ -135,6 +135,7 @@ def batch_job_join(*, job_id: int, output: _JobOutput | None = None) -> BatchJob
         _set_state(
             job,
             J.SUCCEEDED,
+            token=token,
             reason=f"{output.rows:,} rows written",
             output_path=output.name,
             output_rows=output.rows,

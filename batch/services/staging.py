@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from batch.choices import ACTIVE_JOB_STATES, InputSource, JobState
@@ -23,6 +23,7 @@ from batch.models import BatchChunk, BatchJob
 from batch.services import files, inputs
 from batch.services.chunks import batch_chunk_run
 from batch.services.jobs import (
+    JOB_STATES,
     _claim_step,
     _enqueue,
     _enqueue_chunks,
@@ -122,7 +123,13 @@ def _build_ready(job_id: int, token: uuid.UUID, version: ModelVersion) -> Build 
         from deployments.tasks import build_run_task
 
         # Wait for the build without holding a worker: hand the step back and look again.
-        BatchJob.objects.filter(pk=job_id, step_token=token).update(state=J.QUEUED, step_token=None)
+        # The job is in preparing because this run's claim put it there; the token says
+        # whether the step is still this run's (not cancelled, its lease not lost).
+        held = BatchJob(pk=job_id, state=J.PREPARING)
+        if not JOB_STATES.move(
+            held, J.QUEUED, fields={"step_token": None}, where=Q(step_token=token)
+        ):
+            return None  # cancelled, or another run prepares it now: nothing to hand back
         build_run_task.delay(build.pk)  # harmless if one runs already (the build is claimed)
         _enqueue("prepare", job_id, countdown=settings.MODELYARD_BATCH_BUILD_POLL_SECONDS)
         return None
@@ -201,6 +208,7 @@ def _chunks_create(
         _set_state(
             job,
             J.RUNNING,
+            token=token,
             reason=f"{total:,} rows in {count} chunk(s) on {version}",
             bento_tag=build.bento_tag,
             staged_path=files.staged_dir(job_id),
@@ -263,6 +271,7 @@ class _open_stored:
 def _claim_staging(job_id: int) -> uuid.UUID | None:
     """Claim the rest of a running job's staging from a stager that stopped renewing its
     lease (its worker died)."""
+    # Not JOB_STATES.move: it moves no state, only takes a dead stager's token and lease.
     token = uuid.uuid4()
     claimed = BatchJob.objects.filter(
         pk=job_id,

@@ -17,13 +17,34 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.choices import AuditAction
-from core.services import audit_record
+from core.state_machine import StateMachine, json_append
 from deployments import backends
 from deployments.choices import RolloutState, SlotColor, SlotState
 from deployments.models import Build, Deployment, DeploymentEvent, Rollout, Slot
 from deployments.runtime.base import RuntimeBackendError
 
 logger = logging.getLogger(__name__)
+
+R = RolloutState
+# Every move a rollout makes after it is inserted. A rollback's rollout is inserted in
+# starting or already in baking (rollback.py), which is an insert, not a move. No code moves
+# a rollout to superseded (a choice since the first migration, never written): no row leads there.
+ROLLOUT_STATES: StateMachine[Rollout] = StateMachine(
+    Rollout,
+    {
+        R.PENDING: {R.BUILDING, R.FAILED},
+        R.BUILDING: {R.STARTING, R.FAILED},
+        R.STARTING: {R.VERIFYING, R.FAILED},
+        R.VERIFYING: {R.SWITCHING, R.FAILED},
+        R.SWITCHING: {R.BAKING, R.FAILED},
+        R.BAKING: {R.LIVE, R.ROLLED_BACK},
+        R.LIVE: set(),
+        R.FAILED: set(),
+        R.ROLLED_BACK: set(),
+        R.SUPERSEDED: set(),
+    },
+)
+TERMINAL_ROLLOUT_STATES = (R.LIVE, R.FAILED, R.ROLLED_BACK)
 
 
 def other_color(color: str) -> str:
@@ -52,32 +73,26 @@ def enqueue_advance(rollout_id: int, countdown: float = 0) -> None:
 
 
 def transition(rollout: Rollout, to: str, message: str, **fields: Any) -> bool:
-    """Move ``rollout`` from its current state to ``to`` if nobody else has (conditional)."""
-    with transaction.atomic():
-        current = (
-            Rollout.objects.select_for_update().filter(pk=rollout.pk, state=rollout.state).first()
-        )
-        if current is None:
-            return False
-        before = current.state
-        current.state = to
-        current.state_changed_at = timezone.now()
-        for name, value in fields.items():
-            setattr(current, name, value)
-        if to in (RolloutState.LIVE, RolloutState.FAILED, RolloutState.ROLLED_BACK):
-            current.finished_at = timezone.now()
-        log_step(current, message)
-        current.save()
-        audit_record(
-            actor=None,
-            action=AuditAction.ROLLOUT_STATE_CHANGED,
-            obj=current,
-            reason=message[:500],
-            before={"state": before},
-            after={"state": to, "version": current.version.number},
-        )
-    rollout.refresh_from_db()
-    return True
+    """Move ``rollout`` from the state it was read in to ``to`` if nobody else has (one
+    conditional UPDATE); a move the table refuses raises InvalidState, a lost one is False."""
+    now = timezone.now()
+    if to in TERMINAL_ROLLOUT_STATES:
+        fields["finished_at"] = now
+    # The step entry as log_step writes it, in the state moved to, appended in the UPDATE
+    # (json_append), so a step another writer logged meanwhile is never overwritten.
+    entry = {"at": now.isoformat(), "state": str(to), "message": message}
+    won = ROLLOUT_STATES.move(
+        rollout,
+        to,
+        at=now,
+        fields={**fields, "steps": json_append("steps", entry)},
+        audit_action=AuditAction.ROLLOUT_STATE_CHANGED,
+        reason=message[:500],
+        evidence={"version": rollout.version.number},
+    )
+    if won:
+        rollout.refresh_from_db()
+    return won
 
 
 def fail(rollout: Rollout, error: str) -> None:
@@ -99,14 +114,15 @@ def slot_stop(slot: Slot) -> None:
 
 
 def end_baking(deployment: Deployment, *, to: str, note: str) -> None:
-    """End the deployment's baking rollout (live, or rolled back), with a step note."""
+    """End the deployment's baking rollout (live, or rolled back), with a step note.
+
+    A transition like any other: state_changed_at, finished_at and an audit record go with
+    it (before, this path alone wrote the state with a save() and left no audit, so a rollout
+    ended by the next rollout or a rollback had no record of how it ended)."""
     for baking in Rollout.objects.select_for_update().filter(
         deployment=deployment, state=RolloutState.BAKING
     ):
-        baking.state = to
-        baking.finished_at = timezone.now()
-        log_step(baking, note)
-        baking.save(update_fields=["state", "finished_at", "steps"])
+        transition(baking, to, note)
 
 
 def switched_note(slot: str, version: int, bake_until: datetime, *, had_previous: bool) -> str:

@@ -375,3 +375,75 @@ def test_default_chunk_size_follows_the_width_of_the_input(batch_setup, settings
     job = _job(batch_setup, input_frame(10), chunk_rows=None)
     assert job.chunk_rows == 2**20 // 40
     assert _job(batch_setup, input_frame(10), chunk_rows=7).chunk_rows == 7
+
+
+def _job_audits(job):
+    from core.models import AuditEvent
+
+    return AuditEvent.objects.filter(object_id=str(job.pk), object_type="batch.batchjob")
+
+
+def test_a_move_the_job_table_refuses_raises_and_writes_nothing(batch_setup):
+    from batch.models import BatchJob
+    from batch.services.jobs import _set_state
+
+    job = run_job_inline(_job(batch_setup, input_frame(500)))
+    assert job.state == JobState.SUCCEEDED
+    audits = _job_audits(job).count()
+    with pytest.raises(InvalidState) as refused:
+        _set_state(job, JobState.RUNNING, reason="again", chunks_total=99)
+    assert refused.value.details == {"state": "succeeded", "requested": "running"}
+    row = BatchJob.objects.get(pk=job.pk)
+    assert (row.state, row.chunks_total, row.state_changed_at) == (
+        "succeeded",
+        1,
+        job.state_changed_at,
+    )
+    assert _job_audits(job).count() == audits
+
+
+def test_a_move_on_a_step_another_run_holds_raises_and_writes_nothing(batch_setup):
+    import uuid
+
+    from batch.models import BatchJob
+    from batch.services.jobs import _claim_step, _set_state
+
+    job = _job(batch_setup, input_frame(500))
+    BatchJob.objects.filter(pk=job.pk).update(state=JobState.JOINING)
+    held = _claim_step(job.pk, start=JobState.JOINING, to=JobState.JOINING)
+    job = BatchJob.objects.get(pk=job.pk)
+    audits = _job_audits(job).count()
+    with pytest.raises(InvalidState):
+        _set_state(job, JobState.SUCCEEDED, token=uuid.uuid4(), output_path="someone-else")
+    row = BatchJob.objects.get(pk=job.pk)
+    assert (row.state, row.step_token, row.output_path) == ("joining", held, "")
+    assert _job_audits(job).count() == audits
+
+
+def test_a_prepare_waiting_for_its_build_hands_the_step_back_only_while_it_holds_it(batch_setup):
+    import uuid
+
+    from batch.models import BatchJob
+    from batch.services.jobs import _claim_step
+    from batch.services.staging import _build_ready
+    from deployments.choices import BuildState
+    from deployments.models import Build
+
+    version = batch_setup["versions"][1]
+    Build.objects.filter(version=version).update(state=BuildState.BUILDING)
+    job = _job(batch_setup, input_frame(500))
+    token = _claim_step(job.pk, start=JobState.QUEUED, to=JobState.PREPARING)
+    claimed = BatchJob.objects.get(pk=job.pk)
+
+    assert _build_ready(job.pk, uuid.uuid4(), version) is None  # not this run's step
+    row = BatchJob.objects.get(pk=job.pk)
+    assert (row.state, row.step_token, row.state_changed_at) == (
+        "preparing",
+        token,
+        claimed.state_changed_at,
+    )
+
+    assert _build_ready(job.pk, token, version) is None  # this run's: handed back
+    row = BatchJob.objects.get(pk=job.pk)
+    assert (row.state, row.step_token) == ("queued", None)
+    assert row.state_changed_at > claimed.state_changed_at

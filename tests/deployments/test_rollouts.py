@@ -193,3 +193,43 @@ def test_advancing_a_finished_rollout_changes_nothing(fake_backend, deployment):
 
     assert rollout_advance(rollout_id=done.pk).state == RolloutState.FAILED
     assert fake_backend.started == []
+
+
+def test_a_move_the_rollout_table_refuses_raises_and_writes_nothing(deployment):
+    from core.choices import AuditAction
+    from core.models import AuditEvent
+    from deployments.services._steps import transition
+
+    rollout = RolloutFactory(deployment=deployment, state=RolloutState.LIVE, steps=[])
+    before = Rollout.objects.get(pk=rollout.pk)
+
+    with pytest.raises(InvalidState) as refused:
+        transition(rollout, RolloutState.BUILDING, "build requested")
+
+    assert refused.value.details == {"state": "live", "requested": "building"}
+    row = Rollout.objects.get(pk=rollout.pk)
+    assert (row.state, row.steps, row.state_changed_at) == ("live", [], before.state_changed_at)
+    assert not AuditEvent.objects.filter(
+        action=AuditAction.ROLLOUT_STATE_CHANGED, object_id=str(rollout.pk)
+    ).exists()
+
+
+def test_a_bake_ended_by_the_next_rollout_is_a_recorded_move(fake_backend, deployment, operator):
+    from core.choices import AuditAction
+    from core.models import AuditEvent
+
+    first = _rolled_out(deployment, _version(deployment), operator)
+    baking_since = first.state_changed_at
+
+    rollout_start(deployment=deployment, version_number=_version(deployment).number, actor=operator)
+
+    first.refresh_from_db()
+    assert first.state == RolloutState.LIVE
+    assert first.state_changed_at > baking_since and first.finished_at == first.state_changed_at
+    assert first.steps[-1]["state"] == "live"
+    assert first.steps[-1]["at"] == first.state_changed_at.isoformat()
+    audits = AuditEvent.objects.filter(
+        action=AuditAction.ROLLOUT_STATE_CHANGED, object_id=str(first.pk)
+    ).order_by("id")
+    assert audits.last().before == {"state": "baking"}
+    assert audits.last().after == {"state": "live", "version": first.version.number}
