@@ -58,7 +58,7 @@ def demo_users_ensure(logins_path: Path) -> list[tuple[str, str, str]]:
 
     The file is rewritten with the new passwords; its gateway key lines are kept (a key's
     value exists nowhere else, see ``demo_key_ensure``)."""
-    logins = []
+    logins: list[tuple[str, str, str]] = []
     for username, role in DEMO_USERS:
         password = secrets.token_urlsafe(12)
         user = User.objects.filter(username=username).first()
@@ -212,6 +212,11 @@ def _phases(end):
     ]
 
 
+def _psi_status(value: float) -> str:
+    """A feature's status from its PSI, by the thresholds the demo windows record."""
+    return "drift" if value >= 0.25 else "warn" if value >= 0.1 else "ok"
+
+
 def demo_history_ensure(*, deployment_name: str = "churn-prod") -> dict[str, int]:
     """Minute roll-ups, hourly drift windows and slot resource samples of the last 3 days
     (only when the deployment has no roll-ups yet: running the seed again adds nothing)."""
@@ -307,10 +312,7 @@ def demo_history_ensure(*, deployment_name: str = "churn-prod") -> dict[str, int
             if since_switch > 4:
                 psi["support_calls"] = float(rng.uniform(0.26, 0.4))
 
-        def status(value: float) -> str:
-            return "drift" if value >= 0.25 else "warn" if value >= 0.1 else "ok"
-
-        statuses = {name: status(value) for name, value in psi.items()}
+        statuses = {name: _psi_status(value) for name, value in psi.items()}
         order = ["ok", "warn", "drift"]
         window = DriftWindow.objects.create(
             deployment=deployment,

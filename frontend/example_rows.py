@@ -60,7 +60,9 @@ def example_features(version: ModelVersion) -> tuple[list[tuple[str, str]], str]
 
 def _proven_row(version: ModelVersion, names: list[str]) -> dict[str, Any] | None:
     report = version.validation_report if isinstance(version.validation_report, dict) else {}
-    load = report.get("load") if isinstance(report.get("load"), dict) else {}
+    load = report.get("load")
+    if not isinstance(load, dict):
+        load = {}
     rows = load.get("smoke_rows") or []
     first = rows[0] if rows else None
     if isinstance(first, dict) and set(first) == set(names):

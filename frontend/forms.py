@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, time
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm
@@ -20,7 +20,21 @@ from registry.api.serializers import VersionMetadataSerializer
 from registry.choices import DatasetRole, Framework, ReviewDecision, VersionState
 from registry.services.versions import VersionMetadata
 
+if TYPE_CHECKING:
+    from registry.models import RegisteredModel
+
 AUTO_FRAMEWORK = "auto"
+
+_FieldT = TypeVar("_FieldT", bound=forms.Field)
+
+
+def form_field(form: forms.BaseForm, name: str, kind: type[_FieldT]) -> _FieldT:
+    """The form's own copy of field ``name`` as the ``kind`` it is declared as, to set its
+    choices or queryset per request (``form.fields`` holds plain ``Field``s to a type checker)."""
+    field = form.fields[name]
+    if not isinstance(field, kind):
+        raise TypeError(f"{type(form).__name__}.{name} is a {type(field).__name__}, not {kind}")
+    return field
 
 
 class LoginForm(AuthenticationForm):
@@ -226,7 +240,8 @@ class UploadForm(forms.Form):
     }
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data  # what Form.clean returns, typed without its "| None"
         raw = {key: cleaned[key] for key in self._METADATA_FIELDS if key in cleaned}
         if len(raw) != len(self._METADATA_FIELDS):
             return cleaned  # a field already has its own error
@@ -295,7 +310,7 @@ class TokenForm(forms.Form):
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         allowed = user_capabilities(user)
-        self.fields["scopes"].choices = [
+        form_field(self, "scopes", forms.MultipleChoiceField).choices = [
             (value, label) for value, label in Capability.choices if value in allowed
         ]
 
@@ -328,7 +343,7 @@ class DeploymentForm(forms.Form):
     name = forms.CharField(
         max_length=100, help_text="The stable endpoint name, e.g. churn-prod (letters, digits, -)"
     )
-    model = forms.ModelChoiceField(
+    model: forms.ModelChoiceField[RegisteredModel] = forms.ModelChoiceField(
         queryset=None, to_field_name="name", empty_label="Pick a registered model"
     )
     environment = forms.ChoiceField(choices=[])
@@ -346,8 +361,8 @@ class DeploymentForm(forms.Form):
         from registry.selectors import model_list_by_name
 
         super().__init__(*args, **kwargs)
-        self.fields["model"].queryset = model_list_by_name()
-        self.fields["environment"].choices = Environment.choices
+        form_field(self, "model", forms.ModelChoiceField).queryset = model_list_by_name()
+        form_field(self, "environment", forms.ChoiceField).choices = Environment.choices
 
 
 class DeploymentKeyForm(forms.Form):

@@ -21,10 +21,17 @@ def _package_data() -> Path:
     return Path(plotly.__file__).resolve().parent / "package_data"
 
 
+class _PrefixedStorage(FileSystemStorage):
+    """A storage with the ``prefix`` collectstatic reads (getattr) to place a finder's files;
+    Django's own FileSystemFinder sets the same attribute on its storages."""
+
+    prefix: str
+
+
 class PlotlyJsFinder(BaseFinder):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.storage = FileSystemStorage(location=str(_package_data()))
+        self.storage = _PrefixedStorage(location=str(_package_data()))
         # collectstatic puts the file at <prefix>/<name>, the URL pages ask for.
         self.storage.prefix = PLOTLY_STATIC_PATH.rsplit("/", 1)[0]
 

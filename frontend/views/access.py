@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+from typing import TYPE_CHECKING
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -12,8 +13,25 @@ from django.http import Http404, HttpRequest, HttpResponse
 from accounts.permissions import user_has_capability
 from core.errors import NotFound
 
+if TYPE_CHECKING:
+    from django_htmx.middleware import HtmxDetails
 
-def capability_require(request: HttpRequest, capability: str, *, what: str = "page") -> None:
+    from accounts.models import User
+
+
+class PageRequest(HttpRequest):
+    """The request a signed-in page sees; for annotating views only (never instantiated).
+
+    Every page view is behind ``login_required`` or ``capability_required``, which send an
+    anonymous visitor to the login page first, so ``user`` is a ``User``; django-htmx's
+    middleware sets ``htmx`` on every request (the typed request its docs recommend).
+    """
+
+    user: User
+    htmx: HtmxDetails
+
+
+def capability_require(request: PageRequest, capability: str, *, what: str = "page") -> None:
     """403 naming the role and the missing capability, unless the user holds it."""
     if not user_has_capability(request.user, capability):
         raise PermissionDenied(
@@ -27,7 +45,7 @@ def capability_required(capability: str) -> Callable:
 
     def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         @wraps(view)
-        def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        def wrapped(request: PageRequest, *args, **kwargs) -> HttpResponse:
             capability_require(request, capability)
             try:
                 return view(request, *args, **kwargs)

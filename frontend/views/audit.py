@@ -6,14 +6,14 @@ from datetime import datetime, time, timedelta
 
 from django.core.paginator import Paginator
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
 from core.choices import Capability as C
 from core.selectors import audit_event_list
 from frontend.forms import AuditFilterForm
-from frontend.views.access import capability_required
+from frontend.views.access import PageRequest, capability_required
 
 EVENTS_PER_PAGE = 50
 
@@ -23,7 +23,7 @@ def _day_start(day) -> datetime:
 
 
 @capability_required(C.VIEW)
-def audit_log(request: HttpRequest) -> HttpResponse:
+def audit_log(request: PageRequest) -> HttpResponse:
     form = AuditFilterForm(request.GET or None)
     events = audit_event_list()
     if form.is_valid():

@@ -12,7 +12,8 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -23,7 +24,8 @@ from batch.choices import ACTIVE_JOB_STATES, CANCELLABLE_JOB_STATES, JobState
 from batch.models import BatchJob
 from core.choices import Capability
 from core.errors import DomainError, NotFound
-from frontend.views.access import capability_require
+from frontend.forms import form_field
+from frontend.views.access import PageRequest, capability_require
 from registry import selectors as registry_selectors
 
 # Which form field an input error belongs to, by the service's error code.
@@ -32,7 +34,7 @@ _ID_ERRORS = {"invalid_id_column"}
 _TARGET_ERRORS = {"version_not_approved", "version_or_alias", "not_found"}
 
 
-def _require(request: HttpRequest, capability: str) -> None:
+def _require(request: PageRequest, capability: str) -> None:
     capability_require(request, capability, what="action")
 
 
@@ -70,7 +72,12 @@ class BatchJobForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["target"].choices = [("", "Choose a version or alias"), *_targets()]
+        targets = _targets()
+        form_field(self, "target", forms.ChoiceField).choices = [
+            ("", "Choose a version or alias"),
+            *targets,
+        ]
+        self.has_targets = bool(targets)
 
     def service_kwargs(self) -> dict[str, Any]:
         model_name, kind, value = self.cleaned_data["target"].split(":", 2)
@@ -121,7 +128,7 @@ def _job_context(job: BatchJob) -> dict[str, Any]:
 
 @login_required
 @require_GET
-def batch_list(request: HttpRequest) -> HttpResponse:
+def batch_list(request: PageRequest) -> HttpResponse:
     _require(request, Capability.VIEW)
     jobs = [_job_context(job) for job in selectors.batch_job_list()[:100]]
     context = {
@@ -139,7 +146,7 @@ def batch_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def batch_create(request: HttpRequest) -> HttpResponse:
+def batch_create(request: PageRequest) -> HttpResponse:
     _require(request, Capability.RUN_BATCH)
     form = BatchJobForm(request.POST, request.FILES) if request.method == "POST" else BatchJobForm()
     status = 200
@@ -156,7 +163,7 @@ def batch_create(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "frontend/batch/create.html",
-        {"form": form, "has_targets": len(form.fields["target"].choices) > 1},
+        {"form": form, "has_targets": form.has_targets},
         status=status,
     )
 
@@ -170,7 +177,7 @@ def _job(job_id: int) -> BatchJob:
 
 @login_required
 @require_GET
-def batch_detail(request: HttpRequest, job_id: int) -> HttpResponse:
+def batch_detail(request: PageRequest, job_id: int) -> HttpResponse:
     _require(request, Capability.VIEW)
     context = {
         **_job_context(_job(job_id)),
@@ -186,7 +193,7 @@ def batch_detail(request: HttpRequest, job_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def batch_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+def batch_cancel(request: PageRequest, job_id: int) -> HttpResponse:
     _require(request, Capability.RUN_BATCH)
     job = _job(job_id)
     try:
@@ -206,7 +213,7 @@ def batch_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def batch_output(request: HttpRequest, job_id: int) -> HttpResponse:
+def batch_output(request: PageRequest, job_id: int) -> HttpResponseBase:
     """The output file, after the same checks as the API (signed in, may view, succeeded)."""
     _require(request, Capability.VIEW)
     job = _job(job_id)

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -34,7 +34,7 @@ from deployments.choices import SlotState
 from deployments.models import Deployment
 from frontend.example_rows import example_rows
 from frontend.forms import DeploymentForm, DeploymentKeyForm
-from frontend.views.access import capability_require
+from frontend.views.access import PageRequest, capability_require
 from frontend.views.deployments import (
     _deployable_versions,
     _deployment,
@@ -54,11 +54,11 @@ EXAMPLE_SOURCES = {
 }
 
 
-def _can_deploy(request: HttpRequest) -> bool:
+def _can_deploy(request: PageRequest) -> bool:
     return user_has_capability(request.user, Capability.DEPLOY)
 
 
-def actions_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
+def actions_context(request: PageRequest, deployment: Deployment) -> dict[str, Any]:
     """The Actions section: rollback and the roll-out list (never the live version)."""
     live, target = rollback_target(deployment)
     return {
@@ -69,7 +69,7 @@ def actions_context(request: HttpRequest, deployment: Deployment) -> dict[str, A
     }
 
 
-def keys_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
+def keys_context(request: PageRequest, deployment: Deployment) -> dict[str, Any]:
     """The gateway keys section (names and dates only: the plaintext is never kept)."""
     can_deploy = _can_deploy(request)
     return {
@@ -81,7 +81,7 @@ def keys_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]
     }
 
 
-def try_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
+def try_context(request: PageRequest, deployment: Deployment) -> dict[str, Any]:
     """The "try a prediction" box: an example row of the live version's features."""
     live_slot = _live_slot(deployment)
     version = live_slot.version if live_slot is not None else None
@@ -97,7 +97,7 @@ def try_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
     }
 
 
-def manage_context(request: HttpRequest, deployment: Deployment) -> dict[str, Any]:
+def manage_context(request: PageRequest, deployment: Deployment) -> dict[str, Any]:
     """Everything the detail page needs from this module."""
     return {
         **try_context(request, deployment),
@@ -108,7 +108,7 @@ def manage_context(request: HttpRequest, deployment: Deployment) -> dict[str, An
 
 @login_required
 @require_GET
-def deployment_actions(request: HttpRequest, name: str) -> HttpResponse:
+def deployment_actions(request: PageRequest, name: str) -> HttpResponse:
     """The Actions partial, refreshed when the status shows another live version or rollout."""
     capability_require(request, Capability.VIEW)
     deployment = _deployment(name)
@@ -119,7 +119,7 @@ def deployment_actions(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def deployment_new(request: HttpRequest) -> HttpResponse:
+def deployment_new(request: PageRequest) -> HttpResponse:
     capability_require(request, Capability.DEPLOY)
     form = DeploymentForm(request.POST or None)
     status = 200
@@ -147,7 +147,7 @@ def deployment_new(request: HttpRequest) -> HttpResponse:
 
 
 def _keys_answer(
-    request: HttpRequest,
+    request: PageRequest,
     deployment: Deployment,
     *,
     status: int = 200,
@@ -165,7 +165,7 @@ def _keys_answer(
 
 @login_required
 @require_POST
-def deployment_key_new(request: HttpRequest, name: str) -> HttpResponse:
+def deployment_key_new(request: PageRequest, name: str) -> HttpResponse:
     """Issue a key; the answer shows it once (a reload shows only its name)."""
     capability_require(request, Capability.DEPLOY, what="action")
     deployment = _deployment(name)
@@ -186,7 +186,7 @@ def deployment_key_new(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def deployment_key_revoke(request: HttpRequest, name: str, key_id: int) -> HttpResponse:
+def deployment_key_revoke(request: PageRequest, name: str, key_id: int) -> HttpResponse:
     capability_require(request, Capability.DEPLOY, what="action")
     deployment = _deployment(name)
     try:
@@ -202,7 +202,7 @@ def deployment_key_revoke(request: HttpRequest, name: str, key_id: int) -> HttpR
 
 
 def _try_answer(
-    request: HttpRequest, context: dict[str, Any], *, status: int = 200
+    request: PageRequest, context: dict[str, Any], *, status: int = 200
 ) -> HttpResponse:
     return render(request, "frontend/deployments/_try_result.html", context, status=status)
 
@@ -224,7 +224,7 @@ def _rows_from(text: str) -> list[Any]:
 
 @login_required
 @require_POST
-def deployment_try(request: HttpRequest, name: str) -> HttpResponse:
+def deployment_try(request: PageRequest, name: str) -> HttpResponse:
     """Send the typed rows to the live slot and show its answer (see the module docstring)."""
     capability_require(request, Capability.DEPLOY, what="action")
     deployment = _deployment(name)

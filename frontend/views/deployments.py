@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -25,18 +25,18 @@ from deployments.choices import ACTIVE_ROLLOUT_STATES, SlotState
 from deployments.models import Deployment
 from frontend import charts
 from frontend import dashboard_captions as captions
-from frontend.views.access import capability_require
+from frontend.views.access import PageRequest, capability_require
 from monitoring import selectors as data
 from registry.models import ModelVersion
 
 ROLLOUT_STEPS = ["pending", "building", "starting", "verifying", "switching", "baking", "live"]
 
 
-def _can_deploy(request: HttpRequest) -> bool:
+def _can_deploy(request: PageRequest) -> bool:
     return user_has_capability(request.user, Capability.DEPLOY)
 
 
-def _require(request: HttpRequest, capability: str) -> None:
+def _require(request: PageRequest, capability: str) -> None:
     capability_require(request, capability, what="action")
 
 
@@ -85,7 +85,7 @@ def _rollback_is_warm(deployment: Deployment, target: ModelVersion | None) -> bo
 
 @login_required
 @require_GET
-def deployment_list(request: HttpRequest) -> HttpResponse:
+def deployment_list(request: PageRequest) -> HttpResponse:
     _require(request, Capability.VIEW)
     deployments = list(selectors.deployment_list_with_last_rollout())
     error_rates = data.error_rate_last_hour([d.pk for d in deployments])
@@ -218,7 +218,7 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
 
 
 def _window_page(
-    request: HttpRequest,
+    request: PageRequest,
     name: str,
     template: str,
     context: Callable[[Deployment, str], dict[str, Any]],
@@ -241,7 +241,7 @@ def _deployable_versions(deployment: Deployment, live_version: ModelVersion | No
     return list(versions.only("id", "number", "state", "description"))
 
 
-def _detail_context(request: HttpRequest, deployment: Deployment, window: str) -> dict[str, Any]:
+def _detail_context(request: PageRequest, deployment: Deployment, window: str) -> dict[str, Any]:
     # Actions, keys and the try box live in deployment_manage (which imports this module).
     from frontend.views.deployment_manage import manage_context
 
@@ -254,7 +254,7 @@ def _detail_context(request: HttpRequest, deployment: Deployment, window: str) -
 
 @login_required
 @require_GET
-def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
+def deployment_detail(request: PageRequest, name: str) -> HttpResponse:
     return _window_page(
         request,
         name,
@@ -265,7 +265,7 @@ def deployment_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def deployment_status(request: HttpRequest, name: str) -> HttpResponse:
+def deployment_status(request: PageRequest, name: str) -> HttpResponse:
     """The polled partial: live version, slots, rollout progress and its step log."""
     _require(request, Capability.VIEW)
     deployment = _deployment(name)
@@ -274,7 +274,7 @@ def deployment_status(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def deployment_dashboard(request: HttpRequest, name: str) -> HttpResponse:
+def deployment_dashboard(request: PageRequest, name: str) -> HttpResponse:
     """The chart data endpoint the dashboard polls: tiles and figures of one window."""
     return _window_page(request, name, "frontend/deployments/_dashboard.html", dashboard_context)
 
@@ -283,7 +283,7 @@ def deployment_dashboard(request: HttpRequest, name: str) -> HttpResponse:
 
 
 def _error_page(
-    request: HttpRequest, deployment: Deployment, error: DomainError | str, status: int
+    request: PageRequest, deployment: Deployment, error: DomainError | str, status: int
 ) -> HttpResponse:
     message = error.message if isinstance(error, DomainError) else error
     context = _detail_context(request, deployment, data.DASHBOARD_DEFAULT_WINDOW)
@@ -293,7 +293,7 @@ def _error_page(
 
 @login_required
 @require_GET
-def deployment_rollback_confirm(request: HttpRequest, name: str) -> HttpResponse:
+def deployment_rollback_confirm(request: PageRequest, name: str) -> HttpResponse:
     """The confirmation step: names the live version and the one traffic goes back to."""
     _require(request, Capability.DEPLOY)
     deployment = _deployment(name)
@@ -314,7 +314,7 @@ def deployment_rollback_confirm(request: HttpRequest, name: str) -> HttpResponse
 
 @login_required
 @require_POST
-def deployment_rollback(request: HttpRequest, name: str) -> HttpResponse:
+def deployment_rollback(request: PageRequest, name: str) -> HttpResponse:
     _require(request, Capability.DEPLOY)
     deployment = _deployment(name)
     reason = request.POST.get("reason", "").strip()[:1000]
@@ -347,7 +347,7 @@ def deployment_rollback(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 @require_POST
-def deployment_rollout(request: HttpRequest, name: str) -> HttpResponse:
+def deployment_rollout(request: PageRequest, name: str) -> HttpResponse:
     _require(request, Capability.DEPLOY)
     deployment = _deployment(name)
     raw = request.POST.get("version", "").strip()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -14,7 +14,7 @@ from core.errors import DomainError
 from deployments.selectors import deployment_list
 from frontend.forms import AliasForm, ModelFilterForm, SubmitForm
 from frontend.lineage import lineage_figure, lineage_rows
-from frontend.views.access import capability_required
+from frontend.views.access import PageRequest, capability_required
 from registry import selectors, services
 from registry.choices import VersionState
 from registry.modelkit.contract import labels_note
@@ -38,7 +38,7 @@ def _filtered_models(form: ModelFilterForm) -> QuerySet[RegisteredModel]:
 
 
 @capability_required(C.VIEW)
-def model_list(request: HttpRequest) -> HttpResponse:
+def model_list(request: PageRequest) -> HttpResponse:
     form = ModelFilterForm(request.GET or None)
     models = _filtered_models(form)
     page = Paginator(models, MODELS_PER_PAGE).get_page(request.GET.get("page"))
@@ -58,7 +58,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
 
 
 @capability_required(C.VIEW)
-def model_detail(request: HttpRequest, name: str) -> HttpResponse:
+def model_detail(request: PageRequest, name: str) -> HttpResponse:
     model = selectors.model_get(name=name)
     versions = list(selectors.version_list(model=model).order_by("-number"))
     lineage_version = versions[0] if versions else None
@@ -89,7 +89,7 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
     )
 
 
-def _version_context(request: HttpRequest, version: ModelVersion) -> dict:
+def _version_context(request: PageRequest, version: ModelVersion) -> dict:
     report = version.validation_report or {}
     scan = report.get("scan") or report.get("upload_scan") or {}
     return {
@@ -106,7 +106,7 @@ def _version_context(request: HttpRequest, version: ModelVersion) -> dict:
 
 
 @capability_required(C.VIEW)
-def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
+def version_detail(request: PageRequest, name: str, number: int) -> HttpResponse:
     model = selectors.model_get(name=name, summary=False)
     version = selectors.version_get(model=model, number=number)
     return render(
@@ -115,7 +115,7 @@ def version_detail(request: HttpRequest, name: str, number: int) -> HttpResponse
 
 
 @capability_required(C.VIEW)
-def version_status(request: HttpRequest, name: str, number: int) -> HttpResponse:
+def version_status(request: PageRequest, name: str, number: int) -> HttpResponse:
     """The validation panel alone; it keeps polling itself until validation has finished."""
     model = selectors.model_get(name=name, summary=False)
     version = selectors.version_get(model=model, number=number)
@@ -124,7 +124,7 @@ def version_status(request: HttpRequest, name: str, number: int) -> HttpResponse
 
 @require_POST
 @capability_required(C.SUBMIT)
-def version_submit(request: HttpRequest, name: str, number: int) -> HttpResponse:
+def version_submit(request: PageRequest, name: str, number: int) -> HttpResponse:
     model = selectors.model_get(name=name, summary=False)
     version = selectors.version_get(model=model, number=number)
     form = SubmitForm(request.POST)
@@ -142,7 +142,7 @@ def version_submit(request: HttpRequest, name: str, number: int) -> HttpResponse
 
 @require_POST
 @capability_required(C.SET_ALIAS)
-def version_alias(request: HttpRequest, name: str, number: int) -> HttpResponse:
+def version_alias(request: PageRequest, name: str, number: int) -> HttpResponse:
     model = selectors.model_get(name=name, summary=False)
     version = selectors.version_get(model=model, number=number)
     form = AliasForm(request.POST)

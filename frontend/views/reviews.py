@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 
 from core.choices import Capability as C
@@ -14,7 +14,7 @@ from deployments import selectors as deployment_selectors
 from deployments.choices import Environment
 from frontend.forms import ReviewForm
 from frontend.lineage import lineage_figure, lineage_rows
-from frontend.views.access import capability_required
+from frontend.views.access import PageRequest, capability_required
 from registry import selectors, services
 from registry.models import ModelVersion, RegisteredModel
 
@@ -69,13 +69,13 @@ def params_diff(candidate: dict[str, Any], live: dict[str, Any] | None) -> list[
 
 
 @capability_required(C.REVIEW)
-def review_queue(request: HttpRequest) -> HttpResponse:
+def review_queue(request: PageRequest) -> HttpResponse:
     versions = list(selectors.review_queue().prefetch_related("reviews"))
     return render(request, "frontend/registry/review_queue.html", {"versions": versions})
 
 
 @capability_required(C.REVIEW)
-def review_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
+def review_detail(request: PageRequest, name: str, number: int) -> HttpResponse:
     model = selectors.model_get(name=name, summary=False)
     version = selectors.version_get(model=model, number=number)
     form = ReviewForm(request.POST or None)
@@ -110,9 +110,11 @@ def review_detail(request: HttpRequest, name: str, number: int) -> HttpResponse:
             "live": live_version_obj,
             "live_source": live_source,
             "metrics": metrics_comparison(
-                version.metrics, live_version_obj and live_version_obj.metrics
+                version.metrics, live_version_obj.metrics if live_version_obj else None
             ),
-            "params": params_diff(version.params, live_version_obj and live_version_obj.params),
+            "params": params_diff(
+                version.params, live_version_obj.params if live_version_obj else None
+            ),
             "lineage": {
                 "graph": graph,
                 "figure": lineage_figure(graph),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
@@ -13,12 +13,12 @@ from accounts import services as account_services
 from core.choices import Capability as C
 from core.errors import DomainError
 from frontend.forms import TokenForm
-from frontend.views.access import capability_required
+from frontend.views.access import PageRequest, capability_required
 
 
 @never_cache  # the page that shows a new key must not be kept by any cache
 @capability_required(C.MANAGE_TOKENS)
-def token_list(request: HttpRequest) -> HttpResponse:
+def token_list(request: PageRequest) -> HttpResponse:
     form = TokenForm(request.POST or None, user=request.user)
     issued = None
     status = 200
@@ -49,7 +49,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @capability_required(C.MANAGE_TOKENS)
-def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+def token_revoke(request: PageRequest, token_id: int) -> HttpResponse:
     try:
         token = account_services.token_revoke(token_id=token_id, actor=request.user)
     except DomainError as exc:

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 
 from accounts.permissions import user_has_capability
@@ -15,7 +15,7 @@ from core.choices import Capability as C
 from core.errors import DomainError, PayloadTooLarge, UnsafeArtifact
 from frontend import upload_staging
 from frontend.forms import AUTO_FRAMEWORK, UploadForm
-from frontend.views.access import capability_required
+from frontend.views.access import PageRequest, capability_required
 from registry import selectors, services
 from registry.choices import Framework
 from registry.models import ModelVersion, RegisteredModel
@@ -66,7 +66,7 @@ class _UploadRefused(Exception):
         self.field, self.message = field, message
 
 
-def _upload(request: HttpRequest, form: UploadForm) -> ModelVersion:
+def _upload(request: PageRequest, form: UploadForm) -> ModelVersion:
     data = form.cleaned_data
     framework = data["framework"]
     if framework == AUTO_FRAMEWORK:
@@ -97,7 +97,7 @@ def _upload(request: HttpRequest, form: UploadForm) -> ModelVersion:
         )
 
 
-def _other_errors(request: HttpRequest, form: UploadForm) -> list[tuple[str, str]]:
+def _other_errors(request: PageRequest, form: UploadForm) -> list[tuple[str, str]]:
     """After the upload service refused one thing, what else it would refuse, so the page
     reports every problem at once (the service stops at its first). Each check is the
     function the service itself calls; a successful upload never pays for them."""
@@ -159,7 +159,7 @@ def _add_errors(form: UploadForm, refused: tuple[str | None, str] | None, others
             reported.add(field)
 
 
-def _files_with_kept(request: HttpRequest):
+def _files_with_kept(request: PageRequest):
     """The request's files, plus the ones kept from a refused submit that were not chosen
     anew (see frontend/upload_staging.py)."""
     files = request.FILES.copy()
@@ -172,7 +172,7 @@ def _files_with_kept(request: HttpRequest):
     return files
 
 
-def _keep_files(request: HttpRequest, form: UploadForm, files) -> dict[str, dict]:
+def _keep_files(request: PageRequest, form: UploadForm, files) -> dict[str, dict]:
     """Keep each chosen file that has no error of its own for the next submit."""
     kept = {}
     for field in upload_staging.FIELDS:
@@ -182,7 +182,7 @@ def _keep_files(request: HttpRequest, form: UploadForm, files) -> dict[str, dict
     return kept
 
 
-def _body_too_large(request: HttpRequest) -> str | None:
+def _body_too_large(request: PageRequest) -> str | None:
     """Refuse an oversized body before reading a byte of it (as the API's parser does)."""
     limit = settings.MODELYARD_MAX_ARTIFACT_BYTES + settings.MODELYARD_MAX_REFERENCE_BYTES
     try:
@@ -199,7 +199,7 @@ def _body_too_large(request: HttpRequest) -> str | None:
 
 
 @capability_required(C.UPLOAD)
-def upload(request: HttpRequest) -> HttpResponse:
+def upload(request: PageRequest) -> HttpResponse:
     initial = {"model_name": request.GET.get("model", "")}
     too_large = _body_too_large(request) if request.method == "POST" else None
     if too_large:
@@ -247,7 +247,7 @@ def upload(request: HttpRequest) -> HttpResponse:
 
 
 @capability_required(C.UPLOAD)
-def upload_guess(request: HttpRequest) -> HttpResponse:
+def upload_guess(request: PageRequest) -> HttpResponse:
     """htmx: which framework the chosen file looks like (read, never loaded)."""
     upload = request.FILES.get("file")
     guessed = _guess(upload) if upload is not None and upload.size else None
