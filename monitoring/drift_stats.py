@@ -323,7 +323,7 @@ def profiles_to_storage(
 
 
 def profiles_from_storage(
-    described: list[dict[str, Any]], blob: bytes
+    described: list[dict[str, Any]], blob: bytes | memoryview
 ) -> dict[str, NumericProfile | CategoricalProfile]:
     import io
 

@@ -158,6 +158,7 @@ class BatchScheduleViewSet(viewsets.GenericViewSet):
 
     def list(self, request) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        assert page is not None  # DEFAULT_PAGINATION_CLASS paginates every list
         versions = selectors.alias_versions(schedules=page)
         return self.get_paginated_response(
             BatchScheduleSerializer(page, many=True, context={"alias_versions": versions}).data

@@ -217,7 +217,12 @@ def main(argv: list[str]) -> int:
     try:
         import bentoml
 
-        predictor = _Predictor(bentoml.load(bento_dir)())
+        service = bentoml.load(bento_dir)
+        # Modelyard builds @bentoml.service Bentos, whose service is called for its instance;
+        # a legacy bentoml.Service is not callable, and fails here as a load error.
+        if not callable(service):
+            raise TypeError(f"'{type(service).__name__}' object is not callable")
+        predictor = _Predictor(service())
     except BaseException as exc:
         frames_out.write(encode_message({"ok": False, "kind": "load", "error": _describe(exc)}))
         frames_out.flush()

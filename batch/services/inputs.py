@@ -371,7 +371,7 @@ def input_chunks(
             combined, rest = table.slice(0, rows).combine_chunks(), table.slice(rows)
             (chunk,) = combined.to_batches(max_chunksize=rows)
         pending_rows = rest.num_rows if rest is not None else 0
-        pending = rest.to_batches() if pending_rows else []
+        pending = rest.to_batches() if rest is not None and pending_rows else []
         return chunk
 
     for batch in _batches(handle, fmt, plan, header, rows=chunk_rows):
@@ -391,11 +391,13 @@ def _cast_cannot_fail(have: Any, want: Any) -> bool:
     if want is None or have == want or pa.types.is_null(have):
         return True
     if pa.types.is_boolean(have):
-        return pa.types.is_integer(want) or pa.types.is_floating(want)
+        return bool(pa.types.is_integer(want) or pa.types.is_floating(want))
     if want == pa.float64():  # every integer below 2**53 and every narrower float is exact
-        return pa.types.is_floating(have) or (pa.types.is_integer(have) and have.bit_width <= 32)
+        return bool(
+            pa.types.is_floating(have) or (pa.types.is_integer(have) and have.bit_width <= 32)
+        )
     if want == pa.int64():  # any narrower integer (a uint64 may not fit)
-        return pa.types.is_integer(have) and have.bit_width < 64
+        return bool(pa.types.is_integer(have) and have.bit_width < 64)
     return False
 
 

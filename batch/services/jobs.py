@@ -22,7 +22,7 @@ from typing import Any
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
@@ -76,7 +76,7 @@ def batch_job_create(
     actor: User | None,
     version_number: int | None = None,
     alias: str = "",
-    upload: UploadedFile | None = None,
+    upload: UploadedFile[bytes] | None = None,
     input_path: str = "",
     id_column: str = "",
     chunk_rows: int | None = None,
@@ -178,7 +178,7 @@ def _job_insert(
     return job
 
 
-def _locked_jobs() -> Any:
+def _locked_jobs() -> QuerySet[BatchJob]:
     # of=self: the version join is nullable, and only the job row needs the lock.
     return BatchJob.objects.select_for_update(of=("self",)).select_related("version")
 
@@ -240,7 +240,7 @@ def _set_state(
     if to in (J.SUCCEEDED, J.FAILED, J.CANCELLED):
         fields = {"finished_at": now, "step_token": None, **fields}
     after: dict[str, Any] = {}
-    if job.version_id:
+    if job.version is not None:  # no query when version_id is None, as before
         after["version"] = job.version.number
     if to == J.SUCCEEDED:
         after["rows"] = fields.get("output_rows", job.output_rows)

@@ -9,7 +9,7 @@ in UTC. Moving the alias is the batch rollout, moving it back the rollback; both
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -52,7 +52,8 @@ def cron_next(cron: str, *, after: datetime) -> datetime:
             nowfun=lambda: after,
         )
         # Celery answers "how long from now until the run after last_run_at".
-        return after + schedule.remaining_estimate(after)
+        remaining: timedelta = schedule.remaining_estimate(after)
+        return after + remaining
     except (ValueError, TypeError) as exc:
         raise InvalidInput(f"cron {cron!r} is not valid: {exc}", code="bad_cron") from exc
 
@@ -320,6 +321,7 @@ def batch_schedule_rollback(*, schedule: BatchSchedule, actor: User, reason: str
             f"Schedule {schedule.name} has not run any version but v{current}; "
             "there is nothing to roll back to."
         )
+    assert previous.version is not None  # filtered on version__isnull=False
     return alias_set(
         model=schedule.model,
         name=schedule.alias,

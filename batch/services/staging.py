@@ -95,11 +95,12 @@ def _staging_resume(job_id: int) -> None:
 
 
 def _resolve_version(job: BatchJob) -> ModelVersion:
-    if job.version_id:  # resolved by an earlier attempt of this step: what ran stays fixed
+    # Resolved by an earlier attempt of this step: what ran stays fixed. (A null foreign key
+    # reads as None without a query, as the version_id check did.)
+    if job.version is not None:
         return job.version
-    if job.requested_version_id:
-        version = job.requested_version
-    else:
+    version = job.requested_version
+    if version is None:
         alias = (
             Alias.objects.select_related("version").filter(model=job.model, name=job.alias).first()
         )
@@ -110,6 +111,7 @@ def _resolve_version(job: BatchJob) -> ModelVersion:
         raise _Refused(f"{version} is {version.state}; batch jobs run approved versions only.")
     BatchJob.objects.filter(pk=job.pk, version__isnull=True).update(version=version)
     job.refresh_from_db()
+    assert job.version is not None  # set just above, or by a concurrent attempt
     return job.version
 
 
@@ -297,6 +299,7 @@ class _Stager:
         self.job_id, self.token = job.pk, token
         self.unsent = unsent  # the chunk whose message is not sent: its stager runs it
         self.next_index = job.chunks_staged
+        assert job.total_rows is not None  # a running job (the only one staged) has its count
         self.total, self.count, self.size = job.total_rows, job.chunks_total, job.chunk_rows
         self.active = self.next_index < self.count
         self._job = job
@@ -360,6 +363,7 @@ class _Stager:
 
     def _open(self) -> Any:
         handle = self._stack.enter_context(_open_input(self._job))
+        assert self._job.version_id is not None  # resolved before the job ran
         version = ModelVersion.objects.get(pk=self._job.version_id)
         fmt, header = inputs.input_header(handle)
         plan = inputs.input_plan(version=version, header=header, id_column=self._job.id_column)

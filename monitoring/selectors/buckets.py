@@ -116,6 +116,9 @@ class Cell:
     def packed(self) -> list[Any]:
         """A compact, JSON-safe form for the cache (the cache never holds pickles): the
         histogram's non-zero buckets only (a latency distribution fills a few dozen of 149)."""
+        # Only cells fresh from SQL are cached, and they have them (add and copy drop them).
+        if self.percentiles is None:
+            raise ValueError("a cell is packed with its chart percentiles")
         nonzero = np.flatnonzero(self.histogram)
         return [
             self.requests,
@@ -131,10 +134,21 @@ class Cell:
 
     @classmethod
     def unpacked(cls, packed: list[Any]) -> Cell:
-        *counts, index, values, percentiles = packed
+        requests, rows, predictions, errors, client_errors, latency, index, values, percentiles = (
+            packed
+        )
         histogram = np.zeros(BUCKET_COUNT, dtype=np.int64)
         histogram[np.asarray(index, dtype=np.intp)] = np.asarray(values, dtype=np.int64)
-        return cls(*counts, histogram, {q: value for q, value in percentiles})
+        return cls(
+            requests,
+            rows,
+            predictions,
+            errors,
+            client_errors,
+            latency,
+            histogram,
+            {q: value for q, value in percentiles},
+        )
 
 
 @dataclass
@@ -172,7 +186,8 @@ def _query(
             _BUCKETS_SQL,
             {"deployment": deployment_id, "start": start, "end": end, "bucket": bucket},
         )
-        return cursor.fetchall()
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
 
 
 def _cells_from_rows(rows: list[tuple[Any, ...]]) -> dict[datetime, dict[int, Cell]]:

@@ -252,6 +252,16 @@ def _prediction_values(answer: Any) -> list[Any]:
     return list(values) if isinstance(values, list) else []
 
 
+def _text(value: bytes | str | None) -> str:
+    """A stream id or field name as text. metrics_redis() answers bytes; redis-py's types also
+    allow str (a decoding client) and None, which XRANGE never answers for an id."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if value is None:
+        raise ValueError("a stream entry without an id")
+    return value
+
+
 def samples_read(
     *, deployment: str, start: datetime, end: datetime, client: redis.Redis | None = None
 ) -> dict[int, LiveSamples]:
@@ -261,9 +271,12 @@ def samples_read(
     by_version: dict[int, LiveSamples] = {}
     cursor = str(low)
     while True:
-        entries = client.xrange(samples_key(deployment), min=cursor, max=str(high), count=2000)
+        # XRANGE answers a list, empty for a missing stream (redis-py types None as well).
+        entries = (
+            client.xrange(samples_key(deployment), min=cursor, max=str(high), count=2000) or []
+        )
         for _entry_id, fields in entries:
-            values = {k.decode(): v for k, v in fields.items()}
+            values = {_text(k): v for k, v in (fields or {}).items()}
             try:
                 version = int(values["version"])
                 inputs = json.loads(values["inputs"])
@@ -281,7 +294,7 @@ def samples_read(
             live.predictions += _prediction_values(outputs)
         if len(entries) < 2000:
             break
-        last = entries[-1][0].decode()
+        last = _text(entries[-1][0])
         ms, seq = last.split("-")
         cursor = f"{ms}-{int(seq) + 1}"
     return by_version
@@ -296,12 +309,14 @@ def drift_thresholds(deployment: Deployment) -> dict[str, float]:
     return {**ds.DEFAULT_THRESHOLDS, **{k: float(v) for k, v in overrides.items()}}
 
 
+# A profiled feature: its name, its reference profile and its live column.
+_FeatureJob = tuple[str, ds.NumericProfile | ds.CategoricalProfile, Any]
+
+
 def _compare_one(
-    name: str,
-    profile: ds.NumericProfile | ds.CategoricalProfile,
-    column: Any,
-    thresholds: dict[str, float],
-) -> tuple[str, str, ds.FeatureResult]:
+    job: _FeatureJob, thresholds: dict[str, float]
+) -> tuple[str, FeatureKind, ds.FeatureResult]:
+    name, profile, column = job
     min_rows = settings.MODELYARD_DRIFT_MIN_ROWS
     if isinstance(profile, ds.NumericProfile):
         values = pd.to_numeric(pd.Series(column), errors="coerce").to_numpy(dtype=np.float64)
@@ -324,7 +339,7 @@ def drift_compare(
     """
     thresholds = {**ds.DEFAULT_THRESHOLDS, **(thresholds or {})}
     results: dict[str, tuple[str, ds.FeatureResult]] = {}
-    present = []
+    present: list[_FeatureJob] = []
     for name, profile in profiles.items():
         column = columns.get(name)
         if column is None or len(column) == 0:
@@ -339,9 +354,9 @@ def drift_compare(
     workers = workers or min(4, os.cpu_count() or 1)
     if workers > 1 and len(present) > 1:
         with ThreadPoolExecutor(workers) as pool:
-            done = list(pool.map(lambda job: _compare_one(*job, thresholds), present))
+            done = list(pool.map(lambda job: _compare_one(job, thresholds), present))
     else:
-        done = [_compare_one(*job, thresholds) for job in present]
+        done = [_compare_one(job, thresholds) for job in present]
     for name, kind, result in done:
         results[name] = (kind, result)
     return results
@@ -380,7 +395,11 @@ def drift_compute_window(
     columns = {name: frame[name].to_numpy() for name in profiles if name in frame.columns}
     results = drift_compare(profiles, columns, thresholds=thresholds)
     prediction: dict[str, Any] | None = None
-    if drift_prediction_profile_ensure(profile=profile, version=version):
+    # True once the baseline is stored, so profile.prediction is set then.
+    if (
+        drift_prediction_profile_ensure(profile=profile, version=version)
+        and profile.prediction is not None
+    ):
         predicted = ds.profiles_from_storage(profile.prediction, profile.prediction_arrays or b"")
         outcome = drift_compare(
             predicted,
