@@ -92,7 +92,7 @@ def prediction_distribution(
     last ``sample_seconds`` (the gateway's sample stream), binned the same way."""
     # The stream reader lives with the drift service that consumes it; imported here, not at
     # the top, because the services package imports the selectors.
-    from monitoring.services.drift import samples_read
+    from monitoring.services.drift_profiles import samples_read
 
     empty: dict[str, Any] = {
         "labels": [],

@@ -7,10 +7,10 @@ from monitoring.services.baselines import prediction_baselines_ensure
 from monitoring.services.drift import (
     drift_compute_now,
     drift_compute_window,
-    drift_profile_ensure,
     drift_retention,
     drift_windows_due,
 )
+from monitoring.services.drift_profiles import drift_profile_ensure
 from monitoring.services.guards import guards_check, guards_check_deployment
 from monitoring.services.policy import (
     monitoring_policy_document,

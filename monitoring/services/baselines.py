@@ -5,7 +5,7 @@ from __future__ import annotations
 from deployments.choices import SlotState
 from deployments.models import Slot
 from monitoring.models import DriftProfile
-from monitoring.services.drift import drift_prediction_profile_ensure, drift_profile_ensure
+from monitoring.services.drift_profiles import drift_prediction_profile_ensure, drift_profile_ensure
 from registry.models import ModelVersion
 
 

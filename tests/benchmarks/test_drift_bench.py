@@ -16,7 +16,8 @@ import pytest
 from scipy import stats
 
 from monitoring import drift_stats as ds
-from monitoring.services.drift import build_profiles, drift_compare
+from monitoring.services.drift import drift_compare
+from monitoring.services.drift_profiles import build_profiles
 
 pytestmark = pytest.mark.benchmark
 

@@ -337,7 +337,7 @@ def test_raw_body_as_sent_reads_back_like_the_encoded_one(
 ) -> None:
     """A body sent with spaces is stored with them; the monitoring reader (which parses)
     gets exactly the same samples as from the re-encoded path (no raw bytes given)."""
-    from monitoring.services.drift import samples_read
+    from monitoring.services.drift_profiles import samples_read
 
     body = {"instances": [{"age": 31.5, "city": "Zürich"}, [1, 2]]}
     answer = b'{ "predictions" : [1, 0] }'

@@ -20,7 +20,8 @@ from monitoring import drift_stats as ds
 from monitoring.choices import DriftWindowKind
 from monitoring.models import DriftFeature, DriftProfile, DriftWindow, MonitoringPolicy
 from monitoring.services import drift_compute_now, drift_profile_ensure, drift_windows_due
-from monitoring.services.drift import build_profiles, drift_compare, samples_read
+from monitoring.services.drift import drift_compare
+from monitoring.services.drift_profiles import build_profiles, samples_read
 from tests.models import training_frame
 
 
