@@ -34,8 +34,6 @@ from batch.services.jobs import (
 
 logger = logging.getLogger(__name__)
 
-J, C = JobState, ChunkState
-
 
 @dataclass(frozen=True)
 class ChunkOutcome:
@@ -52,14 +50,14 @@ def _claim_chunk(chunk_id: int, worker: str) -> uuid.UUID | None:
     # claiming at once could both take the chunk (seen in the 2-worker benchmark: one run
     # computed a chunk the other counted). Conditions on the row itself are re-checked.
     claimable_job = BatchJob.objects.filter(
-        pk=OuterRef("job_id"), state=J.RUNNING, chunks_staged__gt=OuterRef("index")
+        pk=OuterRef("job_id"), state=JobState.RUNNING, chunks_staged__gt=OuterRef("index")
     )
     claimed = (
         BatchChunk.objects.filter(pk=chunk_id)
-        .filter(Q(state=C.PENDING) | Q(state=C.RUNNING, lease_expires_at__lt=now))
+        .filter(Q(state=ChunkState.PENDING) | Q(state=ChunkState.RUNNING, lease_expires_at__lt=now))
         .filter(Exists(claimable_job))
         .update(
-            state=C.RUNNING,
+            state=ChunkState.RUNNING,
             claim_token=token,
             lease_expires_at=_lease(),
             attempts=F("attempts") + 1,
@@ -96,7 +94,7 @@ class _LeaseKeeper:
                     held = list(self._held.items())
                 for chunk_id, token in held:
                     BatchChunk.objects.filter(
-                        pk=chunk_id, claim_token=token, state=C.RUNNING
+                        pk=chunk_id, claim_token=token, state=ChunkState.RUNNING
                     ).update(lease_expires_at=_lease())
         except Exception:  # a missed renewal only risks a harmless duplicate run
             logger.exception("renewing the leases of chunks %s failed", list(self._held))
@@ -120,11 +118,11 @@ def _claim_next(job_id: int, worker: str, holding: int) -> tuple[BatchChunk, uui
     another worker on the job: queued behind its own, the job would end with that worker
     idle (measured, 2 workers and 4 chunks: 3 chunks on one worker, 1 on the other)."""
     pending = BatchChunk.objects.filter(
-        job_id=job_id, state=C.PENDING, attempts=0, index__lt=F("job__chunks_staged")
+        job_id=job_id, state=ChunkState.PENDING, attempts=0, index__lt=F("job__chunks_staged")
     )
     candidates = list(pending.order_by("index")[:4])  # their ranges are all the caller reads
     if holding and len(candidates) == 1:
-        running = BatchChunk.objects.filter(job_id=job_id, state=C.RUNNING).count()
+        running = BatchChunk.objects.filter(job_id=job_id, state=ChunkState.RUNNING).count()
         if running > holding:
             return None
     for chunk in candidates:
@@ -140,7 +138,7 @@ def _where(chunk: BatchChunk) -> dict[str, int]:
 
 def _chunk_fail(chunk: BatchChunk, token: uuid.UUID, error: str) -> None:
     BatchChunk.objects.filter(pk=chunk.pk, claim_token=token).update(
-        state=C.FAILED, error=error[:5000], finished_at=timezone.now(), claim_token=None
+        state=ChunkState.FAILED, error=error[:5000], finished_at=timezone.now(), claim_token=None
     )
 
 
@@ -158,9 +156,9 @@ def _chunk_transient(chunk: BatchChunk, token: uuid.UUID, error: str) -> ChunkOu
             details=_where(chunk),
         )
         return ChunkOutcome("failed", message)
-    released = BatchChunk.objects.filter(pk=chunk.pk, claim_token=token, state=C.RUNNING).update(
-        state=C.PENDING, claim_token=None, lease_expires_at=None, error=error[:5000]
-    )
+    released = BatchChunk.objects.filter(
+        pk=chunk.pk, claim_token=token, state=ChunkState.RUNNING
+    ).update(state=ChunkState.PENDING, claim_token=None, lease_expires_at=None, error=error[:5000])
     if released:
         _enqueue_chunks(
             [chunk.pk], countdown=settings.MODELYARD_BATCH_RETRY_DELAY_SECONDS * attempts
@@ -178,12 +176,14 @@ def _chunk_finish(
         # The job's row lock orders concurrent finishes: counters and the last-chunk check
         # see every earlier chunk.
         job = _locked_jobs().get(pk=chunk.job_id)
-        if job.state != J.RUNNING:
+        if job.state != JobState.RUNNING:
             if job.state not in ACTIVE_JOB_STATES:  # its working files went (or go) already:
                 transaction.on_commit(lambda: files.job_files_delete(job.pk))  # so does ours
             return ChunkOutcome("skipped", f"job is {job.state}")
-        done = BatchChunk.objects.filter(pk=chunk.pk, claim_token=token, state=C.RUNNING).update(
-            state=C.SUCCEEDED,
+        done = BatchChunk.objects.filter(
+            pk=chunk.pk, claim_token=token, state=ChunkState.RUNNING
+        ).update(
+            state=ChunkState.SUCCEEDED,
             finished_at=timezone.now(),
             seconds=seconds,
             claim_token=None,
@@ -197,7 +197,7 @@ def _chunk_finish(
         job.save(update_fields=["rows_done", "chunks_done"])
         last = job.chunks_done == job.chunks_total
         if last:
-            _set_state(job, J.JOINING, reason="every chunk done")
+            _set_state(job, JobState.JOINING, reason="every chunk done")
             if not join_here:
                 transaction.on_commit(lambda: _enqueue("join", job.pk))
     return ChunkOutcome("done", f"{rows} rows in {seconds:.2f}s", joining=last)

@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-J = JobState
-
 
 # Chunks in one child at once: one predicting, the next read ahead by the child meanwhile.
 PIPELINE_DEPTH = 2
@@ -185,7 +183,7 @@ def _claim_lead(chunk_id: int, worker: str, *, follow: bool) -> tuple[int, uuid.
     # Taken by a run that followed on with it: the message still means the job has
     # work, so it starts on the job's next untried chunk (a worker otherwise idles until
     # the message of a chunk nobody took reaches it).
-    running = BatchChunk.objects.filter(pk=chunk_id, job__state=J.RUNNING)
+    running = BatchChunk.objects.filter(pk=chunk_id, job__state=JobState.RUNNING)
     job_id = running.values_list("job_id", flat=True).first()  # None once the job ended
     claimed = _claim_next(job_id, worker, holding=0) if job_id else None
     return (claimed[0].pk, claimed[1]) if claimed is not None else None

@@ -45,8 +45,6 @@ from registry.services.artifacts import artifact_delete_quietly, uploaded_file_o
 
 logger = logging.getLogger(__name__)
 
-J, C = JobState, ChunkState
-
 
 # --- creating ------------------------------------------------------------------------------
 
@@ -167,7 +165,7 @@ def _job_insert(
         action=AuditAction.BATCH_JOB_STATE_CHANGED,
         obj=job,
         after={
-            "state": J.QUEUED,
+            "state": JobState.QUEUED,
             "model": model.name,
             "version": version_number,
             "alias": alias,
@@ -213,13 +211,19 @@ def _lease(seconds: float | None = None) -> Any:
 JOB_STATES: StateMachine[BatchJob] = StateMachine(
     BatchJob,
     {
-        J.QUEUED: {J.PREPARING, J.FAILED, J.CANCELLED},
-        J.PREPARING: {J.PREPARING, J.QUEUED, J.RUNNING, J.FAILED, J.CANCELLED},
-        J.RUNNING: {J.JOINING, J.FAILED, J.CANCELLED},
-        J.JOINING: {J.JOINING, J.SUCCEEDED, J.FAILED},
-        J.SUCCEEDED: set(),
-        J.FAILED: set(),
-        J.CANCELLED: set(),
+        JobState.QUEUED: {JobState.PREPARING, JobState.FAILED, JobState.CANCELLED},
+        JobState.PREPARING: {
+            JobState.PREPARING,
+            JobState.QUEUED,
+            JobState.RUNNING,
+            JobState.FAILED,
+            JobState.CANCELLED,
+        },
+        JobState.RUNNING: {JobState.JOINING, JobState.FAILED, JobState.CANCELLED},
+        JobState.JOINING: {JobState.JOINING, JobState.SUCCEEDED, JobState.FAILED},
+        JobState.SUCCEEDED: set(),
+        JobState.FAILED: set(),
+        JobState.CANCELLED: set(),
     },
 )
 
@@ -237,12 +241,12 @@ def _set_state(
     the caller still holds the step (its ``step_token``)."""
     before = job.state
     now = timezone.now()
-    if to in (J.SUCCEEDED, J.FAILED, J.CANCELLED):
+    if to in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
         fields = {"finished_at": now, "step_token": None, **fields}
     after: dict[str, Any] = {}
     if job.version is not None:  # no query when version_id is None, as before
         after["version"] = job.version.number
-    if to == J.SUCCEEDED:
+    if to == JobState.SUCCEEDED:
         after["rows"] = fields.get("output_rows", job.output_rows)
     moved = JOB_STATES.move(
         job,
@@ -261,10 +265,10 @@ def _set_state(
             f"it did not become {to}.",
             details={"state": str(before), "requested": str(to)},
         )
-    if to in (J.FAILED, J.CANCELLED):
-        BatchChunk.objects.filter(job=job, state__in=[C.PENDING, C.RUNNING]).update(
-            state=C.CANCELLED, claim_token=None, lease_expires_at=None
-        )
+    if to in (JobState.FAILED, JobState.CANCELLED):
+        BatchChunk.objects.filter(
+            job=job, state__in=[ChunkState.PENDING, ChunkState.RUNNING]
+        ).update(state=ChunkState.CANCELLED, claim_token=None, lease_expires_at=None)
         transaction.on_commit(lambda: files.job_files_delete(job.pk))
 
 
@@ -274,7 +278,9 @@ def batch_job_fail(*, job_id: int, error: str, details: dict[str, Any] | None = 
         job = _locked_jobs().get(pk=job_id)
         if job.state in ACTIVE_JOB_STATES:
             logger.warning("batch job %s failed: %s", job_id, error)
-            _set_state(job, J.FAILED, reason=error, error=error[:5000], error_details=details or {})
+            _set_state(
+                job, JobState.FAILED, reason=error, error=error[:5000], error_details=details or {}
+            )
     return job
 
 
@@ -284,7 +290,7 @@ def batch_job_cancel(*, job: BatchJob, actor: User | None, reason: str = "") -> 
     job = _locked_jobs().get(pk=job.pk)
     if job.state not in CANCELLABLE_JOB_STATES:
         raise InvalidState(f"Batch job {job.pk} is {job.state}; it can no longer be cancelled.")
-    _set_state(job, J.CANCELLED, actor=actor, reason=reason or "cancelled")
+    _set_state(job, JobState.CANCELLED, actor=actor, reason=reason or "cancelled")
     return job
 
 
@@ -319,19 +325,21 @@ def batch_jobs_sweep() -> list[str]:
     lease = timedelta(seconds=settings.MODELYARD_BATCH_LEASE_SECONDS)
     expired = list(
         BatchChunk.objects.filter(
-            job__state=J.RUNNING, state=C.RUNNING, lease_expires_at__lt=now
+            job__state=JobState.RUNNING, state=ChunkState.RUNNING, lease_expires_at__lt=now
         ).values_list("pk", flat=True)
     )
     # Released first, so the next claim starts clean; the claim would also take them as is.
-    BatchChunk.objects.filter(pk__in=expired, state=C.RUNNING, lease_expires_at__lt=now).update(
-        state=C.PENDING,
+    BatchChunk.objects.filter(
+        pk__in=expired, state=ChunkState.RUNNING, lease_expires_at__lt=now
+    ).update(
+        state=ChunkState.PENDING,
         claim_token=None,
         lease_expires_at=None,
         error="lease expired (worker lost)",
     )
     lost = list(
         BatchChunk.objects.filter(
-            job__state=J.RUNNING, state=C.PENDING, index__lt=F("job__chunks_staged")
+            job__state=JobState.RUNNING, state=ChunkState.PENDING, index__lt=F("job__chunks_staged")
         )
         .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - lease))
         .exclude(pk__in=expired)
@@ -342,20 +350,24 @@ def batch_jobs_sweep() -> list[str]:
         actions.append(f"re-enqueued {len(expired)} expired and {len(lost)} waiting chunk(s)")
     quiet = now - timedelta(seconds=settings.MODELYARD_BATCH_STEP_LEASE_SECONDS)
     for job_id in BatchJob.objects.filter(
-        Q(state=J.QUEUED, state_changed_at__lt=quiet)
-        | Q(state=J.PREPARING, step_lease_expires_at__lt=now)
+        Q(state=JobState.QUEUED, state_changed_at__lt=quiet)
+        | Q(state=JobState.PREPARING, step_lease_expires_at__lt=now)
         # Staged chunk by chunk, and its stager stopped renewing the step: resume it.
-        | Q(state=J.RUNNING, chunks_staged__lt=F("chunks_total"), step_lease_expires_at__lt=now)
+        | Q(
+            state=JobState.RUNNING,
+            chunks_staged__lt=F("chunks_total"),
+            step_lease_expires_at__lt=now,
+        )
     ).values_list("pk", flat=True):
         _enqueue("prepare", job_id)
         actions.append(f"job {job_id}: prepare re-enqueued")
     for job_id in BatchJob.objects.filter(
         Q(
-            state=J.JOINING,
+            state=JobState.JOINING,
             step_token__isnull=True,
             state_changed_at__lt=now - timedelta(seconds=30),
         )
-        | Q(state=J.JOINING, step_lease_expires_at__lt=now)
+        | Q(state=JobState.JOINING, step_lease_expires_at__lt=now)
     ).values_list("pk", flat=True):
         _enqueue("join", job_id)
         actions.append(f"job {job_id}: join re-enqueued")

@@ -24,8 +24,6 @@ from registry.services.artifacts import artifact_delete_quietly, artifact_local_
 
 logger = logging.getLogger(__name__)
 
-J, C = JobState, ChunkState
-
 
 class _JobOutput:
     """A job's output being written: its chunk files appended in index order to one Parquet
@@ -84,7 +82,7 @@ def _output_draft(job: BatchJob, last: BatchChunk) -> _JobOutput | None:
     it are all counted, so their files are final. None unless ``last`` is the one chunk of
     the job not done yet; the join appends the rest (batch_job_join(output=...))."""
     others = BatchChunk.objects.filter(job=job).exclude(pk=last.pk)
-    if others.exclude(state=C.SUCCEEDED).exists():
+    if others.exclude(state=ChunkState.SUCCEEDED).exists():
         return None
     output = None
     try:
@@ -102,7 +100,7 @@ def _output_draft(job: BatchJob, last: BatchChunk) -> _JobOutput | None:
 def batch_job_join(*, job_id: int, output: _JobOutput | None = None) -> BatchJob:
     """joining → succeeded: stream the chunk files in order into one output file (after
     those a caller already appended to ``output``, which this call then owns)."""
-    token = _claim_step(job_id, start=J.JOINING, to=J.JOINING)
+    token = _claim_step(job_id, start=JobState.JOINING, to=JobState.JOINING)
     if token is None:
         if output is not None:
             output.abandon(RuntimeError("the join belongs to another run"))
@@ -129,12 +127,12 @@ def batch_job_join(*, job_id: int, output: _JobOutput | None = None) -> BatchJob
         raise
     with transaction.atomic():
         job = _locked_jobs().get(pk=job_id)
-        if job.state != J.JOINING or job.step_token != token:
+        if job.state != JobState.JOINING or job.step_token != token:
             artifact_delete_quietly([output.name])  # another join (lease lost) owns the job
             return job
         _set_state(
             job,
-            J.SUCCEEDED,
+            JobState.SUCCEEDED,
             token=token,
             reason=f"{output.rows:,} rows written",
             output_path=output.name,

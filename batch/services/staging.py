@@ -42,8 +42,6 @@ from registry.services.artifacts import artifact_local_path
 
 logger = logging.getLogger(__name__)
 
-J = JobState
-
 
 class _Refused(Exception):
     """Why a job cannot run, for batch_job_fail: the same on every retry, said once."""
@@ -64,7 +62,7 @@ def batch_job_prepare(*, job_id: int, follow: bool = False) -> BatchJob:
     the model starts after one chunk is staged, not after the whole input and a trip
     through the queue. Also resumes the staging of a running job whose stager died.
     """
-    token = _claim_step(job_id, start=J.QUEUED, to=J.PREPARING)
+    token = _claim_step(job_id, start=JobState.QUEUED, to=JobState.PREPARING)
     if token is None:
         _staging_resume(job_id)
         return BatchJob.objects.get(pk=job_id)
@@ -127,9 +125,9 @@ def _build_ready(job_id: int, token: uuid.UUID, version: ModelVersion) -> Build 
         # Wait for the build without holding a worker: hand the step back and look again.
         # The job is in preparing because this run's claim put it there; the token says
         # whether the step is still this run's (not cancelled, its lease not lost).
-        held = BatchJob(pk=job_id, state=J.PREPARING)
+        held = BatchJob(pk=job_id, state=JobState.PREPARING)
         if not JOB_STATES.move(
-            held, J.QUEUED, fields={"step_token": None}, where=Q(step_token=token)
+            held, JobState.QUEUED, fields={"step_token": None}, where=Q(step_token=token)
         ):
             return None  # cancelled, or another run prepares it now: nothing to hand back
         build_run_task.delay(build.pk)  # harmless if one runs already (the build is claimed)
@@ -197,7 +195,7 @@ def _chunks_create(
     its chunk ids, or None if the step is no longer this run's."""
     with transaction.atomic():
         job = _locked_jobs().get(pk=job_id)
-        if job.state != J.PREPARING or job.step_token != token:
+        if job.state != JobState.PREPARING or job.step_token != token:
             if job.state not in ACTIVE_JOB_STATES:  # cancelled while staging
                 transaction.on_commit(lambda: files.job_files_delete(job_id))
             return None  # or the lease was lost to the worker that now prepares it
@@ -209,7 +207,7 @@ def _chunks_create(
         )
         _set_state(
             job,
-            J.RUNNING,
+            JobState.RUNNING,
             token=token,
             reason=f"{total:,} rows in {count} chunk(s) on {version}",
             bento_tag=build.bento_tag,
@@ -277,7 +275,7 @@ def _claim_staging(job_id: int) -> uuid.UUID | None:
     token = uuid.uuid4()
     claimed = BatchJob.objects.filter(
         pk=job_id,
-        state=J.RUNNING,
+        state=JobState.RUNNING,
         chunks_staged__lt=F("chunks_total"),
         step_lease_expires_at__lt=timezone.now(),
     ).update(step_token=token, step_lease_expires_at=_lease())
@@ -340,7 +338,9 @@ class _Stager:
             logger.exception("batch job %s: staging its input failed", self.job_id)
             return self._stop(f"The input could not be read: {type(exc).__name__}: {exc}", {})
         last = index + 1 == self.count
-        marked = BatchJob.objects.filter(pk=self.job_id, state=J.RUNNING, step_token=self.token)
+        marked = BatchJob.objects.filter(
+            pk=self.job_id, state=JobState.RUNNING, step_token=self.token
+        )
         # The last chunk hands the step back in the same write that makes it claimable: the
         # join, claimed once that chunk is counted, needs the step free.
         done = marked.update(

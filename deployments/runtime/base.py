@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 # Slot keys name files and Kubernetes objects, so they keep to a portable alphabet.
 SLOT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -62,6 +62,11 @@ class SlotEvent:
     kind: str  # started, stopped, crashed, restarted, restart_failed, adopted, orphans_killed
     message: str
     at: datetime
+
+    @classmethod
+    def now(cls, slot_key: str, kind: str, message: str) -> SlotEvent:
+        """An event that happens now (every backend stamps its events in UTC)."""
+        return cls(slot_key=slot_key, kind=kind, message=message, at=datetime.now(UTC))
 
 
 @dataclass(frozen=True)

@@ -352,7 +352,7 @@ class KubernetesBackend(RuntimeBackend):
         message = f"serving {bento_tag} at {self.url_for(slot_key)} (deployment {name})"
         if replaced:
             message += f"; replaced {replaced}"
-        self._record_event(name, _new_event(slot_key, "started", message))
+        self._record_event(name, SlotEvent.now(slot_key, "started", message))
         return self._handle(slot_key, bento_tag, started_at)
 
     def slot_stop(self, *, slot_key: str, timeout: float = 10) -> None:
@@ -468,7 +468,7 @@ class KubernetesBackend(RuntimeBackend):
             found: list[SlotEvent] = []
             if restarts > seen:
                 found.append(
-                    _new_event(
+                    SlotEvent.now(
                         slot_key,
                         "restarted",
                         f"Kubernetes restarted the server {restarts - seen} "
@@ -477,7 +477,7 @@ class KubernetesBackend(RuntimeBackend):
                 )
             if problem and problem != reported.get("problem", ""):
                 kind = "crashed" if "CrashLoopBackOff" in problem else "unavailable"
-                found.append(_new_event(slot_key, kind, problem))
+                found.append(SlotEvent.now(slot_key, kind, problem))
             if found or restarts != seen or problem != reported.get("problem", ""):
                 patch = {
                     "metadata": {
@@ -815,10 +815,6 @@ def _json_annotation(deployment: dict[str, Any], key: str) -> dict[str, Any] | N
 
 def _event_json(event: SlotEvent) -> str:
     return json.dumps({"kind": event.kind, "message": event.message, "at": event.at.isoformat()})
-
-
-def _new_event(slot_key: str, kind: str, message: str) -> SlotEvent:
-    return SlotEvent(slot_key=slot_key, kind=kind, message=message, at=datetime.now(UTC))
 
 
 def _parse_dt(value: Any) -> datetime | None:

@@ -268,7 +268,7 @@ class LocalProcessBackend(RuntimeBackend):
                     strays = marked.get(slot_key, [])
                     if self._kill_processes(strays, timeout=5):
                         events.append(
-                            _new_event(
+                            SlotEvent.now(
                                 slot_key,
                                 "orphans_killed",
                                 f"killed {len(strays)} process(es) of an unmanaged slot",
@@ -692,7 +692,7 @@ class LocalProcessBackend(RuntimeBackend):
         return f"http://{self._connect_host(record)}:{record.port}"
 
     def _event(self, record: _SlotRecord, kind: str, message: str) -> SlotEvent:
-        event = _new_event(record.slot_key, kind, message)
+        event = SlotEvent.now(record.slot_key, kind, message)
         record.last_event = {"kind": kind, "message": message, "at": event.at.isoformat()}
         record.history = ([*record.history, record.last_event])[-20:]
         return event
@@ -764,10 +764,6 @@ def _confinement_line(start: ModelProcessStart) -> str:
     confinement = start.confinement
     who = f"as {confinement.user.name}" if confinement.user else "as the platform's user"
     return "; ".join([who, *confinement.notes])
-
-
-def _new_event(slot_key: str, kind: str, message: str) -> SlotEvent:
-    return SlotEvent(slot_key=slot_key, kind=kind, message=message, at=datetime.now(UTC))
 
 
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b(: .*)?$")
