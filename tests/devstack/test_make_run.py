@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -16,9 +17,17 @@ from devstack.stackfile import stack_file_read
 from tests.devstack.conftest import ROOT
 
 
-def _servers() -> set[int]:
-    names = ("redis-server", "postgres")
-    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in names}
+def _servers(data: Path) -> set[int]:
+    """PostgreSQL and Redis servers of the stack whose data folder is ``data`` (by their
+    command line or working folder): other engineers' servers on the machine come and go."""
+    found = set()
+    for proc in psutil.process_iter(["name", "cmdline", "cwd"]):
+        if proc.info["name"] not in ("redis-server", "postgres"):
+            continue
+        places = [*(proc.info["cmdline"] or []), proc.info["cwd"] or ""]
+        if any(str(data) in place for place in places):
+            found.add(proc.pid)
+    return found
 
 
 def test_the_stack_runs_on_embedded_servers(make_run):
@@ -72,7 +81,7 @@ def test_a_second_terminal_finds_the_running_stack(make_run):
     assert models.status_code == 200 and "churn" in models.text
 
     # `python -m devstack env` reports the running stack and starts nothing.
-    before = _servers()
+    before = _servers(make_run.data)
     env = subprocess.run(
         [sys.executable, "-m", "devstack", "env"],
         cwd=ROOT,
@@ -87,11 +96,11 @@ def test_a_second_terminal_finds_the_running_stack(make_run):
         assert f"export {key}={shlex.quote(recorded[key])}" in env.stdout.splitlines()
     assert recorded["MODELYARD_PUBLIC_URL"] == make_run.url
     time.sleep(1)
-    assert _servers() == before
+    assert _servers(make_run.data) == before
 
 
 def test_devstack_env_without_a_stack_says_so_and_starts_nothing(tmp_path, make_run):
-    before = _servers()
+    before = _servers(tmp_path)
     env = subprocess.run(
         [sys.executable, "-m", "devstack", "env"],
         cwd=ROOT,
@@ -103,4 +112,4 @@ def test_devstack_env_without_a_stack_says_so_and_starts_nothing(tmp_path, make_
     assert env.returncode == 1 and env.stdout == ""
     assert "No running stack" in env.stderr and "make run" in env.stderr
     time.sleep(1)
-    assert _servers() == before
+    assert _servers(tmp_path) == before

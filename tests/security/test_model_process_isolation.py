@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import numpy as np
@@ -310,7 +310,12 @@ def test_validation_child_cannot_open_a_tcp_connection(allowlist_hole, tmp_path,
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     listener.settimeout(0.5)
-    address = listener.getsockname() if target == "own listener" else _targets()[0]
+    if target == "own listener":
+        address = listener.getsockname()
+    else:
+        address = _targets()[0]
+        if unquote(address[0]).startswith("/"):  # e.g. devstack's embedded PostgreSQL
+            pytest.skip("the test database is reached by a Unix socket here, not over TCP")
     # Proof the target is reachable from outside the sandbox.
     socket.create_connection(address, timeout=5).close()
     if target == "own listener":
