@@ -52,12 +52,12 @@ def stalled(server: RedisServer) -> Iterator[None]:
         os.kill(server.proc.pid, signal.SIGCONT)
 
 
-def _record(recorder: MetricsRecorder, deployment: str, requests: int, *, status: int = 200) -> None:
+def _record(recorder: MetricsRecorder, deployment: str, requests: int) -> None:
     for i in range(requests):
         recorder.record(
             deployment=deployment,
             version=1,
-            status=status,
+            status=200,
             latency_s=0.001 * (1 + i % 7),
             rows=2,
             now=MINUTE + i % 60,
