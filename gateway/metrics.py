@@ -27,21 +27,34 @@ Redis layout (written by :meth:`MetricsRecorder.flush`)
 ``:``, see ``gateway.routes.DEPLOYMENT_NAME_RE``)
     ``count``, ``rows``, ``errors``, ``latency_us_sum``, and ``b{i}`` = requests whose latency
     fell in bucket ``i`` (only non-zero buckets are present). Every flush adds to these with
-    HINCRBY, so the hash always holds the whole total of its minute so far. It expires
-    :data:`BUFFER_TTL_S` after its last flush.
+    HINCRBY, so the hash holds every count flushed since the hash was created. The flush that
+    creates it also sets ``from_empty`` = 1. The roll-up adds ``pg`` = 1 and ``pg.{field}``: what
+    the stored row held before this hash's counts were added to it (its *base*, see below). It
+    expires :data:`BUFFER_TTL_S` after its last flush.
 
 ``modelyard:metrics:dirty`` (sorted set)
     member = a buffer key above; score = how many flushes have touched it (ZINCRBY 1 in the same
     atomic script call as the HINCRBYs), so the score changes whenever the hash does.
 
-How the roll-up moves buffers into PostgreSQL idempotently
------------------------------------------------------------
+``modelyard:metrics-flush:{flush id}`` (string, TTL :data:`BUFFER_TTL_S`)
+    One per applied flush batch, set by the same script call (SET NX): a batch whose answer was
+    lost (a timeout while Redis stalled, which Redis then ran anyway) is sent again under the
+    same id and applied at most once. Outside the buffers' prefix so no scan of buffers sees it.
+
+How the roll-up moves buffers into PostgreSQL idempotently, without losing a minute
+-----------------------------------------------------------------------------------
 1. ``metrics_dirty_keys(client)`` -> ``[(key, score), ...]``.
 2. ``metrics_buffer_read(client, key)`` -> a :class:`MinuteBuffer` (``None`` if it expired).
-3. Upsert the row for (minute, deployment, version, status) with the buffer's ABSOLUTE values
-   (``ON CONFLICT ... DO UPDATE SET count = EXCLUDED.count, ...``, never ``count + ...``): the
-   hash is the complete total, so running the roll-up twice writes the same row.
-4. ``metrics_mark_clean(client, key, score)`` drops the key from the dirty set only if its score
+3. A buffer with ``from_empty`` but no base yet has never been rolled up: the roll-up reads the
+   stored row (zeros if none) and records it as the base with :func:`metrics_buffer_set_base`
+   (set once; the script answers the hash as it is then). The stored row never includes any of
+   this hash's counts yet, so row = base + hash is the complete total of the minute even after
+   Redis lost an earlier hash of it (a restart): the first counts are kept, the new ones added.
+4. Upsert the row with :meth:`MinuteBuffer.total` (base + hash) as ABSOLUTE values
+   (``ON CONFLICT ... DO UPDATE SET count = EXCLUDED.count``): running the roll-up twice
+   writes the same row. A hash without ``from_empty`` (written before flushes set it) has no
+   base: it is the minute's complete total, as it always was.
+5. ``metrics_mark_clean(client, key, score)`` drops the key from the dirty set only if its score
    is unchanged; a flush that landed meanwhile keeps it dirty for the next run. Late flushes
    (a gateway that buffered through a Redis outage) land in the same key and simply make it dirty
    again.
@@ -53,11 +66,14 @@ the tests both use it so they agree.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
+import re
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import redis
@@ -68,6 +84,7 @@ logger = logging.getLogger(__name__)
 
 METRICS_KEY_PREFIX = "modelyard:metrics:"
 METRICS_DIRTY_KEY = "modelyard:metrics:dirty"
+FLUSH_ID_KEY_PREFIX = "modelyard:metrics-flush:"
 BUFFER_TTL_S = 6 * 3600
 
 
@@ -177,10 +194,13 @@ class MetricsRecorder:
         self.dropped_cells = 0
         self.flushed_requests = 0
         self._script: AsyncScript | None = None
+        # Batches sent (or about to be) whose application Redis has not confirmed, oldest
+        # first. A failed batch is sent again exactly as it was, under its id, before any new
+        # cells go: merging it into newer cells would change what its id stands for.
+        self._unacked: list[_FlushBatch] = []
         # For GET /metrics (Prometheus counters never go down): everything flushed so far,
-        # without the minute, plus the cells a flush has taken but not yet written.
+        # without the minute.
         self._totals: dict[tuple[str, int, int], _Cell] = {}
-        self._inflight: dict[CellKey, _Cell] = {}
 
     def record(
         self,
@@ -238,22 +258,28 @@ class MetricsRecorder:
 
     @property
     def pending_requests(self) -> int:
+        """Requests recorded but not confirmed flushed (new cells and unacknowledged batches)."""
         self._fold()
-        return sum(cell.count for cell in self._cells.values())
+        cells = itertools.chain(
+            self._cells.values(), *(batch.cells.values() for batch in self._unacked)
+        )
+        return sum(cell.count for cell in cells)
 
     def totals(self) -> dict[tuple[str, int, int], _Cell]:
         """Every request recorded by this process, by (deployment, version, status).
 
-        Built at scrape time from the flushed totals, the cells being flushed and the pending
-        ones (each request is in exactly one of the three), so recording stays an append.
-        Cells dropped while Redis was unreachable are gone from here too.
+        Built at scrape time from the flushed totals, the unacknowledged batches and the
+        pending cells (each request is in exactly one of the three), so recording stays an
+        append. Cells dropped while Redis was unreachable are gone from here too.
         """
         self._fold()
         merged: dict[tuple[str, int, int], _Cell] = {}
+        unflushed = itertools.chain(
+            self._cells.items(), *(batch.cells.items() for batch in self._unacked)
+        )
         sources: list[Iterable[tuple[tuple[str, int, int], _Cell]]] = [
             self._totals.items(),
-            (((d, v, s), cell) for (_, d, v, s), cell in self._inflight.items()),
-            (((d, v, s), cell) for (_, d, v, s), cell in self._cells.items()),
+            (((d, v, s), cell) for (_, d, v, s), cell in unflushed),
         ]
         for source in sources:
             for key, cell in source:
@@ -263,99 +289,132 @@ class MetricsRecorder:
                 total.add(cell)
         return merged
 
-    def _count_flushed(self, batch: list[tuple[CellKey, _Cell]]) -> None:
-        for key, cell in batch:
-            self._inflight.pop(key, None)
+    def _count_flushed(self, batch: _FlushBatch) -> int:
+        for key, cell in batch.cells.items():
             total_key = (key[1], key[2], key[3])
             total = self._totals.get(total_key)
             if total is None:
                 total = self._totals[total_key] = _Cell()
             total.add(cell)
+        requests = sum(cell.count for cell in batch.cells.values())
+        self.flushed_requests += requests
+        return requests
 
-    def _restore(self, cells: dict[CellKey, _Cell]) -> None:
-        """Put back cells whose flush failed, merging with what was recorded meanwhile."""
-        for key, cell in cells.items():
-            current = self._cells.get(key)
-            if current is None:
-                self._cells[key] = cell
-            else:
-                current.add(cell)
-        overflow = len(self._cells) - self.max_pending_cells
-        if overflow > 0:
-            for key in sorted(self._cells)[:overflow]:  # tuple order: oldest minute first
-                self.dropped_cells += 1
-                del self._cells[key]
-            logger.error(
-                "metrics buffer over %d cells while Redis is unreachable; dropped the oldest "
-                "(%d dropped so far)",
-                self.max_pending_cells,
-                self.dropped_cells,
-            )
+    def _bound_pending(self) -> None:
+        """Past ``max_pending_cells`` waiting cells (Redis unreachable), drop the oldest minutes.
+
+        Dropping a cell from an unacknowledged batch keeps its id honest: Redis either applied
+        the batch already (the replay is skipped whatever it holds) or applies what is left.
+        """
+        places = [batch.cells for batch in self._unacked] + [self._cells]
+        overflow = sum(len(place) for place in places) - self.max_pending_cells
+        if overflow <= 0:
+            return
+        # Tuple order: oldest minute first, wherever the cell waits.
+        waiting = sorted((key, index) for index, place in enumerate(places) for key in place)
+        for key, index in waiting[:overflow]:
+            del places[index][key]
+        self.dropped_cells += overflow
+        self._unacked = [batch for batch in self._unacked if batch.cells]
+        logger.error(
+            "metrics buffer over %d cells while Redis is unreachable; dropped the oldest "
+            "(%d dropped so far)",
+            self.max_pending_cells,
+            self.dropped_cells,
+        )
+
+    def _take_batches(self) -> None:
+        """Move the pending cells into new batches, each under a fresh flush id."""
+        # Swapping the dict is atomic for the event loop: requests finishing while a batch is
+        # awaited land in the fresh dict.
+        cells, self._cells = self._cells, {}
+        items = list(cells.items())
+        self._unacked = [
+            _FlushBatch(uuid.uuid4().hex, dict(items[start : start + _FLUSH_BATCH_CELLS]))
+            for start in range(0, len(items), _FLUSH_BATCH_CELLS)
+        ]
 
     async def flush(self, client: redis.asyncio.Redis) -> int:
         """Add everything recorded since the last flush to the Redis buffers; return requests.
 
+        Applied once: each batch carries a flush id that the script records (SET NX) in the
+        same atomic call as its HINCRBYs, so a batch sent again after a timeout -- Redis stalled,
+        ran it later, the answer never came -- is skipped, not counted twice. A failed batch is
+        kept as it is and sent first next time; new cells wait behind it.
+
         One Lua call per batch of cells instead of one HINCRBY per field: redis-py spends
         ~20 µs of event-loop time per command, so 30 cells of ~50 buckets each took 40 ms of
         HINCRBYs in a MULTI -- a stall every flush -- against ~2 ms as one script call.
-        A script runs atomically: a failed call applied nothing and its cells are kept.
         """
         self._fold()
-        if not self._cells:
-            return 0
-        # Swapping the dict is atomic for the event loop: requests finishing during the await
-        # below land in the fresh dict.
-        cells, self._cells = self._cells, {}
-        self._inflight = cells
-        pending = list(cells.items())
-        flushed = 0
         if self._script is None or self._script.registered_client is not client:
             self._script = client.register_script(_FLUSH_LUA)  # EVALSHA, loads it if missing
         script = self._script
-        while pending:
-            batch, rest = pending[:_FLUSH_BATCH_CELLS], pending[_FLUSH_BATCH_CELLS:]
-            args: list[str | int] = [BUFFER_TTL_S]
-            for (minute, deployment, version, status), cell in batch:
-                fields: list[str | int] = [
-                    "count",
-                    cell.count,
-                    "rows",
-                    cell.rows,
-                    "errors",
-                    cell.errors,
-                    "latency_us_sum",
-                    cell.latency_us_sum,
-                ]
-                for index, count in cell.buckets.items():
-                    fields += (f"b{index}", count)
-                args += (buffer_key(minute, deployment, version, status), len(fields) // 2)
-                args += fields
+        flushed = 0
+        while True:
+            if not self._unacked:
+                if not self._cells:
+                    return flushed
+                self._take_batches()
+            batch = self._unacked[0]
             try:
-                await script(keys=[METRICS_DIRTY_KEY], args=args)
+                await script(
+                    keys=[METRICS_DIRTY_KEY, FLUSH_ID_KEY_PREFIX + batch.flush_id],
+                    args=batch.script_args(),
+                )
             except BaseException:
-                # This batch and the ones after it were not applied: keep them for next time.
-                # (The gateway never cancels a flush midway; see the flush loop in gateway.app.)
-                self._inflight = {}
-                self._restore(dict(pending))
+                # Maybe applied, maybe not: the id decides when it is sent again.
+                self._bound_pending()
                 raise
-            self._count_flushed(batch)
-            flushed += sum(cell.count for _, cell in batch)
-            self.flushed_requests += sum(cell.count for _, cell in batch)
-            pending = rest
-        self._inflight = {}
-        return flushed
+            self._unacked.pop(0)
+            flushed += self._count_flushed(batch)
 
 
-# KEYS[1] = the dirty set; ARGV = ttl, then per buffer: key, field count, field, increment, ...
-# Buffer keys travel in ARGV because their number varies; Redis Cluster would need them in KEYS
-# (and in one slot), which the MULTI this replaces could not offer either.
+@dataclass(slots=True)
+class _FlushBatch:
+    """Cells sent in one script call under one id; Redis applies an id at most once."""
+
+    flush_id: str
+    cells: dict[CellKey, _Cell]
+
+    def script_args(self) -> list[str | int]:
+        args: list[str | int] = [BUFFER_TTL_S, BUFFER_TTL_S]
+        for (minute, deployment, version, status), cell in self.cells.items():
+            fields: list[str | int] = [
+                "count",
+                cell.count,
+                "rows",
+                cell.rows,
+                "errors",
+                cell.errors,
+                "latency_us_sum",
+                cell.latency_us_sum,
+            ]
+            for index, count in cell.buckets.items():
+                fields += (f"b{index}", count)
+            args += (buffer_key(minute, deployment, version, status), len(fields) // 2)
+            args += fields
+        return args
+
+
+# KEYS[1] = the dirty set, KEYS[2] = this batch's flush id key; ARGV = buffer ttl, id ttl, then
+# per buffer: key, field count, field, increment, ... The id lives as long as a buffer: past
+# that its minute is gone from Redis anyway. Buffer keys travel in ARGV because their number
+# varies; Redis Cluster would need them in KEYS (and in one slot), which the MULTI this
+# replaces could not offer either.
 _FLUSH_LUA = """
+if not redis.call('SET', KEYS[2], 1, 'NX', 'EX', tonumber(ARGV[2])) then
+  return 0  -- applied before; this is a replay whose first answer was lost
+end
 local ttl = tonumber(ARGV[1])
-local i = 2
+local i = 3
 while i <= #ARGV do
   local key = ARGV[i]
   local n = tonumber(ARGV[i + 1])
   i = i + 2
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, 'from_empty', 1)
+  end
   for _ = 1, n do
     local by = tonumber(ARGV[i + 1])
     if by ~= 0 then
@@ -375,8 +434,28 @@ _FLUSH_BATCH_CELLS = 500
 
 
 @dataclass(frozen=True, slots=True)
+class CellTotals:
+    """Totals of one (minute, deployment, version, status): a buffer's, a base, or their sum."""
+
+    count: int = 0
+    rows: int = 0
+    errors: int = 0
+    latency_us_sum: int = 0
+    histogram: tuple[int, ...] = (0,) * BUCKET_COUNT
+
+    def __add__(self, other: CellTotals) -> CellTotals:
+        return CellTotals(
+            count=self.count + other.count,
+            rows=self.rows + other.rows,
+            errors=self.errors + other.errors,
+            latency_us_sum=self.latency_us_sum + other.latency_us_sum,
+            histogram=tuple(a + b for a, b in zip(self.histogram, other.histogram, strict=True)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class MinuteBuffer:
-    """One buffer hash, parsed: the totals of one (minute, deployment, version, status)."""
+    """One buffer hash, parsed: the counts flushed into it, and the base the roll-up gave it."""
 
     key: str
     minute: int
@@ -388,6 +467,20 @@ class MinuteBuffer:
     errors: int
     latency_us_sum: int
     histogram: tuple[int, ...]
+    # Created by a flush that found no hash (every buffer since flushes mark it).
+    from_empty: bool = False
+    # What the stored row held before this hash's counts; None until the roll-up sets it.
+    base: CellTotals | None = None
+
+    @property
+    def needs_base(self) -> bool:
+        """Never rolled up: the stored row (if any) holds none of these counts yet."""
+        return self.from_empty and self.base is None
+
+    def total(self) -> CellTotals:
+        """The minute's complete total: base + this hash (the hash alone if it has no base)."""
+        own = CellTotals(self.count, self.rows, self.errors, self.latency_us_sum, self.histogram)
+        return own if self.base is None else self.base + own
 
     def percentile_ms(self, q: float) -> float | None:
         return percentile_from_histogram(self.histogram, q)
@@ -407,28 +500,53 @@ def parse_buffer_key(key: str) -> tuple[int, str, int, int]:
     return int(minute), deployment, int(version), int(status)
 
 
+_BUCKET_FIELD = re.compile(r"b(\d+)")
+_BASE_PREFIX = "pg."  # not "b...": a bucket field is b{i}
+
+
+def _totals_from_values(key: str, values: Mapping[str, int]) -> CellTotals:
+    histogram = [0] * BUCKET_COUNT
+    for name, count in values.items():
+        match = _BUCKET_FIELD.fullmatch(name)
+        if match is None:
+            continue
+        index = int(match.group(1))
+        if not 0 <= index < BUCKET_COUNT:
+            raise ValueError(f"metrics buffer {key!r} has out-of-range bucket field {name!r}")
+        histogram[index] = count
+    return CellTotals(
+        count=values.get("count", 0),
+        rows=values.get("rows", 0),
+        errors=values.get("errors", 0),
+        latency_us_sum=values.get("latency_us_sum", 0),
+        histogram=tuple(histogram),
+    )
+
+
 def buffer_from_fields(key: str, fields: Mapping[bytes | str, bytes | str]) -> MinuteBuffer:
     """Build a :class:`MinuteBuffer` from a buffer hash's fields (as HGETALL returns them)."""
     minute, deployment, version, status = parse_buffer_key(key)
     values = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in fields.items()}
-    histogram = [0] * BUCKET_COUNT
-    for name, count in values.items():
-        if name.startswith("b"):
-            index = int(name[1:])
-            if not 0 <= index < BUCKET_COUNT:
-                raise ValueError(f"metrics buffer {key!r} has out-of-range bucket field {name!r}")
-            histogram[index] = count
+    own = _totals_from_values(key, values)
+    base = None
+    if values.get("pg"):
+        base = _totals_from_values(
+            key,
+            {k[len(_BASE_PREFIX) :]: v for k, v in values.items() if k.startswith(_BASE_PREFIX)},
+        )
     return MinuteBuffer(
         key=key,
         minute=minute,
         deployment=deployment,
         version=version,
         status=status,
-        count=values.get("count", 0),
-        rows=values.get("rows", 0),
-        errors=values.get("errors", 0),
-        latency_us_sum=values.get("latency_us_sum", 0),
-        histogram=tuple(histogram),
+        count=own.count,
+        rows=own.rows,
+        errors=own.errors,
+        latency_us_sum=own.latency_us_sum,
+        histogram=own.histogram,
+        from_empty=bool(values.get("from_empty")),
+        base=base,
     )
 
 
@@ -466,6 +584,49 @@ def metrics_mark_clean(client: redis.Redis, key: str, score: int) -> bool:
     return bool(client.eval(_MARK_CLEAN_LUA, 1, METRICS_DIRTY_KEY, key, score))
 
 
+# KEYS[1] = a buffer; ARGV = base field, value, ... Sets the base only on a hash that still
+# exists (Redis may have restarted since it was read) and has none, then answers the hash.
+_SET_BASE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return false
+end
+if redis.call('HEXISTS', KEYS[1], 'pg') == 0 then
+  redis.call('HSET', KEYS[1], 'pg', 1, unpack(ARGV))
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+def metrics_buffer_set_base(client: redis.Redis, key: str, base: CellTotals) -> Any:
+    """Record ``base`` (the stored row before this hash) on ``key`` unless it has one.
+
+    Answers the hash's fields after the call as a flat list (``None`` if the hash is gone);
+    :func:`buffer_fields_answer` turns that into a :class:`MinuteBuffer`. On a pipeline the
+    call is queued and the answer comes from ``execute()``.
+    """
+    args: list[str | int] = [
+        f"{_BASE_PREFIX}count",
+        base.count,
+        f"{_BASE_PREFIX}rows",
+        base.rows,
+        f"{_BASE_PREFIX}errors",
+        base.errors,
+        f"{_BASE_PREFIX}latency_us_sum",
+        base.latency_us_sum,
+    ]
+    for index, count in enumerate(base.histogram):
+        if count:
+            args += (f"{_BASE_PREFIX}b{index}", count)
+    return client.eval(_SET_BASE_LUA, 1, key, *args)
+
+
+def buffer_fields_answer(key: str, answer: Sequence[bytes | str] | None) -> MinuteBuffer | None:
+    """Parse :func:`metrics_buffer_set_base`'s answer (a flat field, value list)."""
+    if not answer:
+        return None
+    return buffer_from_fields(key, dict(zip(answer[::2], answer[1::2], strict=True)))
+
+
 def latency_mean_ms(latency_us_sum: int, count: int) -> float | None:
     """Mean latency in ms from a buffer's sum and count (``None`` for no requests)."""
     if count <= 0:
@@ -477,16 +638,20 @@ __all__ = [
     "BUCKET_BOUNDS_MS",
     "BUCKET_COUNT",
     "BUFFER_TTL_S",
+    "FLUSH_ID_KEY_PREFIX",
     "METRICS_DIRTY_KEY",
     "METRICS_KEY_PREFIX",
+    "CellTotals",
     "MetricsRecorder",
     "MinuteBuffer",
     "bucket_index",
+    "buffer_fields_answer",
     "buffer_from_fields",
     "buffer_key",
     "latency_mean_ms",
     "merge_histograms",
     "metrics_buffer_read",
+    "metrics_buffer_set_base",
     "metrics_dirty_keys",
     "metrics_mark_clean",
     "parse_buffer_key",

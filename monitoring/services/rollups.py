@@ -1,9 +1,12 @@
 """Gateway metric buffers (Redis) → per-minute roll-up rows (PostgreSQL), and their retention.
 
-The buffer layout and the idempotency protocol are documented in ``gateway.metrics``: every
-buffer hash holds the complete total of its minute so far, so the roll-up writes ABSOLUTE
-values (``ON CONFLICT ... DO UPDATE SET count = EXCLUDED.count``) and a second run rewrites
-the same row. A buffer leaves the dirty set only if no flush touched it since it was read.
+The buffer layout and the idempotency protocol are documented in ``gateway.metrics``. A buffer
+hash holds what was flushed since Redis created it; the first roll-up that sees it records the
+stored row as its base (in the hash, once), and every roll-up writes base + hash as ABSOLUTE
+values (``ON CONFLICT ... DO UPDATE SET count = EXCLUDED.count``). So a second run rewrites the
+same row, and a hash Redis lost (a restart) is not overwritten by its partial successor: the new
+hash's base is the row that kept the lost one's counts. A buffer leaves the dirty set only if no
+flush touched it since it was read.
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ from django.utils import timezone
 
 from deployments.models import Deployment
 from gateway.metrics import (
+    CellTotals,
+    MinuteBuffer,
+    buffer_fields_answer,
     buffer_from_fields,
+    metrics_buffer_set_base,
     metrics_dirty_keys,
     metrics_mark_clean,
 )
@@ -58,7 +65,7 @@ class RollupResult:
     seconds: float = 0.0
 
 
-# ABSOLUTE values on conflict (the buffer hash is the minute's complete total): see above.
+# ABSOLUTE values on conflict (base + buffer hash is the minute's complete total): see above.
 _UPSERT_SQL = """
 INSERT INTO monitoring_metricrollup
     (deployment_id, version, status, period_seconds, start, count, rows, errors,
@@ -72,6 +79,56 @@ ON CONFLICT (deployment_id, version, status, period_seconds, start) DO UPDATE SE
     histogram = EXCLUDED.histogram,
     updated_at = EXCLUDED.updated_at
 """
+
+
+# The stored rows of the cells whose buffers need a base, in one statement.
+_STORED_SQL = """
+SELECT r.deployment_id, r.version, r.status, r.start, r.count, r.rows, r.errors,
+       r.latency_us_sum, r.histogram
+FROM monitoring_metricrollup r
+JOIN unnest(%s::bigint[], %s::integer[], %s::integer[], %s::timestamptz[])
+    AS c(deployment_id, version, status, start)
+  ON (r.deployment_id, r.version, r.status, r.start)
+   = (c.deployment_id, c.version, c.status, c.start)
+WHERE r.period_seconds = %s
+"""
+
+_Cell = tuple[int, int, int, datetime]  # (deployment_id, version, status, start)
+
+
+def _stored_totals(cells: list[_Cell]) -> dict[_Cell, CellTotals]:
+    """The minute rows already stored for ``cells`` (absent: no row yet, a base of zeros)."""
+    columns = [list(column) for column in zip(*cells, strict=True)]
+    with connection.cursor() as cursor:
+        cursor.execute(_STORED_SQL, [*columns, PERIOD_MINUTE])
+        return {
+            (deployment_id, version, status, start): CellTotals(
+                count, rows, errors, latency, tuple(histogram)
+            )
+            for deployment_id, version, status, start, count, rows, errors, latency, histogram in (
+                cursor.fetchall()
+            )
+        }
+
+
+def _with_bases(
+    client: redis.Redis, pending: list[tuple[_Cell, MinuteBuffer]]
+) -> list[tuple[_Cell, MinuteBuffer | None]]:
+    """Give each never-rolled-up buffer the stored row as its base; answer them as they are now.
+
+    Runs under the roll-up lock, inside its transaction: nothing else writes minute rows, so
+    the row read is the one this buffer's counts are added to. Should this transaction roll
+    back, the recorded base is still the stored row, which is all a base has to be.
+    """
+    stored = _stored_totals([cell for cell, _ in pending])
+    pipe = client.pipeline(transaction=False)
+    for cell, buffer in pending:
+        metrics_buffer_set_base(pipe, buffer.key, stored.get(cell, CellTotals()))
+    answers = pipe.execute()
+    return [
+        (cell, buffer_fields_answer(buffer.key, answer))
+        for (cell, buffer), answer in zip(pending, answers, strict=True)
+    ]
 
 
 def _minute_cutoff(now: datetime) -> datetime:
@@ -102,6 +159,8 @@ def metrics_rollup(*, client: redis.Redis | None = None, limit: int = 50_000) ->
             pipe = client.pipeline(transaction=False)
             for key, _ in batch:
                 pipe.hgetall(key)
+            ready: list[tuple[_Cell, MinuteBuffer | None]] = []
+            pending: list[tuple[_Cell, MinuteBuffer]] = []
             for (key, score), fields in zip(batch, pipe.execute(), strict=True):
                 clean.append((key, score))
                 if not fields:  # expired (TTL) before anyone rolled it up
@@ -116,18 +175,27 @@ def metrics_rollup(*, client: redis.Redis | None = None, limit: int = 50_000) ->
                     skipped += 1
                     logger.warning("metrics roll-up skipped %s (unknown or too old)", key)
                     continue
+                cell = (deployment_id, buffer.version, buffer.status, start)
+                (pending if buffer.needs_base else ready).append((cell, buffer))
+            if pending:
+                ready += _with_bases(client, pending)
+            for (deployment_id, version, status, start), maybe in ready:
+                if maybe is None:  # Redis lost it between the two reads
+                    skipped += 1
+                    continue
+                total = maybe.total()
                 rows.append(
                     (
                         deployment_id,
-                        buffer.version,
-                        buffer.status,
+                        version,
+                        status,
                         PERIOD_MINUTE,
                         start,
-                        buffer.count,
-                        buffer.rows,
-                        buffer.errors,
-                        buffer.latency_us_sum,
-                        list(buffer.histogram),
+                        total.count,
+                        total.rows,
+                        total.errors,
+                        total.latency_us_sum,
+                        list(total.histogram),
                     )
                 )
         if rows:
