@@ -24,7 +24,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from deployments.models import Deployment
-from gateway.metrics import (
+from gateway.metric_buffers import (
     CellTotals,
     MinuteBuffer,
     buffer_fields_answer,

@@ -8,13 +8,8 @@ import json
 import httpx
 import redis
 
-from gateway.metrics import (
-    BUCKET_BOUNDS_MS,
-    MinuteBuffer,
-    merge_histograms,
-    metrics_buffer_read,
-    percentile_from_histogram,
-)
+from gateway.metric_buffers import MinuteBuffer, metrics_buffer_read
+from gateway.metrics import BUCKET_BOUNDS_MS, merge_histograms, percentile_from_histogram
 from gateway.sampling import samples_key
 from tests.gateway.support import Deployments, Proc, auth, wait_until
 

@@ -11,7 +11,7 @@ import redis
 
 from gateway.__main__ import _redact
 from gateway.app import GatewaySettings
-from gateway.metrics import metrics_buffer_read
+from gateway.metric_buffers import metrics_buffer_read
 from gateway.routes import route_remove
 from gateway.sampling import samples_key
 from tests.gateway.support import Deployments, Proc, auth, wait_until

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 import redis
 
-from gateway.metrics import metrics_buffer_read
+from gateway.metric_buffers import metrics_buffer_read
 from gateway.routes import Route, deployment_key_hash, route_publish
 from gateway.sampling import samples_key
 from tests.gateway.support import DEFAULT_KEY, Proc, RedisServer, auth, wait_until

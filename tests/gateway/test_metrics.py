@@ -13,6 +13,12 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from gateway.metric_buffers import (
+    metrics_buffer_read,
+    metrics_dirty_keys,
+    metrics_mark_clean,
+    parse_buffer_key,
+)
 from gateway.metrics import (
     BUCKET_BOUNDS_MS,
     BUCKET_COUNT,
@@ -21,10 +27,6 @@ from gateway.metrics import (
     bucket_index,
     buffer_key,
     merge_histograms,
-    metrics_buffer_read,
-    metrics_dirty_keys,
-    metrics_mark_clean,
-    parse_buffer_key,
     percentile_from_histogram,
 )
 from tests.gateway.support import free_port

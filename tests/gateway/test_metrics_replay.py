@@ -18,13 +18,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from gateway.metrics import (
-    FLUSH_ID_KEY_PREFIX,
-    MetricsRecorder,
-    buffer_key,
-    metrics_buffer_read,
-    metrics_dirty_keys,
-)
+from gateway.metric_buffers import metrics_buffer_read, metrics_dirty_keys
+from gateway.metrics import FLUSH_ID_KEY_PREFIX, MetricsRecorder, buffer_key
 from tests.gateway.support import RedisServer
 
 MINUTE = 1_800_000_000

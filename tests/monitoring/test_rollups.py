@@ -151,7 +151,7 @@ def test_rollup_keeps_a_buffer_dirty_when_a_flush_lands_meanwhile(
         recorder, deployment=deployment.name, version=2, status=200, latencies_ms=[1.0], now=now
     )
     flush(recorder, settings.REDIS_URL)
-    from gateway.metrics import metrics_dirty_keys, metrics_mark_clean
+    from gateway.metric_buffers import metrics_dirty_keys, metrics_mark_clean
 
     [(key, score)] = metrics_dirty_keys(monitoring_redis)
     _record(

@@ -17,13 +17,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from gateway.metric_buffers import metrics_buffer_read
 from gateway.metrics import (
     BUCKET_COUNT,
     METRICS_DIRTY_KEY,
     MetricsRecorder,
     bucket_index,
     buffer_key,
-    metrics_buffer_read,
 )
 from monitoring.models import MetricRollup
 from monitoring.services import metrics_rollup
