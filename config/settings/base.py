@@ -98,9 +98,7 @@ DATABASES = {
 # (or a task) for as long as it stalls. libpq counts the connect timeout in whole seconds,
 # at least 2; a statement timeout of 0 turns it off.
 DATABASE_CONNECT_TIMEOUT_SECONDS = env_int("DATABASE_CONNECT_TIMEOUT_SECONDS", 5, minimum=2)
-DATABASE_STATEMENT_TIMEOUT_SECONDS = env_float(
-    "DATABASE_STATEMENT_TIMEOUT_SECONDS", 30, minimum=0
-)
+DATABASE_STATEMENT_TIMEOUT_SECONDS = env_float("DATABASE_STATEMENT_TIMEOUT_SECONDS", 30, minimum=0)
 DATABASES["default"]["OPTIONS"] = database_timeout_options(
     DATABASES["default"].get("OPTIONS", {}),
     connect_timeout=DATABASE_CONNECT_TIMEOUT_SECONDS,

@@ -1,5 +1,6 @@
-"""Views that use Redis and Celery the way the platform does, for tests/core/test_infrastructure_errors.py
-(the engines are pointed at a dead port there; nothing here fakes a failure)."""
+"""Views that use Redis and Celery the way the platform does, for the tests in
+test_infrastructure_errors.py (which point the engines at a dead port; nothing here fakes a
+failure)."""
 
 from __future__ import annotations
 

@@ -74,9 +74,14 @@ def redis_down(settings):
     url = DEAD_REDIS.format(port=free_port())
     settings.DEBUG = True
     settings.CACHES = {
-        "default": {**settings.CACHES["default"], "LOCATION": url, "OPTIONS": {
-            **settings.CACHES["default"]["OPTIONS"], "socket_connect_timeout": 1,
-        }}
+        "default": {
+            **settings.CACHES["default"],
+            "LOCATION": url,
+            "OPTIONS": {
+                **settings.CACHES["default"]["OPTIONS"],
+                "socket_connect_timeout": 1,
+            },
+        }
     }
     previous = _celery_broker(url)
     yield url
@@ -195,9 +200,22 @@ def web_process(tmp_path):
         }
         with log.open("a") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind",
-                 f"127.0.0.1:{port}", "--workers", "1", "--timeout", "60"],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "config.wsgi:application",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    "1",
+                    "--timeout",
+                    "60",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
@@ -224,7 +242,9 @@ def test_api_and_pages_answer_503_within_the_connect_timeout_while_postgresql_st
         )
         started = time.monotonic()
         api = httpx.get(
-            f"{url}/api/v1/models/", headers={"Authorization": f"Token {TOKEN_PREFIX}abcdef012345.secret"}, timeout=30
+            f"{url}/api/v1/models/",
+            headers={"Authorization": f"Token {TOKEN_PREFIX}abcdef012345.secret"},
+            timeout=30,
         )
         api_seconds = time.monotonic() - started
         # A signed-in browser: the session is read (from the database) by a middleware,
@@ -260,3 +280,23 @@ def test_api_answers_503_when_a_statement_waits_past_the_statement_timeout(
     _assert_unavailable_json(response, "database_unavailable")
     assert seconds < 1 + 2, seconds
     assert httpx.get(f"{url}/api/v1/models/", headers=headers, timeout=30).status_code == 200
+
+
+def test_every_platform_operation_documents_the_503_and_its_retry_after(db):
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    operations = [
+        operation
+        for path, item in schema["paths"].items()
+        if path.startswith("/api/v1/")
+        for method, operation in item.items()
+        if method in {"get", "post", "put", "patch", "delete"}
+    ]
+    assert len(operations) > 40
+    for operation in operations:
+        unavailable = operation["responses"]["503"]
+        assert unavailable["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorResponse"
+        }
+        assert "Retry-After" in unavailable["headers"]

@@ -1,7 +1,9 @@
-"""A storage write that fails (full or read-only volume) answers 503 and leaves nothing.
+"""Uploads under infrastructure faults.
 
-The artifact store is a real, tiny tmpfs mounted for the test: ENOSPC part-way through a
-write and EROFS are the kernel's, not raised by a stand-in.
+A storage write that fails (full or read-only volume) answers 503 and leaves nothing: the
+artifact store is a real, tiny tmpfs mounted for the test, so ENOSPC part-way through a
+write and EROFS are the kernel's, not raised by a stand-in. A broker outage after the
+version committed keeps the version and its files (the validation sweep enqueues it).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from core.errors import ServiceUnavailable
+from devstack.services import free_port
 from registry.models import ModelVersion
 from registry.services.artifacts import artifact_store
+from tests.conftest import _celery_broker
 from tests.registry.helpers import upload_payload
 
 pytestmark = pytest.mark.django_db
@@ -111,3 +115,22 @@ def test_upload_to_a_read_only_store_answers_503_and_leaves_no_file_and_no_row(
     assert "Read-only file system" in response.json()["error"]["message"]
     assert not ModelVersion.objects.exists()
     assert volume.contents() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upload_committed_while_the_broker_is_down_keeps_its_version_and_files(
+    registered_model, scientist, api_for, sklearn_model, storage_snapshot
+):
+    # transaction=True: the upload's atomic block is the outermost one, so its on_commit
+    # enqueue runs (and meets the dead broker) as it does in production.
+    previous = _celery_broker(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        response = api_for(scientist).post(
+            URL, upload_payload(sklearn_model.artifact), format="multipart"
+        )
+    finally:
+        _celery_broker(previous)
+    assert response.status_code == 201, response.content
+    version = ModelVersion.objects.get()
+    assert version.state == "uploaded"  # the validation sweep will enqueue it
+    assert storage_snapshot() == {version.artifact_path}
