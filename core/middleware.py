@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from core.api.exceptions import error_body, unavailable_headers
 from core.errors import ServiceUnavailable
 from core.infrastructure import infrastructure_error
 from core.logging import request_id_from_header, request_id_set
@@ -86,13 +87,12 @@ def unavailable_response(request: HttpRequest, error: ServiceUnavailable) -> Htt
     """
     response: HttpResponse
     if request.path.startswith("/api/"):
-        response = JsonResponse(
-            {"error": {"code": error.code, "message": error.message, "details": error.details}},
-            status=error.status,
-        )
+        body = error_body(error.code, error.message, error.details)
+        response = JsonResponse(body, status=error.status)
     else:
         response = HttpResponse(_UNAVAILABLE_PAGE, status=error.status)
-    response["Retry-After"] = str(settings.MODELYARD_RETRY_AFTER_SECONDS)
+    for name, value in unavailable_headers().items():
+        response[name] = value
     return response
 
 
