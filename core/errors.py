@@ -57,3 +57,14 @@ class InvalidState(Conflict):
     """A transition was asked for from a state it does not start from."""
 
     code = "invalid_state"
+
+
+class ServiceUnavailable(DomainError):
+    """A dependency (database, Redis, artifact storage) failed: 503 with ``Retry-After``.
+
+    Raised by services that know the failure (core.infrastructure turns the raw exceptions
+    of the engines into it); the client's request was fine and may be sent again.
+    """
+
+    code = "service_unavailable"
+    status = 503

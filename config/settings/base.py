@@ -11,6 +11,7 @@ from pathlib import Path
 import dj_database_url
 from csp.constants import NONE, SELF, UNSAFE_INLINE
 
+from config.database import database_timeout_options
 from config.env import env_bool, env_float, env_int, env_list, env_secret, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -49,6 +50,9 @@ MIDDLEWARE = [
     # First: every log record of the request, including other middlewares', carries its id.
     "core.middleware.RequestIdMiddleware",
     "core.middleware.PrometheusMiddleware",
+    # Outside every middleware that touches the database, Redis or storage: their failures
+    # answer 503 + Retry-After, not the 500 (or debug) page.
+    "core.middleware.InfrastructureErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -90,6 +94,16 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# A stalled or unreachable PostgreSQL answers 503 after these instead of hanging a request
+# (or a task) for as long as it stalls. libpq counts the connect timeout in whole seconds,
+# at least 2; a statement timeout of 0 turns it off.
+DATABASE_CONNECT_TIMEOUT_SECONDS = env_int("DATABASE_CONNECT_TIMEOUT_SECONDS", 5, minimum=2)
+DATABASE_STATEMENT_TIMEOUT_SECONDS = env_float("DATABASE_STATEMENT_TIMEOUT_SECONDS", 30, minimum=0)
+DATABASES["default"]["OPTIONS"] = database_timeout_options(
+    DATABASES["default"].get("OPTIONS", {}),
+    connect_timeout=DATABASE_CONNECT_TIMEOUT_SECONDS,
+    statement_timeout=DATABASE_STATEMENT_TIMEOUT_SECONDS,
+)
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # The audit log's append-only guard and the row locks of every state machine are
     # PostgreSQL features; SQLite would silently weaken both.
@@ -99,13 +113,20 @@ if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
+# A Redis that is down or stalled fails a cache call after this (the API answers 503)
+# instead of holding the request: redis-py waits forever by default.
+REDIS_TIMEOUT_SECONDS = env_float("REDIS_TIMEOUT_SECONDS", 3, minimum=0.1)
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "modelyard",
-        # JSON, not Django's default pickle: see core/cache.py.
-        "OPTIONS": {"serializer": "core.cache.JsonRedisSerializer"},
+        "OPTIONS": {
+            # JSON, not Django's default pickle: see core/cache.py.
+            "serializer": "core.cache.JsonRedisSerializer",
+            "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+            "socket_timeout": REDIS_TIMEOUT_SECONDS,
+        },
     }
 }
 
@@ -162,6 +183,8 @@ MODELYARD_SANDBOX_TIMEOUT_SECONDS = env_float("MODELYARD_SANDBOX_TIMEOUT_SECONDS
 MODELYARD_SANDBOX_MEMORY_BYTES = env_int("MODELYARD_SANDBOX_MEMORY_BYTES", 4 * 1024**3, minimum=1)
 # A validation claimed longer ago than this is considered abandoned (killed worker).
 MODELYARD_VALIDATION_STALE_SECONDS = env_int("MODELYARD_VALIDATION_STALE_SECONDS", 600, minimum=1)
+# Retry-After (seconds) of every 503 the platform answers for a failed dependency.
+MODELYARD_RETRY_AFTER_SECONDS = env_int("MODELYARD_RETRY_AFTER_SECONDS", 5, minimum=1)
 MODELYARD_PUBLIC_URL = env_str("MODELYARD_PUBLIC_URL", "http://127.0.0.1:8000")
 MODELYARD_GATEWAY_URL = env_str("MODELYARD_GATEWAY_URL", "http://127.0.0.1:8001")
 # One BentoML store per machine; each serving slot gets its own home linked to it.
@@ -379,6 +402,14 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Sending a task subscribes to its result; with Redis down the redis result backend retried
+# that 20 times a second apart (an API call that enqueues hung ~20 s before failing). No
+# caller reads results, so fail fast: the API answers 503 and the sweeps enqueue again.
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
+    "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
+}
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_TIMEOUT_SECONDS
+CELERY_REDIS_SOCKET_TIMEOUT = REDIS_TIMEOUT_SECONDS
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE = {
     # Reconciliation: uploads whose validation message was lost, validations whose worker died.

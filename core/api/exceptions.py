@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import DataError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 from core.errors import DomainError
+from core.infrastructure import infrastructure_error
+
+logger = logging.getLogger(__name__)
 
 
 def _first_message(detail: Any) -> str:
@@ -39,7 +45,22 @@ def _is_nul_refusal(exc: Exception) -> bool:
     )
 
 
+def unavailable_headers() -> dict[str, str]:
+    """Headers of every 503: when to try again."""
+    return {"Retry-After": str(settings.MODELYARD_RETRY_AFTER_SECONDS)}
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    unavailable = infrastructure_error(exc)
+    if unavailable is not None:
+        # Logged with the traceback: the client gets a 503, the operator needs the cause.
+        logger.warning("infrastructure error: %s", unavailable.code, exc_info=exc)
+        set_rollback()
+        return Response(
+            error_body(unavailable.code, unavailable.message, unavailable.details),
+            status=unavailable.status,
+            headers=unavailable_headers(),
+        )
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
     if _is_nul_refusal(exc):

@@ -5,6 +5,8 @@
   and its failure throttle) and 403 (roles) everywhere; 404 where the path names an object;
   400 and 409 for writes (validation, state machine) and for filtered reads; 415 where a
   request body is parsed; 413 and 422 for multipart uploads (size limits, unsafe artifacts).
+  And 503 everywhere: a dependency (database, Redis, storage) failed; ``Retry-After`` says
+  when to try again (core.infrastructure).
 - The prediction gateway's API (``POST {gateway}/d/{deployment}/predict``) is documented
   beside the platform's, with its own server and its deployment-key security schemes; the
   request, response and error shapes are the ones agreed with the model contract.
@@ -30,6 +32,8 @@ STATUS_TEXT = {
     "415": "Unsupported media type (send JSON, or multipart/form-data where documented)",
     "422": "Unsafe or unloadable artifact",
     "429": "Too many failed token authentications from this client: retry later",
+    "503": "A dependency (database, Redis, artifact storage) is unavailable: "
+    "retry after the Retry-After header's seconds",
 }
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -48,7 +52,7 @@ class ErrorResponseSerializer(serializers.Serializer):
 
 class ModelyardAutoSchema(AutoSchema):
     def _error_codes(self) -> list[str]:
-        codes = ["401", "403", "429"]
+        codes = ["401", "403", "429", "503"]
         if "{" in self.path:
             codes.append("404")
         if self.method in WRITE_METHODS:
@@ -72,6 +76,10 @@ class ModelyardAutoSchema(AutoSchema):
                     ErrorResponseSerializer, code, media_types=["application/json"]
                 )
                 response["description"] = STATUS_TEXT[code]
+                if code == "503":
+                    response["headers"] = {
+                        "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}
+                    }
                 responses[code] = response
         return dict(sorted(responses.items()))
 

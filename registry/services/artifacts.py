@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import posixpath
 import shutil
 import tempfile
 import uuid
@@ -14,6 +16,8 @@ from pathlib import Path
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
+
+from core.infrastructure import STORAGE_ERRNOS, storage_unavailable
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,16 @@ def artifact_store(*, local_path: Path, folder: str, basename: str) -> StoredFil
     """Copy a local file into artifact storage under ``folder/<uuid>/basename``."""
     sha256 = file_sha256(local_path)
     wanted = f"{folder}/{uuid.uuid4().hex}/{basename}"
-    with local_path.open("rb") as handle:
-        stored = default_storage.save(wanted, File(handle, name=basename))
+    try:
+        with local_path.open("rb") as handle:
+            stored = default_storage.save(wanted, File(handle, name=basename))
+    except BaseException as exc:
+        # Django's FileSystemStorage leaves the part it wrote when a write fails (a full or
+        # read-only volume): remove it. The name is ours alone (a fresh uuid folder).
+        artifact_delete_quietly([wanted])
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            raise storage_unavailable(exc, cleaned_up=True) from exc
+        raise
     if stored != wanted:  # storage renamed it: never silently point at another file
         default_storage.delete(stored)
         raise RuntimeError(f"Artifact storage renamed {wanted!r} to {stored!r}.")
@@ -59,6 +71,9 @@ def artifact_delete_quietly(paths: list[str]) -> None:
     for path in paths:
         with contextlib.suppress(Exception):
             default_storage.delete(path)
+        # The uuid folder it was written in, once empty (storages with real folders only).
+        with contextlib.suppress(Exception):
+            os.rmdir(default_storage.path(posixpath.dirname(path)))
 
 
 @contextlib.contextmanager

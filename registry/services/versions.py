@@ -344,7 +344,9 @@ def _version_create(
             "datasets": [d.uri for d in metadata.datasets],
         },
     )
-    transaction.on_commit(lambda: _enqueue_validation(version.pk))
+    # robust: the version is committed by then; a broker outage must not fail the upload
+    # (and so delete the committed version's files) — the validation sweep enqueues it later.
+    transaction.on_commit(lambda: _enqueue_validation(version.pk), robust=True)
     return PushResult(version=version, created=True)
 
 
