@@ -61,9 +61,10 @@ def free_port() -> int:
 def _running(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie is dead, only not yet reaped)."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        status: str = psutil.Process(pid).status()
     except psutil.NoSuchProcess:
         return False
+    return bool(status != psutil.STATUS_ZOMBIE)
 
 
 class Embedded:
