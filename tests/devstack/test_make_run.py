@@ -19,13 +19,16 @@ from tests.devstack.conftest import ROOT
 
 def _servers(data: Path) -> set[int]:
     """PostgreSQL and Redis servers of the stack whose data folder is ``data`` (by their
-    command line or working folder): other engineers' servers on the machine come and go."""
+    command line or working folder): other engineers' servers on the machine come and go,
+    and so do PostgreSQL's connection backends ("postgres: user db ..."), which are no servers."""
     found = set()
     for proc in psutil.process_iter(["name", "cmdline", "cwd"]):
-        if proc.info["name"] not in ("redis-server", "postgres"):
+        cmdline = proc.info["cmdline"] or [""]
+        if proc.info["name"] not in ("redis-server", "postgres") or cmdline[0].startswith(
+            "postgres:"
+        ):
             continue
-        places = [*(proc.info["cmdline"] or []), proc.info["cwd"] or ""]
-        if any(str(data) in place for place in places):
+        if any(str(data) in place for place in [*cmdline, proc.info["cwd"] or ""]):
             found.add(proc.pid)
     return found
 
