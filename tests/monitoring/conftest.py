@@ -8,8 +8,14 @@ run of this one) share the machine's Redis at the same time.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import random
+import signal
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -21,9 +27,11 @@ from deployments.choices import RolloutKind, RolloutState, SlotColor, SlotState
 from deployments.models import Deployment, Rollout, Slot
 from deployments.services import deployment_create
 from gateway.metrics import MetricsRecorder
+from gateway.sampling import PayloadSampler
 from registry.models import ModelVersion
 from tests.conftest import RedisServer
 from tests.factories import RegisteredModelFactory
+from tests.gateway import support
 from tests.models import train_sklearn_joblib
 from tests.registry.helpers import upload_version
 
@@ -134,3 +142,58 @@ def deployment(registered_model, make_user, versions) -> Deployment:
 
 def utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def stream_samples(
+    settings,
+    deployment: str,
+    version: int,
+    records: list,
+    *,
+    per_request: int,
+    predictions=lambda chunk: [0] * len(chunk),
+) -> int:
+    """Write ``records`` to the deployment's sample stream through the gateway's own sampler,
+    ``per_request`` rows a request, as the gateway would; the number of entries written."""
+    sampler = PayloadSampler(
+        rate=1.0,
+        max_rows=per_request,
+        buffer_size=10_000,
+        stream_maxlen=10_000,
+        rng=random.Random(1),
+    )
+    for offset in range(0, len(records), per_request):
+        chunk = records[offset : offset + per_request]
+        sampler.offer(
+            deployment=deployment,
+            version=version,
+            api="predict",
+            rows=len(chunk),
+            inputs={"instances": chunk},
+            outputs=json.dumps({"predictions": predictions(chunk)}).encode(),
+        )
+
+    async def run():
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        try:
+            return await sampler.flush(client)
+        finally:
+            await client.aclose()
+
+    written = asyncio.run(run())
+    # Windows are [start, end) in ms: a window ending in the very millisecond of the last
+    # XADD would leave it out, so "now" must be at least one millisecond later.
+    time.sleep(0.005)
+    return written
+
+
+@pytest.fixture
+def throwaway_redis(settings, tmp_path: Path):
+    """A Redis of the test's own, which it may stall (SIGSTOP) and kill."""
+    server = support.RedisServer(port=support.free_port(), workdir=tmp_path)
+    server.start()
+    settings.REDIS_URL = server.url
+    yield server
+    if server.proc is not None:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    server.stop()

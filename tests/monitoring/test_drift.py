@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 import time
 from datetime import timedelta
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 from django.utils import timezone
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
-from gateway.sampling import PayloadSampler
 from monitoring import drift_stats as ds
 from monitoring.choices import DriftWindowKind
 from monitoring.models import DriftFeature, DriftProfile, DriftWindow, MonitoringPolicy
@@ -23,6 +19,7 @@ from monitoring.services import drift_compute_now, drift_profile_ensure, drift_w
 from monitoring.services.drift import drift_compare
 from monitoring.services.drift_profiles import build_profiles, samples_read
 from tests.models import training_frame
+from tests.monitoring.conftest import stream_samples
 
 
 @pytest.mark.parametrize(
@@ -124,36 +121,7 @@ def _sample_traffic(settings, deployment, *, version, rows, shift_age=0.0, seed=
     frame, _ = training_frame(n=rows, seed=seed)
     frame["age"] = frame["age"] + shift_age
     records = frame.to_dict(orient="records")
-    sampler = PayloadSampler(
-        rate=1.0,
-        max_rows=per_request,
-        buffer_size=10_000,
-        stream_maxlen=10_000,
-        rng=random.Random(1),
-    )
-    for offset in range(0, len(records), per_request):
-        chunk = records[offset : offset + per_request]
-        sampler.offer(
-            deployment=deployment.name,
-            version=version,
-            api="predict",
-            rows=len(chunk),
-            inputs={"instances": chunk},
-            outputs=json.dumps({"predictions": [0] * len(chunk)}).encode(),
-        )
-
-    async def run():
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
-        try:
-            return await sampler.flush(client)
-        finally:
-            await client.aclose()
-
-    written = asyncio.run(run())
-    # Windows are [start, end) in ms: a window ending in the very millisecond of the last
-    # XADD would leave it out, so "now" must be at least one millisecond later.
-    time.sleep(0.005)
-    return written
+    return stream_samples(settings, deployment.name, version, records, per_request=per_request)
 
 
 def test_shifted_feature_is_flagged_from_the_sample_stream_and_others_stay_ok(

@@ -8,23 +8,20 @@ into Redis. pandas alone reads the zip codes as int64: a numeric profile that ev
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
 from types import SimpleNamespace
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 
 from accounts.choices import Role
 from deployments.choices import SlotColor, SlotState
 from deployments.models import Deployment, Slot
 from deployments.services import deployment_create
-from gateway.sampling import PayloadSampler, samples_key
+from gateway.sampling import samples_key
 from monitoring.services import drift_compute_now, drift_profile_ensure
 from registry.modelkit.contract import json_safe
 from tests.models import contract_cases
+from tests.monitoring.conftest import stream_samples
 from tests.registry.helpers import upload_version
 
 CASE = "sklearn_pipeline_categorical"
@@ -65,34 +62,14 @@ def _send(settings, deployment, version, frame, *, per_request=30, positional=Fa
         records = [json_safe(list(row)) for row in frame.itertuples(index=False)]
     else:
         records = [json_safe(row) for row in frame.to_dict(orient="records")]
-    sampler = PayloadSampler(
-        rate=1.0,
-        max_rows=per_request,
-        buffer_size=10_000,
-        stream_maxlen=10_000,
-        rng=random.Random(1),
+    return stream_samples(
+        settings,
+        deployment.name,
+        version.number,
+        records,
+        per_request=per_request,
+        predictions=lambda chunk: [],
     )
-    for offset in range(0, len(records), per_request):
-        chunk = records[offset : offset + per_request]
-        sampler.offer(
-            deployment=deployment.name,
-            version=version.number,
-            api="predict",
-            rows=len(chunk),
-            inputs={"instances": chunk},
-            outputs=b'{"predictions": []}',
-        )
-
-    async def run():
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
-        try:
-            return await sampler.flush(client)
-        finally:
-            await client.aclose()
-
-    written = asyncio.run(run())
-    time.sleep(0.005)  # windows end before "now": the last XADD's millisecond must be past
-    return written
 
 
 def _statuses(deployment, rows: int) -> dict[str, tuple[str, str]]:

@@ -11,9 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from pathlib import Path
 
-import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -27,7 +25,7 @@ from gateway.metrics import (
 )
 from monitoring.models import MetricRollup
 from monitoring.services import metrics_rollup
-from tests.gateway.support import RedisServer, free_port
+from tests.gateway.support import RedisServer
 from tests.monitoring.conftest import flush, minute_ago
 
 
@@ -108,17 +106,6 @@ def _flush_with(
     # As the gateway's flush loop does: a failed flush keeps its counts for the next one.
     with contextlib.suppress(redis.RedisError):
         loop.run_until_complete(recorder.flush(client))
-
-
-@pytest.fixture
-def throwaway_redis(settings, tmp_path: Path):
-    server = RedisServer(port=free_port(), workdir=tmp_path)
-    server.start()
-    settings.REDIS_URL = server.url
-    yield server
-    if server.proc is not None:
-        os.kill(server.proc.pid, signal.SIGCONT)
-    server.stop()
 
 
 def test_counts_after_a_stall_and_a_restart_equal_the_requests_sent(

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import redis
 from django.db.models import Sum
 
@@ -75,17 +74,6 @@ asyncio.run(main())
 _GATEWAY = (sys.executable, "-m", "gateway")
 _LOADGEN = (sys.executable, "-c", LOADGEN)
 _UPSTREAM = (sys.executable, str(UPSTREAM_SCRIPT))
-
-
-@pytest.fixture
-def throwaway_redis(settings, tmp_path: Path):
-    server = RedisServer(port=free_port(), workdir=tmp_path)
-    server.start()
-    settings.REDIS_URL = server.url
-    yield server
-    if server.proc is not None:
-        os.kill(server.proc.pid, signal.SIGCONT)
-    server.stop()
 
 
 def _roll_up_until_clean(store: redis.Redis) -> None:
