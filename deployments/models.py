@@ -31,6 +31,20 @@ class Deployment(models.Model):
     # A protected alias of the model this deployment follows: when it moves (which only an
     # operator or reviewer may do, to an approved version) a rollout to it starts.
     follow_alias = models.CharField(max_length=64, blank=True)
+    # Serving: how each slot runs. ``workers`` BentoML worker processes per server; between
+    # ``replicas_min`` and ``replicas_max`` servers per slot (equal: a fixed count, no
+    # autoscaling), scaled on in-flight requests per replica against ``scale_target_inflight``
+    # -- up after ``scale_up_seconds`` above it, down after ``scale_down_seconds`` below.
+    # Concurrent single-row requests are predicted together in batches of up to
+    # ``batch_max_size`` rows, waiting at most ``batch_max_latency_ms`` to fill one.
+    workers = models.PositiveSmallIntegerField(default=1)
+    replicas_min = models.PositiveSmallIntegerField(default=1)
+    replicas_max = models.PositiveSmallIntegerField(default=1)
+    scale_target_inflight = models.FloatField(default=8.0)
+    scale_up_seconds = models.PositiveIntegerField(default=15)
+    scale_down_seconds = models.PositiveIntegerField(default=300)
+    batch_max_size = models.PositiveIntegerField(default=32)
+    batch_max_latency_ms = models.PositiveIntegerField(default=10)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
     )
@@ -40,6 +54,10 @@ class Deployment(models.Model):
         ordering = ["name"]
         constraints = [
             models.UniqueConstraint(Lower("name"), name="deployments_name_unique_casefold"),
+            models.CheckConstraint(
+                condition=models.Q(replicas_min__gte=1, replicas_max__gte=models.F("replicas_min")),
+                name="deployments_replicas_range",
+            ),
         ]
 
     def __str__(self) -> str:

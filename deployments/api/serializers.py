@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from rest_framework import serializers
 
 from deployments.choices import Environment
 from deployments.models import Deployment, DeploymentKey, Rollout, Slot
+from deployments.services.serving import SERVING_FIELDS, serving_settings
 
 
 class SlotSerializer(serializers.ModelSerializer):
@@ -50,6 +53,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     slots = SlotSerializer(many=True, read_only=True)
     live_version = serializers.SerializerMethodField()
     endpoint = serializers.SerializerMethodField()
+    serving = serializers.SerializerMethodField()
 
     class Meta:
         model = Deployment
@@ -63,6 +67,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "live_slot",
             "live_version",
             "follow_alias",
+            "serving",
             "slots",
             "endpoint",
             "created_at",
@@ -73,6 +78,9 @@ class DeploymentSerializer(serializers.ModelSerializer):
             if slot.color == obj.live_slot and slot.version is not None:
                 return slot.version.number
         return None
+
+    def get_serving(self, obj: Deployment) -> dict[str, Any]:
+        return serving_settings(obj)
 
     def get_endpoint(self, obj: Deployment) -> str:
         return f"{settings.MODELYARD_GATEWAY_URL}/d/{obj.name}/predict"
@@ -94,6 +102,15 @@ class DeploymentCreateSerializer(serializers.Serializer):
         required=False, default=300, min_value=0, max_value=7 * 24 * 3600
     )
     guard_policy = serializers.DictField(required=False, default=dict)
+    serving = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text=f"Serving settings, any of: {', '.join(SERVING_FIELDS)}.",
+    )
+
+
+class ServingUpdateSerializer(serializers.Serializer):
+    serving = serializers.DictField(help_text=f"Any of: {', '.join(SERVING_FIELDS)}.")
 
 
 class RolloutCreateSerializer(serializers.Serializer):

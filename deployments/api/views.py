@@ -24,8 +24,10 @@ from deployments.api.serializers import (
     RollbackSerializer,
     RolloutCreateSerializer,
     RolloutSerializer,
+    ServingUpdateSerializer,
 )
 from deployments.models import Deployment
+from deployments.services.serving import deployment_serving_update
 from registry.selectors import model_get
 
 C = Capability
@@ -45,6 +47,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         "rollout_detail": C.VIEW,
         "rollback": C.DEPLOY,
         "follow": C.DEPLOY,
+        "serving": C.DEPLOY,
         # Keys open the prediction endpoint: listing them is as sensitive as issuing them.
         "keys": C.DEPLOY,
         "key_revoke": C.DEPLOY,
@@ -111,6 +114,18 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             alias=data.validated_data["alias"],
             actor=request_actor(request),
             reason=data.validated_data["reason"],
+        )
+        return self._detail(deployment)
+
+    @extend_schema(request=ServingUpdateSerializer, responses={200: DeploymentDetailSerializer})
+    @action(detail=True, methods=["patch"])
+    def serving(self, request: Request, name: str = "") -> Response:
+        data = ServingUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        deployment = deployment_serving_update(
+            deployment=selectors.deployment_ref(name=name),
+            changes=data.validated_data["serving"],
+            actor=request_actor(request),
         )
         return self._detail(deployment)
 

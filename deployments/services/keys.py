@@ -17,6 +17,7 @@ from core.services import audit_record
 from deployments.choices import Environment, SlotColor
 from deployments.models import Deployment, DeploymentKey, Slot
 from deployments.services.routes import route_sync
+from deployments.services.serving import serving_settings, serving_validate
 from gateway.routes import deployment_key_hash
 from registry.models import RegisteredModel, name_validator
 
@@ -36,6 +37,7 @@ def deployment_create(
     bake_seconds: int = 300,
     guard_policy: dict[str, Any] | None = None,
     description: str = "",
+    serving: dict[str, Any] | None = None,
 ) -> Deployment:
     """A deployment with its two (stopped) slots; nothing serves until the first rollout."""
     try:
@@ -44,6 +46,7 @@ def deployment_create(
         raise InvalidInput(f"name: {exc.messages[0]}") from exc
     if environment not in Environment.values:
         raise InvalidInput(f"environment must be one of {', '.join(Environment.values)}.")
+    serving_fields = serving_validate(serving or {})
     if Deployment.objects.filter(name__iexact=name).exists():
         raise Conflict(f"A deployment named {name!r} already exists.", code="name_taken")
     try:
@@ -56,6 +59,7 @@ def deployment_create(
                 guard_policy=guard_policy or {},
                 description=description,
                 created_by=actor,
+                **serving_fields,
             )
     except IntegrityError as exc:
         raise Conflict(f"A deployment named {name!r} already exists.", code="name_taken") from exc
@@ -64,7 +68,12 @@ def deployment_create(
         actor=actor,
         action=AuditAction.DEPLOYMENT_CREATED,
         obj=deployment,
-        after={"model": model.name, "environment": environment, "bake_seconds": bake_seconds},
+        after={
+            "model": model.name,
+            "environment": environment,
+            "bake_seconds": bake_seconds,
+            "serving": serving_settings(deployment),
+        },
     )
     return deployment
 
