@@ -10,6 +10,10 @@ Redis layout
           "version": 7,                         # model version number the slot serves
           "slot": "green",                      # "blue" | "green"
           "upstream": "http://127.0.0.1:3001",  # base URL of the slot's server, no path
+          "upstreams": ["http://127.0.0.1:3001", "http://127.0.0.1:3002"],
+                                                # every READY replica of the slot (>= 1 when
+                                                # live); "upstream" is upstreams[0], kept for
+                                                # readers that know one server per slot
           "key_hashes": ["<sha256 hex>", ...],  # deployment_key_hash() of every valid key
           "state": "live",                      # "live" | "draining" | "none"
           "updated_at": "2026-11-23T14:00:00+00:00"
@@ -20,7 +24,8 @@ Redis layout
 
 Meaning of ``state`` for the gateway:
 
-- ``live``: requests are forwarded to ``upstream``.
+- ``live``: requests are forwarded to one of ``upstreams`` (a replica that is not ready is never
+  listed, so it never gets traffic).
 - ``draining``: the deployment is being stopped; new requests get 503 + ``Retry-After``, requests
   already in flight finish on the upstream they started on.
 - ``none``: no slot is live (first rollout still starting, or all slots failed); 503 too.
@@ -99,6 +104,9 @@ class Route:
     key_hashes: tuple[str, ...]
     state: State = "live"
     updated_at: str = field(default_factory=_now_iso)
+    # Every ready replica's base URL; () means (upstream,). Normalised in __post_init__ so
+    # readers always see the full list with ``upstream`` first.
+    upstreams: tuple[str, ...] = ()
     # The identity headers the gateway adds to every answer, encoded once per route change
     # instead of once per request.
     ident_headers: tuple[tuple[bytes, bytes], ...] = field(
@@ -106,6 +114,20 @@ class Route:
     )
 
     def __post_init__(self) -> None:
+        if not self.upstreams:
+            object.__setattr__(self, "upstreams", (self.upstream,))
+        elif not isinstance(self.upstreams, tuple | list):
+            raise RouteError(f"route field 'upstreams' must be a list, got {self.upstreams!r}")
+        elif self.upstream != self.upstreams[0]:
+            # upstream is upstreams[0] by definition: a writer that set both differently broke
+            # the contract, one that set only the list gets its first entry.
+            if self.upstream:
+                raise RouteError(
+                    f"route field 'upstream' must be upstreams[0], got {self.upstream!r} "
+                    f"and {list(self.upstreams)!r}"
+                )
+            object.__setattr__(self, "upstream", self.upstreams[0])
+        object.__setattr__(self, "upstreams", tuple(self.upstreams))
         validate_route(self)
         object.__setattr__(
             self,
@@ -123,6 +145,7 @@ class Route:
                 "version": self.version,
                 "slot": self.slot,
                 "upstream": self.upstream,
+                "upstreams": list(self.upstreams),
                 "key_hashes": list(self.key_hashes),
                 "state": self.state,
                 "updated_at": self.updated_at,
@@ -145,11 +168,15 @@ class Route:
         key_hashes = data["key_hashes"]
         if not isinstance(key_hashes, list):
             raise RouteError("route field 'key_hashes' must be a list of sha256 hex strings")
+        upstreams = data.get("upstreams") or [data["upstream"]]
+        if not isinstance(upstreams, list):
+            raise RouteError("route field 'upstreams' must be a list of base URLs")
         return cls(
             deployment=data["deployment"],
             version=data["version"],
             slot=data["slot"],
             upstream=data["upstream"],
+            upstreams=tuple(upstreams),
             key_hashes=tuple(key_hashes),
             state=data.get("state", "live"),
             updated_at=data.get("updated_at") or "",
@@ -170,17 +197,11 @@ def validate_route(route: Route) -> None:
         raise RouteError(f"route field 'slot' must be one of {SLOTS}, got {route.slot!r}")
     if route.state not in STATES:
         raise RouteError(f"route field 'state' must be one of {STATES}, got {route.state!r}")
-    if not isinstance(route.upstream, str):
-        raise RouteError(f"route field 'upstream' must be a string, got {route.upstream!r}")
-    parts = urlsplit(route.upstream)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    for upstream in route.upstreams:
+        _validate_upstream(upstream)
+    if len(set(route.upstreams)) != len(route.upstreams):
         raise RouteError(
-            f"route field 'upstream' must be an http(s) URL with a host, got {route.upstream!r}"
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise RouteError(
-            f"route field 'upstream' must be a base URL without path or query, "
-            f"got {route.upstream!r}"
+            f"route field 'upstreams' lists a replica twice: {list(route.upstreams)!r}"
         )
     for key_hash in route.key_hashes:
         if not isinstance(key_hash, str) or not _SHA256_HEX_RE.match(key_hash):
@@ -190,6 +211,20 @@ def validate_route(route: Route) -> None:
             )
     if not isinstance(route.updated_at, str):
         raise RouteError(f"route field 'updated_at' must be a string, got {route.updated_at!r}")
+
+
+def _validate_upstream(upstream: object) -> None:
+    if not isinstance(upstream, str):
+        raise RouteError(f"route field 'upstream(s)' must be a string, got {upstream!r}")
+    parts = urlsplit(upstream)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RouteError(
+            f"route field 'upstream(s)' must be an http(s) URL with a host, got {upstream!r}"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise RouteError(
+            f"route field 'upstream(s)' must be a base URL without path or query, got {upstream!r}"
+        )
 
 
 def routes_parse_all(raw: dict[bytes | str, bytes | str]) -> dict[str, Route]:

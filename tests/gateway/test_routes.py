@@ -48,12 +48,31 @@ def test_route_json_round_trip_keeps_every_field() -> None:
         "version",
         "slot",
         "upstream",
+        "upstreams",
         "key_hashes",
         "state",
         "updated_at",
     }
     assert data["key_hashes"] == [deployment_key_hash("secret")]
+    assert data["upstreams"] == ["http://127.0.0.1:3001"]
     assert Route.from_json(route.to_json()) == route
+
+
+def test_replicas_are_listed_with_upstream_first_and_old_values_still_parse() -> None:
+    replicas = ("http://127.0.0.1:3001", "http://127.0.0.1:3002")
+    route = make_route(upstream="", upstreams=replicas)
+    assert route.upstream == replicas[0] and route.upstreams == replicas
+    assert Route.from_json(route.to_json()) == route
+    old = json.loads(make_route().to_json())
+    del old["upstreams"]  # a value written before replicas existed
+    assert Route.from_json(json.dumps(old)).upstreams == ("http://127.0.0.1:3001",)
+    for bad in (
+        {"upstream": "http://127.0.0.1:9", "upstreams": replicas},
+        {"upstreams": (replicas[0], replicas[0])},
+        {"upstreams": (replicas[0], "ftp://x")},
+    ):
+        with pytest.raises(RouteError, match="upstream"):
+            make_route(**bad)
 
 
 @pytest.mark.parametrize(
