@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import redis
@@ -52,7 +52,8 @@ async def inflight_report_async(
     if not loads:
         return
     now = time.time()
-    fields = {
+    # Keys typed Any: redis-py's mapping type is invariant in its (wide) key union.
+    fields: dict[Any, str] = {
         f"{upstream}|{gateway_id}": json.dumps({"inflight": mean, "peak": peak, "at": now})
         for upstream, (mean, peak) in loads.items()
     }
