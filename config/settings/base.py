@@ -209,10 +209,10 @@ MODELYARD_K8S_SLOT_REPLICAS = env_int("MODELYARD_K8S_SLOT_REPLICAS", 1, minimum=
 MODELYARD_K8S_SLOT_RESOURCES = env_str("MODELYARD_K8S_SLOT_RESOURCES", "")
 MODELYARD_K8S_DEPLOYMENT_RESOURCES = env_str("MODELYARD_K8S_DEPLOYMENT_RESOURCES", "")
 MODELYARD_BUILD_TIMEOUT_SECONDS = env_float("MODELYARD_BUILD_TIMEOUT_SECONDS", 900, minimum=1)
-# A build claimed longer ago than this belongs to a dead worker and may be claimed again.
-MODELYARD_BUILD_STALE_SECONDS = env_int(
-    "MODELYARD_BUILD_STALE_SECONDS", int(MODELYARD_BUILD_TIMEOUT_SECONDS) + 120, minimum=1
-)
+# A worker building a version or driving a rollout renews its lease every third of this;
+# a lease this old belongs to a dead worker and the reconcile sweep (every 15 s) takes the
+# work over (deployments/services/leases.py).
+MODELYARD_WORK_LEASE_SECONDS = env_int("MODELYARD_WORK_LEASE_SECONDS", 10, minimum=3)
 # A rollout step that has not moved for this long is resumed (or failed) by the sweep.
 MODELYARD_ROLLOUT_STUCK_SECONDS = env_int("MODELYARD_ROLLOUT_STUCK_SECONDS", 300, minimum=1)
 
