@@ -53,6 +53,8 @@ MIDDLEWARE = [
     # Outside every middleware that touches the database, Redis or storage: their failures
     # answer 503 + Retry-After, not the 500 (or debug) page.
     "core.middleware.InfrastructureErrorMiddleware",
+    # Inside it (its 503 answers the deadline's error), outside everything that queries.
+    "core.middleware.DatabaseDeadlineMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -104,12 +106,17 @@ DATABASES["default"]["OPTIONS"] = database_timeout_options(
     connect_timeout=DATABASE_CONNECT_TIMEOUT_SECONDS,
     statement_timeout=DATABASE_STATEMENT_TIMEOUT_SECONDS,
 )
+# A server that stalls (SIGSTOP, frozen VM) never enforces its statement timeout: a web
+# request gives up after waiting this long for PostgreSQL in all (core/postgresql/base.py)
+# and answers 503. Tasks are not bounded: they wait the stall out and carry on.
+DATABASE_REQUEST_WAIT_SECONDS = env_float("DATABASE_REQUEST_WAIT_SECONDS", 8, minimum=0)
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # The audit log's append-only guard and the row locks of every state machine are
     # PostgreSQL features; SQLite would silently weaken both.
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...).")
+DATABASES["default"]["ENGINE"] = "core.postgresql"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
