@@ -408,12 +408,32 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 3600
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# visibility_timeout: a message a dead worker held comes back after this (kombu restores it);
+# the work's lease (deployments/services/leases.py), not this, finds a dead worker fast.
+# The socket timeouts: a stalled Redis (SIGSTOP; the kernel still accepts and ACKs) fails a
+# publish after them instead of holding the web request that enqueues for as long as it
+# stalls; redis-py waits forever by default.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 3600,
+    "socket_timeout": REDIS_TIMEOUT_SECONDS,
+    "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+}
+CELERY_BROKER_CONNECTION_TIMEOUT = REDIS_TIMEOUT_SECONDS
+# One retry of a publish (a Redis restarting under it), then the API answers 503: with the
+# socket timeout above, a stalled broker costs a request about 2 x REDIS_TIMEOUT_SECONDS.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 0.5,
+}
 # Sending a task subscribes to its result; with Redis down the redis result backend retried
 # that 20 times a second apart (an API call that enqueues hung ~20 s before failing). No
-# caller reads results, so fail fast: the API answers 503 and the sweeps enqueue again.
+# caller reads results, so fail fast: the API answers 503 and the sweeps enqueue again. No
+# retry beyond the backend's one reconnect: against a stalled Redis each attempt waits out
+# the socket timeout (two retries made an enqueue take 12.5 s, none 6 s).
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
-    "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
+    "retry_policy": {"max_retries": 0, "interval_start": 0, "interval_step": 0.5}
 }
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_TIMEOUT_SECONDS
 CELERY_REDIS_SOCKET_TIMEOUT = REDIS_TIMEOUT_SECONDS
