@@ -63,7 +63,7 @@ class DeadlineConnection(psycopg.Connection[Any]):
     """A psycopg connection whose waits for the server come out of the caller's budget."""
 
     @classmethod
-    def connect(cls, conninfo: str = "", **kwargs: Any) -> DeadlineConnection:  # type: ignore[override]
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> DeadlineConnection:
         budget = _budget.get()
         if budget is None:
             return super().connect(conninfo, **kwargs)
@@ -110,4 +110,5 @@ class _PsycopgWithDeadlines:
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
-    Database = _PsycopgWithDeadlines()
+    # Django types this as a module; a stand-in with the same attributes is what it reads.
+    Database = _PsycopgWithDeadlines()  # type: ignore[assignment]
