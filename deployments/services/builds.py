@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from deployments import backends
@@ -64,7 +64,11 @@ def builds_abandoned_requeue() -> list[str]:
         if not lease_break(queryset=building, lapsed=lapsed, state=BuildState.PENDING):
             continue  # renewed meanwhile, or another sweep took it
         build = Build.objects.select_related("version__model").get(pk=lapsed.pk)
-        what = f"build worker died ({lapsed.describe()}) while building {build.version}"
+        what = (
+            f"build worker died ({lapsed.describe()}) while building {build.version}"
+            if lapsed.holder
+            else f"build of {build.version} was left building with no worker"
+        )
         for deployment in Deployment.objects.filter(
             rollouts__version=build.version, rollouts__state=RolloutState.BUILDING
         ).distinct():
@@ -96,7 +100,19 @@ def build_run(*, build_id: int, holder: str | None = None) -> Build:
             build_archive_ensure(build_id=build_id)
         return Build.objects.get(pk=build_id)
     with lease_kept(model=Build, pk=build_id, holder=holder):
-        _build_bento(build_id, holder)
+        try:
+            _build_bento(build_id, holder)
+        except (OperationalError, InterfaceError):
+            raise  # the database, not the build: the task retries, the sweep re-queues
+        except Exception as exc:
+            # Not a BentoML failure but a bug or a broken file: recorded as the build's
+            # failure, so the sweep does not re-queue (and re-crash) it every 15 s.
+            logger.exception("build %s crashed", build_id)
+            Build.objects.filter(pk=build_id, lease_holder=holder).update(
+                state=BuildState.FAILED,
+                error=f"build crashed: {exc.__class__.__name__}: {exc}",
+                finished_at=timezone.now(),
+            )
     build = Build.objects.select_related("version").get(pk=build_id)
     for rollout_id in Rollout.objects.filter(
         version=build.version, state=RolloutState.BUILDING

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from deployments.choices import BuildState, RolloutState
 from deployments.models import Build, DeploymentEvent, Rollout
-from deployments.services import build_ensure, deployments_reconcile, rollout_advance
+from deployments.services import build_ensure, build_run, deployments_reconcile, rollout_advance
 from deployments.services.builds import builds_abandoned_requeue
 from deployments.services.leases import LeaseHeld, lease_kept, lease_take, leases_lapsed
 from deployments.services.reconcile import rollouts_abandoned_resume
@@ -80,7 +80,7 @@ def test_a_build_left_building_with_no_lease_at_all_is_queued_again(registered_m
 
     (action,) = builds_abandoned_requeue()
 
-    assert "no worker held it" in action
+    assert "left building with no worker" in action
     assert Build.objects.get(pk=build.pk).state == BuildState.PENDING
 
 
@@ -128,6 +128,26 @@ def test_a_finished_rollout_needs_no_lease_and_a_driven_one_gives_its_lease_back
     Build.objects.create(version=failed_build.version, state=BuildState.FAILED, error="boom")
     assert rollout_advance(rollout_id=failed_build.pk, holder="h/1").state == RolloutState.FAILED
     assert Rollout.objects.get(pk=failed_build.pk).lease_holder == ""
+
+
+def test_a_build_that_crashes_fails_instead_of_being_queued_again_and_again(
+    registered_model, monkeypatch
+):
+    from deployments.integrations import bentoml as bento
+
+    def crashing_build(**_: object) -> None:
+        raise RuntimeError("the store is corrupted")
+
+    # The engine's one module, failing the way no BentoError covers (a bug, a broken store).
+    monkeypatch.setattr(bento, "bento_build", crashing_build)
+    build = build_ensure(
+        version=ModelVersionFactory(model=registered_model, artifact=b"model bytes")
+    )
+
+    assert build_run(build_id=build.pk, holder="h/1").state == BuildState.FAILED
+    build.refresh_from_db()
+    assert build.error == "build crashed: RuntimeError: the store is corrupted", build.error
+    assert (build.lease_holder, builds_abandoned_requeue()) == ("", [])
 
 
 @pytest.mark.django_db(transaction=True)
