@@ -30,7 +30,10 @@ def test_an_enqueue_against_a_stalled_broker_answers_503_within_its_socket_timeo
 ):
     from config.celery_app import app
 
+    # The settings took effect (a misspelt CELERY_ key would be ignored silently).
     assert app.conf.broker_transport_options["socket_timeout"] == settings.REDIS_TIMEOUT_SECONDS
+    assert app.conf.task_publish_retry_policy["max_retries"] == 1
+    assert app.conf.broker_connection_timeout == settings.REDIS_TIMEOUT_SECONDS
     started = time.monotonic()
     response = Client().post("/api/v1/probe/enqueue")
     seconds = time.monotonic() - started
