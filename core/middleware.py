@@ -13,6 +13,7 @@ from core.errors import ServiceUnavailable
 from core.infrastructure import infrastructure_error
 from core.logging import request_id_from_header, request_id_set
 from core.metrics import HTTP_LATENCY, HTTP_REQUESTS, KNOWN_METHODS
+from core.postgresql.base import database_wait_budget
 
 
 class RequestIdMiddleware:
@@ -51,6 +52,19 @@ class PrometheusMiddleware:
         HTTP_LATENCY.labels(method, view).observe(time.perf_counter() - started)
         HTTP_REQUESTS.labels(method, view, str(response.status_code)).inc()
         return response
+
+
+class DatabaseDeadlineMiddleware:
+    """Bound how long a request waits for PostgreSQL in all (DATABASE_REQUEST_WAIT_SECONDS):
+    a stalled server answers 503 in seconds instead of holding the request for as long as
+    it stalls (core/postgresql/base.py says why the server's own timeouts cannot)."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        with database_wait_budget(settings.DATABASE_REQUEST_WAIT_SECONDS):
+            return self.get_response(request)
 
 
 class AuditViaMiddleware:

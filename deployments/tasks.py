@@ -2,18 +2,22 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task
+from celery import Task, shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from deployments import services
+from deployments.services.leases import LeaseHeld
 
 logger = logging.getLogger(__name__)
 
 
 @shared_task(
     name="deployments.build_run",
-    # Redelivered if the worker dies mid-build; the claim (and the Bento marker) make a
-    # second run reuse the first one's work.
+    # Redelivered if the worker dies mid-build (at once if only the pool child died, after
+    # the broker's visibility timeout if the whole worker did): a copy that finds the build
+    # under a live worker's lease returns; one whose worker died is re-queued by the sweep
+    # as soon as the lease lapses (deployments/services/leases.py).
     acks_late=True,
     soft_time_limit=1200,
     time_limit=1260,
@@ -29,9 +33,11 @@ def build_run_task(build_id: int) -> str:
 
 
 @shared_task(
+    bind=True,
     name="deployments.rollout_advance",
     # Every step is idempotent and guarded by a conditional state change, so a redelivered
-    # or duplicated message only repeats harmless work.
+    # or duplicated message only repeats harmless work; the rollout's lease keeps two
+    # copies from running its steps side by side.
     acks_late=True,
     soft_time_limit=300,
     time_limit=330,
@@ -39,9 +45,20 @@ def build_run_task(build_id: int) -> str:
     retry_backoff=True,
     max_retries=5,
 )
-def rollout_advance_task(rollout_id: int) -> str:
+def rollout_advance_task(self: Task, rollout_id: int) -> str:
     """Run a rollout's next steps until it waits for a build or its bake timer, or ends."""
-    rollout = services.rollout_advance(rollout_id=rollout_id)
+    try:
+        rollout = services.rollout_advance(rollout_id=rollout_id)
+    except LeaseHeld as held:
+        # Another worker is driving it: this copy may carry news the holder has already
+        # looked past (a build that finished just now), so look again once that worker's
+        # lease could have lapsed; bounded by the holder's own time limit.
+        logger.info("rollout %s: %s; trying again later", rollout_id, held)
+        raise self.retry(
+            countdown=settings.MODELYARD_WORK_LEASE_SECONDS,
+            max_retries=40,
+            exc=held,
+        ) from held
     logger.info("rollout %s: %s", rollout_id, rollout.state)
     return rollout.state
 

@@ -53,6 +53,8 @@ MIDDLEWARE = [
     # Outside every middleware that touches the database, Redis or storage: their failures
     # answer 503 + Retry-After, not the 500 (or debug) page.
     "core.middleware.InfrastructureErrorMiddleware",
+    # Inside it (its 503 answers the deadline's error), outside everything that queries.
+    "core.middleware.DatabaseDeadlineMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -104,12 +106,17 @@ DATABASES["default"]["OPTIONS"] = database_timeout_options(
     connect_timeout=DATABASE_CONNECT_TIMEOUT_SECONDS,
     statement_timeout=DATABASE_STATEMENT_TIMEOUT_SECONDS,
 )
+# A server that stalls (SIGSTOP, frozen VM) never enforces its statement timeout: a web
+# request gives up after waiting this long for PostgreSQL in all (core/postgresql/base.py)
+# and answers 503. Tasks are not bounded: they wait the stall out and carry on.
+DATABASE_REQUEST_WAIT_SECONDS = env_float("DATABASE_REQUEST_WAIT_SECONDS", 8, minimum=0)
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # The audit log's append-only guard and the row locks of every state machine are
     # PostgreSQL features; SQLite would silently weaken both.
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...).")
+DATABASES["default"]["ENGINE"] = "core.postgresql"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
@@ -209,10 +216,10 @@ MODELYARD_K8S_SLOT_REPLICAS = env_int("MODELYARD_K8S_SLOT_REPLICAS", 1, minimum=
 MODELYARD_K8S_SLOT_RESOURCES = env_str("MODELYARD_K8S_SLOT_RESOURCES", "")
 MODELYARD_K8S_DEPLOYMENT_RESOURCES = env_str("MODELYARD_K8S_DEPLOYMENT_RESOURCES", "")
 MODELYARD_BUILD_TIMEOUT_SECONDS = env_float("MODELYARD_BUILD_TIMEOUT_SECONDS", 900, minimum=1)
-# A build claimed longer ago than this belongs to a dead worker and may be claimed again.
-MODELYARD_BUILD_STALE_SECONDS = env_int(
-    "MODELYARD_BUILD_STALE_SECONDS", int(MODELYARD_BUILD_TIMEOUT_SECONDS) + 120, minimum=1
-)
+# A worker building a version or driving a rollout renews its lease every third of this;
+# a lease this old belongs to a dead worker and the reconcile sweep (every 15 s) takes the
+# work over (deployments/services/leases.py).
+MODELYARD_WORK_LEASE_SECONDS = env_int("MODELYARD_WORK_LEASE_SECONDS", 10, minimum=3)
 # A rollout step that has not moved for this long is resumed (or failed) by the sweep.
 MODELYARD_ROLLOUT_STUCK_SECONDS = env_int("MODELYARD_ROLLOUT_STUCK_SECONDS", 300, minimum=1)
 
@@ -401,12 +408,32 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 3600
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# visibility_timeout: a message a dead worker held comes back after this (kombu restores it);
+# the work's lease (deployments/services/leases.py), not this, finds a dead worker fast.
+# The socket timeouts: a stalled Redis (SIGSTOP; the kernel still accepts and ACKs) fails a
+# publish after them instead of holding the web request that enqueues for as long as it
+# stalls; redis-py waits forever by default.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 3600,
+    "socket_timeout": REDIS_TIMEOUT_SECONDS,
+    "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+}
+CELERY_BROKER_CONNECTION_TIMEOUT = REDIS_TIMEOUT_SECONDS
+# One retry of a publish (a Redis restarting under it), then the API answers 503: with the
+# socket timeout above, a stalled broker costs a request about 2 x REDIS_TIMEOUT_SECONDS.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 0.5,
+}
 # Sending a task subscribes to its result; with Redis down the redis result backend retried
 # that 20 times a second apart (an API call that enqueues hung ~20 s before failing). No
-# caller reads results, so fail fast: the API answers 503 and the sweeps enqueue again.
+# caller reads results, so fail fast: the API answers 503 and the sweeps enqueue again. No
+# retry beyond the backend's one reconnect: against a stalled Redis each attempt waits out
+# the socket timeout (two retries made an enqueue take 12.5 s, none 6 s).
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {
-    "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
+    "retry_policy": {"max_retries": 0, "interval_start": 0, "interval_step": 0.5}
 }
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = REDIS_TIMEOUT_SECONDS
 CELERY_REDIS_SOCKET_TIMEOUT = REDIS_TIMEOUT_SECONDS

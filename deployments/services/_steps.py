@@ -45,6 +45,8 @@ ROLLOUT_STATES: StateMachine[Rollout] = StateMachine(
     },
 )
 TERMINAL_ROLLOUT_STATES = (R.LIVE, R.FAILED, R.ROLLED_BACK)
+# The event of a worker that died holding a build or a rollout (its lease lapsed).
+WORKER_DIED_EVENT = "worker_died"
 
 
 def other_color(color: str) -> str:

@@ -13,7 +13,9 @@ from deployments import backends
 from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState, SlotState
 from deployments.models import Deployment, Rollout, Slot
 from deployments.runtime.base import SlotEvent
-from deployments.services._steps import enqueue_advance, event_record
+from deployments.services._steps import WORKER_DIED_EVENT, enqueue_advance, event_record
+from deployments.services.builds import builds_abandoned_requeue
+from deployments.services.leases import lease_break, leases_lapsed
 from deployments.services.routes import route_repair
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,29 @@ def rollouts_stuck() -> list[int]:
             *baking_due.values_list("id", flat=True),
         }
     )
+
+
+def rollouts_abandoned_resume() -> list[str]:
+    """Rollouts whose worker died mid-step (lease lapsed): one ``worker_died`` event naming
+    the worker and the step it held, and the rollout resumed at once (not after
+    MODELYARD_ROLLOUT_STUCK_SECONDS)."""
+    driven = Rollout.objects.filter(state__in=[*ACTIVE_ROLLOUT_STATES, RolloutState.BAKING])
+    actions = []
+    for lapsed in leases_lapsed(driven, unheld_counts=False):
+        if not lease_break(queryset=driven, lapsed=lapsed, state_changed_at=timezone.now()):
+            continue  # renewed meanwhile, or another sweep took it
+        rollout = Rollout.objects.select_related("deployment", "version").get(pk=lapsed.pk)
+        what = (
+            f"rollout worker died ({lapsed.describe()}) holding rollout {rollout.pk} "
+            f"of v{rollout.version.number} in {rollout.state}"
+        )
+        event_record(
+            deployment=rollout.deployment, kind=WORKER_DIED_EVENT, message=f"{what}; resumed"
+        )
+        logger.warning("%s; resumed", what)
+        enqueue_advance(rollout.pk)
+        actions.append(f"rollout {rollout.pk}: {what}; resumed")
+    return actions
 
 
 def _slot_events_record(events: Iterable[SlotEvent]) -> list[str]:
@@ -74,7 +99,8 @@ def deployments_reconcile() -> list[str]:
 
     Restarts crashed slot servers (the backend's supervisor) and records why, points slot
     URLs and routes at where the servers really are, republishes routes Redis lost, stops
-    slots that nothing needs, and resumes stuck rollouts.
+    slots that nothing needs, re-queues builds and resumes rollouts whose worker died (lease
+    lapsed), and resumes stuck rollouts.
     """
     backend = backends.runtime_backend()
     actions = _slot_events_record(backend.supervise_once())
@@ -107,6 +133,8 @@ def deployments_reconcile() -> list[str]:
         if status.running and status.slot_key not in needed:
             backend.slot_stop(slot_key=status.slot_key)
             actions.append(f"{status.slot_key}: stopped (no deployment needs it)")
+    actions += builds_abandoned_requeue()
+    actions += rollouts_abandoned_resume()
     for rollout_id in rollouts_stuck():
         rollout = Rollout.objects.select_related("deployment").get(pk=rollout_id)
         Rollout.objects.filter(pk=rollout_id).update(state_changed_at=timezone.now())

@@ -52,6 +52,7 @@ from deployments.services._steps import (
 from deployments.services.artifacts import artifact_mismatch, artifact_mismatch_record
 from deployments.services.bentos import build_bento_available
 from deployments.services.builds import build_ensure
+from deployments.services.leases import LeaseHeld, lease_kept, lease_take, worker_identity
 from deployments.services.routes import route_sync
 from registry.models import ModelVersion
 
@@ -345,8 +346,25 @@ STEPS: dict[str, Callable[[Rollout], bool]] = {
 }
 
 
-def rollout_advance(*, rollout_id: int) -> Rollout:
-    """Run the rollout's steps until it waits (for a build or the bake timer) or ends."""
+def rollout_advance(*, rollout_id: int, holder: str | None = None) -> Rollout:
+    """Run the rollout's steps until it waits (for a build or the bake timer) or ends.
+
+    Under the rollout's lease (deployments.services.leases): while one worker drives the
+    steps, a duplicate or redelivered task raises LeaseHeld instead of running them beside
+    it; a worker that dies mid-step is found by its lapsed lease and the sweep resumes.
+    """
+    holder = holder or worker_identity()
+    driven = Rollout.objects.filter(state__in=list(STEPS))
+    if not lease_take(queryset=driven, pk=rollout_id, holder=holder):
+        rollout = Rollout.objects.get(pk=rollout_id)
+        if rollout.state in STEPS:
+            raise LeaseHeld(f"rollout {rollout_id} is driven by {rollout.lease_holder}")
+        return rollout  # ended: nothing to drive
+    with lease_kept(model=Rollout, pk=rollout_id, holder=holder):
+        return _rollout_steps_run(rollout_id)
+
+
+def _rollout_steps_run(rollout_id: int) -> Rollout:
     while True:
         rollout = Rollout.objects.select_related("deployment", "version__model").get(pk=rollout_id)
         step = STEPS.get(rollout.state)

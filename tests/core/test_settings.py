@@ -34,7 +34,7 @@ def test_validation_task_declares_its_policy():
 
 
 def test_database_is_postgresql_and_auth_model_is_ours():
-    assert settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    assert settings.DATABASES["default"]["ENGINE"] == "core.postgresql"  # with deadlines
     assert settings.AUTH_USER_MODEL == "accounts.User"
     assert settings.REST_FRAMEWORK["EXCEPTION_HANDLER"] == "core.api.exceptions.exception_handler"
 

@@ -74,7 +74,7 @@ def test_killed_serving_process_is_restarted_and_recorded(live_stack):
 
 @pytest.mark.stack_env(
     MODELYARD_ROLLOUT_STUCK_SECONDS=3,
-    MODELYARD_BUILD_STALE_SECONDS=3,
+    MODELYARD_WORK_LEASE_SECONDS=3,
     MODELYARD_TEST_PAUSE_DIR=str(PAUSE_DIR),
 )
 def test_worker_killed_during_build_converges(live_stack):
@@ -105,10 +105,13 @@ def test_worker_killed_during_build_converges(live_stack):
         assert Rollout.objects.get(pk=rollout_id).state == "baking"
         assert _predict(http, live_stack.gateway, key, rows)[0] == 1
     assert Build.objects.get().state == "succeeded"
-    assert DeploymentEvent.objects.filter(kind="rollout_resumed").exists()
+    # The dead worker's build was taken over once its lease lapsed, and said so once.
+    (died,) = DeploymentEvent.objects.filter(kind="worker_died").values_list("message", flat=True)
+    assert died.startswith("build worker died (lease expired at"), died
 
 
-@pytest.mark.stack_env(MODELYARD_ROLLOUT_STUCK_SECONDS=3)
+# No short MODELYARD_ROLLOUT_STUCK_SECONDS: the dead worker's lapsed lease alone resumes it.
+@pytest.mark.stack_env(MODELYARD_WORK_LEASE_SECONDS=3)
 def test_worker_killed_while_starting_the_slot_converges(live_stack):
     with httpx.Client(timeout=60) as http:
         base, ops, key, rows = _deployment(http, live_stack, versions=2)
@@ -136,13 +139,15 @@ def test_worker_killed_while_starting_the_slot_converges(live_stack):
         # No second server for the slot: exactly one process tree is marked green.
         green = backends.runtime_backend().slot_status(slot_key="churn-prod.green")
         assert green.running and green.ready
+    (died,) = DeploymentEvent.objects.filter(kind="worker_died").values_list("message", flat=True)
+    assert f"holding rollout {rollout_id} of v2 in starting" in died, died
 
 
 def _stored_route(deployment: str):
     return route_parse_one(deployment, backends.route_store().hget(ROUTES_KEY, deployment))
 
 
-@pytest.mark.stack_env(MODELYARD_ROLLOUT_STUCK_SECONDS=3, MODELYARD_TEST_PAUSE_DIR=str(PAUSE_DIR))
+@pytest.mark.stack_env(MODELYARD_WORK_LEASE_SECONDS=3, MODELYARD_TEST_PAUSE_DIR=str(PAUSE_DIR))
 def test_worker_killed_while_switching_converges_with_route_and_database_agreeing(live_stack):
     PAUSE_DIR.mkdir(exist_ok=True)
     with httpx.Client(timeout=60) as http:
@@ -187,7 +192,7 @@ def test_worker_killed_while_switching_converges_with_route_and_database_agreein
         assert len(switched) == 1, rollout.steps
         assert Rollout.objects.filter(deployment=deployment, version__number=2).count() == 1
         kinds = set(DeploymentEvent.objects.values_list("kind", flat=True))
-        assert {"route_republished", "rollout_resumed"} <= kinds, kinds
+        assert {"route_republished", "worker_died"} <= kinds, kinds
         states = list(
             AuditEvent.objects.filter(
                 action=AuditAction.ROLLOUT_STATE_CHANGED, object_id=str(rollout_id)

@@ -30,6 +30,8 @@ class MakeRun:
     def __init__(self, data: Path, logs: Path) -> None:
         self.data, self.logs = data, logs
         self.web_port, self.gateway_port = free_port(), free_port()
+        self.pause_dir = logs / "pause"
+        self.pause_dir.mkdir(exist_ok=True)
         self.url = f"http://127.0.0.1:{self.web_port}"
         self.gateway = f"http://127.0.0.1:{self.gateway_port}"
         self.env = {
@@ -42,6 +44,9 @@ class MakeRun:
             MODELYARD_WEB_PORT=str(self.web_port),
             MODELYARD_GATEWAY_PORT=str(self.gateway_port),
             BENTOML_DO_NOT_TRACK="True",
+            # The worker's test-only pause hook (deployments.services._steps.pause_for_tests):
+            # inert until a test creates an arm file there.
+            MODELYARD_TEST_PAUSE_DIR=str(self.pause_dir),
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         )
         self.proc: subprocess.Popen | None = None

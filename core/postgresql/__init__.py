@@ -1,0 +1,1 @@
+"""Django's PostgreSQL backend with a client-side deadline (see base.py)."""
