@@ -49,6 +49,8 @@ class AlertKind(models.TextChoices):
     ROLLOUT_FAILED = "rollout.failed"
     ROLLBACK = "rollback"
     DRIFT_DETECTED = "drift.detected"
+    PREDICTION_DRIFT = "prediction.drift"
+    DATA_QUALITY = "data_quality.breach"
     GUARD_BREACH = "guard.breach"
 
 

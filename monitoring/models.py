@@ -146,6 +146,8 @@ class DriftWindow(models.Model):
     live_rows = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=8, choices=DriftStatus.choices)
     prediction = models.JSONField(null=True, blank=True)
+    # monitoring.data_quality.WindowQuality.as_dict(): status, missing/extra fields, issues.
+    data_quality = models.JSONField(null=True, blank=True)
     thresholds = models.JSONField(default=dict)
     seconds = models.FloatField(default=0)
     computed_at = models.DateTimeField(auto_now=True)
@@ -179,6 +181,11 @@ class DriftFeature(models.Model):
     chi2 = models.FloatField(null=True, blank=True)
     chi2_pvalue = models.FloatField(null=True, blank=True)
     js = models.FloatField(null=True, blank=True)
+    # Data quality of the same rows (monitoring.data_quality.FeatureQuality).
+    type_mismatch_rate = models.FloatField(null=True, blank=True)
+    out_of_range_rate = models.FloatField(null=True, blank=True)
+    new_category_rate = models.FloatField(null=True, blank=True)
+    quality_issues = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["window", "feature"]

@@ -110,21 +110,26 @@ def _text(value: Any) -> str:
 
 def _rows_of(fields: dict[str, str], deployment_id: int) -> list[tuple[Any, ...]]:
     """The log rows of one stream entry; raises ValueError/KeyError for a malformed one."""
-    predictions = json.loads(fields["prediction"])
-    probabilities = json.loads(fields["probabilities"]) if fields.get("probabilities") else None
+    answer = json.loads(fields["answer"])
+    predictions = answer.get("predictions") if isinstance(answer, dict) else None
+    probabilities = answer.get("probabilities") if isinstance(answer, dict) else None
     if not isinstance(predictions, list) or (
         probabilities is not None
         and (not isinstance(probabilities, list) or len(probabilities) != len(predictions))
     ):
-        raise ValueError("prediction and probabilities must be lists of one entry per row")
+        raise ValueError(
+            "the answer holds no predictions list (or probabilities of another length)"
+        )
     ts = datetime.fromtimestamp(float(fields["ts"]), UTC)
     version = int(fields["version"])
     sampled = fields.get("sampled") == "1"
     rows = []
     for index, prediction in enumerate(predictions):
         proba = probabilities[index] if probabilities is not None else None
-        if proba is not None and not all(isinstance(p, int | float) for p in proba):
-            raise ValueError("probabilities must be numbers")
+        if proba is not None and (
+            not isinstance(proba, list) or not all(isinstance(p, int | float) for p in proba)
+        ):
+            raise ValueError("probabilities must be lists of numbers")
         rows.append(
             (
                 deployment_id,

@@ -94,8 +94,7 @@ def test_stream_to_log_ingest_rate(monitoring_redis):  # noqa: F811
                 version=1,
                 inference_id=inference_id_new(),
                 ts=now - n * 0.001,
-                predictions=["yes"],
-                probabilities=[[0.3, 0.7]],
+                answer='{"predictions":["yes"],"probabilities":[[0.3,0.7]],"model_version":1}',
             ),
         )
         if n % 5000 == 4999:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+import redis
 from django.db import connection
 from sklearn import metrics
 
@@ -48,6 +49,9 @@ def classifier_deployment(db):
 
 def _append(client, deployment: str, version: int, predictions, probabilities=None, **kw) -> str:
     inference_id = kw.pop("inference_id", None) or inference_id_new()
+    answer = {"predictions": predictions, "model_version": version}
+    if probabilities is not None:
+        answer["probabilities"] = probabilities
     client.xadd(
         PREDICTIONS_STREAM,
         entry_fields(
@@ -55,8 +59,7 @@ def _append(client, deployment: str, version: int, predictions, probabilities=No
             version=version,
             inference_id=inference_id,
             ts=kw.pop("ts", time.time()),
-            predictions=predictions,
-            probabilities=probabilities,
+            answer=json.dumps(answer),
             **kw,
         ),
     )
@@ -78,14 +81,20 @@ def test_answers_become_one_row_each_and_an_id_reused_keeps_the_first(
     _append(monitoring_redis, "churn-quality", 1, ["no"], [[0.6, 0.4]], inference_id=first)
     _append(monitoring_redis, "ghost", 1, ["no"], None)
     monitoring_redis.xadd(PREDICTIONS_STREAM, {"deployment": "churn-quality", "id": "x"})
+    monitoring_redis.xadd(
+        PREDICTIONS_STREAM,
+        entry_fields(
+            deployment="churn-quality", version=1, inference_id="y", ts=time.time(), answer="[1]"
+        ),
+    )
 
     result = predictions_ingest(monitoring_redis, consumer="t1")
 
     assert result.as_dict() == {
-        "entries": 4,
+        "entries": 5,
         "rows": 2,
         "duplicates": 1,
-        "invalid": 1,
+        "invalid": 2,
         "unknown_deployments": ["ghost"],
     }
     assert _logged(classifier_deployment.pk) == 2
@@ -335,3 +344,54 @@ def test_labels_service_refuses_a_request_that_is_not_a_list(classifier_deployme
 
     with pytest.raises(InvalidInput, match="list"):
         labels_ingest(deployment=classifier_deployment, labels={"id": "a"})
+
+
+# --- the gateway's writer ---------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_gateway_logger_logs_all_up_to_its_rate_then_a_marked_sample(
+    monitoring_redis, classifier_deployment, settings
+) -> None:
+    import asyncio
+    import random
+
+    import redis.asyncio as aioredis
+
+    from gateway.prediction_log import PredictionLogger
+    from tests.gateway.support import free_port
+
+    clock = _Clock()
+    log = PredictionLogger(
+        full_per_s=10, sample_rate=0.5, buffer_size=1000, rng=random.Random(4), clock=clock
+    )
+    answer = b'{"predictions":["yes"],"probabilities":[[0.4,0.6]],"model_version":1}'
+    kept = [log.keep("churn-quality", 1, inference_id_new(), answer) for _ in range(110)]
+    assert kept[:10] == [True] * 10  # a second's worth whole
+    assert 30 < sum(kept[10:]) < 70  # then about half, each marked sampled
+    assert log.stats.sampled_out == 110 - sum(kept)
+
+    async def flush(url: str) -> int:
+        client = aioredis.Redis.from_url(url)
+        try:
+            return await log.flush(client, batch_size=16)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(redis.exceptions.ConnectionError):
+        asyncio.run(flush(f"redis://127.0.0.1:{free_port()}/0"))
+    assert log.pending == sum(kept)  # nothing lost: the batch went back in front
+    assert asyncio.run(flush(settings.REDIS_URL)) == sum(kept)
+    result = predictions_ingest(monitoring_redis, consumer="t")
+    assert result.rows == sum(kept)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sampled, count(*) FROM monitoring_prediction GROUP BY 1")
+        by_flag = dict(cursor.fetchall())
+    assert by_flag == {False: 10, True: sum(kept) - 10}
