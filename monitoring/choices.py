@@ -37,6 +37,7 @@ class GuardRule(models.TextChoices):
     P99_LATENCY = "p99_ms"
     DRIFT = "drift"
     COST_PER_PREDICTION = "cost_per_prediction"
+    ACCURACY = "accuracy"
 
 
 class GuardAction(models.TextChoices):

@@ -395,3 +395,65 @@ def test_the_gateway_logger_logs_all_up_to_its_rate_then_a_marked_sample(
         cursor.execute("SELECT sampled, count(*) FROM monitoring_prediction GROUP BY 1")
         by_flag = dict(cursor.fetchall())
     assert by_flag == {False: 10, True: sum(kept) - 10}
+
+
+# --- the accuracy guard ---------------------------------------------------------------
+
+
+def _labelled_traffic(client, deployment, version, *, n, accuracy, ts):
+    rng = np.random.default_rng(version)
+    truth = rng.choice(["no", "yes"], size=n)
+    right = rng.random(n) < accuracy
+    predicted = np.where(right, truth, np.where(truth == "yes", "no", "yes"))
+    ids = [
+        _append(client, deployment.name, version, [p], [[0.5, 0.5]], ts=ts)
+        for p in predicted.tolist()
+    ]
+    predictions_ingest(client, consumer="t", count=n + 10)
+    labels_ingest(
+        deployment=deployment,
+        labels=[{"id": i, "label": str(t)} for i, t in zip(ids, truth, strict=True)],
+    )
+
+
+@pytest.mark.parametrize(
+    ("live_accuracy", "labels", "rolled_back"),
+    [(0.55, 200, True), (0.88, 200, False), (0.55, 30, False)],
+)
+def test_the_accuracy_guard_rolls_back_a_version_whose_labels_turn_bad(
+    monitoring_redis, deployment, versions, live_accuracy, labels, rolled_back
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments.models import Deployment
+    from monitoring.choices import GuardRule
+    from monitoring.models import GuardBreach
+    from monitoring.services import guards_check_deployment
+
+    for version in versions.values():
+        type(version).objects.filter(pk=version.pk).update(
+            contract=_contract("label", ["no", "yes"])
+        )
+    Deployment.objects.filter(pk=deployment.pk).update(
+        guard_policy={"max_accuracy_drop": 0.1, "min_labels": 100}
+    )
+    deployment.refresh_from_db()
+    day_before = (timezone.now() - timedelta(days=1)).timestamp()
+    _labelled_traffic(monitoring_redis, deployment, 1, n=300, accuracy=0.9, ts=day_before)
+    _labelled_traffic(
+        monitoring_redis, deployment, 2, n=labels, accuracy=live_accuracy, ts=time.time() - 30
+    )
+
+    breach = guards_check_deployment(deployment=deployment)
+
+    if not rolled_back:
+        assert breach is None
+        return
+    assert breach is not None and breach.rules == [GuardRule.ACCURACY]
+    evidence = breach.evidence["accuracy"]
+    assert evidence["baseline_version"] == 1 and evidence["labelled"] == labels
+    assert evidence["value"] < evidence["baseline"] - 0.1
+    assert breach.rollback is not None and breach.rollback.version.number == 1
+    assert GuardBreach.objects.count() == 1

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import django.contrib.postgres.fields
 from django.db import migrations, models
 
 
@@ -48,6 +49,23 @@ class Migration(migrations.Migration):
                     ("guard.breach", "Guard Breach"),
                 ],
                 max_length=32,
+            ),
+        ),
+        migrations.AlterField(
+            model_name="guardbreach",
+            name="rules",
+            field=django.contrib.postgres.fields.ArrayField(
+                base_field=models.CharField(
+                    choices=[
+                        ("error_rate", "Error Rate"),
+                        ("p99_ms", "P99 Latency"),
+                        ("drift", "Drift"),
+                        ("cost_per_prediction", "Cost Per Prediction"),
+                        ("accuracy", "Accuracy"),
+                    ],
+                    max_length=32,
+                ),
+                size=None,
             ),
         ),
     ]
