@@ -266,7 +266,7 @@ class DeploymentQualityView(APIView):
         versions = (
             [query.validated_data["version"]]
             if query.validated_data.get("version")
-            else services.prediction_log_versions(deployment=deployment, start=start, end=end)
+            else selectors.prediction_log_versions(deployment=deployment, start=start, end=end)
         )
         arm = query.validated_data.get("arm") or None
         return Response(
@@ -274,7 +274,7 @@ class DeploymentQualityView(APIView):
                 "deployment": deployment.name,
                 "window": query.validated_data["window"],
                 "versions": [
-                    services.quality_compute(
+                    selectors.quality_compute(
                         deployment=deployment, version=v, start=start, end=end, arm=arm
                     )
                     for v in versions

@@ -18,12 +18,7 @@ from monitoring.services.policy import (
     monitoring_policy_update,
 )
 from monitoring.services.prediction_log import partitions_drop, predictions_ingest
-from monitoring.services.quality import (
-    labels_ingest,
-    labels_parse_csv,
-    prediction_log_versions,
-    quality_compute,
-)
+from monitoring.services.quality import labels_ingest, labels_parse_csv
 from monitoring.services.resources import resources_retention, resources_sample
 from monitoring.services.rollups import metrics_downsample, metrics_retention, metrics_rollup
 from monitoring.services.webhooks import (
@@ -56,9 +51,7 @@ __all__ = [
     "monitoring_policy_update",
     "partitions_drop",
     "prediction_baselines_ensure",
-    "prediction_log_versions",
     "predictions_ingest",
-    "quality_compute",
     "resources_retention",
     "resources_sample",
     "webhook_deliver",

@@ -14,7 +14,7 @@ Guards watch a deployment while its last rollout bakes (and always, if its guard
                            cost count (20)
 ``window_seconds``         look back at most this far (300); never before the switch
 ``always``                 also guard after the bake period
-``max_accuracy_drop``      live accuracy (labelled predictions, ``monitoring.services.quality``)
+``max_accuracy_drop``      live accuracy (labelled predictions, ``monitoring.selectors.quality``)
                            below the previous version's over the week before the switch by
                            more than this (a classifier; labels come late: pair it with a long
                            ``window_seconds`` and ``always``)
@@ -44,8 +44,8 @@ from monitoring import drift_stats as ds
 from monitoring import selectors
 from monitoring.choices import DriftStatus, DriftWindowKind, GuardAction, GuardRule
 from monitoring.models import GuardBreach
+from monitoring.selectors.quality import quality_compute
 from monitoring.services.drift import drift_compute_window
-from monitoring.services.quality import quality_compute
 from registry.models import ModelVersion
 
 logger = logging.getLogger(__name__)

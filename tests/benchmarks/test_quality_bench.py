@@ -18,7 +18,8 @@ import pytest
 from django.db import connection
 
 from gateway.prediction_log import PREDICTIONS_STREAM, entry_fields, inference_id_new
-from monitoring.services import labels_ingest, predictions_ingest, quality_compute
+from monitoring.selectors import quality_compute
+from monitoring.services import labels_ingest, predictions_ingest
 from monitoring.services.prediction_log import partitions_ensure
 from tests.factories import DeploymentFactory, ModelVersionFactory, RegisteredModelFactory
 from tests.monitoring.conftest import monitoring_redis, private_redis_url  # noqa: F401
