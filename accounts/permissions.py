@@ -20,10 +20,21 @@ C = Capability
 ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
     Role.VIEWER: frozenset({C.VIEW, C.MANAGE_TOKENS}),
     Role.DATA_SCIENTIST: frozenset(
-        {C.VIEW, C.MANAGE_TOKENS, C.MANAGE_MODELS, C.UPLOAD, C.SUBMIT, C.SET_ALIAS, C.RUN_BATCH}
+        {
+            C.VIEW,
+            C.MANAGE_TOKENS,
+            C.MANAGE_MODELS,
+            C.UPLOAD,
+            C.SUBMIT,
+            C.SET_ALIAS,
+            C.RUN_BATCH,
+            C.LABEL,
+        }
     ),
     Role.REVIEWER: frozenset({C.VIEW, C.MANAGE_TOKENS, C.REVIEW}),
-    Role.OPERATOR: frozenset({C.VIEW, C.MANAGE_TOKENS, C.SET_ALIAS, C.DEPLOY, C.RUN_BATCH}),
+    Role.OPERATOR: frozenset(
+        {C.VIEW, C.MANAGE_TOKENS, C.SET_ALIAS, C.DEPLOY, C.RUN_BATCH, C.LABEL}
+    ),
     Role.ADMIN: frozenset(Capability.values),
 }
 

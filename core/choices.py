@@ -44,5 +44,6 @@ class Capability(models.TextChoices):
     SET_ALIAS = "set_alias"
     DEPLOY = "deploy"  # create deployments, roll out, roll back
     RUN_BATCH = "run_batch"
+    LABEL = "label"  # post ground-truth labels of logged predictions
     MANAGE_TOKENS = "manage_tokens"  # own tokens
     ADMIN = "admin"

@@ -37,6 +37,7 @@ class GuardRule(models.TextChoices):
     P99_LATENCY = "p99_ms"
     DRIFT = "drift"
     COST_PER_PREDICTION = "cost_per_prediction"
+    ACCURACY = "accuracy"
 
 
 class GuardAction(models.TextChoices):
@@ -49,6 +50,8 @@ class AlertKind(models.TextChoices):
     ROLLOUT_FAILED = "rollout.failed"
     ROLLBACK = "rollback"
     DRIFT_DETECTED = "drift.detected"
+    PREDICTION_DRIFT = "prediction.drift"
+    DATA_QUALITY = "data_quality.breach"
     GUARD_BREACH = "guard.breach"
 
 

@@ -37,6 +37,11 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "js_warn": 0.1,
     "js_drift": 0.2,
     "alpha": 0.01,
+    # Data quality (monitoring/data_quality.py): rates of sampled rows.
+    "missing_increase": 0.1,
+    "type_mismatch_rate": 0.01,
+    "out_of_range_rate": 0.05,
+    "new_category_rate": 0.05,
 }
 
 

@@ -146,6 +146,8 @@ class DriftWindow(models.Model):
     live_rows = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=8, choices=DriftStatus.choices)
     prediction = models.JSONField(null=True, blank=True)
+    # monitoring.data_quality.WindowQuality.as_dict(): status, missing/extra fields, issues.
+    data_quality = models.JSONField(null=True, blank=True)
     thresholds = models.JSONField(default=dict)
     seconds = models.FloatField(default=0)
     computed_at = models.DateTimeField(auto_now=True)
@@ -179,6 +181,11 @@ class DriftFeature(models.Model):
     chi2 = models.FloatField(null=True, blank=True)
     chi2_pvalue = models.FloatField(null=True, blank=True)
     js = models.FloatField(null=True, blank=True)
+    # Data quality of the same rows (monitoring.data_quality.FeatureQuality).
+    type_mismatch_rate = models.FloatField(null=True, blank=True)
+    out_of_range_rate = models.FloatField(null=True, blank=True)
+    new_category_rate = models.FloatField(null=True, blank=True)
+    quality_issues = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["window", "feature"]
@@ -289,3 +296,56 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alert} → {self.endpoint} ({self.state})"
+
+
+class PredictionRecord(models.Model):
+    """One row's answer in the prediction log (``gateway.prediction_log``), joined to labels.
+
+    The table is partitioned by day on ``ts`` (created by migration 0003 with raw SQL: Django
+    has no declarative partitioning), so months of traffic stay cheap to write and old days are
+    dropped whole (``monitoring.services.prediction_log.partitions_drop``). Unmanaged: the
+    ingester writes it with COPY; the ORM only reads. The key includes ``ts`` because a
+    partitioned table's unique keys must hold the partition column; an id is unique per
+    deployment because the ingester keeps the first row of an id and counts the rest.
+    """
+
+    pk = models.CompositePrimaryKey("deployment_id", "row_id", "ts")
+    deployment = models.ForeignKey(Deployment, on_delete=models.DO_NOTHING, related_name="+")
+    row_id = models.CharField(max_length=104)
+    ts = models.DateTimeField()
+    version = models.PositiveIntegerField()
+    arm = models.CharField(max_length=16)
+    prediction = models.JSONField()
+    probabilities = ArrayField(models.FloatField(), null=True)
+    sampled = models.BooleanField(default=False)
+
+    class Meta:
+        managed = False
+        db_table = "monitoring_prediction"
+
+    def __str__(self) -> str:
+        return f"{self.row_id} v{self.version}"
+
+
+class PredictionLabel(models.Model):
+    """The ground truth of one logged row, posted later (``POST /deployments/<name>/labels/``).
+
+    One per (deployment, row id): posting the same pair again changes nothing, a different
+    label for the id replaces it (a correction). Kept independently of the log, so a label that
+    arrives before its prediction was ingested still joins once it is.
+    """
+
+    # The key is the one index: a bulk upload of a million labels maintains one b-tree
+    # (an id column, a unique constraint and the foreign key's index made it three, and the
+    # upload ~3x slower).
+    pk = models.CompositePrimaryKey("deployment_id", "row_id")
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    row_id = models.CharField(max_length=104)
+    label = models.JSONField()
+    labelled_at = models.DateTimeField(help_text="when the truth was known (default: received)")
+    received_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.row_id}: {self.label}"

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from datetime import timedelta
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from deployments.backends import route_store
 from deployments.models import Deployment
 from monitoring import selectors, services
 
@@ -164,7 +170,42 @@ def retention_task() -> dict[str, int]:
         "hours_deleted": deleted,
         "resource_samples_deleted": services.resources_retention(),
         "drift_windows_deleted": services.drift_retention(),
+        "prediction_log_days_dropped": len(
+            services.partitions_drop(
+                older_than=timezone.now()
+                - timedelta(days=settings.MODELYARD_PREDICTION_LOG_RETENTION_DAYS)
+            )
+        ),
     }
+
+
+# Every 2 s; a run moves at most 20,000 answers. acks_late is harmless: the ingest acknowledges
+# stream entries only after their rows committed, and inserting them again keeps the first.
+@shared_task(
+    name="monitoring.predictions_ingest",
+    acks_late=True,
+    soft_time_limit=60,
+    time_limit=90,
+    expires=10,
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=2,
+)
+def predictions_ingest_task() -> dict[str, Any]:
+    consumer = f"{socket.gethostname()}:{os.getpid()}"
+    totals: dict[str, Any] = {"entries": 0, "rows": 0, "duplicates": 0, "invalid": 0}
+    for _ in range(4):
+        result = services.predictions_ingest(route_store(), consumer=consumer, count=5000)
+        for name in totals:
+            totals[name] += getattr(result, name)
+        if result.unknown_deployments:
+            logger.warning(
+                "prediction log: entries of unknown deployments %s dropped",
+                sorted(result.unknown_deployments),
+            )
+        if result.entries < 5000:
+            break
+    return totals
 
 
 # --- the dashboard's helpers ------------------------------------------------------------------

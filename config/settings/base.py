@@ -246,6 +246,10 @@ MODELYARD_DRIFT_BINS = env_int("MODELYARD_DRIFT_BINS", 10, minimum=2)
 MODELYARD_DRIFT_MAX_CATEGORIES = env_int("MODELYARD_DRIFT_MAX_CATEGORIES", 20, minimum=1)
 MODELYARD_DRIFT_MIN_ROWS = env_int("MODELYARD_DRIFT_MIN_ROWS", 100, minimum=1)
 MODELYARD_DRIFT_RETENTION_DAYS = env_int("MODELYARD_DRIFT_RETENTION_DAYS", 90, minimum=1)
+# The prediction log (monitoring.services.prediction_log): whole days are dropped past this.
+MODELYARD_PREDICTION_LOG_RETENTION_DAYS = env_int(
+    "MODELYARD_PREDICTION_LOG_RETENTION_DAYS", 90, minimum=1
+)
 # Guards watch every deployment while it bakes; with this, always.
 MODELYARD_GUARDS_ALWAYS = env_bool("MODELYARD_GUARDS_ALWAYS", False)
 # Webhook targets on loopback/private/link-local/metadata addresses are refused unless their
@@ -458,6 +462,9 @@ CELERY_BEAT_SCHEDULE = {
     "monitoring-alerts-detect": {"task": "monitoring.alerts_detect", "schedule": 15.0},
     "monitoring-webhooks-deliver": {"task": "monitoring.webhooks_deliver", "schedule": 10.0},
     "monitoring-retention": {"task": "monitoring.retention", "schedule": 3600.0},
+    # The gateway's prediction log into PostgreSQL (a consumer group: a killed run's entries
+    # are claimed back by the next).
+    "monitoring-predictions-ingest": {"task": "monitoring.predictions_ingest", "schedule": 2.0},
     # Dashboard: closed chart buckets merged and cached before anyone asks. Every minute,
     # within the 120 s life of the young buckets' entries, so they never lapse in front of
     # a user (monitoring/selectors/buckets.py).

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.http.multipartparser import MultiPartParser as DjangoMultiPartParser
 from django.http.multipartparser import MultiPartParserError
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import DataAndFiles, JSONParser
+from rest_framework.parsers import BaseParser, DataAndFiles, JSONParser
 from rest_framework.parsers import MultiPartParser as DRFMultiPartParser
 
 from core.errors import DomainError, InvalidInput, PayloadTooLarge
@@ -122,3 +122,19 @@ class StrictMultiPartParser(DRFMultiPartParser):
                     details={"field": name},
                 )
         return DataAndFiles(data, files)
+
+
+class CSVTextParser(BaseParser):
+    """``text/csv`` bodies as text under ``"csv"`` (the labels endpoint reads it); larger files
+    go as a multipart upload, which Django streams to disk instead of holding in memory."""
+
+    media_type = "text/csv"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        raw = stream.read() if stream is not None else b""
+        try:
+            return {"csv": raw.decode("utf-8-sig")}
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"The CSV body is not UTF-8 text (byte {exc.start}).", code="invalid_csv"
+            ) from None

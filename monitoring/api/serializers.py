@@ -12,6 +12,17 @@ class WindowQuerySerializer(serializers.Serializer):
     window = serializers.ChoiceField(choices=list(WINDOWS), default="1h")
 
 
+class QualityQuerySerializer(WindowQuerySerializer):
+    version = serializers.IntegerField(min_value=1, required=False)
+    arm = serializers.CharField(max_length=16, required=False, allow_blank=True)
+
+
+class LabelsSerializer(serializers.Serializer):
+    labels = serializers.ListField(
+        child=serializers.DictField(), help_text='[{"id": "<inference id>", "label": ..., "at"?}]'
+    )
+
+
 class DriftComputeSerializer(serializers.Serializer):
     seconds = serializers.IntegerField(min_value=60, max_value=7 * 86400, required=False)
 

@@ -28,6 +28,16 @@ urlpatterns = [
         views.DeploymentMonitoringPolicyView.as_view(),
         name="deployment-monitoring-policy",
     ),
+    path(
+        "deployments/<str:name>/labels/",
+        views.DeploymentLabelsView.as_view(),
+        name="deployment-labels",
+    ),
+    path(
+        "deployments/<str:name>/quality/",
+        views.DeploymentQualityView.as_view(),
+        name="deployment-quality",
+    ),
     path("webhooks/", views.WebhookListView.as_view(), name="webhook-list"),
     path("webhooks/<int:pk>/", views.WebhookDetailView.as_view(), name="webhook-detail"),
     path(

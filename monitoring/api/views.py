@@ -7,16 +7,19 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api.parsers import CSVTextParser, SafeJSONParser, StrictMultiPartParser
 from core.choices import Capability
-from core.errors import NotFound
+from core.errors import InvalidInput, NotFound
 from deployments.selectors import deployment_get
 from monitoring import selectors, services
 from monitoring.api.serializers import (
     AlertSerializer,
     DriftComputeSerializer,
     GuardBreachSerializer,
+    LabelsSerializer,
     MonitoringPolicyResponseSerializer,
     MonitoringPolicySerializer,
+    QualityQuerySerializer,
     WebhookDeliverySerializer,
     WebhookEndpointCreateSerializer,
     WebhookEndpointSecretSerializer,
@@ -210,3 +213,71 @@ class DeploymentMonitoringPolicyView(APIView):
             deployment=deployment, actor=request.user, changes=request.data
         )
         return Response(self._body(deployment_get(name=name)))
+
+
+class DeploymentLabelsView(APIView):
+    """POST ground-truth labels of logged predictions: JSON ``{"labels": [{"id", "label",
+    "at"?}]}``, a ``text/csv`` body, or a CSV file as multipart ``file`` (large uploads).
+    Idempotent by id; bad rows are reported and the rest kept."""
+
+    required_capabilities = {"post": C.LABEL}
+    parser_classes = [SafeJSONParser, CSVTextParser, StrictMultiPartParser]
+
+    @extend_schema(request=LabelsSerializer, responses={200: dict})
+    def post(self, request, name: str) -> Response:
+        deployment = deployment_get(name=name)
+        upload = request.FILES.get("file") if hasattr(request, "FILES") else None
+        if upload is not None:
+            try:
+                text = upload.read().decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(
+                    f"The CSV file is not UTF-8 text (byte {exc.start}).", code="invalid_csv"
+                ) from None
+            labels = services.labels_parse_csv(text)
+        elif (
+            isinstance(request.data, dict)
+            and "csv" in request.data
+            and "labels" not in request.data
+        ):
+            labels = services.labels_parse_csv(request.data["csv"])
+        elif isinstance(request.data, dict) and "labels" in request.data:
+            labels = request.data["labels"]
+        else:
+            raise InvalidInput(
+                'Send {"labels": [...]}, a text/csv body, or a CSV file as multipart "file".',
+                code="invalid_labels",
+            )
+        result = services.labels_ingest(deployment=deployment, labels=labels)
+        return Response(result.as_dict())
+
+
+class DeploymentQualityView(APIView):
+    """GET live quality per version over a window: metrics of the labelled predictions."""
+
+    required_capabilities = {"get": C.VIEW}
+
+    @extend_schema(parameters=[QualityQuerySerializer], responses={200: dict})
+    def get(self, request, name: str) -> Response:
+        query = QualityQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        deployment = deployment_get(name=name)
+        start, end = selectors.window_bounds(query.validated_data["window"])
+        versions = (
+            [query.validated_data["version"]]
+            if query.validated_data.get("version")
+            else selectors.prediction_log_versions(deployment=deployment, start=start, end=end)
+        )
+        arm = query.validated_data.get("arm") or None
+        return Response(
+            {
+                "deployment": deployment.name,
+                "window": query.validated_data["window"],
+                "versions": [
+                    selectors.quality_compute(
+                        deployment=deployment, version=v, start=start, end=end, arm=arm
+                    )
+                    for v in versions
+                ],
+            }
+        )

@@ -3,6 +3,7 @@
 ``windows``: the one list of time windows (API and dashboard). ``metrics``: window summaries
 per version merged in Python (the metrics API, guards). ``buckets``: the dashboard's chart
 buckets merged in SQL and cached. ``dashboard``: its other panels (cost, drift, predictions).
+``quality``: live quality from the prediction log and its labels.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from monitoring.selectors.metrics import (
     webhook_delivery_list,
     webhook_endpoint_list,
 )
+from monitoring.selectors.quality import prediction_log_versions, quality_compute
 from monitoring.selectors.windows import (
     WINDOWS,
     Window,
@@ -73,7 +75,9 @@ __all__ = [
     "error_rate_last_hour",
     "guard_breach_list",
     "prediction_distribution",
+    "prediction_log_versions",
     "prices_for",
+    "quality_compute",
     "resources_by_version",
     "rollup_buckets",
     "rollup_rows",

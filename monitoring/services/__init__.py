@@ -17,6 +17,8 @@ from monitoring.services.policy import (
     monitoring_policy_effective,
     monitoring_policy_update,
 )
+from monitoring.services.prediction_log import partitions_drop, predictions_ingest
+from monitoring.services.quality import labels_ingest, labels_parse_csv
 from monitoring.services.resources import resources_retention, resources_sample
 from monitoring.services.rollups import metrics_downsample, metrics_retention, metrics_rollup
 from monitoring.services.webhooks import (
@@ -39,13 +41,17 @@ __all__ = [
     "drift_windows_due",
     "guards_check",
     "guards_check_deployment",
+    "labels_ingest",
+    "labels_parse_csv",
     "metrics_downsample",
     "metrics_retention",
     "metrics_rollup",
     "monitoring_policy_document",
     "monitoring_policy_effective",
     "monitoring_policy_update",
+    "partitions_drop",
     "prediction_baselines_ensure",
+    "predictions_ingest",
     "resources_retention",
     "resources_sample",
     "webhook_deliver",

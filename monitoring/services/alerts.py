@@ -137,6 +137,40 @@ def alerts_detect(*, now: datetime | None = None) -> list[Alert]:
                 },
             )
         )
+    # Prediction drift and data quality are judged on the same windows; each alerts once per
+    # window, naming the version, what broke, the window and what to do about it.
+    for window in DriftWindow.objects.select_related("deployment").filter(
+        Q(prediction__status=DriftStatus.DRIFT) | Q(data_quality__status="breach"),
+        computed_at__gte=since,
+    ):
+        span = {"start": window.start, "end": window.end, "kind": window.kind}
+        base = {"deployment": window.deployment.name, "version": window.version, "window": span}
+        when = f"{window.start:%Y-%m-%d %H:%M}-{window.end:%H:%M} UTC"
+        if (window.prediction or {}).get("status") == DriftStatus.DRIFT:
+            created.append(
+                _alert(
+                    f"prediction-drift:{window.pk}",
+                    AlertKind.PREDICTION_DRIFT,
+                    window.deployment,
+                    f"{window.deployment}: the predictions of v{window.version} drifted from "
+                    f"its reference over {when}; check the inputs' drift and the labels' "
+                    "accuracy, and consider retraining on recent data",
+                    {**base, "prediction": window.prediction},
+                )
+            )
+        if (window.data_quality or {}).get("status") == "breach":
+            issues = list((window.data_quality or {}).get("issues") or [])
+            created.append(
+                _alert(
+                    f"data-quality:{window.pk}",
+                    AlertKind.DATA_QUALITY,
+                    window.deployment,
+                    f"{window.deployment}: data quality of v{window.version}'s inputs over "
+                    f"{when}: {'; '.join(issues[:3])}{' ...' if len(issues) > 3 else ''}; "
+                    "check the clients sending these fields",
+                    {**base, "data_quality": window.data_quality},
+                )
+            )
     for breach in GuardBreach.objects.select_related("deployment").filter(at__gte=since):
         created.append(
             _alert(

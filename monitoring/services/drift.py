@@ -20,6 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from deployments.models import Deployment
+from monitoring import data_quality as dq
 from monitoring import drift_stats as ds
 from monitoring.choices import DriftStatus, DriftWindowKind, FeatureKind
 from monitoring.models import DriftFeature, DriftWindow, MonitoringPolicy
@@ -124,8 +125,19 @@ def drift_compute_window(
             version.number, LiveSamples()
         )
     contract = profiling_contract(version)
+    quality: dict[str, Any] | None = None
+    feature_quality: dict[str, dq.FeatureQuality] = {}
     if contract:  # positional rows are in the contract's order; values typed by it
-        frame = typed_live(contract, samples.frame(model_contract.feature_names(contract)))
+        raw = samples.frame(model_contract.feature_names(contract))
+        checked = dq.window_quality(
+            contract["features"],
+            profiles_of(profile),
+            raw,
+            samples.sent_fields(model_contract.feature_names(contract)),
+            drift_thresholds(deployment),
+        )
+        quality, feature_quality = checked.as_dict(), checked.features
+        frame = typed_live(contract, raw)
     else:
         feature_names = [f["name"] for f in profile.features]
         frame = samples.frame(list(version.signature.get("feature_names") or feature_names))
@@ -164,6 +176,7 @@ def drift_compute_window(
                 "live_rows": len(frame),
                 "status": status,
                 "prediction": prediction,
+                "data_quality": quality,
                 "thresholds": thresholds,
                 "seconds": time.perf_counter() - began,
             },
@@ -183,10 +196,22 @@ def drift_compute_window(
                 chi2=result.chi2,
                 chi2_pvalue=result.chi2_pvalue,
                 js=result.js,
+                **_quality_fields(feature_quality.get(name)),
             )
             for name, (feature_kind, result) in results.items()
         )
     return window
+
+
+def _quality_fields(quality: dq.FeatureQuality | None) -> dict[str, Any]:
+    if quality is None:
+        return {}
+    return {
+        "type_mismatch_rate": quality.type_mismatch_rate,
+        "out_of_range_rate": quality.out_of_range_rate,
+        "new_category_rate": quality.new_category_rate,
+        "quality_issues": quality.issues,
+    }
 
 
 def _window_seconds(deployment: Deployment) -> int:

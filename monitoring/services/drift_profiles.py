@@ -238,6 +238,15 @@ class LiveSamples:
             parts.append(pd.DataFrame(self.lists, columns=names))
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
+    def sent_fields(self, feature_names: list[str]) -> set[str]:
+        """Field names the records carried, and ``[i]`` for list positions past the features."""
+        sent: set[str] = set()
+        for record in self.records:
+            sent.update(record)
+        width = max((len(row) for row in self.lists), default=0)
+        sent.update(f"[{i}]" for i in range(len(feature_names), width))
+        return sent
+
 
 def _prediction_values(answer: Any) -> list[Any]:
     values = answer.get("predictions", []) if isinstance(answer, dict) else answer

@@ -14,6 +14,11 @@ Guards watch a deployment while its last rollout bakes (and always, if its guard
                            cost count (20)
 ``window_seconds``         look back at most this far (300); never before the switch
 ``always``                 also guard after the bake period
+``max_accuracy_drop``      live accuracy (labelled predictions, ``monitoring.selectors.quality``)
+                           below the previous version's over the week before the switch by
+                           more than this (a classifier; labels come late: pair it with a long
+                           ``window_seconds`` and ``always``)
+``min_labels``             labelled predictions needed on both sides before it counts (100)
 ========================== ==================================================================
 
 A breach calls ``deployments.services.deployment_rollback`` with the figures that tripped it
@@ -39,6 +44,7 @@ from monitoring import drift_stats as ds
 from monitoring import selectors
 from monitoring.choices import DriftStatus, DriftWindowKind, GuardAction, GuardRule
 from monitoring.models import GuardBreach
+from monitoring.selectors.quality import quality_compute
 from monitoring.services.drift import drift_compute_window
 from registry.models import ModelVersion
 
@@ -57,7 +63,11 @@ KNOWN_KEYS = {
     "min_requests",
     "window_seconds",
     "always",
+    "max_accuracy_drop",
+    "min_labels",
 }
+# The previous version's accuracy is taken over this span before the switch.
+ACCURACY_BASELINE = timedelta(days=7)
 
 
 def guard_policy(deployment: Deployment) -> dict[str, Any]:
@@ -80,7 +90,12 @@ def _switched_at(rollout: Rollout) -> datetime:
 
 
 def guard_evaluate(
-    *, deployment: Deployment, version_number: int, start: datetime, end: datetime
+    *,
+    deployment: Deployment,
+    version_number: int,
+    start: datetime,
+    end: datetime,
+    baseline_version: int | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """Which rules the version breaks over ``[start, end)``, and the figures for each."""
     policy = guard_policy(deployment)
@@ -170,7 +185,52 @@ def guard_evaluate(
             }
             if flagged:
                 breached.append(GuardRule.DRIFT)
+    if policy.get("max_accuracy_drop") is not None and baseline_version is not None:
+        accuracy = _accuracy_evidence(
+            deployment, version_number, baseline_version, start, end, policy
+        )
+        if accuracy is not None:
+            evidence["accuracy"] = accuracy
+            if accuracy["breached"]:
+                breached.append(GuardRule.ACCURACY)
     return breached, evidence
+
+
+def _accuracy_evidence(
+    deployment: Deployment,
+    version_number: int,
+    baseline_version: int,
+    start: datetime,
+    end: datetime,
+    policy: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The version's live accuracy against the previous version's before the switch; None
+    when either has too few labels (too little data never trips a guard)."""
+    min_labels = int(policy.get("min_labels", 100))
+    live = quality_compute(deployment=deployment, version=version_number, start=start, end=end)
+    before = quality_compute(
+        deployment=deployment,
+        version=baseline_version,
+        start=start - ACCURACY_BASELINE,
+        end=start,
+    )
+    if live.get("task") != "classification" or before.get("task") != "classification":
+        return None
+    if live["labelled"] < min_labels or before["labelled"] < min_labels:
+        return None
+    value = live["metrics"]["accuracy"]["value"]
+    baseline = before["metrics"]["accuracy"]["value"]
+    drop = float(policy["max_accuracy_drop"])
+    return {
+        "value": value,
+        "ci95": live["metrics"]["accuracy"]["ci95"],
+        "labelled": live["labelled"],
+        "baseline": baseline,
+        "baseline_version": baseline_version,
+        "baseline_labelled": before["labelled"],
+        "threshold": drop,
+        "breached": value < baseline - drop,
+    }
 
 
 def _guarded_rollout(deployment: Deployment, *, always: bool) -> Rollout | None:
@@ -180,7 +240,7 @@ def _guarded_rollout(deployment: Deployment, *, always: bool) -> Rollout | None:
     traffic yet, and a rollback (or a version it replaced) is never undone automatically.
     """
     latest = (
-        Rollout.objects.select_related("version")
+        Rollout.objects.select_related("version", "previous_version")
         .filter(deployment=deployment)
         .exclude(state=RolloutState.FAILED)
         .order_by("-created_at", "-id")
@@ -207,8 +267,13 @@ def guards_check_deployment(
     if rollout is None:
         return None
     start = max(_switched_at(rollout), now - timedelta(seconds=int(policy["window_seconds"])))
+    previous = rollout.previous_version
     breached, evidence = guard_evaluate(
-        deployment=deployment, version_number=rollout.version.number, start=start, end=now
+        deployment=deployment,
+        version_number=rollout.version.number,
+        start=start,
+        end=now,
+        baseline_version=previous.number if previous is not None else None,
     )
     if not breached:
         return None

@@ -31,6 +31,8 @@ GUARD_RULES: dict[str, tuple[type, float | None, float | None]] = {
     "max_cost_per_prediction": (float, 0.0, None),
     "min_requests": (int, 1, 1_000_000_000),
     "window_seconds": (int, 10, 7 * 86400),
+    "max_accuracy_drop": (float, 0.0, 1.0),
+    "min_labels": (int, 1, 1_000_000_000),
 }
 GUARD_DRIFT_LEVELS = ("drift", "warn")
 DRIFT_WINDOW_LIMITS = (60, 7 * 86400)

@@ -16,6 +16,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -28,11 +29,12 @@ from deployments.models import Deployment, Rollout, Slot
 from deployments.services import deployment_create
 from gateway.metrics import MetricsRecorder
 from gateway.sampling import PayloadSampler
+from registry.modelkit.contract import json_safe
 from registry.models import ModelVersion
 from tests.conftest import RedisServer
 from tests.factories import RegisteredModelFactory
 from tests.gateway import support
-from tests.models import train_sklearn_joblib
+from tests.models import contract_cases, train_sklearn_joblib
 from tests.registry.helpers import upload_version
 
 
@@ -197,3 +199,55 @@ def throwaway_redis(settings, tmp_path: Path):
     if server.proc is not None:
         os.kill(server.proc.pid, signal.SIGCONT)
     server.stop()
+
+
+# A real pipeline (string categoricals, zip codes that look numeric) validated in the sandbox
+# child, which decides its contract; for the drift and data-quality tests.
+CASE = "sklearn_pipeline_categorical"
+
+
+@pytest.fixture(scope="module")
+def pipeline_case():
+    return contract_cases()[CASE]
+
+
+@pytest.fixture
+def pipeline_version(registered_model, scientist, pipeline_case):
+    trained = SimpleNamespace(
+        artifact=pipeline_case.artifact, reference_csv=pipeline_case.reference_csv(60)
+    )
+    return upload_version(registered_model, scientist, trained)
+
+
+@pytest.fixture
+def pipeline_serving(registered_model, make_user, pipeline_version) -> Deployment:
+    deployment = deployment_create(
+        name=f"{registered_model.name}-prod",
+        model=registered_model,
+        environment="production",
+        actor=make_user(Role.OPERATOR, "olive"),
+    )
+    # No model process here: the prediction baseline waits for a slot that answers.
+    Slot.objects.filter(deployment=deployment, color=SlotColor.GREEN).update(
+        version=pipeline_version, state=SlotState.READY, url="http://127.0.0.1:1"
+    )
+    Deployment.objects.filter(pk=deployment.pk).update(live_slot=SlotColor.GREEN)
+    deployment.refresh_from_db()
+    return deployment
+
+
+def send_rows(settings, deployment, version, frame, *, per_request=30, positional=False) -> int:
+    """The rows as a client sends them (objects, or lists in the contract's order), through
+    the gateway's own sampler."""
+    if positional:
+        records = [json_safe(list(row)) for row in frame.itertuples(index=False)]
+    else:
+        records = [json_safe(row) for row in frame.to_dict(orient="records")]
+    return stream_samples(
+        settings,
+        deployment.name,
+        version.number,
+        records,
+        per_request=per_request,
+        predictions=lambda chunk: [],
+    )

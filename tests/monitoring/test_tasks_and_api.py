@@ -16,6 +16,7 @@ from monitoring import tasks
 from monitoring.choices import PERIOD_HOUR, DriftWindowKind
 from monitoring.models import DriftWindow, MetricRollup, SlotResourceSample
 from monitoring.services import metrics_rollup
+from monitoring.services.prediction_log import partition_name, partitions_ensure, partitions_list
 from monitoring.services.rollups import _ROLLUP_LOCK
 from tests.monitoring.conftest import flush, minute_ago
 
@@ -136,6 +137,13 @@ def test_retention_task_downsamples_and_deletes_and_a_rerun_changes_nothing(depl
         status="ok",
     )
 
+    # A day of the prediction log past its retention, and one inside it.
+    expired = timezone.now().date() - timedelta(
+        days=settings.MODELYARD_PREDICTION_LOG_RETENTION_DAYS + 2
+    )
+    partitions_ensure(expired, expired)
+    partitions_ensure(timezone.now().date(), timezone.now().date())
+
     first = tasks.retention_task.apply().get()
     second = tasks.retention_task.apply().get()
 
@@ -144,7 +152,9 @@ def test_retention_task_downsamples_and_deletes_and_a_rerun_changes_nothing(depl
         "hours_deleted": 1,
         "resource_samples_deleted": 1,
         "drift_windows_deleted": 1,
+        "prediction_log_days_dropped": 1,
     }
+    assert partition_name(timezone.now().date()) in partitions_list()
     assert set(second.values()) == {0}
     [hour] = MetricRollup.objects.all()
     assert hour.period_seconds == PERIOD_HOUR and hour.count == 6 and hour.histogram[0] == 6

@@ -1,0 +1,209 @@
+"""Ground-truth labels of logged predictions: stored as posted, idempotent by row id.
+
+Labels arrive days after the predictions, in bulk (JSON or CSV); they are kept independently
+of the log and joined when quality is computed (``monitoring.selectors.quality``), so a label
+that arrives before its prediction was ingested still counts once it is.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from core.errors import InvalidInput
+from deployments.models import Deployment
+from gateway.prediction_log import INFERENCE_ID_RE
+from monitoring.services.prediction_log import TABLE as PREDICTIONS
+
+MAX_LABELS_PER_REQUEST = 1_000_000
+# pg_advisory_xact_lock(class, deployment id): one label upload per deployment at a time.
+_LABELS_LOCK = 20_001
+# A label names a request's id, or one of its rows: "<id>:<row>" (gateway.prediction_log).
+_INVALID_SHOWN = 20
+
+
+@dataclass
+class LabelsResult:
+    received: int
+    created: int
+    updated: int
+    unchanged: int
+    unmatched: int
+    invalid: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            # Stored anyway: the prediction may not be ingested yet, or may be outside the log.
+            "unmatched": self.unmatched,
+            "invalid": len(self.invalid),
+            "invalid_rows": self.invalid[:_INVALID_SHOWN],
+        }
+
+
+# An inference id, or one of its rows "<id>:<n>" (n >= 1, no leading zero): one regex, since
+# a million labels are checked per request.
+LABEL_ID_RE = re.compile(
+    INFERENCE_ID_RE.pattern.rstrip("$") + r"(?::[1-9][0-9]{0,5})?$"  # rows 1..999,999
+)
+
+
+def _label_problem(value: Any) -> str | None:
+    if value is None or isinstance(value, dict | list):
+        return "label must be a string, number or boolean"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "label must be a finite number"
+    return None
+
+
+def labels_parse_csv(text: str) -> list[dict[str, Any]]:
+    """Rows of a CSV with a header naming ``id`` and ``label`` (and optionally ``at``)."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = [name.strip().lower() for name in reader.fieldnames or []]
+    if "id" not in header or "label" not in header:
+        raise InvalidInput(
+            "labels CSV: the first line must name the columns id and label (and optionally at).",
+            code="invalid_labels",
+        )
+    reader.fieldnames = header
+    return [
+        {
+            "id": row.get("id"),
+            "label": row.get("label"),
+            **({"at": row["at"]} if row.get("at") else {}),
+        }
+        for row in reader
+    ]
+
+
+def labels_ingest(*, deployment: Deployment, labels: Any) -> LabelsResult:
+    """Store ``labels`` (a list of ``{"id", "label", "at"?}``); bad rows are reported, the rest
+    kept. Idempotent: the same pairs again are ``unchanged``; a new label for an id updates."""
+    if not isinstance(labels, list):
+        raise InvalidInput(
+            "labels: expected a list of {id, label, at?} objects.", code="invalid_labels"
+        )
+    if len(labels) > MAX_LABELS_PER_REQUEST:
+        raise InvalidInput(
+            f"labels: at most {MAX_LABELS_PER_REQUEST:,} per request, got {len(labels):,}.",
+            code="invalid_labels",
+        )
+    # One pass: each valid label becomes its COPY line at once (the last line of an id in
+    # a request wins); a label's JSON is encoded once per distinct value (labels repeat).
+    lines: dict[str, str] = {}
+    encoded: dict[tuple[type, Any], str] = {}
+    invalid: list[dict[str, Any]] = []
+    for index, item in enumerate(labels):
+        if not isinstance(item, dict):
+            invalid.append({"index": index, "problem": "each label is an object {id, label, at?}"})
+            continue
+        row_id, label, at = item.get("id"), item.get("label"), item.get("at")
+        if not isinstance(row_id, str) or not LABEL_ID_RE.match(row_id):
+            invalid.append(
+                {"index": index, "problem": "id is not an inference id (or '<inference id>:<row>')"}
+            )
+            continue
+        key = (type(label), label) if not isinstance(label, dict | list) else None
+        text = encoded.get(key) if key is not None else None
+        if text is None:
+            problem = _label_problem(label)
+            if problem is not None:
+                invalid.append({"index": index, "problem": problem})
+                continue
+            text = encoded[key] = _copy_text(json.dumps(label))  # type: ignore[index]
+        when = "\\N"
+        if at not in (None, ""):
+            parsed = parse_datetime(at) if isinstance(at, str) else None
+            if parsed is None:
+                invalid.append({"index": index, "problem": "at must be an ISO 8601 date-time"})
+                continue
+            when = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
+        lines[row_id] = f"{row_id}\t{text}\t{when}\n"
+    created = updated = unmatched = 0
+    if lines:
+        created, updated, unmatched = _upsert(deployment, lines)
+    return LabelsResult(
+        received=len(labels),
+        created=created,
+        updated=updated,
+        unchanged=len(lines) - created - updated,
+        unmatched=unmatched,
+        invalid=invalid,
+    )
+
+
+def _copy_text(value: str) -> str:
+    # COPY's text format: backslash, tab and newline are escaped (JSON text keeps tabs and
+    # newlines escaped already, but a label may hold a backslash).
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def _upsert(deployment: Deployment, lines: dict[str, str]) -> tuple[int, int, int]:
+    """COPY the lines in, then update the labels that changed and insert the new ones.
+
+    Two plain statements under a per-deployment advisory lock instead of INSERT ... ON
+    CONFLICT DO UPDATE: measured here on a million labels, 2.4 s against 5.5 s (the
+    speculative insertion per row); the lock makes the insert safe against a concurrent
+    upload of the same ids (only uploads write labels).
+    """
+    now = timezone.now()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LABELS_LOCK, deployment.pk])
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS label_incoming "
+            "(row_id varchar(104), label jsonb, labelled_at timestamptz)"
+        )
+        cursor.execute("TRUNCATE label_incoming")  # see prediction_log._insert
+        with cursor.copy("COPY label_incoming (row_id, label, labelled_at) FROM STDIN") as copy:
+            copy.write("".join(lines.values()))
+        cursor.execute("ANALYZE label_incoming")  # a temp table has no statistics otherwise
+        cursor.execute(
+            """
+            UPDATE monitoring_predictionlabel stored
+            SET label = incoming.label,
+                labelled_at = coalesce(incoming.labelled_at, %s), received_at = %s
+            FROM label_incoming incoming
+            WHERE stored.deployment_id = %s AND stored.row_id = incoming.row_id
+              AND stored.label IS DISTINCT FROM incoming.label
+            """,
+            [now, now, deployment.pk],
+        )
+        updated = cursor.rowcount
+        cursor.execute(
+            """
+            INSERT INTO monitoring_predictionlabel
+                (deployment_id, row_id, label, labelled_at, received_at)
+            SELECT %s, incoming.row_id, incoming.label, coalesce(incoming.labelled_at, %s), %s
+            FROM label_incoming incoming
+            WHERE NOT EXISTS (
+                SELECT 1 FROM monitoring_predictionlabel stored
+                WHERE stored.deployment_id = %s AND stored.row_id = incoming.row_id
+            )
+            """,
+            [deployment.pk, now, now, deployment.pk],
+        )
+        created = cursor.rowcount
+        cursor.execute(
+            f"""
+            SELECT count(*) FROM label_incoming incoming WHERE NOT EXISTS (
+                SELECT 1 FROM {PREDICTIONS} logged
+                WHERE logged.deployment_id = %s AND logged.row_id = incoming.row_id
+            )
+            """,  # noqa: S608 -- a module constant
+            [deployment.pk],
+        )
+        (unmatched,) = cursor.fetchone()
+    return int(created), int(updated), int(unmatched)
