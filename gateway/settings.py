@@ -56,6 +56,17 @@ class GatewaySettings:
     sample_flush_interval_s: float = 0.5
     retry_after_s: int = 5
     redis_timeout_s: float = 2.0
+    # Replicas (see gateway.balancer): an ejected replica is probed (GET /readyz) after
+    # eject_probe_initial_s, then at doubling intervals up to eject_probe_max_s; the cap keeps
+    # a repaired replica back in traffic within half a second of answering again.
+    eject_probe_initial_s: float = 0.1
+    eject_probe_max_s: float = 0.5
+    # Mean/peak requests in flight per replica, written to Redis for the autoscaler this
+    # often (gateway.replica_reports); 0 turns the reports off.
+    inflight_report_interval_s: float = 1.0
+    # Repair requests (gateway.repairs) go to the Celery broker, REDIS_URL's server like the
+    # platform's; a broker that does not answer within this gives up that request.
+    repair_send_timeout_s: float = 1.0
     # Per-request metric recording (Redis buffers, roll-ups, /metrics series); off only for
     # benchmarks or when metrics are taken elsewhere.
     metrics: bool = True

@@ -1,0 +1,293 @@
+"""Several replicas behind one route: balancing, a replica killed under load, repair requests,
+in-flight reports. Real processes throughout: the gateway, stand-in model servers, a load
+generator of its own, and a Celery worker running a task of the platform's repair name.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from celery import Celery
+
+from gateway.replica_reports import REPAIR_QUEUE, REPAIR_TASK, inflight_key, inflight_read
+from tests.gateway.load import error_window_s, failures, load_start
+from tests.gateway.repair_worker import repairs_key
+from tests.gateway.support import Deployments, Proc, auth, start_process, wait_until
+
+BODY = {"instances": [[1.0, 2.0]]}
+
+
+def route_ready(gateway: Proc, name: str) -> None:
+    wait_until(
+        lambda: (
+            httpx.post(f"{gateway.url}/d/{name}/predict", json=BODY, headers=auth()).status_code
+            == 200
+        ),
+        deadline_s=5,
+        what=f"route {name} to reach the gateway",
+    )
+
+
+def health(gateway: Proc) -> dict[str, int]:
+    return httpx.get(f"{gateway.url}/healthz").json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def repair_worker(log_dir: Path, redis_url: str, redis_client: redis.Redis) -> Iterator[Proc]:
+    """A Celery worker consuming the repair queue with a task of the platform's name."""
+    worker = start_process(
+        "repair-worker",
+        [
+            sys.executable, "-m", "celery", "-A", "tests.gateway.repair_worker", "worker",
+            "-Q", REPAIR_QUEUE, "-P", "solo", "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "-l", "warning",
+        ],
+        0,
+        log_dir,
+        env={"REDIS_URL": redis_url},
+    )  # fmt: skip
+    # Ready once it has run a request: sent like the gateway sends them.
+    sender = Celery("warm-up", broker=redis_url, set_as_current=False)
+    sender.send_task(
+        REPAIR_TASK,
+        kwargs={"deployment": "warm-up", "upstream": "http://127.0.0.1:1", "reason": "test"},
+        queue=REPAIR_QUEUE,
+    )
+    wait_until(
+        lambda: redis_client.llen(repairs_key("warm-up")) > 0 or worker.popen.poll() is not None,
+        deadline_s=30,
+        what="the repair worker to run its first task",
+    )
+    assert worker.popen.poll() is None, worker.log()
+    redis_client.delete(repairs_key("warm-up"))
+    sender.close()
+    yield worker
+    worker.stop()
+
+
+def test_requests_spread_evenly_over_three_replicas(
+    gateway: Proc,
+    deployments: Deployments,
+    start_upstream: Callable[..., Proc],
+    tmp_path: Path,
+) -> None:
+    replicas = [start_upstream(1, f"replica-{index}") for index in range(3)]
+    name = deployments.new_name("balance")
+    deployments.publish(name, replicas)
+    route_ready(gateway, name)
+
+    load = load_start(
+        f"{gateway.url}/d/{name}/predict",
+        tmp_path / "load.jsonl",
+        *("--concurrency", "8", "--requests", "2000"),
+    )
+    records = load.records()
+
+    assert len(records) == 2000
+    assert failures(records) == []
+    shares = Counter(record["replica"] for record in records)
+    print(f"\nshares over 2,000 requests, 8 clients: {dict(shares)}")
+    assert set(shares) == {"replica-0", "replica-1", "replica-2"}
+    for replica, served in shares.items():
+        assert abs(served - 2000 / 3) <= 0.1 * 2000 / 3, f"{replica} served {served}"
+
+
+def test_a_slower_replica_gets_fewer_requests(
+    gateway: Proc,
+    deployments: Deployments,
+    start_upstream: Callable[..., Proc],
+    tmp_path: Path,
+) -> None:
+    fast = start_upstream(1, "fast")
+    slow = start_upstream(1, "slow", extra_args=("--delay-ms", "40"))
+    name = deployments.new_name("least")
+    deployments.publish(name, [slow, fast])
+    route_ready(gateway, name)
+
+    load = load_start(
+        f"{gateway.url}/d/{name}/predict",
+        tmp_path / "load.jsonl",
+        *("--concurrency", "8", "--requests", "600"),
+    )
+    records = load.records()
+
+    assert failures(records) == []
+    shares = Counter(record["replica"] for record in records)
+    print(f"\nshares with one replica 40 ms slower, 8 clients: {dict(shares)}")
+    # Round robin would give each half; fewest-outstanding sends most to the quick one.
+    assert shares["fast"] >= 0.75 * len(records), shares
+
+
+def test_killed_replica_loses_no_request_when_another_is_ready(
+    gateway: Proc,
+    deployments: Deployments,
+    start_upstream: Callable[..., Proc],
+    repair_worker: Proc,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    # 30 ms per answer: at ~100 req/s a few requests are always in flight on the killed one.
+    doomed = start_upstream(1, "doomed", extra_args=("--delay-ms", "30"))
+    survivor = start_upstream(1, "survivor", extra_args=("--delay-ms", "30"))
+    name = deployments.new_name("kill2")
+    deployments.publish(name, [doomed, survivor])
+    route_ready(gateway, name)
+    before = health(gateway)
+
+    load = load_start(
+        f"{gateway.url}/d/{name}/predict",
+        tmp_path / "load.jsonl",
+        "--rate",
+        "100",
+        "--duration",
+        "5",
+    )
+    time.sleep(1.5)
+    doomed.popen.kill()  # SIGKILL
+    killed_at = time.time()
+    records = load.records()
+
+    after = health(gateway)
+    served = Counter(r["replica"] for r in records)
+    print(
+        f"\n{len(records)} requests at 100/s, one of two replicas killed: "
+        f"{len(failures(records))} failed, served {dict(served)}, "
+        f"{after['upstream_retries'] - before['upstream_retries']} retried"
+    )
+    assert len(records) == 500
+    assert failures(records) == []
+    assert served["doomed"] > 0  # both served before the kill
+    assert {r["replica"] for r in records if r["sent"] > killed_at + 0.05} == {"survivor"}
+    assert after["upstream_retries"] > before["upstream_retries"]
+    wait_until(
+        lambda: redis_client.llen(repairs_key(name)) > 0,
+        deadline_s=5,
+        what="the repair request to reach the worker",
+    )
+    repair = json.loads(redis_client.lindex(repairs_key(name), 0))  # type: ignore[arg-type]
+    assert repair["upstream"] == doomed.url
+    assert repair["reason"] in {"connection_refused", "closed_before_answer", "closed_mid_answer"}
+
+
+def test_killed_only_replica_answers_503_briefly_and_serves_once_repaired(
+    gateway: Proc,
+    deployments: Deployments,
+    start_upstream: Callable[..., Proc],
+    repair_worker: Proc,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    only = start_upstream(1, "only")
+    name = deployments.new_name("kill1")
+    deployments.publish(name, only)
+    route_ready(gateway, name)
+
+    load = load_start(
+        f"{gateway.url}/d/{name}/predict",
+        tmp_path / "load.jsonl",
+        "--rate",
+        "100",
+        "--duration",
+        "6",
+    )
+    time.sleep(1.5)
+    only.popen.kill()
+    killed_at = time.time()
+    # The platform's part, played by the test: once the repair request has run in the worker,
+    # start the replica again where the route says it is.
+    got = redis_client.blpop([repairs_key(name)], timeout=5)
+    assert got is not None, "no repair request reached the worker within 5 s"
+    repair = json.loads(got[1])
+    repair_seen_s = time.time() - killed_at
+    start_upstream(1, "only", port=only.port)
+    records = load.records()
+
+    failed = failures(records)
+    window = error_window_s(records)
+    print(
+        f"\n{len(records)} requests at 100/s, the only replica killed and restarted: "
+        f"{len(failed)} failed over {window:.2f} s; repair request in the worker "
+        f"{repair_seen_s:.2f} s after the kill"
+    )
+    assert repair["upstream"] == only.url
+    assert failed, "the kill was not seen: the test proves nothing"
+    assert {(r["status"], r["code"], r["retry_after"]) for r in failed} == {
+        (503, "upstream_unavailable", "7")
+    }
+    assert window <= 2.0
+    assert all(r["status"] == 200 for r in records if r["sent"] > killed_at + 2.5)
+
+
+def test_an_answer_cut_midway_is_sent_to_another_replica(
+    gateway: Proc,
+    deployments: Deployments,
+    start_upstream: Callable[..., Proc],
+) -> None:
+    cutting = start_upstream(1, "cutting", extra_args=("--cut-answers",))
+    whole = start_upstream(1, "whole")
+    name = deployments.new_name("cut")
+    deployments.publish(name, [cutting, whole])
+    route_ready(gateway, name)
+    before = health(gateway)
+
+    with httpx.Client(base_url=gateway.url, timeout=5) as client:
+        answers = []
+        for _ in range(40):
+            answers.append(client.post(f"/d/{name}/predict", json=BODY, headers=auth()))
+            time.sleep(0.01)  # long enough for the probe to let the cutting replica back in
+
+    after = health(gateway)
+    assert [r.status_code for r in answers] == [200] * 40
+    assert {r.headers["x-upstream-slot"] for r in answers} == {"whole"}
+    # Not once: the cutting replica answers its readiness probe, comes back and is retried.
+    assert after["upstream_retries"] - before["upstream_retries"] >= 2
+
+
+def test_inflight_per_replica_reaches_redis_and_metrics(
+    gateway: Proc,
+    deployments: Deployments,
+    start_upstream: Callable[..., Proc],
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    replicas = [start_upstream(1, f"busy-{i}", extra_args=("--delay-ms", "100")) for i in (0, 1)]
+    name = deployments.new_name("inflight")
+    deployments.publish(name, replicas)
+    route_ready(gateway, name)
+
+    # 4 clients, each always waiting on a 100 ms answer: ~4 in flight, ~2 per replica.
+    load = load_start(
+        f"{gateway.url}/d/{name}/predict",
+        tmp_path / "load.jsonl",
+        *("--concurrency", "4", "--requests", "160"),
+    )
+    time.sleep(2.5)  # two whole report intervals (1 s) into the load
+    reported = inflight_read(redis_client, name)
+    raw = redis_client.hgetall(inflight_key(name))
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    load.records()
+
+    print(f"\nin flight per replica, 4 clients: {reported}")
+    assert set(reported) == {replica.url for replica in replicas}
+    assert 3.0 <= sum(reported.values()) <= 4.05
+    for mean in reported.values():
+        assert 1.0 <= mean <= 3.0
+    for field, value in raw.items():
+        gateway_id = field.decode().rpartition("|")[2]
+        assert gateway_id.endswith(f":{gateway.popen.pid}")
+        assert 1 <= json.loads(value)["peak"] <= 4
+    gauges = {
+        line.split('upstream="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("modelyard_gateway_upstream_inflight{") and f'"{name}"' in line
+    }
+    assert set(gauges) == {replica.url for replica in replicas}
+    assert 3.0 <= sum(gauges.values()) <= 4.05
