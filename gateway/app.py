@@ -11,6 +11,8 @@ path not ``/d/{deployment}/{api}``        404     ``not_found``
 no key / key not in ``key_hashes`` /      401     ``missing_key`` / ``invalid_key`` +
 deployment not in the route table                 ``WWW-Authenticate: Bearer``
 method other than POST                    405     ``method_not_allowed`` + ``Allow: POST``
+route table not loaded yet (start-up,     503     ``routes_not_loaded`` + ``Retry-After`` (any
+Redis unreachable since)                          name: never the 401 of a valid key)
 route state ``draining`` or ``none``      503     ``deployment_unavailable`` + ``Retry-After``
 body over ``max_body_bytes``              413     ``payload_too_large``
 Content-Type given and not JSON           415     ``unsupported_media_type`` (see gateway.inputs)
@@ -339,6 +341,15 @@ class Gateway:
             return
         deployment, api = parts
         route = self.routes.get(deployment)
+        if route is None and not self.routes_loaded:
+            # After a (re)start, until the first full read of the table: a valid key must
+            # never see the 401 of an unknown deployment. Says nothing about the name.
+            body = error_body(
+                "routes_not_loaded",
+                "the gateway is starting and has not loaded its route table yet; retry shortly",
+            )
+            await _send(send, 503, body, [*JSON_HEADERS, (b"retry-after", self._retry_after)])
+            return
         if route is None:
             # Not recorded per deployment: arbitrary names would grow the metric keys forever.
             self.unknown_deployment_requests += 1
@@ -706,12 +717,15 @@ class Gateway:
                 )
             )
         try:
+            # Connections wait in the listening socket's backlog meanwhile: the first requests
+            # after a restart are answered from a loaded table, not refused.
             await asyncio.wait_for(first_load.wait(), timeout=settings.startup_route_wait_s)
         except TimeoutError:
-            # Start anyway: /readyz says not ready until the table loads, and the sync task
-            # keeps trying. Refusing to start would turn a Redis blip into a crash loop.
+            # Start anyway: predictions answer 503 + Retry-After (and /readyz 503) until the
+            # table loads, and the sync task keeps trying. Refusing to start would turn a
+            # Redis blip into a crash loop.
             logger.error(
-                "route table not loaded from %s within %.1f s; serving nothing until it is",
+                "route table not loaded from %s within %.1f s; answering 503 until it is",
                 settings.redis_url,
                 settings.startup_route_wait_s,
             )
