@@ -58,9 +58,9 @@ class GatewaySettings:
     redis_timeout_s: float = 2.0
     # Replicas (see gateway.balancer): an ejected replica is probed (GET /readyz) after
     # eject_probe_initial_s, then at doubling intervals up to eject_probe_max_s; the cap keeps
-    # a repaired replica back in traffic within half a second of answering again.
+    # a repaired replica back in traffic within a quarter second of answering again.
     eject_probe_initial_s: float = 0.1
-    eject_probe_max_s: float = 0.5
+    eject_probe_max_s: float = 0.25
     # Mean/peak requests in flight per replica, written to Redis for the autoscaler this
     # often (gateway.replica_reports); 0 turns the reports off.
     inflight_report_interval_s: float = 1.0
