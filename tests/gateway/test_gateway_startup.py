@@ -20,33 +20,41 @@ BODY = {"instances": [[1.0, 2.0]]}
 
 
 def test_restarted_gateway_never_answers_a_valid_key_401(
+    own_redis: RedisServer,
     start_gateway: Callable[..., Proc],
-    redis_url: str,
-    deployments: Deployments,
     upstream_blue: Proc,
     tmp_path: Path,
 ) -> None:
-    name = deployments.new_name("restart")
-    deployments.publish(name, upstream_blue)
+    # A redis-server of its own: nothing else can remove the route meanwhile (a real 401).
+    redis_url = own_redis.url
+    store = redis.Redis.from_url(redis_url)
+    name = Deployments(store).new_name("restart")
+    Deployments(store).publish(name, upstream_blue)
     port = free_port()
     gateway = start_gateway(redis_url, port=port)
     load = load_start(
         f"{gateway.url}/d/{name}/predict",
         tmp_path / "load.jsonl",
-        *("--rate", "200", "--duration", "14", "--timeout", "5"),
+        *("--rate", "200", "--duration", "16", "--timeout", "5"),
     )
-    restarts = 0
-    for kill in (signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGTERM, signal.SIGKILL):
+    kills = [signal.SIGKILL, signal.SIGTERM] * 3
+    serving_since = []  # when each new process answered /healthz
+    # Process starts take 1-3 s on the shared machine: stop restarting well before the load ends.
+    while kills and time.time() < load.started_at + 11:
         time.sleep(0.6)
-        gateway.popen.send_signal(kill)
+        gateway.popen.send_signal(kills.pop())
         gateway.popen.wait(timeout=30)
         gateway = start_gateway(redis_url, port=port, ready=None)
         wait_http(gateway, "/healthz")
-        restarts += 1
+        serving_since.append(time.time())
     records = load.records()
 
     statuses = Counter(r["status"] or r["error"] for r in records)
-    print(f"\n{len(records)} requests at 200/s through {restarts} gateway restarts: {statuses}")
+    print(
+        f"\n{len(records)} requests at 200/s through {len(serving_since)} gateway restarts: "
+        f"{statuses}"
+    )
+    assert len(serving_since) >= 3
     assert statuses[401] == 0
     assert set(statuses) - {200, 503} <= {
         "ClientConnectorError",  # the moments no process listened
@@ -54,9 +62,9 @@ def test_restarted_gateway_never_answers_a_valid_key_401(
         "ClientOSError",
     }
     assert all(r["code"] == "routes_not_loaded" for r in records if r["status"] == 503)
-    # Served between the restarts and after the last one.
-    assert statuses[200] > len(records) / 2
-    assert records[-1]["status"] == 200
+    # Every restarted process served valid keys.
+    for since, until in zip(serving_since, [*serving_since[1:], float("inf")], strict=True):
+        assert any(r["status"] == 200 and since <= r["sent"] < until for r in records)
 
 
 def test_gateway_started_while_redis_is_down_answers_503_until_it_is_up(
