@@ -95,23 +95,27 @@ def repair_worker(log_dir: Path, broker: RedisServer, broker_client: redis.Redis
         log_dir,
         env={"REDIS_URL": broker.url},
     )  # fmt: skip
-    # Ready once it has run a request: sent like the gateway sends them.
-    sender = Celery("warm-up", broker=broker.url, set_as_current=False)
-    sender.send_task(
-        REPAIR_TASK,
-        kwargs={"deployment": "warm-up", "upstream": "http://127.0.0.1:1", "reason": "test"},
-        queue=REPAIR_QUEUE,
-    )
-    wait_until(
-        lambda: broker_client.llen(repairs_key("warm-up")) > 0 or worker.popen.poll() is not None,
-        deadline_s=30,
-        what="the repair worker to run its first task",
-    )
-    assert worker.popen.poll() is None, worker.log()
-    broker_client.delete(repairs_key("warm-up"))
-    sender.close()
-    yield worker
-    worker.stop()
+    try:
+        # Ready once it has run a request: sent like the gateway sends them.
+        sender = Celery("warm-up", broker=broker.url, set_as_current=False)
+        sender.send_task(
+            REPAIR_TASK,
+            kwargs={"deployment": "warm-up", "upstream": "http://127.0.0.1:1", "reason": "test"},
+            queue=REPAIR_QUEUE,
+        )
+        sender.close()
+        wait_until(
+            lambda: (
+                broker_client.llen(repairs_key("warm-up")) > 0 or worker.popen.poll() is not None
+            ),
+            deadline_s=30,
+            what="the repair worker to run its first task",
+        )
+        assert worker.popen.poll() is None, worker.log()
+        broker_client.delete(repairs_key("warm-up"))
+        yield worker
+    finally:  # also when it never got ready: no worker left behind
+        worker.stop()
 
 
 def test_requests_spread_evenly_over_three_replicas(
