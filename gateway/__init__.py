@@ -1,5 +1,7 @@
 """Modelyard's prediction gateway: a separate ASGI process with no Django in it.
 
-``gateway.routes`` is the Redis contract shared with the rollout services; ``gateway.app`` the
-ASGI app; ``python -m gateway`` runs it.
+``gateway.routes`` and ``gateway.replica_reports`` are the Redis contracts shared with the
+platform (routes in; in-flight reports and repair requests out); ``gateway.app`` the ASGI app,
+``gateway.balancer`` its choice of replica, ``gateway.repairs`` its repair requests;
+``python -m gateway`` runs it.
 """

@@ -11,6 +11,8 @@ path not ``/d/{deployment}/{api}``        404     ``not_found``
 no key / key not in ``key_hashes`` /      401     ``missing_key`` / ``invalid_key`` +
 deployment not in the route table                 ``WWW-Authenticate: Bearer``
 method other than POST                    405     ``method_not_allowed`` + ``Allow: POST``
+route table not loaded yet (start-up,     503     ``routes_not_loaded`` + ``Retry-After`` (any
+Redis unreachable since)                          name: never the 401 of a valid key)
 route state ``draining`` or ``none``      503     ``deployment_unavailable`` + ``Retry-After``
 body over ``max_body_bytes``              413     ``payload_too_large``
 Content-Type given and not JSON           415     ``unsupported_media_type`` (see gateway.inputs)
@@ -18,7 +20,9 @@ body not JSON / not a JSON object         400     ``invalid_json`` / ``body_not_
 JSON nested ~1,000 deep / holding \u0000  400     ``json_too_deep`` / ``nul_character``
 headers/body slower than their deadline  408     ``request_timeout`` (gateway.server)
 connections over ``max_connections``      503     ``too_many_connections`` (gateway.server)
-upstream refuses or drops the connection  502     ``upstream_unreachable``
+every replica refused, reset or dropped   503     ``upstream_unavailable`` + ``Retry-After``;
+the connection (or is left out after                each failed replica is ejected, repaired
+failing; see gateway.balancer)                    and the request retried on the next one
 upstream slower than ``upstream_timeout`` 504     ``upstream_timeout``
 client gone before its body arrived       499     ``client_disconnected`` (for the metrics only)
 a bug in the gateway                      500     ``internal_error`` (logged with traceback)
@@ -52,6 +56,14 @@ the recorder's in-memory cells, so the request path pays nothing for it.
 buffers, no roll-ups, no per-deployment series on ``/metrics``), for benchmarks and for
 operators who measure elsewhere.
 
+Replicas: a live route lists every ready replica (``upstreams``); each request goes to the one
+with the fewest requests outstanding from this gateway (:mod:`gateway.balancer`). A replica
+whose connection is refused, reset or cut is ejected until a readiness probe or a republished
+route brings it back, the platform is asked to repair it at once (:mod:`gateway.repairs`), and
+the request -- predictions are idempotent -- goes to the next replica within its deadline. Every
+``inflight_report_interval_s`` the mean and peak in flight per replica go to Redis for the
+autoscaler (:mod:`gateway.replica_reports`) and to ``/metrics``.
+
 Route table: held in memory (a dict swapped entry by entry); one task subscribes to
 ``modelyard:routes:changed``, re-reads one deployment per message and the whole hash every
 ``routes_reread_interval_s``. Doing both in ONE task keeps updates ordered, so an older full
@@ -73,9 +85,9 @@ import json
 import logging
 import os
 import re
+import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -83,9 +95,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway.balancer import Balancer, Replica
 from gateway.inputs import InputRefused, json_body_parse, media_type_check
 from gateway.metrics import MetricsRecorder
 from gateway.prometheus import PROMETHEUS_CONTENT_TYPE, prometheus_text
+from gateway.repairs import RepairRequests
+from gateway.replica_reports import inflight_report_async
 from gateway.routes import (
     DEPLOYMENT_NAME_RE,
     ROUTES_CHANNEL,
@@ -95,15 +110,18 @@ from gateway.routes import (
     routes_read_all_async,
 )
 from gateway.sampling import PayloadSampler
+from gateway.settings import GatewaySettings
 from gateway.upstream import (
-    Upstream,
     UpstreamConnectError,
     UpstreamConnectTimeout,
     UpstreamDisconnected,
     UpstreamError,
     UpstreamPool,
+    UpstreamProtocolError,
     UpstreamTimeout,
 )
+
+__all__ = ["Gateway", "GatewaySettings", "create_app", "create_app_from_env", "error_body"]
 
 logger = logging.getLogger("modelyard.gateway")
 
@@ -118,7 +136,7 @@ API_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # all) stays at the gateway. Content-Type is checked (JSON only) and always sent as JSON.
 FORWARDED_REQUEST_HEADERS = frozenset({b"accept", b"x-request-id"})
 # Failures of the version itself (see gateway.metrics, ``errors``): what error-rate guards see.
-VERSION_ERROR_CODES = frozenset({"upstream_timeout", "upstream_unreachable"})
+VERSION_ERROR_CODES = frozenset({"upstream_timeout", "upstream_unavailable"})
 # Upstream response headers that describe the upstream hop, not the answer.
 HOP_RESPONSE_HEADERS = frozenset(
     {
@@ -133,113 +151,6 @@ HOP_RESPONSE_HEADERS = frozenset(
     }
 )
 JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-# --- settings ----------------------------------------------------------------------------
-
-
-_BOOL_WORDS = {"1": True, "true": True, "on": True, "yes": True}
-_BOOL_WORDS.update({"0": False, "false": False, "off": False, "no": False})
-
-
-def _env_number(environ: Mapping[str, str], name: str, default: float, cast: type) -> Any:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    if cast is bool:
-        try:
-            return _BOOL_WORDS[raw.strip().lower()]
-        except KeyError:
-            raise ValueError(f"{name} must be 1/0 (or true/false, on/off), got {raw!r}") from None
-    try:
-        return cast(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a {cast.__name__}, got {raw!r}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class GatewaySettings:
-    """Everything the gateway can be told; ``from_env`` reads ``MODELYARD_GATEWAY_<FIELD>``."""
-
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    max_body_bytes: int = 10 * 1024 * 1024
-    upstream_timeout_s: float = 60.0
-    upstream_connect_timeout_s: float = 2.0
-    upstream_pool_size: int = 512
-    # Below uvicorn's default server keep-alive (5 s), so the gateway drops an idle pooled
-    # connection before the model server does and never writes into one being closed.
-    upstream_keepalive_s: float = 4.0
-    routes_reread_interval_s: float = 5.0
-    startup_route_wait_s: float = 3.0
-    metrics_flush_interval_s: float = 2.0
-    metrics_max_pending_cells: int = 100_000
-    sample_rate: float = 0.1
-    # Per deployment and gateway process; 10,000 stream entries then span an hour's drift
-    # window (see gateway.sampling). 0 lifts the cap.
-    sample_max_per_s: float = 2.5
-    sample_max_rows: int = 100
-    sample_buffer_size: int = 1000
-    sample_stream_maxlen: int = 10_000
-    sample_flush_interval_s: float = 0.5
-    retry_after_s: int = 5
-    redis_timeout_s: float = 2.0
-    # Per-request metric recording (Redis buffers, roll-ups, /metrics series); off only for
-    # benchmarks or when metrics are taken elsewhere.
-    metrics: bool = True
-    # Slow clients (see gateway.server): the headers, then the body, must arrive within these;
-    # past max_connections a new connection is answered 503 and closed. 0 turns one off.
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
-    max_connections: int = 4096
-    # When set, GET /metrics wants "Authorization: Bearer <token>" (it names every deployment
-    # and version); empty leaves it open, for a gateway scraped on a private network.
-    metrics_token: str = ""
-
-    def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if not isinstance(value, str) and value < 0:
-                raise ValueError(f"gateway setting {item.name} must be >= 0, got {value!r}")
-        if not 0.0 <= self.sample_rate <= 1.0:
-            raise ValueError(
-                f"gateway setting sample_rate must be in [0, 1], got {self.sample_rate}"
-            )
-
-    @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> GatewaySettings:
-        """Read ``MODELYARD_GATEWAY_*`` (and ``REDIS_URL``); a bad value stops start-up."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for item in fields(cls):
-            if item.name == "redis_url":
-                values["redis_url"] = environ.get("REDIS_URL") or item.default
-                continue
-            name = f"MODELYARD_GATEWAY_{item.name.upper()}"
-            default = item.default
-            if isinstance(default, str):
-                values[item.name] = environ.get(name, default)
-                continue
-            if not isinstance(default, int | float):  # bool is an int
-                raise TypeError(f"GatewaySettings.{item.name} needs a str or number default")
-            kind: type = (
-                bool if isinstance(default, bool) else int if isinstance(default, int) else float
-            )
-            values[item.name] = _env_number(environ, name, default, kind)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def to_env(self) -> dict[str, str]:
-        """The environment that makes ``from_env`` return these settings (for worker processes)."""
-        env = {"REDIS_URL": self.redis_url}
-        for item in fields(self):
-            if item.name != "redis_url":
-                value = getattr(self, item.name)
-                if isinstance(value, bool):
-                    value = int(value)
-                env[f"MODELYARD_GATEWAY_{item.name.upper()}"] = str(value)
-        return env
 
 
 # --- responses ---------------------------------------------------------------------------
@@ -328,6 +239,19 @@ def _key_refusal(deployment: str, key: bytes | None) -> _Reject:
     )
 
 
+def _failure_reason(exc: UpstreamError) -> str:
+    """The repair request's ``reason``: what the connection to the replica did."""
+    if isinstance(exc, UpstreamConnectTimeout):
+        return "connect_timeout"
+    if isinstance(exc, UpstreamConnectError):
+        return "connection_refused" if "Refused" in str(exc) else "connect_failed"
+    if isinstance(exc, UpstreamDisconnected):
+        return "closed_mid_answer" if exc.mid_answer else "closed_before_answer"
+    if isinstance(exc, UpstreamProtocolError):
+        return "invalid_http_answer"
+    return "upstream_error"
+
+
 # --- the app -----------------------------------------------------------------------------
 
 
@@ -350,7 +274,20 @@ class Gateway:
         self.unknown_deployment_requests = 0
         self.redis: aioredis.Redis | None = None
         self.upstreams: UpstreamPool | None = None
-        self._upstreams: dict[str, Upstream] = {}
+        self.balancer = Balancer(
+            probe_initial_s=settings.eject_probe_initial_s,
+            probe_max_s=settings.eject_probe_max_s,
+            probe_timeout_s=max(settings.upstream_connect_timeout_s, 0.5),
+            on_probe_failed=self._probe_failed,
+        )
+        self.repairs: RepairRequests | None = None
+        # Per process (each --workers process counts its own requests): host:pid.
+        self.gateway_id = f"{socket.gethostname()}:{os.getpid()}"
+        # The last interval's (mean, peak) in flight per (deployment, replica URL), for /metrics.
+        self.inflight: dict[tuple[str, str], tuple[float, int]] = {}
+        self.upstream_failures = 0  # connections to a replica that failed (each retried or 503)
+        self.upstream_retries = 0  # requests sent again to another replica
+        self._retry_after = str(settings.retry_after_s).encode()
         self._record_metrics = settings.metrics
         self._kept_routes_warned = False
         self._stop = asyncio.Event()
@@ -404,6 +341,15 @@ class Gateway:
             return
         deployment, api = parts
         route = self.routes.get(deployment)
+        if route is None and not self.routes_loaded:
+            # After a (re)start, until the first full read of the table: a valid key must
+            # never see the 401 of an unknown deployment. Says nothing about the name.
+            body = error_body(
+                "routes_not_loaded",
+                "the gateway is starting and has not loaded its route table yet; retry shortly",
+            )
+            await _send(send, 503, body, [*JSON_HEADERS, (b"retry-after", self._retry_after)])
+            return
         if route is None:
             # Not recorded per deployment: arbitrary names would grow the metric keys forever.
             self.unknown_deployment_requests += 1
@@ -560,46 +506,86 @@ class Gateway:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _upstream(self, url: str) -> Upstream:
-        upstream = self._upstreams.get(url)
-        if upstream is None:
-            if len(self._upstreams) > 4096:  # upstreams come and go with rollouts
-                self._upstreams.clear()
-            upstream = self._upstreams[url] = Upstream.parse(url)
-        return upstream
-
     async def _forward(
         self, route: Route, api: str, query: bytes, body: bytes, headers: bytes
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Send the request to a replica; one that fails is ejected and the next one tried.
+
+        Predictions are idempotent, so a request whose connection was refused, reset or cut
+        (before or during the answer) is sent again to another ready replica: at most once
+        per replica, all within the one deadline of the first attempt.
+        """
         assert self.upstreams is not None, "the gateway answers requests only after startup"
         target = b"/" + api.encode() + (b"?" + query if query else b"")
-        try:
-            upstream = self._upstream(route.upstream)
-            response = await self.upstreams.post(upstream, target, headers, body)
-        except UpstreamError as exc:
-            details = {"deployment": route.deployment, "version": route.version, "slot": route.slot}
-            if isinstance(exc, UpstreamTimeout):
+        replicas = self.balancer.replica_set(route)
+        deadline = self.upstreams.deadline()
+        tried: list[Replica] = []
+        while True:
+            replica = replicas.choose(tried)
+            if replica is None:
+                raise self._unavailable(route, tried)
+            if tried:
+                self.upstream_retries += 1
+            replica.begin()
+            try:
+                response = await self.upstreams.post(
+                    replica.upstream, target, headers, body, deadline
+                )
+            except UpstreamTimeout:
                 raise _Reject(
                     504,
                     "upstream_timeout",
                     f"the model server of {route.deployment!r} did not answer within "
                     f"{self.settings.upstream_timeout_s} s",
-                    details,
+                    {"deployment": route.deployment, "version": route.version, "slot": route.slot},
                 ) from None
-            if isinstance(exc, UpstreamConnectTimeout):
-                message = (
-                    f"could not connect to the model server of {route.deployment!r} within "
-                    f"{self.settings.upstream_connect_timeout_s} s"
-                )
-            elif isinstance(exc, UpstreamDisconnected):
-                message = f"the model server of {route.deployment!r} closed the connection"
-            elif isinstance(exc, UpstreamConnectError):
-                message = f"could not reach the model server of {route.deployment!r}: {exc}"
-            else:
-                message = f"the model server of {route.deployment!r} answered badly: {exc}"
-            raise _Reject(502, "upstream_unreachable", message, details) from None
-        passed = [item for item in response.headers if item[0] not in HOP_RESPONSE_HEADERS]
-        return response.status, response.body, passed
+            except UpstreamError as exc:
+                self._replica_failed(replica, exc)
+                tried.append(replica)
+                continue
+            finally:
+                replica.end()
+            passed = [item for item in response.headers if item[0] not in HOP_RESPONSE_HEADERS]
+            return response.status, response.body, passed
+
+    def _unavailable(self, route: Route, tried: list[Replica]) -> _Reject:
+        listed = len(route.upstreams)
+        failed = f"{len(tried)} failed just now, " if tried else ""
+        return _Reject(
+            503,
+            "upstream_unavailable",
+            f"no replica of {route.deployment!r} can take the request ({failed}{listed} listed, "
+            "the others left out after failing); the platform was asked to repair them, "
+            "retry shortly",
+            {
+                "deployment": route.deployment,
+                "version": route.version,
+                "slot": route.slot,
+                "replicas": listed,
+            },
+            headers=[(b"retry-after", self._retry_after)],
+        )
+
+    def _replica_failed(self, replica: Replica, exc: UpstreamError) -> None:
+        """Eject ``replica`` and ask the platform to repair it (rate-limited)."""
+        self.upstream_failures += 1
+        reason = _failure_reason(exc)
+        if self.balancer.eject(replica):
+            logger.warning(
+                "replica %s of %r failed (%s: %s); left out until it answers again",
+                replica.url,
+                replica.deployment,
+                reason,
+                exc,
+            )
+        if self.repairs is not None:
+            self.repairs.request(replica.deployment, replica.url, reason)
+
+    def _probe_failed(self, replica: Replica) -> None:
+        # Still dead after the first request: ask again (the sender allows one per interval),
+        # in case the first request was lost or the repair failed.
+        if self.repairs is not None:
+            self.repairs.request(replica.deployment, replica.url, "readiness_probe_failed")
 
     # health -----------------------------------------------------------------------------
 
@@ -613,6 +599,13 @@ class Gateway:
                 "routes_loaded": self.routes_loaded,
                 "redis_ok": self.redis_ok,
                 "unknown_deployment_requests": self.unknown_deployment_requests,
+                "upstream_failures": self.upstream_failures,
+                "upstream_retries": self.upstream_retries,
+                "replicas_ejected": sum(
+                    r.ejected for s in self.balancer.sets.values() for r in s.replicas
+                ),
+                "repair_requests_sent": self.repairs.sent if self.repairs else 0,
+                "repair_requests_failed": self.repairs.failed if self.repairs else 0,
                 "metrics_pending_requests": self.metrics.pending_requests,
                 "metrics_flushed_requests": self.metrics.flushed_requests,
                 "metrics_dropped_cells": self.metrics.dropped_cells,
@@ -696,6 +689,9 @@ class Gateway:
             keepalive_s=settings.upstream_keepalive_s,
             limit=settings.upstream_pool_size,
         )
+        self.balancer.start(self.upstreams)
+        # The platform's Celery broker is REDIS_URL's server (config/settings: CELERY_BROKER_URL).
+        self.repairs = RepairRequests(settings.redis_url, timeout_s=settings.repair_send_timeout_s)
         self._stop.clear()
         first_load = asyncio.Event()
         self._tasks = [
@@ -709,13 +705,27 @@ class Gateway:
                 name="gateway-samples-flush",
             ),
         ]
+        if settings.inflight_report_interval_s > 0:
+            self._tasks.append(
+                asyncio.create_task(
+                    self._flush_loop(
+                        "in-flight reports",
+                        settings.inflight_report_interval_s,
+                        self._report_inflight,
+                    ),
+                    name="gateway-inflight-reports",
+                )
+            )
         try:
+            # Connections wait in the listening socket's backlog meanwhile: the first requests
+            # after a restart are answered from a loaded table, not refused.
             await asyncio.wait_for(first_load.wait(), timeout=settings.startup_route_wait_s)
         except TimeoutError:
-            # Start anyway: /readyz says not ready until the table loads, and the sync task
-            # keeps trying. Refusing to start would turn a Redis blip into a crash loop.
+            # Start anyway: predictions answer 503 + Retry-After (and /readyz 503) until the
+            # table loads, and the sync task keeps trying. Refusing to start would turn a
+            # Redis blip into a crash loop.
             logger.error(
-                "route table not loaded from %s within %.1f s; serving nothing until it is",
+                "route table not loaded from %s within %.1f s; answering 503 until it is",
                 settings.redis_url,
                 settings.startup_route_wait_s,
             )
@@ -744,6 +754,9 @@ class Gateway:
             logger.error(
                 "shut down with %d samples not written (Redis unreachable)", self.sampler.pending
             )
+        await self.balancer.close()
+        if self.repairs is not None:
+            await self.repairs.close()
         if self.upstreams is not None:
             await self.upstreams.close()
         if self.redis is not None:
@@ -756,6 +769,21 @@ class Gateway:
     async def _flush_samples(self) -> None:
         assert self.redis is not None
         await self.sampler.flush(self.redis)
+
+    async def _report_inflight(self) -> None:
+        """Each live deployment's mean/peak in flight per replica since the last report."""
+        assert self.redis is not None
+        snapshot: dict[tuple[str, str], tuple[float, int]] = {}
+        reports = []
+        for deployment, route in self.routes.items():
+            if route.state != "live":
+                continue
+            loads = self.balancer.loads(deployment)
+            snapshot.update(((deployment, url), load) for url, load in loads.items())
+            reports.append((deployment, loads))
+        self.inflight = snapshot  # /metrics shows the last interval even when Redis is down
+        for deployment, loads in reports:
+            await inflight_report_async(self.redis, deployment, self.gateway_id, loads)
 
     async def _flush_loop(
         self, what: str, interval: float, flush: Callable[[], Awaitable[None]]
@@ -854,6 +882,7 @@ class Gateway:
                 if routes.get(name) != self.routes.get(name)
             )
             logger.info("route table re-read: changed %s", ", ".join(changed))
+        self.balancer.routes_changed(routes)
         self.routes = routes
         self.routes_loaded = True
 
@@ -870,6 +899,7 @@ class Gateway:
             routes.pop(deployment, None)
         else:
             routes[deployment] = route
+        self.balancer.routes_changed(routes)
         self.routes = routes
 
 

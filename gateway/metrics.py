@@ -11,8 +11,9 @@ UTC minute the request finished in, ``status`` the exact HTTP status code return
 - ``rows``: rows predicted (``len(body["instances"])``; 1 for a body without ``instances``;
   0 when the request was refused before its body was read)
 - ``errors``: requests the version itself failed: a 5xx answered by its model server, or
-  the gateway's 502/504 for a model server it could not reach or that did not answer. Not
-  the gateway's own 5xx (a 503 with no live slot, a gateway bug's 500), and never a 4xx:
+  the gateway's 503 ``upstream_unavailable`` (no replica of it could be reached) or 504 (it
+  did not answer in time). Not
+  the gateway's own other 5xx (a 503 with no live slot, a gateway bug's 500), and never a 4xx:
   what a client causes must not count against the version, since error-rate guards roll a
   version back on this figure. Client-caused answers are the cell's 4xx ``status``.
 - ``latency_us_sum``: sum of latencies in whole microseconds

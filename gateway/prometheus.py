@@ -12,7 +12,8 @@ name                                                   type       meaning
 =====================================================  =========  ===============================
 ``modelyard_gateway_requests_total``                   counter    requests, per ``status`` code
 ``modelyard_gateway_errors_total``                     counter    requests the version failed
-                                                                  (5xx of its server, 502/504)
+                                                                  (5xx of its server, 503
+                                                                  upstream_unavailable, 504)
 ``modelyard_gateway_rows_total``                       counter    rows predicted
 ``modelyard_gateway_request_duration_seconds``         histogram  gateway-side latency, buckets
                                                                   in :data:`PROMETHEUS_BUCKETS_S`
@@ -22,7 +23,22 @@ name                                                   type       meaning
 ``modelyard_gateway_metrics_pending_requests``         gauge      recorded, not yet in Redis
 ``modelyard_gateway_metrics_dropped_cells_total``      counter    cells dropped in Redis outages
 ``modelyard_gateway_samples_written_total``            counter    payload samples written
+``modelyard_gateway_upstream_inflight``                gauge      mean requests in flight per
+                                                                  ``deployment``, ``upstream``
+                                                                  (a replica's base URL) over
+                                                                  the last report interval: the
+                                                                  HPA's metric
+``modelyard_gateway_upstream_inflight_peak``           gauge      the most at once, same interval
+``modelyard_gateway_upstream_ejected``                 gauge      1 while a replica is left out
+``modelyard_gateway_upstream_failures_total``          counter    connections to replicas that
+                                                                  were refused, reset or cut
+``modelyard_gateway_upstream_retries_total``           counter    requests sent to another replica
+``modelyard_gateway_repair_requests_total``            counter    repair requests the broker took
 =====================================================  =========  ===============================
+
+The in-flight gauges are the numbers the autoscaler reads from Redis (``gateway.replica_reports``),
+refreshed every ``MODELYARD_GATEWAY_INFLIGHT_REPORT_INTERVAL_S``; with several gateways, the
+HPA sums them over the gateways' pods (``sum by (deployment, upstream)``).
 
 The histogram's buckets are a coarse subset of the recorder's 148 fine ones: a fine bucket
 counts under the first coarse bound at or above its upper bound, so a coarse bucket never
@@ -91,7 +107,7 @@ class _GatewayCollector(Collector):
         )
         errors = CounterMetricFamily(
             "modelyard_gateway_errors",
-            "Requests the version failed (its server's 5xx, or 502/504 reaching it); "
+            "Requests the version failed (its server's 5xx, or 503/504 reaching it); "
             "client-caused answers are the 4xx of modelyard_gateway_requests_total.",
             labels=["deployment", "version"],
         )
@@ -151,11 +167,53 @@ class _GatewayCollector(Collector):
             "Metric cells dropped because Redis stayed unreachable.",
             value=gateway.metrics.dropped_cells,
         )
+        yield from _replica_metrics(gateway)
         yield CounterMetricFamily(
             "modelyard_gateway_samples_written",
             "Payload samples written to Redis streams.",
             value=gateway.sampler.stats.written,
         )
+
+
+def _replica_metrics(gateway: Gateway) -> Iterator[Metric]:
+    labels = ["deployment", "upstream"]
+    inflight = GaugeMetricFamily(
+        "modelyard_gateway_upstream_inflight",
+        "Mean requests in flight from this gateway per replica over the last report interval.",
+        labels=labels,
+    )
+    peak = GaugeMetricFamily(
+        "modelyard_gateway_upstream_inflight_peak",
+        "Most requests in flight at once per replica over the last report interval.",
+        labels=labels,
+    )
+    for (deployment, upstream), (mean, most) in sorted(gateway.inflight.items()):
+        inflight.add_metric([deployment, upstream], mean)
+        peak.add_metric([deployment, upstream], most)
+    ejected = GaugeMetricFamily(
+        "modelyard_gateway_upstream_ejected",
+        "1 while a replica is left out of traffic after failing (until it answers again).",
+        labels=labels,
+    )
+    for deployment, replicas in sorted(gateway.balancer.sets.items()):
+        for replica in replicas.replicas:
+            ejected.add_metric([deployment, replica.url], 1 if replica.ejected else 0)
+    yield from (inflight, peak, ejected)
+    yield CounterMetricFamily(
+        "modelyard_gateway_upstream_failures",
+        "Connections to a replica that were refused, reset or cut (each ejects the replica).",
+        value=gateway.upstream_failures,
+    )
+    yield CounterMetricFamily(
+        "modelyard_gateway_upstream_retries",
+        "Requests sent again to another replica after one failed.",
+        value=gateway.upstream_retries,
+    )
+    yield CounterMetricFamily(
+        "modelyard_gateway_repair_requests",
+        "Repair requests (deployments.upstream_repair) the Celery broker took.",
+        value=gateway.repairs.sent if gateway.repairs is not None else 0,
+    )
 
 
 def _le(bound: float) -> str:

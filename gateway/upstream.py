@@ -45,7 +45,11 @@ class UpstreamConnectTimeout(UpstreamConnectError):
 
 
 class UpstreamDisconnected(UpstreamError):
-    """The server closed the connection before it finished its answer."""
+    """The server closed (or reset) the connection before it finished its answer."""
+
+    def __init__(self, message: str, *, mid_answer: bool) -> None:
+        super().__init__(message)
+        self.mid_answer = mid_answer  # whether any byte of the answer had arrived
 
 
 class UpstreamTimeout(UpstreamError):
@@ -128,7 +132,13 @@ class _Connection(asyncio.Protocol):
             self._complete = True  # a body delimited by the connection's close
             self._finish(None)
         else:
-            self._finish(UpstreamDisconnected("the server closed the connection mid-answer"))
+            if self._got_bytes:
+                message = "the server closed the connection mid-answer"
+            else:
+                message = "the server closed the connection before answering"
+            if exc is not None:
+                message += f" ({type(exc).__name__}: {exc})"
+            self._finish(UpstreamDisconnected(message, mid_answer=self._got_bytes))
 
     # --- httptools callbacks -----------------------------------------------------------
 
@@ -220,14 +230,24 @@ class UpstreamPool:
         self._expired: set[asyncio.Task[object] | None] = set()
         self.opened = 0  # connections opened so far (tests prove reuse with it)
 
+    def deadline(self) -> float:
+        """The event-loop time by which a request starting now must be answered."""
+        return self._loop.time() + self.timeout_s
+
     async def post(
-        self, upstream: Upstream, target: bytes, headers: bytes, body: bytes
+        self,
+        upstream: Upstream,
+        target: bytes,
+        headers: bytes,
+        body: bytes,
+        deadline: float | None = None,
     ) -> UpstreamResponse:
         """POST ``body`` to ``target`` (path + query) with ``headers`` (``name: value\\r\\n``...).
 
-        Raises :class:`UpstreamTimeout` when the whole exchange exceeds ``timeout_s``, and the
-        other :class:`UpstreamError` subclasses when the server cannot be reached or answers
-        badly.
+        Raises :class:`UpstreamTimeout` when the exchange is not done by ``deadline`` (event-loop
+        time; default :meth:`deadline`, so a caller retrying on another server passes the first
+        attempt's to keep one deadline for the whole request), and the other
+        :class:`UpstreamError` subclasses when the server cannot be reached or answers badly.
         """
         head = b"".join(
             (
@@ -245,7 +265,9 @@ class UpstreamPool:
         async with self._slots:
             connection: _Connection | None = None
             task = asyncio.current_task()
-            timer = self._loop.call_later(self.timeout_s, self._expire, task)
+            timer = self._loop.call_at(
+                self.deadline() if deadline is None else deadline, self._expire, task
+            )
             try:
                 for attempt in (1, 2):
                     connection, reused = self._take_idle(upstream), True
@@ -272,6 +294,28 @@ class UpstreamPool:
                 self._expired.discard(task)
                 if connection is not None:
                     connection.abort()  # half-used: its stream state is unknown
+
+    async def probe(self, upstream: Upstream, path: bytes, timeout_s: float) -> bool:
+        """Whether ``GET path`` on a fresh connection answers 200 within ``timeout_s``.
+
+        For re-admitting an ejected replica: a fresh connection (never a pooled one, which
+        could be a leftover of the dead process) and no slot of the request limit.
+        """
+        head = b"GET %s HTTP/1.1\r\nhost: %s\r\ncontent-length: 0\r\n\r\n" % (
+            path,
+            upstream.host_header,
+        )
+        connection: _Connection | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                connection = await self._open(upstream)
+                response = await connection.request(head, b"")
+        except (UpstreamError, TimeoutError):
+            return False
+        finally:
+            if connection is not None:
+                connection.abort()
+        return response.status == 200
 
     def _expire(self, task: asyncio.Task[object] | None) -> None:
         # A flag, not a clock comparison: uvloop's timers have millisecond resolution and

@@ -157,8 +157,11 @@ PREDICT_ERRORS = {
     "415": "Content-Type is not JSON",
     "422": "Rows the model server refuses (wrong feature, wrong type); `details` names them",
     "500": "A gateway bug (logged)",
-    "502": "The model server could not be reached",
-    "503": "The deployment has no live slot, or the gateway holds too many connections",
+    "503": "Retry after `Retry-After`: the deployment has no live slot "
+    "(`deployment_unavailable`), no replica of it can be reached right now "
+    "(`upstream_unavailable`; the gateway tried each and asked for their repair), the gateway "
+    "is starting and has not loaded its routes (`routes_not_loaded`), or it holds too many "
+    "connections",
     "504": "The model server did not answer in time",
 }
 

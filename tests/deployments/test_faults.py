@@ -58,7 +58,7 @@ def test_killed_serving_process_is_restarted_and_recorded(live_stack):
                 headers={"Authorization": f"Bearer {key}"},
                 json={"instances": rows},
             ).status_code
-            == 502
+            == 503  # upstream_unavailable: the gateway saw the dead replica (never a 502)
         )
 
         def serving():

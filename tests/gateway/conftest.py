@@ -73,16 +73,19 @@ def start_upstream(log_dir: Path) -> Iterator[Callable[..., Proc]]:
     """Factory: start a tiny model server answering with its own version number."""
     started: list[Proc] = []
 
-    def start(version: int, slot: str = "blue") -> Proc:
-        port = free_port()
+    def start(
+        version: int, slot: str = "blue", port: int | None = None, extra_args: tuple[str, ...] = ()
+    ) -> Proc:
+        port = port or free_port()
         proc = start_process(
-            f"upstream-v{version}",
+            f"upstream-v{version}-{slot}",
             [
                 sys.executable,
                 str(UPSTREAM_SCRIPT),
                 "--port", str(port),
                 "--version", str(version),
                 "--slot", slot,
+                *extra_args,
             ],
             port,
             log_dir,
@@ -114,10 +117,11 @@ def start_gateway(log_dir: Path, session_names: list[str]) -> Iterator[Callable[
     def start(
         redis_url: str,
         env: dict[str, str] | None = None,
-        ready: bool = True,
+        ready: bool | None = True,  # None: do not wait (the caller watches it start)
         extra_args: tuple[str, ...] = (),
+        port: int | None = None,
     ) -> Proc:
-        port = free_port()
+        port = port or free_port()
         proc = start_process(
             "gateway",
             [
@@ -135,7 +139,8 @@ def start_gateway(log_dir: Path, session_names: list[str]) -> Iterator[Callable[
             env={**TEST_GATEWAY_ENV, **(env or {})},
         )
         started.append(proc)
-        wait_http(proc, "/readyz" if ready else "/healthz")
+        if ready is not None:
+            wait_http(proc, "/readyz" if ready else "/healthz")
         return proc
 
     yield start

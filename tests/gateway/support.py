@@ -175,7 +175,7 @@ class Deployments:
     def publish(
         self,
         name: str,
-        upstream: Proc | str,
+        upstream: Proc | str | list[Proc] | list[str],
         *,
         version: int = 1,
         slot: str = "blue",
@@ -183,12 +183,14 @@ class Deployments:
         keys: tuple[str, ...] = (DEFAULT_KEY,),
         announce: bool = True,
     ) -> Route:
-        url = upstream if isinstance(upstream, str) else upstream.url
+        replicas = upstream if isinstance(upstream, list) else [upstream]
+        urls = tuple(item if isinstance(item, str) else item.url for item in replicas)
         route = Route(
             deployment=name,
             version=version,
             slot=slot,  # type: ignore[arg-type]
-            upstream=url,
+            upstream=urls[0],
+            upstreams=urls,
             key_hashes=tuple(deployment_key_hash(key) for key in keys),
             state=state,  # type: ignore[arg-type]
         )

@@ -229,7 +229,9 @@ def test_deployment_without_live_slot_is_503_with_retry_after(
     assert error["details"] == {"deployment": name, "state": state}
 
 
-def test_unreachable_upstream_is_502(client: httpx.Client, deployments: Deployments) -> None:
+def test_unreachable_upstream_is_503_with_retry_after(
+    client: httpx.Client, deployments: Deployments
+) -> None:
     name = deployments.new_name("down")
     # A port nobody listens on: connection refused.
     deployments.publish(name, f"http://127.0.0.1:{free_port()}", version=5)
@@ -239,8 +241,9 @@ def test_unreachable_upstream_is_502(client: httpx.Client, deployments: Deployme
         what="route to reach the gateway",
     )
     response = client.post(f"/d/{name}/predict", json=BODY, headers=auth())
-    error = assert_error(response, 502, "upstream_unreachable")
-    assert error["details"] == {"deployment": name, "version": 5, "slot": "blue"}
+    error = assert_error(response, 503, "upstream_unavailable")
+    assert error["details"] == {"deployment": name, "version": 5, "slot": "blue", "replicas": 1}
+    assert response.headers["retry-after"] == "7"
     assert response.headers["x-modelyard-version"] == "5"
 
 

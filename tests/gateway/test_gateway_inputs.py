@@ -194,13 +194,13 @@ def test_an_unreachable_model_server_is_the_versions_error(
     name = deployments.new_name("down")
     deployments.publish(name, f"http://127.0.0.1:{port}")
     wait_until(
-        lambda: client.post(f"/d/{name}/predict", json=BODY, headers=auth()).status_code == 502,
+        lambda: client.post(f"/d/{name}/predict", json=BODY, headers=auth()).status_code == 503,
         deadline_s=5,
         what="route to reach the gateway",
     )
     wait_until(
-        lambda: buffers_of(redis_client, name).get(502) is not None,
+        lambda: buffers_of(redis_client, name).get(503) is not None,
         deadline_s=5,
-        what="the 502 to be flushed",
+        what="the 503 to be flushed",
     )
-    assert buffers_of(redis_client, name)[502].errors == buffers_of(redis_client, name)[502].count
+    assert buffers_of(redis_client, name)[503].errors == buffers_of(redis_client, name)[503].count

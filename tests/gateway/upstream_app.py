@@ -13,6 +13,9 @@ Endpoints (all answer JSON):
 - ``GET /readyz``: 200.
 
 ``--work-us N`` burns N µs of CPU per predict, to imitate a real model's cost in benchmarks.
+``--delay-ms N`` sleeps N ms in every predict (a replica slower than its peers, without CPU).
+``--cut-answers`` makes every predict send its headers and half its body, then drop the
+connection (a replica dying mid-answer, while the process itself stays up).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-def build_app(*, version: int, slot: str, work_us: int = 0) -> Callable[..., Awaitable[None]]:
+def build_app(
+    *, version: int, slot: str, work_us: int = 0, delay_ms: int = 0, cut_answers: bool = False
+) -> Callable[..., Awaitable[None]]:
     """Return a raw ASGI app (no framework, so the upstream itself stays cheap to call)."""
 
     async def respond(send: Send, status: int, payload: Any) -> None:
@@ -81,6 +86,20 @@ def build_app(*, version: int, slot: str, work_us: int = 0) -> Callable[..., Awa
         if path == "/readyz":
             await respond(send, 200, {"ready": True, "version": version})
         elif path == "/predict":
+            if delay_ms:
+                await asyncio.sleep(delay_ms / 1000)
+            if cut_answers:
+                body = json.dumps(predict(raw)).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [(b"content-length", str(len(body)).encode())],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body[: len(body) // 2]})
+                # Raising after the answer started: uvicorn can only drop the connection.
+                raise RuntimeError("cut mid-answer on purpose")
             await respond(send, 200, predict(raw))
         elif path == "/slow":
             query = dict(
@@ -117,9 +136,17 @@ def main() -> None:
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--slot", default="blue")
     parser.add_argument("--work-us", type=int, default=0)
+    parser.add_argument("--delay-ms", type=int, default=0)
+    parser.add_argument("--cut-answers", action="store_true")
     args = parser.parse_args()
     uvicorn.run(
-        build_app(version=args.version, slot=args.slot, work_us=args.work_us),
+        build_app(
+            version=args.version,
+            slot=args.slot,
+            work_us=args.work_us,
+            delay_ms=args.delay_ms,
+            cut_answers=args.cut_answers,
+        ),
         host="127.0.0.1",
         port=args.port,
         log_level="warning",
