@@ -312,3 +312,63 @@ def prediction_distribution_figure(
     layout["yaxis"]["tickformat"] = ".0%"
     layout["xaxis"] = {"type": "category"}  # the legend sits below: no axis title to clash
     return {"data": data, "layout": layout, "config": CONFIG}
+
+
+def quality_figure(*, times: Sequence[datetime], series: Mapping[int, Mapping[str, Any]]) -> dict:
+    """Live accuracy (or mean absolute error) per version over the window, from labels."""
+    metrics = {s["metric"] for s in series.values()}
+    metric = "mae" if metrics == {"mae"} else "accuracy"
+    title = "Live accuracy from labels" if metric == "accuracy" else "Live mean absolute error"
+    if not series:
+        return _empty(
+            title,
+            "No labels for this window yet: POST them to /api/v1/deployments/<name>/labels/ "
+            "with the inference ids the gateway answered.",
+        )
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": f"v{version}",
+            "x": _iso(times),
+            "y": list(s["values"]),
+            "customdata": list(s["labelled"]),
+            "hovertemplate": f"v{version} %{{y:.3f}} over %{{customdata}} labels<extra></extra>",
+            "line": {"color": version_color(version)},
+            "connectgaps": False,
+        }
+        for version, s in series.items()
+        if s["metric"] == metric
+    ]
+    layout = _layout(title, y_title=metric)
+    if metric == "accuracy":
+        layout["yaxis"]["tickformat"] = ".0%"
+        layout["yaxis"]["range"] = [0, 1]
+    return {"data": data, "layout": layout, "config": CONFIG}
+
+
+def confusion_matrix_figure(
+    *, classes: Sequence[Any], matrix: Sequence[Sequence[int]] | None, version: int | None
+) -> dict:
+    """Labelled predictions of one version: true class (rows) against predicted (columns)."""
+    title = f"Confusion matrix (v{version})" if version else "Confusion matrix"
+    if not matrix or not any(any(row) for row in matrix):
+        return _empty(title, "No labelled predictions of a classifier in this window yet.")
+    names = [str(c) for c in classes]
+    data = [
+        {
+            "type": "heatmap",
+            "x": names,
+            "y": names,
+            "z": [list(row) for row in matrix],
+            "text": [[str(v) for v in row] for row in matrix],
+            "texttemplate": "%{text}",
+            "hovertemplate": "true %{y}, predicted %{x}: %{z}<extra></extra>",
+            "colorscale": "Blues",
+            "showscale": False,
+        }
+    ]
+    layout = _layout(title, x_time=False, height=max(260, 120 + 40 * len(names)))
+    layout["xaxis"] = {"type": "category", "title": {"text": "predicted"}}
+    layout["yaxis"] = {"type": "category", "title": {"text": "true"}, "autorange": "reversed"}
+    return {"data": data, "layout": layout, "config": CONFIG}

@@ -75,3 +75,28 @@ def prediction_summary(prediction: dict) -> str:
     if not prediction["live_rows"]:
         return "Reference distribution shown; no live predictions sampled in the last hour."
     return f"{prediction['live_rows']} live predictions sampled in the last hour vs the reference."
+
+
+def quality_summary(rows: list[dict[str, Any]]) -> str:
+    """One sentence on live quality per version (from labels)."""
+    labelled = [r for r in rows if r["labelled"]]
+    if not labelled:
+        return "No labels have arrived for this window's predictions yet."
+    parts = []
+    for row in labelled:
+        name = "accuracy" if row["task"] == "classification" else "mean absolute error"
+        parts.append(
+            f"v{row['version']}: {name} {row['headline']} ({row['interval']}) over "
+            f"{row['labelled']:,} labelled predictions ({row['coverage']} of them)"
+        )
+    return "; ".join(parts) + "."
+
+
+def confusion_summary(quality: dict[str, Any] | None) -> str:
+    """What the confusion matrix counts."""
+    if not quality or not quality.get("labelled") or quality.get("task") != "classification":
+        return "Appears once a classifier's predictions in this window have labels."
+    return (
+        f"v{quality['version']}: {quality['labelled']:,} labelled predictions; rows are the "
+        "true class, columns the predicted one."
+    )

@@ -159,6 +159,17 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
     prediction = data.prediction_distribution(deployment=deployment, version=focus, end=buckets.end)
     seconds = (buckets.end - buckets.start).total_seconds()
     currency = settings.MODELYARD_PRICE_CURRENCY
+    quality_over_time = data.quality_series(
+        deployment=deployment, start=buckets.start, end=buckets.end
+    )
+    focus_quality = (
+        data.quality_compute(
+            deployment=deployment, version=focus, start=buckets.start, end=buckets.end
+        )
+        if focus is not None and quality_over_time["totals"].get(focus, {}).get("labelled")
+        else None
+    )
+    quality_rows = _quality_rows(quality_over_time["totals"], focus_quality)
     cost_of = {c["version"]: c for c in costs}
     tiles = []
     for number in sorted(set(totals) | set(cost_of)):
@@ -200,6 +211,22 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
             charts.prediction_distribution_figure(**prediction),
             captions.prediction_summary(prediction),
         ),
+        (
+            "fig-quality",
+            charts.quality_figure(
+                times=quality_over_time["times"], series=quality_over_time["series"]
+            ),
+            captions.quality_summary(quality_rows),
+        ),
+        (
+            "fig-confusion",
+            charts.confusion_matrix_figure(
+                classes=(focus_quality or {}).get("classes") or [],
+                matrix=((focus_quality or {}).get("metrics") or {}).get("confusion_matrix"),
+                version=focus,
+            ),
+            captions.confusion_summary(focus_quality),
+        ),
     ]
     return {
         "deployment": deployment,
@@ -213,8 +240,66 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
             for fid, fig, text in figures
         ],
         "has_traffic": any(t["requests"] for t in tiles),
+        "quality_rows": quality_rows,
+        "data_quality": _data_quality(deployment, focus),
         "currency": currency,
     }
+
+
+def _quality_rows(
+    totals: dict[int, dict[str, Any]], focus: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """What the quality table shows per version; F1/AUC or RMSE/R2 for the focus version
+    (computed in full once, for its confusion matrix too)."""
+    rows = []
+    for number, total in sorted(totals.items(), reverse=True):
+        low, high = total["ci95"] or (None, None)
+        accuracy = total["metric"] == "accuracy"
+        row = {
+            "version": number,
+            "task": "classification" if accuracy else "regression",
+            "labelled": total["labelled"],
+            "coverage": _fmt(
+                total["labelled"] / total["predictions"] if total["predictions"] else None, ".1%"
+            ),
+            "headline": _fmt(total["value"], ".1%" if accuracy else ".4g"),
+            "interval": f"{_fmt(low, '.1%')} to {_fmt(high, '.1%')}" if total["ci95"] else "—",
+            "second": "—",
+            "third": "—",
+        }
+        if focus is not None and focus.get("version") == number and focus.get("metrics"):
+            metrics = focus["metrics"]
+            if accuracy:
+                row["second"] = _fmt(metrics.get("f1_macro"), ".3f")
+                row["third"] = _fmt(metrics.get("roc_auc"), ".3f")
+            else:
+                mae_low, mae_high = (metrics.get("mae") or {}).get("ci95") or (None, None)
+                row["interval"] = f"{_fmt(mae_low, '.4g')} to {_fmt(mae_high, '.4g')}"
+                row["second"] = _fmt(metrics.get("rmse"), ".4g")
+                row["third"] = _fmt(metrics.get("r2"), ".3f")
+        rows.append(row)
+    return rows
+
+
+def _data_quality(deployment: Deployment, version: int | None) -> dict[str, Any] | None:
+    """The latest drift window's data-quality checks of the version, per feature."""
+    if version is None:
+        return None
+    window = data.drift_latest_window(deployment=deployment, version=version)
+    if window is None or window.data_quality is None:
+        return None
+    features = [
+        {
+            "name": f.feature,
+            "missing": _fmt(f.missing_rate, ".1%"),
+            "wrong_type": _fmt(f.type_mismatch_rate, ".1%"),
+            "out_of_range": _fmt(f.out_of_range_rate, ".1%"),
+            "new_category": _fmt(f.new_category_rate, ".1%"),
+            "issues": f.quality_issues,
+        }
+        for f in window.features.all()
+    ]
+    return {"window": window, **window.data_quality, "features": features}
 
 
 def _window_page(

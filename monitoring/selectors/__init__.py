@@ -43,7 +43,7 @@ from monitoring.selectors.metrics import (
     webhook_delivery_list,
     webhook_endpoint_list,
 )
-from monitoring.selectors.quality import prediction_log_versions, quality_compute
+from monitoring.selectors.quality import prediction_log_versions, quality_compute, quality_series
 from monitoring.selectors.windows import (
     WINDOWS,
     Window,
@@ -78,6 +78,7 @@ __all__ = [
     "prediction_log_versions",
     "prices_for",
     "quality_compute",
+    "quality_series",
     "resources_by_version",
     "rollup_buckets",
     "rollup_rows",

@@ -294,3 +294,87 @@ def prediction_log_versions(*, deployment: Deployment, start: datetime, end: dat
             [deployment.pk, start, end],
         )
         return [version for (version,) in cursor.fetchall()]
+
+
+def quality_series(
+    *, deployment: Deployment, start: datetime, end: datetime, points: int = 12
+) -> dict[str, Any]:
+    """Accuracy (classifiers) or mean absolute error (regressors) per version over ``points``
+    equal buckets of [start, end), with the labelled count of each bucket, and per version the
+    window's totals (predictions, labelled, the headline metric and its interval).
+
+    One grouped query for every version (the dashboard's query count must not grow with
+    them), then the class rule of ``quality_compute`` on the few distinct (label, prediction)
+    texts.
+    """
+    span = max(1.0, (end - start).total_seconds())
+    step = span / points
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT p.version, floor(extract(epoch FROM p.ts - %s) / %s)::int, "  # noqa: S608
+            "l.label::text, p.prediction::text, count(*) "
+            f"FROM {PREDICTIONS} p LEFT JOIN monitoring_predictionlabel l "
+            "ON l.deployment_id = p.deployment_id AND l.row_id = p.row_id "
+            "WHERE p.deployment_id = %s AND p.ts >= %s AND p.ts < %s GROUP BY 1, 2, 3, 4",
+            [start, step, deployment.pk, start, end],
+        )
+        rows = cursor.fetchall()
+    contracts = {
+        v.number: ((v.contract or {}).get("output") or {})
+        for v in ModelVersion.objects.filter(
+            model_id=deployment.model_id, number__in={row[0] for row in rows}
+        ).only("number", "contract")
+    }
+    cells: dict[int, dict[int, list[float]]] = {}  # version -> bucket -> [score sum, labelled]
+    predicted_per_version: dict[int, int] = {}
+    metric: dict[int, str] = {}
+    indexes: dict[int, dict[str, int]] = {}
+    for version, bucket, label_text, prediction_text, count in rows:
+        predicted_per_version[version] = predicted_per_version.get(version, 0) + count
+        if label_text is None:
+            continue
+        output = contracts.get(version, {})
+        cell = cells.setdefault(version, {}).setdefault(min(bucket, points - 1), [0.0, 0])
+        if output.get("kind") == "label":
+            metric[version] = "accuracy"
+            index = indexes.setdefault(version, _class_index(list(output.get("classes") or [])))
+            label, guess = _as_class(label_text, index), _as_class(prediction_text, index)
+            if label is None or guess is None:
+                continue
+            cell[0] += count if label == guess else 0
+        else:
+            metric[version] = "mae"
+            try:
+                truth = float(str(json.loads(label_text)))
+                value = float(str(json.loads(prediction_text)))
+            except (TypeError, ValueError):
+                continue
+            cell[0] += abs(truth - value) * count
+        cell[1] += count
+    times = [start + (end - start) * ((i + 0.5) / points) for i in range(points)]
+    series: dict[int, dict[str, Any]] = {}
+    totals: dict[int, dict[str, Any]] = {}
+    for version in sorted(predicted_per_version):
+        buckets = cells.get(version, {})
+        labelled = [int(buckets[i][1]) if i in buckets else 0 for i in range(points)]
+        score = sum(cell[0] for cell in buckets.values())
+        count = sum(labelled)
+        name = metric.get(version, "accuracy")
+        if count:
+            series[version] = {
+                "metric": name,
+                "values": [
+                    buckets[i][0] / buckets[i][1] if labelled[i] else None for i in range(points)
+                ],
+                "labelled": labelled,
+            }
+        headline = score / count if count else None
+        totals[version] = {
+            "metric": name,
+            "predictions": predicted_per_version[version],
+            "labelled": count,
+            "value": headline,
+            # Wilson for a proportion; the MAE's interval needs the spread (quality_compute).
+            "ci95": _wilson(score, count) if name == "accuracy" and count else None,
+        }
+    return {"times": times, "series": series, "totals": totals}
