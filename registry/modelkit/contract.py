@@ -202,9 +202,14 @@ def _wrong_type(index: int, name: str, kind: str, value: Any) -> ContractError:
 
 def rows_to_frame(contract: dict[str, Any], instances: Any) -> Any:
     """Checked rows as a DataFrame with the contract's columns and dtypes."""
+    return columns_to_frame(contract, rows_to_columns(contract, instances))
+
+
+def columns_to_frame(contract: dict[str, Any], columns: dict[str, list[Any]]) -> Any:
+    """Columns checked by ``rows_to_columns`` (one request's, or several requests' joined
+    end to end for one batch) as a DataFrame with the contract's columns and dtypes."""
     import pandas as pd
 
-    columns = rows_to_columns(contract, instances)
     return pd.DataFrame(
         {f["name"]: _series_values(f, columns[f["name"]]) for f in contract["features"]},
         columns=feature_names(contract),
