@@ -20,7 +20,6 @@ from typing import Any
 from .contract import (
     ContractError,
     Predictor,
-    columns_to_frame,
     error_body,
     feature_names,
     response,
@@ -228,7 +227,7 @@ def _predict_joined(
         bounds.append((offset, offset + rows))
         offset += rows
     want = any(flag for _, _, flag in checked)
-    predictions, proba = predictor.predict_frame(columns_to_frame(contract, joined), want)
+    predictions, proba = predictor.predict_columns(joined, want)
     return [
         (
             index,

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,9 +168,12 @@ def _modelyard(
             built = time.monotonic()
             handle = backend.slot_start(slot_key=f"peers-{name}.blue", bento_tag=tag)
             ready = time.monotonic()
+            time.sleep(2.0)  # idle: let start-up settle
+            rss, pss, count = tree_memory(handle.pid)
             print(
                 f"modelyard {name}: build {built - started:.1f} s, start until ready "
-                f"{ready - built:.1f} s (cold rollout {ready - started:.1f} s)",
+                f"{ready - built:.1f} s (cold rollout {ready - started:.1f} s); idle slot "
+                f"{count} processes, RSS {rss:.0f} MB, PSS {pss:.0f} MB",
                 flush=True,
             )
             route = deployments.new_name(f"peers-{name}")
@@ -300,6 +303,22 @@ def _mlflow(workdir: Path, models: dict[str, tuple[Path, np.ndarray]]) -> Iterat
             _stop_tree(proc)
 
 
+def tree_memory(pid: int | None) -> tuple[float, float, int]:
+    """(RSS MB, PSS MB, processes) of a server's whole process tree."""
+    import psutil
+
+    if pid is None:
+        return float("nan"), float("nan"), 0
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    infos = [proc.memory_full_info() for proc in procs]
+    return (
+        sum(info.rss for info in infos) / 2**20,
+        sum(info.pss for info in infos) / 2**20,
+        len(procs),
+    )
+
+
 def _stop_tree(proc: subprocess.Popen[bytes]) -> None:
     import psutil
 
@@ -314,10 +333,8 @@ def _stop_tree(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
         proc.wait()
     for child in children:
-        try:
+        with suppress(psutil.NoSuchProcess):
             child.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def _load(target: Target, connections: int, rows: int, seconds: float) -> dict[str, Any]:
@@ -423,7 +440,10 @@ def report(results: Results) -> str:
                     f"{results.median(key, 'p50_ms'):>6.1f}/{results.median(key, 'p99_ms'):<7.1f}"
                     f"e{errors:<2}"
                 )
-            ours, theirs = (name, "modelyard", connections, count), (name, "mlserver", connections, count)
+            ours, theirs = (
+                (name, "modelyard", connections, count),
+                (name, "mlserver", connections, count),
+            )
             slot = (name, "slot", connections, count)
             ratio = results.median(ours, "rps") / results.median(theirs, "rps")
             p99 = results.median(ours, "p99_ms") / results.median(theirs, "p99_ms")
@@ -446,7 +466,9 @@ def report(results: Results) -> str:
 def main() -> int:
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
-        raise SystemExit("set REDIS_URL (the gateway reads its routes there), or use make bench-peers")
+        raise SystemExit(
+            "set REDIS_URL (the gateway reads its routes there), or use make bench-peers"
+        )
     seconds = float(os.environ.get("BENCH_PEERS_SECONDS", "5"))
     rounds = int(os.environ.get("BENCH_PEERS_ROUNDS", "3"))
     results = run(seconds, rounds, redis_url)
