@@ -182,7 +182,7 @@ def batch_outcomes(
     own again, so only the request with the rows it refuses gets ``model_rejected_input``.
     """
     outcomes: list[Outcome | None] = [None] * len(requests)
-    checked: list[tuple[int, dict[str, list[Any]], bool]] = []
+    checked: list[tuple[int, dict[str, Any], bool]] = []
     for index, request in enumerate(requests):
         try:
             flag = request.get("probabilities", True)
@@ -192,13 +192,7 @@ def batch_outcomes(
             outcomes[index] = _client_error(exc)
             continue
         checked.append((index, columns, flag))
-    if len(checked) == 1:
-        index = checked[0][0]
-        request = requests[index]
-        outcomes[index] = request_outcome(
-            predictor, request.get("instances"), request.get("probabilities", True), model_version
-        )
-    elif checked:
+    if checked:
         try:
             for index, outcome in _predict_joined(predictor, checked, model_version):
                 outcomes[index] = outcome
@@ -214,7 +208,7 @@ def batch_outcomes(
 
 def _predict_joined(
     predictor: Predictor,
-    checked: list[tuple[int, dict[str, list[Any]], bool]],
+    checked: list[tuple[int, dict[str, Any], bool]],
     model_version: int,
 ) -> list[tuple[int, Outcome]]:
     contract = predictor.contract
@@ -222,10 +216,13 @@ def _predict_joined(
     bounds, offset = [], 0
     for _, columns, _ in checked:
         rows = len(next(iter(columns.values())))
-        for name, values in columns.items():
-            joined[name].extend(values)
+        if len(checked) > 1:  # one request's columns are used as they are
+            for name, values in columns.items():
+                joined[name].extend(values)
         bounds.append((offset, offset + rows))
         offset += rows
+    if len(checked) == 1:
+        joined = checked[0][1]
     want = any(flag for _, _, flag in checked)
     predictions, proba = predictor.predict_columns(joined, want)
     return [
