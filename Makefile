@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint format clean
+.PHONY: install run test bench bench-peers lint format clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: Modelyard needs Python 3.11 (set PYTHON=...)"; exit 1; }
@@ -30,6 +30,17 @@ test: install
 
 bench: install
 	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack test -- -m benchmark -s tests/benchmarks $(PYTEST_ARGS)
+
+# Modelyard against MLServer on the same model files (tests/benchmarks/peers/bench.py). MLServer
+# lives in a venv of its own, pinned by mlserver-requirements.txt; not part of `make test`.
+MLSERVER_VENV := .bench/mlserver-venv
+$(MLSERVER_VENV)/.installed: tests/benchmarks/peers/mlserver-requirements.txt
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r tests/benchmarks/peers/mlserver-requirements.txt
+	@touch $@
+
+bench-peers: install $(MLSERVER_VENV)/.installed
+	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack test -- -m benchmark -s -p no:cacheprovider tests/benchmarks/peers $(PYTEST_ARGS)
 
 # mypy's django plugin imports config.settings.test: the settings give every required value a
 # default, and a fixed (never created) media root keeps the settings from making a temp dir

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from registry import modelkit
+from registry.modelkit import serving as modelkit_serving
 
 # The generated service's name; BENTOML_CONFIG_OPTIONS keys are scoped by it.
 SERVICE_NAME = "modelyard"
@@ -610,20 +611,41 @@ def serve_command(*, bento_tag: str, host: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def serve_environment(*, bentoml_home: Path, workers: int = 1) -> dict[str, str]:
+def serve_environment(
+    *,
+    bentoml_home: Path,
+    workers: int = 1,
+    batch_max_size: int = modelkit_serving.DEFAULT_BATCH_MAX_SIZE,
+    batch_max_latency_ms: int = modelkit_serving.DEFAULT_BATCH_MAX_LATENCY_MS,
+) -> dict[str, str]:
     """The BentoML variables of ``serve_command``'s environment.
 
     Given to ``core.model_process`` as a model process's extra variables: the server gets
     these and the minimal environment, never the platform's own (its database and Redis
     URLs, secret key, tokens). The worker count comes from config; ``--api-workers`` is
     ignored by 1.4 services.
+
+    Adaptive batching is a serve-time setting too, so one Bento per model version serves
+    every deployment's batching: BentoML 1.4 takes a batchable API's size and latency only
+    from its decorator (its ``services.<name>.batching`` config is not read by new-style
+    services), so the generated service reads them from BENTOML_CONFIG_OPTIONS at import,
+    in each worker, before its decorators run (``modelkit.serving.BatchSettings``).
     """
     if workers < 1:
         raise ValueError("workers must be >= 1")
+    if batch_max_size < 1 or batch_max_latency_ms < 1:
+        raise ValueError("batch_max_size and batch_max_latency_ms must be >= 1")
     return {
         "BENTOML_HOME": str(bentoml_home),
         "BENTOML_DO_NOT_TRACK": "True",
-        "BENTOML_CONFIG_OPTIONS": f"services.{SERVICE_NAME}.workers={int(workers)}",
+        "BENTOML_CONFIG_OPTIONS": " ".join(
+            [
+                f"services.{SERVICE_NAME}.workers={int(workers)}",
+                *modelkit_serving.BatchSettings.config_options(
+                    SERVICE_NAME, batch_max_size, batch_max_latency_ms
+                ),
+            ]
+        ),
     }
 
 

@@ -23,6 +23,7 @@ Only the standard library and the ML libraries are imported here (see ``__init__
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,11 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
 def json_safe(value: Any) -> Any:
     """Plain JSON values: numpy scalars and arrays unwrapped, NaN and infinities as null."""
     if isinstance(value, np.ndarray):
+        # tolist() already gives plain values for these dtypes; only non-finite floats need
+        # replacing, so the per-element walk (ms for a 1,000-row answer) runs only then.
+        kind = value.dtype.kind
+        if kind in "biuU" or (kind == "f" and bool(np.isfinite(value).all())):
+            return value.tolist()
         return json_safe(value.tolist())
     if isinstance(value, np.generic):
         return json_safe(value.item())
@@ -99,7 +105,7 @@ def feature_names(contract: dict[str, Any]) -> list[str]:
     return [feature["name"] for feature in contract["features"]]
 
 
-def rows_to_columns(contract: dict[str, Any], instances: Any) -> dict[str, list[Any]]:
+def rows_to_columns(contract: dict[str, Any], instances: Any) -> dict[str, Any]:
     """``instances`` (objects keyed by feature name, or positional lists) as typed columns.
 
     Keys the model does not know are ignored (clients send ids along); a missing feature,
@@ -115,6 +121,9 @@ def rows_to_columns(contract: dict[str, Any], instances: Any) -> dict[str, list[
         )
     if not instances:
         raise ContractError("empty_instances", "'instances' must hold at least one row")
+    fast = _numeric_matrix(contract, instances)
+    if fast is not None:
+        return {name: fast[:, position] for position, name in enumerate(names)}
     columns: list[list[Any]] = [[] for _ in names]
     for index, row in enumerate(instances):
         if isinstance(row, dict):
@@ -152,6 +161,41 @@ def rows_to_columns(contract: dict[str, Any], instances: Any) -> dict[str, list[
         feature["name"]: _check_column(feature, values)
         for feature, values in zip(contract["features"], columns, strict=True)
     }
+
+
+_PLAIN_NUMBERS = frozenset({int, float})
+
+
+def _numeric_matrix(contract: dict[str, Any], instances: list[Any]) -> np.ndarray | None:
+    """The rows as one float matrix when they are plainly valid, else None.
+
+    A fast path for the common large request: rows (positional, or keyed by feature name)
+    of plain numbers for a model whose features are all non-strict numbers. Checking types
+    with one set of the values' types and converting with numpy takes a fraction of the
+    per-value loop below (3.8 ms against 1.4 ms for 1,000 rows of 4); anything else (a
+    missing key, a bool, a string, a null or NaN, a wrong width) goes through that loop,
+    which names the bad value.
+    """
+    features = contract["features"]
+    width = len(features)
+    if any(f["type"] not in (NUMBER, INTEGER) or f.get("strict") for f in features):
+        return None
+    if all(type(row) is dict for row in instances):
+        pick = operator.itemgetter(*(f["name"] for f in features))
+        try:
+            instances = [pick(row) for row in instances]
+        except KeyError:
+            return None
+        if width == 1:
+            instances = [[value] for value in instances]
+    elif not all(type(row) is list and len(row) == width for row in instances):
+        return None
+    if not {type(value) for row in instances for value in row} <= _PLAIN_NUMBERS:
+        return None
+    matrix = np.asarray(instances, dtype=np.float64).reshape(len(instances), width)
+    if np.isnan(matrix).any():  # a NaN a client sent as a number: the loop judges it
+        return None
+    return matrix
 
 
 def _check_column(feature: dict[str, Any], values: list[Any]) -> list[Any]:
@@ -202,9 +246,14 @@ def _wrong_type(index: int, name: str, kind: str, value: Any) -> ContractError:
 
 def rows_to_frame(contract: dict[str, Any], instances: Any) -> Any:
     """Checked rows as a DataFrame with the contract's columns and dtypes."""
+    return columns_to_frame(contract, rows_to_columns(contract, instances))
+
+
+def columns_to_frame(contract: dict[str, Any], columns: dict[str, list[Any]]) -> Any:
+    """Columns checked by ``rows_to_columns`` (one request's, or several requests' joined
+    end to end for one batch) as a DataFrame with the contract's columns and dtypes."""
     import pandas as pd
 
-    columns = rows_to_columns(contract, instances)
     return pd.DataFrame(
         {f["name"]: _series_values(f, columns[f["name"]]) for f in contract["features"]},
         columns=feature_names(contract),
@@ -347,6 +396,36 @@ def frame_to_rows(contract: dict[str, Any], frame: Any) -> list[dict[str, Any]]:
 # --- model input and output ---------------------------------------------------------------
 
 
+def columns_to_input(contract: dict[str, Any], columns: dict[str, list[Any]]) -> Any:
+    """What the model's own predict takes, straight from checked columns.
+
+    A model that takes a matrix gets it from numpy alone: no DataFrame is built and taken
+    apart again per request (that cost more than a small model's predict, and most of a
+    1,000-row request's time). The values and dtypes are those ``model_input`` derives
+    from ``columns_to_frame``.
+    """
+    form = contract["input"]
+    if form["form"] not in ("matrix", "onnx_matrix"):
+        return model_input(contract, columns_to_frame(contract, columns))
+    dtype = _matrix_dtype(contract)
+    matrix = np.column_stack(
+        [
+            np.asarray(_series_values(f, columns[f["name"]]), dtype=dtype)
+            for f in contract["features"]
+        ]
+    )
+    if form["form"] == "onnx_matrix":
+        return {form["feeds"][0]["name"]: matrix}
+    return matrix
+
+
+def _matrix_dtype(contract: dict[str, Any]) -> str:
+    dtype = contract["input"].get("dtype") or "float64"
+    if dtype != "object" and any(f["type"] == STRING for f in contract["features"]):
+        dtype = "object"
+    return str(dtype)
+
+
 def model_input(contract: dict[str, Any], frame: Any) -> Any:
     """What the model's own predict takes, from a frame typed by the contract."""
     form = contract["input"]
@@ -358,9 +437,7 @@ def model_input(contract: dict[str, Any], frame: Any) -> Any:
             column = np.asarray(frame[spec["name"]].to_numpy(), dtype=spec["dtype"])
             feeds[spec["name"]] = column.reshape(-1, 1) if spec.get("rank", 2) == 2 else column
         return feeds
-    dtype = form.get("dtype") or "float64"
-    if dtype != "object" and any(f["type"] == STRING for f in contract["features"]):
-        dtype = "object"
+    dtype = _matrix_dtype(contract)
     matrix = frame.to_numpy(dtype=dtype) if dtype != "object" else frame.to_numpy(dtype=object)
     if form["form"] == "onnx_matrix":
         return {form["feeds"][0]["name"]: matrix}
@@ -384,7 +461,15 @@ class Predictor:
 
     def predict_frame(self, frame: Any, probabilities: bool = True) -> tuple[Any, Any]:
         """(predictions, probabilities or None) for a typed frame: the model's own answers."""
-        features = model_input(self.contract, frame)
+        return self.predict_input(model_input(self.contract, frame), probabilities)
+
+    def predict_columns(
+        self, columns: dict[str, list[Any]], probabilities: bool
+    ) -> tuple[Any, Any]:
+        """The same for columns checked by ``rows_to_columns`` (requests' rows)."""
+        return self.predict_input(columns_to_input(self.contract, columns), probabilities)
+
+    def predict_input(self, features: Any, probabilities: bool) -> tuple[Any, Any]:
         want = probabilities and bool(self.output.get("probabilities"))
         if self.family == "estimator":
             return self._estimator(features, want)
@@ -428,7 +513,7 @@ class Predictor:
         return predictions, proba
 
     def predict_rows(self, instances: Any, probabilities: bool = True) -> tuple[Any, Any]:
-        return self.predict_frame(rows_to_frame(self.contract, instances), probabilities)
+        return self.predict_columns(rows_to_columns(self.contract, instances), probabilities)
 
     def respond(self, instances: Any, probabilities: bool, model_version: int) -> dict[str, Any]:
         """The success body for a request's rows (raises ContractError for bad rows)."""
