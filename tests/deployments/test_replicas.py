@@ -217,3 +217,22 @@ def test_decision_clamps_to_the_range_and_follows_a_changed_range_at_once():
     assert decide(1, 0.0, now=0, lo=2, hi=3).scale_to == 2  # below the new minimum
     assert decide(6, 0.0, now=0).scale_to == 5  # above the new maximum
     assert decide(2, 8.0, now=0).scale_to is None  # exactly on target: stay
+
+
+def test_api_and_page_show_each_replica_and_the_autoscaled_event(
+    live, fake_backend, operator, api_for, client
+):
+    urls = fake_backend.slots_by_key["churn-prod.blue"].urls
+    fake_backend.kill_replica("churn-prod.blue", 1)
+    deployments_reconcile()
+    body = api_for(operator).get("/api/v1/deployments/churn-prod/").json()
+    [slot] = [s for s in body["slots"] if s["color"] == "blue"]
+    assert slot["replicas"] == [
+        {"index": 0, "url": urls[0], "state": "ready"},
+        {"index": 1, "url": urls[1], "state": "dead"},
+    ]
+    DeploymentEvent.objects.create(deployment=live, kind="autoscaled", message="2 -> 3 replicas")
+    client.force_login(operator)
+    page = client.get("/deployments/churn-prod/").content.decode()
+    assert 'title="{}">ready</span>, <span class="ops-state" title="{}">dead'.format(*urls) in page
+    assert "autoscaled: 2 -&gt; 3 replicas" in page
