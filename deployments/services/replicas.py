@@ -141,13 +141,17 @@ def upstream_repair(*, deployment: str, upstream: str, reason: str) -> str:
         blocking_timeout=2 * settings.MODELYARD_SLOT_READY_TIMEOUT_SECONDS + 60,
     )
     with lock:
-        if _answers(upstream):
-            return "healthy"
         backend = backends.runtime_backend()
         try:
             status = backend.slot_status(slot_key=slot.runtime_key)
         except SlotNotFound:
             return "unknown upstream"
+        replica = next((r for r in status.replicas if r.url == upstream), None)
+        # Both must hold: the backend still has the very server it started (a SIGKILLed
+        # arbiter leaves a worker answering on the port) and the port answers now (a refused
+        # connection may have been a blip).
+        if replica is not None and replica.state == "ready" and _answers(upstream):
+            return "healthy"
         # Off the route before the restart: the gateway stops trying it at once.
         dead = [
             {**replica, "state": "dead"} if replica["url"] == upstream else replica
