@@ -42,8 +42,7 @@ class LoadProcess:
     def __init__(self, url: str, key: str, rows: list, out: Path) -> None:
         self.out = out
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.deployments.loadgen"]
-            + [url, key, json.dumps(rows), str(out)],
+            [sys.executable, "-m", "tests.deployments.loadgen", *self._args(url, key, rows)],
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
@@ -51,6 +50,9 @@ class LoadProcess:
         while not Path(f"{out}.started").exists():
             assert self.proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
+
+    def _args(self, url: str, key: str, rows: list) -> list[str]:
+        return [url, key, json.dumps(rows), str(self.out)]
 
     def stop(self) -> dict:
         self.proc.send_signal(signal.SIGTERM)
@@ -135,9 +137,7 @@ def test_autoscale_1_2_1_under_load_fails_no_request(live_stack, tmp_path):
             "the scale-down to 1 replica",
             tick=calm,
         )
-        until(
-            lambda: not _answers(upstreams[1]), 60, "the stopped replica's port to close"
-        )
+        until(lambda: not _answers(upstreams[1]), 60, "the stopped replica's port to close")
         time.sleep(2)
     finally:
         result = load.stop()
