@@ -400,7 +400,6 @@ class KubernetesBackend(RuntimeBackend):
         self._kube(
             f"slot {slot_key}",
             self.client.deployment_patch,
-            namespace=self.namespace,
             name=name,
             patch={"spec": {"replicas": int(replicas)}},
         )
