@@ -236,3 +236,20 @@ def test_api_and_page_show_each_replica_and_the_autoscaled_event(
     page = client.get("/deployments/churn-prod/").content.decode()
     assert 'title="{}">ready</span>, <span class="ops-state" title="{}">dead'.format(*urls) in page
     assert "autoscaled: 2 -&gt; 3 replicas" in page
+
+
+def test_repair_and_autoscale_tasks_are_registered_routed_and_scheduled(settings):
+    from config.celery_app import app
+    from gateway.replica_reports import REPAIR_QUEUE, REPAIR_TASK
+
+    app.loader.import_default_modules()
+    assert {REPAIR_TASK, "deployments.autoscale"} <= set(app.tasks)
+    queue_of = app.amqp.router.route
+    assert queue_of({}, REPAIR_TASK, (), {})["queue"].name == REPAIR_QUEUE
+    assert queue_of({}, "deployments.autoscale", (), {})["queue"].name == "rollouts"
+    [every] = [
+        entry["schedule"]
+        for entry in settings.CELERY_BEAT_SCHEDULE.values()
+        if entry["task"] == "deployments.autoscale"
+    ]
+    assert 2 <= every <= 5
