@@ -67,6 +67,8 @@ _REPLICA_SEP = "@"
 # supervisor and repairs take one by one.
 _SLOT_LOCK_PREFIX = "slot~"
 _LOG_TAIL_LINES = 40
+# How long a replica may fail /readyz (as the supervisor saw) and still count as ready.
+_UNREADY_GRACE_S = 10.0
 _EXIT_NOTE = "exit-note.json"
 # Runs the server as its child, forwards SIGTERM/SIGINT and writes how the child ended to the
 # note (a negative returncode is a signal). Inline, not a module: the model user runs it with
@@ -933,9 +935,13 @@ class LocalProcessBackend(RuntimeBackend):
                 state = "dead"
             elif record.starting:
                 state = "starting"
-            elif self._ready(record) or record.unready_since is None:
-                # One failed probe of a busy server is not a reason to drop it from the route:
-                # only once the supervisor saw it unready too (unready_since) does it leave.
+            elif (
+                record.unready_since is None
+                or time.time() - record.unready_since < _UNREADY_GRACE_S
+                or self._ready(record)
+            ):
+                # A slow probe of a busy server is no reason to drop it from the route: only
+                # once the supervisor has seen it unready for a while does it leave.
                 state = "ready"
             else:
                 state = "starting"
