@@ -22,6 +22,10 @@ app.conf.task_routes = {
     "deployments.build_run": {"queue": "builds"},
     "deployments.rollout_advance": {"queue": "rollouts"},
     "deployments.reconcile": {"queue": "rollouts"},
+    # The gateway's repair requests (gateway.replica_reports.REPAIR_QUEUE) and scaling start
+    # and stop slot servers: beside the rollouts that do the same.
+    "deployments.upstream_repair": {"queue": "rollouts"},
+    "deployments.autoscale": {"queue": "rollouts"},
     "batch.*": {"queue": "batch"},
     "monitoring.*": {"queue": "monitoring"},
 }

@@ -89,6 +89,10 @@ class Slot(models.Model):
     bento_tag = models.CharField(max_length=200, blank=True)
     state = models.CharField(max_length=16, choices=SlotState.choices, default=SlotState.STOPPED)
     url = models.CharField(max_length=200, blank=True)
+    # The slot's servers as last seen: [{"index": 0, "url": "http://...", "state": "ready"}]
+    # (state ready / starting / dead / draining). The route lists the ready ones' URLs; [] for
+    # a slot recorded before replicas existed, whose route is ``url`` alone.
+    replicas = models.JSONField(default=list, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -103,6 +107,13 @@ class Slot(models.Model):
     @property
     def runtime_key(self) -> str:
         return f"{self.deployment.name}.{self.color}"
+
+    @property
+    def ready_urls(self) -> list[str]:
+        """Where the slot takes traffic: its ready replicas' URLs (``url`` for an old row)."""
+        if not self.replicas:
+            return [self.url] if self.url else []
+        return [replica["url"] for replica in self.replicas if replica.get("state") == "ready"]
 
 
 class Build(models.Model):

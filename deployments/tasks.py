@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Task, shared_task
 from django.conf import settings
@@ -77,3 +78,39 @@ def deployments_reconcile_task() -> list[str]:
     for action in actions:
         logger.info("reconcile: %s", action)
     return actions
+
+
+@shared_task(
+    name="deployments.upstream_repair",
+    # The gateway sends this the moment a replica refuses a connection. At most once: a lost
+    # message is the reconcile sweep's work 15 s later, and a retry of a half-done restart
+    # would only wait on the slot's lock to find the replica answering.
+    acks_late=False,
+    soft_time_limit=240,
+    time_limit=270,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=True,
+    max_retries=3,
+)
+def upstream_repair_task(deployment: str, upstream: str, reason: str = "") -> str:
+    """Check a replica the gateway could not reach; restart it if dead (one event)."""
+    outcome = services.upstream_repair(deployment=deployment, upstream=upstream, reason=reason)
+    logger.info("repair of %s (%s): %s", upstream, deployment, outcome)
+    return outcome
+
+
+@shared_task(
+    name="deployments.autoscale",
+    acks_late=True,
+    # Periodic and short: a decision that did not run is the next tick's (2 s later); a
+    # scale-up waits for new servers to be ready, hence the limit above a cold start.
+    soft_time_limit=180,
+    time_limit=210,
+    expires=10,
+)
+def deployments_autoscale_task() -> list[str]:
+    """Scale every autoscaled deployment's live slot by requests in flight per replica."""
+    done = services.deployments_autoscale(now=time.time())
+    for line in done:
+        logger.info("autoscale: %s", line)
+    return done

@@ -447,6 +447,9 @@ CELERY_BEAT_SCHEDULE = {
     "registry-validation-sweep": {"task": "registry.version_validation_sweep", "schedule": 60.0},
     # Deployments converge on their recorded state (crashed slots, lost routes, stuck rollouts).
     "deployments-reconcile": {"task": "deployments.reconcile", "schedule": 15.0},
+    # Autoscaling: one decision per deployment on the gateway's in-flight reports (sent every
+    # ~1 s); the up/down windows of each deployment are far longer than the tick.
+    "deployments-autoscale": {"task": "deployments.autoscale", "schedule": 2.0},
     # Batch: chunks and steps of dead workers run again; due schedules start their jobs.
     "batch-jobs-sweep": {"task": "batch.jobs_sweep", "schedule": 15.0},
     "batch-schedules-due": {"task": "batch.schedules_due", "schedule": 30.0},

@@ -10,12 +10,21 @@ from deployments.models import Deployment, DeploymentKey, Rollout, Slot
 from deployments.services.serving import SERVING_FIELDS, serving_settings
 
 
+class SlotReplicaSerializer(serializers.Serializer):
+    """One server of a slot as last seen (``Slot.replicas``); only ``ready`` ones get traffic."""
+
+    index = serializers.IntegerField()
+    url = serializers.CharField()
+    state = serializers.ChoiceField(choices=["ready", "starting", "dead", "draining"])
+
+
 class SlotSerializer(serializers.ModelSerializer):
     version = serializers.IntegerField(source="version.number", allow_null=True, default=None)
+    replicas = SlotReplicaSerializer(many=True, read_only=True)
 
     class Meta:
         model = Slot
-        fields = ["color", "version", "state", "bento_tag", "url", "updated_at"]
+        fields = ["color", "version", "state", "bento_tag", "url", "replicas", "updated_at"]
 
 
 class RolloutSerializer(serializers.ModelSerializer):

@@ -1,8 +1,9 @@
 """What a serving runtime offers the rollout state machine: slots that serve one Bento each.
 
-A slot (``churn-prod.blue``) is a place where one Bento is served behind one URL. The local
-backend runs a ``bentoml serve`` process per slot; a Kubernetes backend would run a
-Deployment per slot. Callers hold only slot keys and Bento tags, never PIDs or pods, so the
+A slot (``churn-prod.blue``) is a place where one Bento is served by ``replicas`` servers
+(replicas), each with its own URL and ``workers`` BentoML workers. The local backend runs a
+``bentoml serve`` process per replica; the Kubernetes backend runs a Deployment per slot
+(one pod per replica). Callers hold only slot keys and Bento tags, never PIDs or pods, so the
 backends are interchangeable.
 
 Events are plain values that the caller records (audit log, rollout step log); backends do
@@ -15,6 +16,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 # Slot keys name files and Kubernetes objects, so they keep to a portable alphabet.
 SLOT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -54,6 +56,8 @@ class SlotHandle:
     pid: int | None
     port: int
     started_at: datetime
+    # Every replica's base URL (``url`` is the first); () for a backend behind one address.
+    urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,17 +73,41 @@ class SlotEvent:
         return cls(slot_key=slot_key, kind=kind, message=message, at=datetime.now(UTC))
 
 
+ReplicaState = Literal["ready", "starting", "dead"]
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One server of a slot: ``ready`` takes traffic, ``starting`` not yet, ``dead`` not at all
+    (crashed, or waiting for the supervisor's restart)."""
+
+    index: int
+    url: str
+    state: ReplicaState
+    pid: int | None = None
+    restarts: int = 0
+
+
 @dataclass(frozen=True)
 class SlotStatus:
     slot_key: str
     bento_tag: str
-    url: str
-    running: bool  # the server process (tree) is alive
-    ready: bool  # /readyz answered 200 just now
-    restarts: int  # restarts by the supervisor since the slot was started
+    url: str  # the first replica's URL
+    running: bool  # some replica's server process (tree) is alive
+    ready: bool  # every replica answered /readyz with 200 just now
+    restarts: int  # restarts by the supervisor since the slot was started, all replicas
     last_event: SlotEvent | None
     pid: int | None = None
     started_at: datetime | None = None
+    replicas: tuple[ReplicaStatus, ...] = ()
+    workers: int = 1
+
+    @property
+    def ready_urls(self) -> list[str]:
+        """The URLs that may take traffic: ready replicas only, in replica order."""
+        if not self.replicas:
+            return [self.url] if self.ready and self.url else []
+        return [replica.url for replica in self.replicas if replica.state == "ready"]
 
 
 @dataclass(frozen=True)
@@ -102,12 +130,38 @@ class RuntimeBackend(ABC):
     """Serving slots: start, stop, inspect, measure and supervise them."""
 
     @abstractmethod
-    def slot_start(self, *, slot_key: str, bento_tag: str) -> SlotHandle:
-        """Serve ``bento_tag`` in the slot and return once it is ready.
+    def slot_start(
+        self,
+        *,
+        slot_key: str,
+        bento_tag: str,
+        replicas: int | None = None,
+        workers: int | None = None,
+    ) -> SlotHandle:
+        """Serve ``bento_tag`` in the slot on ``replicas`` servers and return once all are ready.
 
-        A no-op if the slot already serves this Bento; replaces the server if it serves
-        another. Raises SlotStartError (with the log tail) if it is not ready in time, and
-        leaves nothing running then.
+        ``replicas`` servers with ``workers`` BentoML workers each (None: the backend's
+        defaults). A no-op if the
+        slot already serves this Bento so; replaces the servers if they serve another. Raises
+        SlotStartError (with the log tail) if one is not ready in time, and leaves nothing
+        running then.
+        """
+
+    @abstractmethod
+    def slot_scale(self, *, slot_key: str, replicas: int, timeout: float = 30) -> SlotHandle:
+        """Run ``replicas`` servers in the slot: start the missing ones (returns once they are
+        ready), stop the extra ones (gracefully: in-flight requests finish, ``timeout`` at most).
+
+        The caller drops the extra replicas from the route before (they must get no new
+        requests); raises SlotNotFound for a slot that is not started.
+        """
+
+    @abstractmethod
+    def replica_repair(self, *, slot_key: str, url: str) -> SlotEvent | None:
+        """Check the slot's replica at ``url`` now and restart it if it is dead.
+
+        One event naming the cause (exit code or signal, last error line of its log) and the
+        restart; None if the replica was fine (or another repair got there first).
         """
 
     @abstractmethod
@@ -133,7 +187,7 @@ class RuntimeBackend(ABC):
 
     @abstractmethod
     def slot_resources(self, *, slot_key: str) -> ResourceSample:
-        """CPU and memory of the slot's server, summed over its processes."""
+        """CPU and memory of the slot's servers, summed over all replicas' processes."""
 
     @abstractmethod
     def slots(self) -> list[SlotStatus]:

@@ -39,6 +39,7 @@ from deployments.integrations.kubernetes import (
     parse_quantity,
 )
 from deployments.runtime.base import (
+    ReplicaStatus,
     ResourceSample,
     RuntimeBackend,
     RuntimeBackendError,
@@ -51,6 +52,8 @@ from deployments.runtime.base import (
 )
 
 BENTO_PORT = 3000  # BentoML's default HTTP port; the generated image EXPOSEs it
+# The gateway's gauge of requests in flight per upstream (gateway/prometheus.py exports it).
+INFLIGHT_METRIC = "modelyard_gateway_upstream_inflight"
 # The generated Dockerfile creates user "bentoml" with this uid/gid (BENTO_USER_UID).
 BENTO_UID = 1034
 CONTAINER = "bento"
@@ -176,9 +179,18 @@ class KubernetesBackend(RuntimeBackend):
         return copy.deepcopy(self.deployment_resources.get(deployment, self.resources))
 
     def render(
-        self, *, slot_key: str, bento_tag: str, started_at: datetime | None = None
+        self,
+        *,
+        slot_key: str,
+        bento_tag: str,
+        started_at: datetime | None = None,
+        replicas: int | None = None,
+        workers: int | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The Deployment and Service manifests of a slot serving ``bento_tag``."""
+        """The Deployment and Service manifests of a slot serving ``bento_tag`` (``replicas``
+        pods of ``workers`` BentoML workers each; None: the backend's defaults)."""
+        replicas = replicas or self.replicas
+        workers = workers or self.workers
         name = self.object_name(slot_key)
         image = self.image_for(bento_tag)
         deployment_name, color = _split_slot_key(slot_key)
@@ -212,7 +224,7 @@ class KubernetesBackend(RuntimeBackend):
                 {"name": "BENTOML_DO_NOT_TRACK", "value": "True"},
                 {
                     "name": "BENTOML_CONFIG_OPTIONS",
-                    "value": f"services.{bentoml_integration.SERVICE_NAME}.workers={self.workers}",
+                    "value": f"services.{bentoml_integration.SERVICE_NAME}.workers={workers}",
                 },
             ],
             "resources": self.resources_for(slot_key),
@@ -280,7 +292,7 @@ class KubernetesBackend(RuntimeBackend):
                 "annotations": annotations,
             },
             "spec": {
-                "replicas": self.replicas,
+                "replicas": replicas,
                 "revisionHistoryLimit": 2,
                 # Never fewer ready pods than wanted while a slot's pods are replaced.
                 "strategy": {
@@ -321,7 +333,14 @@ class KubernetesBackend(RuntimeBackend):
 
     # ------------------------------------------------------------------ public API
 
-    def slot_start(self, *, slot_key: str, bento_tag: str) -> SlotHandle:
+    def slot_start(
+        self,
+        *,
+        slot_key: str,
+        bento_tag: str,
+        replicas: int | None = None,
+        workers: int | None = None,
+    ) -> SlotHandle:
         validate_slot_key(slot_key)
         name = self.object_name(slot_key)
         try:
@@ -336,14 +355,22 @@ class KubernetesBackend(RuntimeBackend):
             # and handing the slot out only once it is ready.
             started_at = _parse_dt(annotations.get(ANN_STARTED_AT))
             deployment, service = self.render(
-                slot_key=slot_key, bento_tag=bento_tag, started_at=started_at
+                slot_key=slot_key,
+                bento_tag=bento_tag,
+                started_at=started_at,
+                replicas=replicas,
+                workers=workers,
             )
             self._kube(f"slot {slot_key}", self.client.service_apply, body=service)
             self._wait_ready(slot_key, bento_tag, deadline)
             return self._handle(slot_key, bento_tag, started_at)
         started_at = datetime.now(UTC)
         deployment, service = self.render(
-            slot_key=slot_key, bento_tag=bento_tag, started_at=started_at
+            slot_key=slot_key,
+            bento_tag=bento_tag,
+            started_at=started_at,
+            replicas=replicas,
+            workers=workers,
         )
         replaced = annotations.get(ANN_BENTO_TAG) if existing is not None else None
         self._kube(f"slot {slot_key}", self.client.deployment_apply, body=deployment)
@@ -354,6 +381,93 @@ class KubernetesBackend(RuntimeBackend):
             message += f"; replaced {replaced}"
         self._record_event(name, SlotEvent.now(slot_key, "started", message))
         return self._handle(slot_key, bento_tag, started_at)
+
+    def slot_scale(self, *, slot_key: str, replicas: int, timeout: float = 30) -> SlotHandle:
+        """Set the Deployment's ``spec.replicas``; returns once every pod is ready.
+
+        Kubernetes drains a removed pod itself: it leaves the Service's endpoints first, then
+        gets SIGTERM (BentoML finishes what is in flight) within the grace period.
+        """
+        validate_slot_key(slot_key)
+        if replicas < 1:
+            raise ValueError("replicas must be >= 1")
+        name = self.object_name(slot_key)
+        existing = self._get_deployment(name)
+        if existing is None:
+            raise SlotNotFound(f"no slot {slot_key!r} (Deployment {self.namespace}/{name})")
+        annotations = existing["metadata"].get("annotations") or {}
+        bento_tag = annotations.get(ANN_BENTO_TAG, "")
+        self._kube(
+            f"slot {slot_key}",
+            self.client.deployment_patch,
+            name=name,
+            patch={"spec": {"replicas": int(replicas)}},
+        )
+        self._wait_ready(slot_key, bento_tag, self._clock() + self.ready_timeout)
+        return self._handle(slot_key, bento_tag, _parse_dt(annotations.get(ANN_STARTED_AT)))
+
+    def replica_repair(self, *, slot_key: str, url: str) -> SlotEvent | None:
+        """Nothing to do by hand: the kubelet restarts a dead container and the readiness
+        probe takes its pod out of the Service meanwhile; supervise_once reports it."""
+        validate_slot_key(slot_key)
+        return None
+
+    def render_autoscaler(
+        self,
+        *,
+        slot_key: str,
+        replicas_min: int,
+        replicas_max: int,
+        target_inflight: float,
+        scale_up_seconds: int,
+        scale_down_seconds: int,
+    ) -> dict[str, Any]:
+        """An autoscaling/v2 HPA on the gateway's in-flight gauge per pod of the slot.
+
+        ``modelyard_gateway_upstream_inflight`` is exported by the gateway per upstream; the
+        HPA reads it as a Pods metric only through a metrics adapter (prometheus-adapter with
+        a rule mapping the series to the slot's pods) -- without one it reports
+        FailedGetPodsMetric and keeps the replica count. The stabilisation windows are the
+        deployment's, one replica per step as the local autoscaler does.
+        """
+        name = self.object_name(slot_key)
+        return {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": {LABEL_MANAGED_BY: "modelyard", LABEL_SLOT_ID: name},
+                "annotations": {ANN_SLOT_KEY: slot_key},
+            },
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                "minReplicas": int(replicas_min),
+                "maxReplicas": int(replicas_max),
+                "metrics": [
+                    {
+                        "type": "Pods",
+                        "pods": {
+                            "metric": {"name": INFLIGHT_METRIC},
+                            "target": {
+                                "type": "AverageValue",
+                                "averageValue": f"{int(target_inflight * 1000)}m",
+                            },
+                        },
+                    }
+                ],
+                "behavior": {
+                    "scaleUp": {
+                        "stabilizationWindowSeconds": int(scale_up_seconds),
+                        "policies": [{"type": "Pods", "value": 1, "periodSeconds": 15}],
+                    },
+                    "scaleDown": {
+                        "stabilizationWindowSeconds": int(scale_down_seconds),
+                        "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+                    },
+                },
+            },
+        }
 
     def slot_stop(self, *, slot_key: str, timeout: float = 10) -> None:
         validate_slot_key(slot_key)
@@ -645,6 +759,19 @@ class KubernetesBackend(RuntimeBackend):
             ),
             pid=None,
             started_at=_parse_dt(annotations.get(ANN_STARTED_AT)),
+            # The gateway reaches a slot through its Service, which kube-proxy balances over
+            # the pods whose readiness probe passes: one address, ready while any pod is.
+            replicas=(
+                ReplicaStatus(
+                    index=0,
+                    url=self.url_for(slot_key),
+                    state=(
+                        "ready"
+                        if int((deployment.get("status") or {}).get("readyReplicas", 0)) > 0
+                        else "starting"
+                    ),
+                ),
+            ),
         )
 
 

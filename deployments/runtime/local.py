@@ -28,9 +28,12 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +45,8 @@ from filelock import FileLock, Timeout
 from core.model_process import ModelProcessStart, model_process_start
 from deployments.integrations import bentoml as bentoml_integration
 from deployments.runtime.base import (
+    ReplicaState,
+    ReplicaStatus,
     ResourceSample,
     RuntimeBackend,
     RuntimeBackendError,
@@ -54,7 +59,35 @@ from deployments.runtime.base import (
 )
 
 SLOT_ENV = "MODELYARD_SLOT"
+# A slot's replica 0 keeps the slot key as its unit name (records, logs, homes, marks written
+# before replicas existed stay valid); replica i > 0 is "<slot key>@<i>" ('@' is never part
+# of a slot key, so the names cannot collide).
+_REPLICA_SEP = "@"
+# The lock of a whole slot (start, scale, stop) apart from its replicas' locks, which the
+# supervisor and repairs take one by one.
+_SLOT_LOCK_PREFIX = "slot~"
 _LOG_TAIL_LINES = 40
+# How long a replica may fail /readyz (as the supervisor saw) and still count as ready.
+_UNREADY_GRACE_S = 10.0
+_EXIT_NOTE = "exit-note.json"
+# Runs the server as its child, forwards SIGTERM/SIGINT and writes how the child ended to the
+# note (a negative returncode is a signal). Inline, not a module: the model user runs it with
+# no access to the platform's code. Written by hand because nothing in the standard library
+# or our dependencies records a non-child's exit status.
+_EXIT_NOTE_SCRIPT = """
+import json, signal, subprocess, sys
+note, argv = sys.argv[1], sys.argv[2:]
+child = subprocess.Popen(argv)
+for number in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(number, lambda received, frame: child.send_signal(received))
+code = child.wait()
+try:
+    with open(note, "w") as fh:
+        json.dump({"pid": child.pid, "returncode": code}, fh)
+except OSError:
+    pass
+sys.exit(code if code >= 0 else 128 - code)
+"""
 _PORT_ATTEMPTS = 3
 
 
@@ -77,6 +110,8 @@ class _SlotRecord:
     last_event: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     isolation: dict[str, Any] | None = None  # Confinement.to_dict() of the current server
+    log_offset: int | None = None  # where the current server's output starts in its log
+    starting: bool = False  # spawned, not yet ready once (it gets no traffic until it is)
 
 
 class LocalProcessBackend(RuntimeBackend):
@@ -116,58 +151,208 @@ class LocalProcessBackend(RuntimeBackend):
 
     # ------------------------------------------------------------------ public API
 
-    def slot_start(self, *, slot_key: str, bento_tag: str) -> SlotHandle:
+    def slot_start(
+        self,
+        *,
+        slot_key: str,
+        bento_tag: str,
+        replicas: int | None = None,
+        workers: int | None = None,
+    ) -> SlotHandle:
         validate_slot_key(slot_key)
-        with self._slot_lock(slot_key, timeout=2 * self.ready_timeout + 30):
-            record = self._load(slot_key)
-            if record is not None and record.bento_tag == bento_tag and self._alive(record):
+        replicas = 1 if replicas is None else replicas
+        if replicas < 1:
+            raise ValueError("replicas must be >= 1")
+        workers = workers or self.workers
+        with self._slot_lock(_SLOT_LOCK_PREFIX + slot_key, timeout=2 * self.ready_timeout + 60):
+            units = [_unit(slot_key, index) for index in range(replicas)]
+            self._units_start(units, bento_tag=bento_tag, workers=workers)
+            self._units_stop(self._units_of(slot_key, beyond=replicas), timeout=10)
+            return self._slot_handle(slot_key)
+
+    def slot_scale(self, *, slot_key: str, replicas: int, timeout: float = 30) -> SlotHandle:
+        validate_slot_key(slot_key)
+        if replicas < 1:
+            raise ValueError("replicas must be >= 1")
+        with self._slot_lock(_SLOT_LOCK_PREFIX + slot_key, timeout=2 * self.ready_timeout + 60):
+            current = [
+                record for record in self._records() if _slot_of(record.slot_key) == slot_key
+            ]
+            if not current:
+                raise SlotNotFound(f"no slot {slot_key!r} in {self.state_dir}")
+            first = min(current, key=lambda record: _index_of(record.slot_key))
+            units = [_unit(slot_key, index) for index in range(replicas)]
+            # Only the missing ones start: a replica already serving is left alone (no-op).
+            self._units_start(units, bento_tag=first.bento_tag, workers=first.workers)
+            # SIGTERM first: BentoML's server stops accepting and finishes what is in flight.
+            self._units_stop(self._units_of(slot_key, beyond=replicas), timeout=timeout)
+            return self._slot_handle(slot_key)
+
+    def replica_repair(self, *, slot_key: str, url: str) -> SlotEvent | None:
+        validate_slot_key(slot_key)
+        record = next(
+            (
+                record
+                for record in self._records()
+                if _slot_of(record.slot_key) == slot_key and self._url(record) == url
+            ),
+            None,
+        )
+        if record is None:
+            raise SlotNotFound(f"slot {slot_key!r} has no replica at {url}")
+        unit = record.slot_key
+        # Waits for a supervisor or another repair holding this replica: after it, the
+        # replica is found alive and nothing happens twice.
+        with self._slot_lock(unit, timeout=2 * self.ready_timeout + 30):
+            record = self._load(unit)
+            if record is None:
+                return None
+            if self._alive(record) is not None and self._ready(record):
+                return None
+            started = time.monotonic()
+            cause = self._crash_cause(record)
+            self._kill_slot(unit, record, timeout=5)
+            record.pid = record.create_time = record.unready_since = None
+            try:
+                self._spawn_until_ready(record)
+            except SlotStartError as exc:
+                record.failures += 1
+                record.next_attempt_at = time.time() + self._backoff(record.failures)
+                event = self._event(
+                    record,
+                    "repair_failed",
+                    f"{cause}; restart failed: {str(exc).splitlines()[0]}",
+                )
+                self._save(record)
+                return event
+            record.restarts += 1
+            record.next_attempt_at = None
+            event = self._event(
+                record,
+                "repaired",
+                f"{cause}; restarted in {time.monotonic() - started:.1f} s at "
+                f"{self._url(record)} (pid {record.pid})",
+            )
+            self._save(record)
+            return event
+
+    def _units_start(self, units: list[str], *, bento_tag: str, workers: int) -> None:
+        """Start (or keep) every unit, in parallel: the cold starts overlap (3 replicas in 1.7x
+        one's time on 2 cores, tests/benchmarks/test_replicas_bench.py).
+
+        If one fails, the ones this call started are stopped again and its error raised.
+        """
+        with ThreadPoolExecutor(max_workers=len(units)) as pool:
+            results = list(
+                pool.map(
+                    lambda unit: self._unit_start_caught(
+                        unit, bento_tag=bento_tag, workers=workers
+                    ),
+                    units,
+                )
+            )
+        errors = [error for error in results if error is not None]
+        if errors:
+            self._units_stop(units, timeout=5)
+            raise errors[0]
+
+    def _unit_start_caught(
+        self, unit: str, *, bento_tag: str, workers: int
+    ) -> SlotStartError | None:
+        try:
+            self._unit_start(unit, bento_tag=bento_tag, workers=workers)
+        except SlotStartError as exc:
+            return exc
+        return None
+
+    def _unit_start(self, unit: str, *, bento_tag: str, workers: int) -> None:
+        with self._slot_lock(unit, timeout=2 * self.ready_timeout + 30):
+            record = self._load(unit)
+            if (
+                record is not None
+                and record.bento_tag == bento_tag
+                and record.workers == workers
+                and self._alive(record)
+            ):
                 # Already serving this Bento: no-op, but only hand it out once it is ready
                 # (a supervisor may have just restarted it).
-                self._known.add((slot_key, record.pid or 0))
+                self._known.add((unit, record.pid or 0))
                 try:
                     self._wait_ready(record, deadline=time.monotonic() + self.ready_timeout)
                 except SlotStartError:
-                    self._kill_slot(slot_key, record, timeout=5)
-                    self._delete_record(slot_key)
+                    self._kill_slot(unit, record, timeout=5)
+                    self._delete_record(unit)
                     raise
-                return self._handle(record)
+                return
             if record is not None:
-                self._kill_slot(slot_key, record, timeout=10)
+                self._kill_slot(unit, record, timeout=10)
                 if record.bento_tag != bento_tag:
                     self._event(record, "stopped", f"replaced {record.bento_tag} by {bento_tag}")
             else:
-                self._kill_processes(self._marked(slot_key), timeout=5)
+                self._kill_processes(self._marked(unit), timeout=5)
             if not bentoml_integration.bento_exists(home=self.home, bento_tag=bento_tag):
-                raise self._not_built(slot_key, bento_tag)
+                raise self._not_built(unit, bento_tag)
             new = _SlotRecord(
-                slot_key=slot_key,
+                slot_key=unit,
                 bento_tag=bento_tag,
                 host=self.host,
-                port=0,
-                workers=self.workers,
+                port=record.port if record is not None else 0,
+                workers=workers,
                 history=record.history if record is not None else [],
             )
             try:
                 self._spawn_until_ready(new)
             except SlotStartError:
-                self._delete_record(slot_key)
+                self._delete_record(unit)
                 raise
             self._event(new, "started", f"serving {bento_tag} at {self._url(new)} (pid {new.pid})")
             self._save(new)
-            return self._handle(new)
+
+    def _units_stop(self, units: list[str], *, timeout: float) -> None:
+        for unit in units:
+            with self._slot_lock(unit, timeout=2 * self.ready_timeout + 30):
+                record = self._load(unit)
+                if record is not None:
+                    self._kill_slot(unit, record, timeout=timeout)
+                else:
+                    self._kill_processes(self._marked(unit), timeout=timeout)
+                self._delete_record(unit)
+                with contextlib.suppress(FileNotFoundError):
+                    # The unit's home only holds its Bento (hard links) and BentoML's scratch.
+                    _remove_tree(self.state_dir / "homes" / unit)
+
+    def _units_of(self, slot_key: str, *, beyond: int = 0) -> list[str]:
+        """The slot's recorded (or still marked) units with a replica index >= ``beyond``."""
+        names = {record.slot_key for record in self._records()} | set(self._marked_by_slot())
+        return sorted(
+            (name for name in names if _slot_of(name) == slot_key and _index_of(name) >= beyond),
+            key=_index_of,
+        )
+
+    def _slot_records(self, slot_key: str) -> list[_SlotRecord]:
+        records = [record for record in self._records() if _slot_of(record.slot_key) == slot_key]
+        return sorted(records, key=lambda record: _index_of(record.slot_key))
+
+    def _slot_handle(self, slot_key: str) -> SlotHandle:
+        records = self._slot_records(slot_key)
+        if not records:
+            raise SlotNotFound(f"no slot {slot_key!r} in {self.state_dir}")
+        first = records[0]
+        return SlotHandle(
+            slot_key=slot_key,
+            bento_tag=first.bento_tag,
+            url=self._url(first),
+            identifier=f"pid:{first.pid}",
+            pid=first.pid,
+            port=first.port,
+            started_at=_dt(first.started_at) or datetime.now(UTC),
+            urls=tuple(self._url(record) for record in records),
+        )
 
     def slot_stop(self, *, slot_key: str, timeout: float = 10) -> None:
         validate_slot_key(slot_key)
-        with self._slot_lock(slot_key, timeout=2 * self.ready_timeout + 30):
-            record = self._load(slot_key)
-            if record is not None:
-                self._kill_slot(slot_key, record, timeout=timeout)
-            else:
-                self._kill_processes(self._marked(slot_key), timeout=timeout)
-            self._delete_record(slot_key)
-            with contextlib.suppress(FileNotFoundError):
-                # The slot's home only holds its Bento (hard links) and BentoML's scratch.
-                _remove_tree(self.state_dir / "homes" / slot_key)
+        with self._slot_lock(_SLOT_LOCK_PREFIX + slot_key, timeout=2 * self.ready_timeout + 60):
+            self._units_stop(self._units_of(slot_key) or [slot_key], timeout=timeout)
 
     def servers_stop(self, *, reason: str, timeout: float = 10) -> list[SlotEvent]:
         """Stop every slot's server but keep its record, as a machine's shutdown does.
@@ -192,34 +377,36 @@ class LocalProcessBackend(RuntimeBackend):
 
     def slot_status(self, *, slot_key: str) -> SlotStatus:
         validate_slot_key(slot_key)
-        record = self._load(slot_key)
-        if record is None:
+        records = self._slot_records(slot_key)
+        if not records:
             raise SlotNotFound(f"no slot {slot_key!r} in {self.state_dir}")
-        return self._status(record)
+        return self._status(slot_key, records)
 
     def slot_serving(self, *, slot_key: str, bento_tag: str) -> bool:
-        """From the slot's record: same Bento, the very process we started still alive, and
-        the supervisor's last /readyz probe not failing -- no HTTP round trip (~0.1 ms)."""
+        """From the slot's records: same Bento, the very processes we started still alive, and
+        the supervisor's last /readyz probes not failing -- no HTTP round trip (~0.1 ms)."""
         validate_slot_key(slot_key)
         try:
-            record = self._load(slot_key)
+            records = self._slot_records(slot_key)
         except RuntimeBackendError:
             return False
-        return (
-            record is not None
-            and record.bento_tag == bento_tag
+        return bool(records) and all(
+            record.bento_tag == bento_tag
             and record.unready_since is None
             and self._alive(record) is not None
+            for record in records
         )
 
     def slot_resources(self, *, slot_key: str) -> ResourceSample:
         validate_slot_key(slot_key)
-        record = self._load(slot_key)
-        if record is None:
+        records = self._slot_records(slot_key)
+        if not records:
             raise SlotNotFound(f"no slot {slot_key!r} in {self.state_dir}")
         cpu, rss, count = 0.0, 0, 0
-        main = self._alive(record)
-        if main is not None:
+        for record in records:
+            main = self._alive(record)
+            if main is None:
+                continue
             for proc in _tree(main):
                 try:
                     with proc.oneshot():
@@ -238,7 +425,13 @@ class LocalProcessBackend(RuntimeBackend):
         )
 
     def slots(self) -> list[SlotStatus]:
-        return [self._status(record) for record in self._records()]
+        by_slot: dict[str, list[_SlotRecord]] = {}
+        for record in self._records():
+            by_slot.setdefault(_slot_of(record.slot_key), []).append(record)
+        return [
+            self._status(slot_key, sorted(records, key=lambda r: _index_of(r.slot_key)))
+            for slot_key, records in sorted(by_slot.items())
+        ]
 
     def supervise_once(self) -> list[SlotEvent]:
         """Check every slot: adopt live servers, kill strays, restart crashed ones.
@@ -269,7 +462,7 @@ class LocalProcessBackend(RuntimeBackend):
                     if self._kill_processes(strays, timeout=5):
                         events.append(
                             SlotEvent.now(
-                                slot_key,
+                                _slot_of(slot_key),
                                 "orphans_killed",
                                 f"killed {len(strays)} process(es) of an unmanaged slot",
                             )
@@ -323,16 +516,9 @@ class LocalProcessBackend(RuntimeBackend):
                 events,
             )
         elif record.pid is not None:
-            status = self._exit_status(record.pid)
+            cause = self._crash_cause(record)
             self._kill_processes(self._marked(slot_key), timeout=5)
-            self._crashed(
-                record,
-                now,
-                "crashed",
-                f"server pid {record.pid} of {record.bento_tag} exited{status}; "
-                f"log: {self._log_tail(slot_key, lines=1) or '(empty)'}",
-                events,
-            )
+            self._crashed(record, now, "crashed", f"{cause} ({record.bento_tag})", events)
         if record.next_attempt_at is not None and now < record.next_attempt_at:
             return
         old_url = self._url(record)
@@ -375,6 +561,33 @@ class LocalProcessBackend(RuntimeBackend):
         record.next_attempt_at = now + self._backoff(record.failures)
         events.append(self._event(record, kind, message))
 
+    def _crash_cause(self, record: _SlotRecord) -> str:
+        """How the record's server ended and the last error line of its own output.
+
+        From its parent's exit note (written by the wrapper every server starts under), else
+        from our own child's exit status; a server still alive (but unready) says so.
+        """
+        pid = record.pid
+        how = self._exit_status(pid) if pid is not None else ""
+        note = self.state_dir / "homes" / record.slot_key / _EXIT_NOTE
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            code = int(json.loads(note.read_text())["returncode"])
+            how = f" with status {code}" if code >= 0 else f" with signal {-code}"
+        if how.startswith(" with signal "):
+            number = int(how.rsplit(" ", 1)[1])
+            with contextlib.suppress(ValueError):
+                how = f" killed by signal {number} ({signal.Signals(number).name})"
+        elif how.startswith(" with status "):
+            how = f" exited{how}"
+        elif self._alive(record) is not None:
+            how = " alive but not answering /readyz"
+        else:
+            how = " exited (how is unknown: its parent left no note)"
+        error = _last_error_line(self._log_tail(record.slot_key, offset=record.log_offset))
+        return f"server pid {pid}{how}; " + (
+            f"last error: {error}" if error else "no error line in its log"
+        )
+
     def _backoff(self, failures: int) -> float:
         if failures <= 1:
             return 0.0
@@ -397,6 +610,7 @@ class LocalProcessBackend(RuntimeBackend):
                 else _free_port(record.host)
             )
             record.port = port
+            (slot_home / _EXIT_NOTE).unlink(missing_ok=True)
             start = self._process_start(record, slot_home, port)
             record.isolation = start.confinement.to_dict()
             log_offset = self._open_log(
@@ -423,12 +637,15 @@ class LocalProcessBackend(RuntimeBackend):
             except psutil.NoSuchProcess:
                 record.create_time = None
             record.unready_since = None
+            record.log_offset = log_offset
+            record.starting = True
             self._save(record)
             try:
                 self._wait_ready(
                     record, deadline=time.monotonic() + self.ready_timeout, log_offset=log_offset
                 )
                 self._known.add((record.slot_key, proc.pid))
+                record.starting = False
                 return
             except SlotStartError as exc:
                 self._kill_slot(record.slot_key, record, timeout=5)
@@ -451,9 +668,17 @@ class LocalProcessBackend(RuntimeBackend):
         )
         extra[SLOT_ENV] = self._mark_prefix + record.slot_key
         return model_process_start(
-            argv=bentoml_integration.serve_command(
-                bento_tag=record.bento_tag, host=record.host, port=port
-            ),
+            argv=[
+                # The server's parent notes how it ended: whoever repairs it later (another
+                # worker process, not the one that started it) can name the signal or status.
+                sys.executable,
+                "-c",
+                _EXIT_NOTE_SCRIPT,
+                str(slot_home / _EXIT_NOTE),
+                *bentoml_integration.serve_command(
+                    bento_tag=record.bento_tag, host=record.host, port=port
+                ),
+            ],
             home=slot_home,
             extra_env=extra,
             reads=[slot_home / "bentos"],
@@ -692,35 +917,56 @@ class LocalProcessBackend(RuntimeBackend):
         return f"http://{self._connect_host(record)}:{record.port}"
 
     def _event(self, record: _SlotRecord, kind: str, message: str) -> SlotEvent:
-        event = SlotEvent.now(record.slot_key, kind, message)
+        """An event of the record's slot; a replica other than the first is named in it."""
+        index = _index_of(record.slot_key)
+        if index:
+            message = f"replica {index}: {message}"
+        event = SlotEvent.now(_slot_of(record.slot_key), kind, message)
         record.last_event = {"kind": kind, "message": message, "at": event.at.isoformat()}
         record.history = ([*record.history, record.last_event])[-20:]
         return event
 
-    def _handle(self, record: _SlotRecord) -> SlotHandle:
-        return SlotHandle(
-            slot_key=record.slot_key,
-            bento_tag=record.bento_tag,
-            url=self._url(record),
-            identifier=f"pid:{record.pid}",
-            pid=record.pid,
-            port=record.port,
-            started_at=_dt(record.started_at) or datetime.now(UTC),
-        )
-
-    def _status(self, record: _SlotRecord) -> SlotStatus:
-        running = self._alive(record) is not None
-        last = record.last_event
+    def _status(self, slot_key: str, records: list[_SlotRecord]) -> SlotStatus:
+        replicas = []
+        for record in records:
+            alive = self._alive(record) is not None
+            state: ReplicaState
+            if not alive:
+                state = "dead"
+            elif record.starting:
+                state = "starting"
+            elif (
+                record.unready_since is None
+                or time.time() - record.unready_since < _UNREADY_GRACE_S
+                or self._ready(record)
+            ):
+                # A slow probe of a busy server is no reason to drop it from the route: only
+                # once the supervisor has seen it unready for a while does it leave.
+                state = "ready"
+            else:
+                state = "starting"
+            replicas.append(
+                ReplicaStatus(
+                    index=_index_of(record.slot_key),
+                    url=self._url(record),
+                    state=state,
+                    pid=record.pid if alive else None,
+                    restarts=record.restarts,
+                )
+            )
+        first = records[0]
+        events = [record.last_event for record in records if record.last_event]
+        last = max(events, key=lambda event: event["at"]) if events else None
         return SlotStatus(
-            slot_key=record.slot_key,
-            bento_tag=record.bento_tag,
-            url=self._url(record),
-            running=running,
-            ready=running and self._ready(record),
-            restarts=record.restarts,
+            slot_key=slot_key,
+            bento_tag=first.bento_tag,
+            url=self._url(first),
+            running=any(replica.state != "dead" for replica in replicas),
+            ready=all(replica.state == "ready" for replica in replicas),
+            restarts=sum(record.restarts for record in records),
             last_event=(
                 SlotEvent(
-                    slot_key=record.slot_key,
+                    slot_key=slot_key,
                     kind=last["kind"],
                     message=last["message"],
                     at=datetime.fromisoformat(last["at"]),
@@ -728,8 +974,10 @@ class LocalProcessBackend(RuntimeBackend):
                 if last
                 else None
             ),
-            pid=record.pid if running else None,
-            started_at=_dt(record.started_at),
+            pid=replicas[0].pid,
+            started_at=_dt(first.started_at),
+            replicas=tuple(replicas),
+            workers=first.workers,
         )
 
 
@@ -776,6 +1024,34 @@ def _cause(log_tail: str) -> str:
         if _EXCEPTION_LINE.match(line):
             return f": {line[:300]}"
     return ""
+
+
+_ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|FATAL|Traceback)\b")
+
+
+def _last_error_line(log_tail: str) -> str:
+    """The last exception line of a log, else the last line logged at ERROR or worse."""
+    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line):
+            return line[:300]
+    for line in reversed(lines):
+        if _ERROR_LINE.search(line) and not line.startswith("---"):
+            return line[:300]
+    return ""
+
+
+def _unit(slot_key: str, index: int) -> str:
+    return slot_key if index == 0 else f"{slot_key}{_REPLICA_SEP}{index}"
+
+
+def _slot_of(unit: str) -> str:
+    return unit.partition(_REPLICA_SEP)[0]
+
+
+def _index_of(unit: str) -> int:
+    _, sep, index = unit.partition(_REPLICA_SEP)
+    return int(index) if sep and index.isdigit() else 0
 
 
 def _tree(main: psutil.Process) -> list[psutil.Process]:

@@ -5,6 +5,7 @@ other apps call them from here."""
 from deployments.choices import DEPLOYABLE_STATES
 from deployments.services._steps import event_record
 from deployments.services.artifacts import ARTIFACT_MISMATCH_EVENT, artifact_mismatch
+from deployments.services.autoscale import autoscale_decide, deployments_autoscale
 from deployments.services.bentos import BentoUnavailable, LocalBento, version_bento_local
 from deployments.services.builds import build_archive_ensure, build_claim, build_ensure, build_run
 from deployments.services.keys import (
@@ -18,6 +19,7 @@ from deployments.services.reconcile import (
     rollouts_stuck,
     runtime_servers_stop,
 )
+from deployments.services.replicas import slot_replicas_sync, slot_scale, upstream_repair
 from deployments.services.rollback import deployment_rollback, slot_is_warm
 from deployments.services.rollouts import rollout_advance, rollout_start
 from deployments.services.routes import route_repair, route_sync
@@ -29,6 +31,7 @@ __all__ = [
     "BentoUnavailable",
     "LocalBento",
     "artifact_mismatch",
+    "autoscale_decide",
     "build_archive_ensure",
     "build_claim",
     "build_ensure",
@@ -37,6 +40,7 @@ __all__ = [
     "deployment_key_create",
     "deployment_key_revoke",
     "deployment_rollback",
+    "deployments_autoscale",
     "deployments_reconcile",
     "event_record",
     "rollout_advance",
@@ -46,5 +50,8 @@ __all__ = [
     "route_sync",
     "runtime_servers_stop",
     "slot_is_warm",
+    "slot_replicas_sync",
+    "slot_scale",
+    "upstream_repair",
     "version_bento_local",
 ]

@@ -12,10 +12,11 @@ from django.utils import timezone
 from deployments import backends
 from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState, SlotState
 from deployments.models import Deployment, Rollout, Slot
-from deployments.runtime.base import SlotEvent
+from deployments.runtime.base import SlotEvent, SlotStatus
 from deployments.services._steps import WORKER_DIED_EVENT, enqueue_advance, event_record
 from deployments.services.builds import builds_abandoned_requeue
 from deployments.services.leases import lease_break, leases_lapsed
+from deployments.services.replicas import slot_replicas_sync
 from deployments.services.routes import route_repair
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ def _slot_events_record(events: Iterable[SlotEvent]) -> list[str]:
     return lines
 
 
+def _replicas_line(status: SlotStatus) -> str:
+    return ", ".join(f"{replica.index} {replica.state}" for replica in status.replicas)
+
+
 def runtime_servers_stop(*, reason: str) -> list[str]:
     """Stop every slot server of the local backend and record each as ``slot_stopped``.
 
@@ -127,6 +132,8 @@ def deployments_reconcile() -> list[str]:
                     slot=slot.color,
                     message=f"{slot} now answers at {status.url}",
                 )
+            if status is not None and slot_replicas_sync(slot_id=slot.pk, status=status):
+                actions.append(f"{slot}: replicas {_replicas_line(status)}")
         if route_repair(deployment=deployment):
             actions.append(f"{deployment}: route republished")
     for status in statuses.values():

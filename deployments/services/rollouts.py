@@ -192,15 +192,32 @@ def _step_starting(rollout: Rollout) -> bool:
     try:
         build_bento_available(build)
         handle = backends.runtime_backend().slot_start(
-            slot_key=slot.runtime_key, bento_tag=build.bento_tag
+            slot_key=slot.runtime_key,
+            bento_tag=build.bento_tag,
+            replicas=_replicas_to_start(rollout.deployment),
+            workers=rollout.deployment.workers,
         )
     except (RuntimeBackendError, bento.BentoError) as exc:
         Slot.objects.filter(pk=slot.pk).update(state=SlotState.FAILED)
         tail = getattr(exc, "log_tail", "") or getattr(exc, "log", "")
         fail(rollout, f"{slot} did not start: {exc}" + (f"\n{tail[-2000:]}" if tail else ""))
         return False
-    Slot.objects.filter(pk=slot.pk).update(state=SlotState.READY, url=handle.url)
-    return transition(rollout, RolloutState.VERIFYING, f"{slot} ready at {handle.url}")
+    urls = handle.urls or (handle.url,)
+    Slot.objects.filter(pk=slot.pk).update(
+        state=SlotState.READY,
+        url=handle.url,
+        replicas=[{"index": index, "url": url, "state": "ready"} for index, url in enumerate(urls)],
+    )
+    where = handle.url if len(urls) == 1 else f"{len(urls)} replicas ({', '.join(urls)})"
+    return transition(rollout, RolloutState.VERIFYING, f"{slot} ready at {where}")
+
+
+def _replicas_to_start(deployment: Deployment) -> int:
+    """As many replicas as the live slot runs now (the new version takes the same load when
+    traffic switches), within the deployment's range; its minimum for a first rollout."""
+    live = Slot.objects.filter(deployment=deployment, color=deployment.live_slot).first()
+    running = len(live.replicas) if live is not None and deployment.live_slot else 0
+    return min(deployment.replicas_max, max(deployment.replicas_min, running))
 
 
 def _smoke_instances(version: ModelVersion) -> list[Any]:

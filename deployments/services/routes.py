@@ -45,7 +45,10 @@ def route_of(deployment: Deployment, live: Slot | None) -> Route:
         .order_by("created_at", "id")
         .values_list("digest", flat=True)
     )
-    if live is None or live.version is None or not live.url:
+    upstreams = live.ready_urls if live is not None else []
+    if live is None or live.version is None or not upstreams:
+        # No slot live, or none of its replicas ready: the gateway answers 503 + Retry-After
+        # rather than send requests to servers that refuse them.
         return Route(
             deployment=deployment.name,
             version=0,
@@ -58,7 +61,8 @@ def route_of(deployment: Deployment, live: Slot | None) -> Route:
         deployment=deployment.name,
         version=live.version.number,
         slot=cast(RouteSlot, live.color),  # a SlotColor value: the route's slots are the same two
-        upstream=live.url,
+        upstream=upstreams[0],
+        upstreams=tuple(upstreams),
         key_hashes=key_hashes,
         state="live",
     )
@@ -77,10 +81,10 @@ def route_repair(*, deployment: Deployment) -> bool:
     if stored is not None and (
         stored.version,
         stored.slot,
-        stored.upstream,
+        stored.upstreams,
         stored.state,
         stored.key_hashes,
-    ) == (wanted.version, wanted.slot, wanted.upstream, wanted.state, wanted.key_hashes):
+    ) == (wanted.version, wanted.slot, wanted.upstreams, wanted.state, wanted.key_hashes):
         return False
     event_record(
         deployment=deployment,

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from deployments.runtime.base import (
+    ReplicaStatus,
     ResourceSample,
     RuntimeBackend,
     SlotEvent,
@@ -31,18 +32,30 @@ from deployments.runtime.base import (
 
 @dataclass
 class FakeSlot:
+    """A slot of ``len(servers)`` replicas; ``dead`` holds the indexes of killed replicas."""
+
     slot_key: str
     bento_tag: str
-    server: ThreadingHTTPServer
+    servers: list[ThreadingHTTPServer]
     started_at: datetime
     running: bool = True
     # (status, body) the slot answers /predict with; None: one prediction 0 per instance.
     answer: tuple[int, dict[str, Any]] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
+    dead: set[int] = field(default_factory=set)
+    workers: int = 1
+
+    @property
+    def server(self) -> ThreadingHTTPServer:
+        return self.servers[0]
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{server.server_address[1]}" for server in self.servers]
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.urls[0]
 
 
 def _handler(slot: FakeSlot) -> type[BaseHTTPRequestHandler]:
@@ -75,13 +88,24 @@ class InMemoryRuntimeBackend(RuntimeBackend):
         self.refuse_start: dict[str, str] = {}  # bento tag -> the log tail of its failure
         self.events: list[SlotEvent] = []  # handed out (once) by the next supervise_once
         self.answers: dict[str, tuple[int, dict[str, Any]]] = {}  # bento tag -> /predict reply
+        self.scaled: list[tuple[str, int]] = []  # (slot key, replicas), every slot_scale
+        self.repaired: list[tuple[str, int]] = []  # (slot key, replica index), every repair
 
     # --- RuntimeBackend --------------------------------------------------------------------
 
-    def slot_start(self, *, slot_key: str, bento_tag: str) -> SlotHandle:
+    def slot_start(
+        self,
+        *,
+        slot_key: str,
+        bento_tag: str,
+        replicas: int | None = None,
+        workers: int | None = None,
+    ) -> SlotHandle:
         validate_slot_key(slot_key)
+        replicas = replicas or 1
         current = self.slots_by_key.get(slot_key)
         if current is not None and current.running and current.bento_tag == bento_tag:
+            self.slot_scale(slot_key=slot_key, replicas=replicas)
             return self._handle(current)  # already serving it: a no-op, as the interface says
         if current is not None:
             self._shut(current)
@@ -90,14 +114,47 @@ class InMemoryRuntimeBackend(RuntimeBackend):
                 f"slot {slot_key} did not become ready", log_tail=self.refuse_start[bento_tag]
             )
         self.started.append((slot_key, bento_tag))
-        server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
         slot = FakeSlot(
-            slot_key, bento_tag, server, datetime.now(UTC), answer=self.answers.get(bento_tag)
+            slot_key,
+            bento_tag,
+            [],
+            datetime.now(UTC),
+            answer=self.answers.get(bento_tag),
+            workers=workers or 1,
         )
-        server.RequestHandlerClass = _handler(slot)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        for _ in range(replicas):
+            slot.servers.append(self._serve(slot))
         self.slots_by_key[slot_key] = slot
         return self._handle(slot)
+
+    def slot_scale(self, *, slot_key: str, replicas: int, timeout: float = 30) -> SlotHandle:
+        slot = self.slots_by_key.get(slot_key)
+        if slot is None or not slot.running:
+            raise SlotNotFound(f"no slot {slot_key}")
+        self.scaled.append((slot_key, replicas))
+        while len(slot.servers) < replicas:
+            slot.servers.append(self._serve(slot))
+        while len(slot.servers) > replicas:
+            server = slot.servers.pop()
+            slot.dead.discard(len(slot.servers))
+            server.shutdown()
+            server.server_close()
+        return self._handle(slot)
+
+    def replica_repair(self, *, slot_key: str, url: str) -> SlotEvent | None:
+        slot = self.slots_by_key.get(slot_key)
+        if slot is None or url not in slot.urls:
+            raise SlotNotFound(f"slot {slot_key} has no replica at {url}")
+        index = slot.urls.index(url)
+        if index not in slot.dead:
+            return None
+        slot.dead.discard(index)
+        self.repaired.append((slot_key, index))
+        return self.event(slot_key, "repaired", f"replica {index}: killed by a test; restarted")
+
+    def kill_replica(self, slot_key: str, index: int) -> None:
+        """For tests: the replica stops answering (its port refuses) until repaired."""
+        self.slots_by_key[slot_key].dead.add(index)
 
     def slot_stop(self, *, slot_key: str, timeout: float = 10) -> None:
         slot = self.slots_by_key.get(slot_key)
@@ -109,15 +166,25 @@ class InMemoryRuntimeBackend(RuntimeBackend):
         slot = self.slots_by_key.get(slot_key)
         if slot is None:
             raise SlotNotFound(f"no slot {slot_key}")
+        replicas = tuple(
+            ReplicaStatus(
+                index=index,
+                url=url,
+                state="dead" if (index in slot.dead or not slot.running) else "ready",
+            )
+            for index, url in enumerate(slot.urls)
+        )
         return SlotStatus(
             slot_key=slot_key,
             bento_tag=slot.bento_tag,
             url=slot.url if slot.running else "",
             running=slot.running,
-            ready=slot.running,
+            ready=slot.running and not slot.dead,
             restarts=0,
             last_event=None,
             started_at=slot.started_at,
+            replicas=replicas if slot.running else (),
+            workers=slot.workers,
         )
 
     def slot_resources(self, *, slot_key: str) -> ResourceSample:
@@ -154,12 +221,26 @@ class InMemoryRuntimeBackend(RuntimeBackend):
     def _handle(self, slot: FakeSlot) -> SlotHandle:
         port = slot.server.server_address[1]
         return SlotHandle(
-            slot.slot_key, slot.bento_tag, slot.url, f"fake:{port}", None, port, slot.started_at
+            slot.slot_key,
+            slot.bento_tag,
+            slot.url,
+            f"fake:{port}",
+            None,
+            port,
+            slot.started_at,
+            urls=tuple(slot.urls),
         )
+
+    @staticmethod
+    def _serve(slot: FakeSlot) -> ThreadingHTTPServer:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(slot))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
 
     @staticmethod
     def _shut(slot: FakeSlot) -> None:
         if slot.running:
             slot.running = False
-            slot.server.shutdown()
-            slot.server.server_close()
+            for server in slot.servers:
+                server.shutdown()
+                server.server_close()

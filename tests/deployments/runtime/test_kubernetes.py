@@ -581,3 +581,46 @@ def test_missing_image_on_a_real_cluster_fails_clearly_and_leaves_nothing():
     finally:
         backend.slot_stop(slot_key=slot_key, timeout=0)
         client.close()
+
+
+def test_replicas_workers_and_the_autoscaler_render_valid_manifests(store, make_k8s):
+    backend = make_k8s()
+    deployment, _ = backend.render(
+        slot_key="churn-prod.blue", bento_tag=store["v1"], replicas=3, workers=2
+    )
+    assert kubernetes_validate.validate(deployment, SCHEMA_VERSION, strict=True)
+    assert deployment["spec"]["replicas"] == 3
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert {"name": "BENTOML_CONFIG_OPTIONS", "value": "services.Scorer.workers=2"} in container[
+        "env"
+    ] or any(v["value"].endswith(".workers=2") for v in container["env"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+    hpa = backend.render_autoscaler(
+        slot_key="churn-prod.blue",
+        replicas_min=1,
+        replicas_max=4,
+        target_inflight=8.0,
+        scale_up_seconds=15,
+        scale_down_seconds=300,
+    )
+    assert kubernetes_validate.validate(hpa, SCHEMA_VERSION, strict=True)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == "modelyard_gateway_upstream_inflight"
+    assert metric["pods"]["target"]["averageValue"] == "8000m"
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def test_slot_scale_sets_the_deployments_replicas(k8s, fake):
+    fake.available_images |= {image("scorer:v1")}
+    k8s.slot_start(slot_key="scaled.blue", bento_tag="scorer:v1", replicas=1)
+    try:
+        k8s.slot_scale(slot_key="scaled.blue", replicas=3)
+        stored = fake.get("Deployment", NAMESPACE, k8s.object_name("scaled.blue"))
+        assert stored["spec"]["replicas"] == 3
+        assert k8s.slot_status(slot_key="scaled.blue").ready_urls == [k8s.url_for("scaled.blue")]
+        with pytest.raises(SlotNotFound):
+            k8s.slot_scale(slot_key="never.blue", replicas=2)
+    finally:
+        k8s.slot_stop(slot_key="scaled.blue")

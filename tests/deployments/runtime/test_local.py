@@ -40,6 +40,15 @@ def wait_dead(pid: int) -> None:
     raise AssertionError(f"pid {pid} survived SIGKILL")
 
 
+def arbiter_of(pid: int) -> psutil.Process:
+    """BentoML's arbiter: the child of the parent that notes how the server ended."""
+    deadline = time.monotonic() + 10
+    while not psutil.Process(pid).children():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return psutil.Process(pid).children()[0]
+
+
 def all_gone(procs: list[psutil.Process]) -> bool:
     # is_running() compares the start time too, so a reused PID does not count as alive.
     return not any(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE for proc in procs)
@@ -56,7 +65,7 @@ def test_started_slot_serves_and_a_second_start_is_a_noop(backend, store, traini
     assert predict(handle.url, named)["predictions"] == body["predictions"][:5]
 
     before = pids(serving_processes(backend.state_dir))
-    assert len(before) == 2  # the arbiter and its one worker
+    assert len(before) == 3  # the exit-noting parent, the arbiter and its one worker
     again = backend.slot_start(slot_key="scorer.blue", bento_tag=store["v1"])
     assert again == handle
     assert pids(serving_processes(backend.state_dir)) == before
@@ -67,7 +76,7 @@ def test_started_slot_serves_and_a_second_start_is_a_noop(backend, store, traini
     assert [s.slot_key for s in backend.slots()] == ["scorer.blue"]
 
     sample = backend.slot_resources(slot_key="scorer.blue")
-    assert sample.process_count == 2
+    assert sample.process_count == 3
     assert sample.cpu_seconds > 0
     assert sample.rss_bytes > 50 * 1024 * 1024  # two Python processes with sklearn loaded
 
@@ -75,7 +84,7 @@ def test_started_slot_serves_and_a_second_start_is_a_noop(backend, store, traini
 def test_stop_leaves_no_process_of_the_tree(backend, store):
     backend.slot_start(slot_key="scorer.green", bento_tag=store["v1"])
     tree = serving_processes(backend.state_dir)
-    assert len(tree) == 2
+    assert len(tree) == 3
     backend.slot_stop(slot_key="scorer.green")
     assert all_gone(tree)
     assert serving_processes(backend.state_dir) == []
@@ -91,7 +100,7 @@ def test_start_with_another_bento_replaces_the_server(backend, store, training_d
     second = backend.slot_start(slot_key="scorer.blue", bento_tag=store["v2"])
     assert second.pid != first.pid
     assert all_gone(old_tree)
-    assert len(serving_processes(backend.state_dir)) == 2
+    assert len(serving_processes(backend.state_dir)) == 3
     body = predict(second.url, matrix[:20].tolist())
     assert body["model_version"] == 2
     assert body["predictions"] == store["models"][2].predict(matrix[:20]).tolist()
@@ -100,23 +109,26 @@ def test_start_with_another_bento_replaces_the_server(backend, store, training_d
 def test_killed_server_is_restarted_by_supervision(backend, store, training_data):
     matrix, _ = training_data
     handle = backend.slot_start(slot_key="scorer.blue", bento_tag=store["v1"])
-    worker = next(p for p in serving_processes(backend.state_dir) if p.pid != handle.pid)
+    arbiter = arbiter_of(handle.pid)
+    worker = next(
+        p for p in serving_processes(backend.state_dir) if p.pid not in (handle.pid, arbiter.pid)
+    )
 
-    os.kill(handle.pid, signal.SIGKILL)
-    wait_dead(handle.pid)
+    os.kill(arbiter.pid, signal.SIGKILL)
+    wait_dead(arbiter.pid)
     # The BentoML trap this backend guards against: the worker outlives its arbiter.
     assert worker.is_running()
 
     events = backend.supervise_once()
     assert [event.kind for event in events] == ["crashed", "restarted"]
-    assert "signal 9" in events[0].message
+    assert "killed by signal 9 (SIGKILL)" in events[0].message, events[0].message
     assert not worker.is_running()  # the orphaned worker was killed, not left serving
     status = backend.slot_status(slot_key="scorer.blue")
     assert (status.running, status.ready, status.restarts) == (True, True, 1)
     assert status.last_event.kind == "restarted"
     assert status.pid != handle.pid
     assert status.url == handle.url  # the same port again, so routes stay valid
-    assert len(serving_processes(backend.state_dir)) == 2
+    assert len(serving_processes(backend.state_dir)) == 3
     assert predict(status.url, matrix[:3].tolist())["model_version"] == 1
 
     assert backend.supervise_once() == []  # healthy now: nothing to report
