@@ -6,7 +6,9 @@ Behaviour
 request                                   status  body / headers
 ========================================  ======  ==============================================
 ``POST /d/{deployment}/{api}``, all good  (up)    the upstream's status, body and headers, plus
-                                                  ``X-Modelyard-Deployment``, ``-Version``
+                                                  ``X-Modelyard-Deployment``, ``-Version``,
+                                                  ``-Inference-Id`` (also in the body; logged,
+                                                  see gateway.prediction_log)
 path not ``/d/{deployment}/{api}``        404     ``not_found``
 no key / key not in ``key_hashes`` /      401     ``missing_key`` / ``invalid_key`` +
 deployment not in the route table                 ``WWW-Authenticate: Bearer``
@@ -17,6 +19,7 @@ route state ``draining`` or ``none``      503     ``deployment_unavailable`` + `
 body over ``max_body_bytes``              413     ``payload_too_large``
 Content-Type given and not JSON           415     ``unsupported_media_type`` (see gateway.inputs)
 body not JSON / not a JSON object         400     ``invalid_json`` / ``body_not_object``
+client's ``X-Modelyard-Inference-Id`` bad 400     ``invalid_inference_id``
 JSON nested ~1,000 deep / holding \u0000  400     ``json_too_deep`` / ``nul_character``
 headers/body slower than their deadline  408     ``request_timeout`` (gateway.server)
 connections over ``max_connections``      503     ``too_many_connections`` (gateway.server)
@@ -98,6 +101,12 @@ from redis.exceptions import RedisError
 from gateway.balancer import Balancer, Replica
 from gateway.inputs import InputRefused, json_body_parse, media_type_check
 from gateway.metrics import MetricsRecorder
+from gateway.prediction_log import (
+    INFERENCE_ID_HEADER,
+    PredictionLogger,
+    inference_id_check,
+    inference_id_new,
+)
 from gateway.prometheus import PROMETHEUS_CONTENT_TYPE, prometheus_text
 from gateway.repairs import RepairRequests
 from gateway.replica_reports import inflight_report_async
@@ -185,6 +194,23 @@ def error_body(code: str, message: str, details: Any = None) -> bytes:
     return json.dumps({"error": {"code": code, "message": message, "details": details}}).encode()
 
 
+def _with_inference_id(
+    body: bytes, headers: list[tuple[bytes, bytes]], inference_id: bytes
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The answer with its inference id: always as a header, and in the body when the body is
+    a plain JSON object (spliced before its closing brace: no parse, no re-encoding; an
+    encoded body -- gzip -- keeps its bytes)."""
+    headers = [*headers, (INFERENCE_ID_HEADER, inference_id)]
+    if any(name == b"content-encoding" for name, _ in headers):
+        return body, headers
+    end = body.rstrip()
+    if not (end.endswith(b"}") and body.lstrip().startswith(b"{")):
+        return body, headers
+    inner = end[:-1].rstrip()
+    separator = b"" if inner.endswith(b"{") else b","
+    return b"".join((inner, separator, b'"inference_id":"', inference_id, b'"}')), headers
+
+
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     await send(
         {
@@ -270,6 +296,15 @@ class Gateway:
             buffer_size=settings.sample_buffer_size,
             stream_maxlen=settings.sample_stream_maxlen,
             max_per_s=settings.sample_max_per_s,
+        )
+        self.prediction_log = (
+            PredictionLogger(
+                full_per_s=settings.log_full_per_s,
+                sample_rate=settings.log_sample_rate,
+                buffer_size=max(1, settings.log_buffer_size),
+            )
+            if settings.prediction_log
+            else None
         )
         self.unknown_deployment_requests = 0
         self.redis: aioredis.Redis | None = None
@@ -412,6 +447,7 @@ class Gateway:
         """Check and forward one request; raise :class:`_Reject` for answers of our own."""
         key: bytes | None = None
         content_length: int | None = None
+        client_id: bytes | None = None
         bad_content_length = False
         # The forwarded headers as the bytes that go on the wire: no dict, no str round trip.
         forward: list[bytes] = [b"content-type: application/json\r\n"]
@@ -431,6 +467,8 @@ class Gateway:
                     bad_content_length = True  # told only to key holders, see the docstring
             elif name == b"content-type":
                 content_type = value
+            elif name == INFERENCE_ID_HEADER:
+                client_id = value
             elif name in FORWARDED_REQUEST_HEADERS:
                 forward += (name, b": ", value, b"\r\n")
         if key is None or not _key_matches(key, route.key_hashes):
@@ -444,6 +482,7 @@ class Gateway:
             )
         if bad_content_length:
             raise _Reject(400, "bad_request", "Content-Length is not a number")
+        inference_id = self._inference_id(client_id)
         if route.state != "live":
             raise _Reject(
                 503,
@@ -468,7 +507,29 @@ class Gateway:
         except _Reject as reject:
             reject.rows = rows
             raise
+        if inference_id is not None and 200 <= status < 300:
+            out, headers = _with_inference_id(out, headers, inference_id)
+            assert self.prediction_log is not None
+            self.prediction_log.keep(route.deployment, route.version, inference_id.decode(), out)
         return status, out, headers, payload, body, rows
+
+    def _inference_id(self, client_id: bytes | None) -> bytes | None:
+        """The request's inference id: the client's (checked), else a new one; None when the
+        prediction log is off."""
+        if self.prediction_log is None:
+            return None
+        if client_id is None:
+            return inference_id_new().encode()
+        text = client_id.decode("latin-1").strip()
+        problem = inference_id_check(text)
+        if problem is not None:
+            raise _Reject(
+                400,
+                "invalid_inference_id",
+                f"X-Modelyard-Inference-Id: {problem}",
+                {"header": "X-Modelyard-Inference-Id"},
+            )
+        return text.encode()
 
     def _too_large(self) -> _Reject:
         limit = self.settings.max_body_bytes
@@ -615,8 +676,21 @@ class Gateway:
                 "samples_dropped_redis_error": stats.dropped_redis_error,
                 "samples_dropped_unusable": stats.dropped_unusable,
                 "samples_over_rate_cap": stats.over_rate_cap,
+                **self._log_health(),
             }
         ).encode()
+
+    def _log_health(self) -> dict[str, int]:
+        if self.prediction_log is None:
+            return {}
+        stats = self.prediction_log.stats
+        return {
+            "predictions_logged": stats.written,
+            "predictions_log_pending": self.prediction_log.pending,
+            "predictions_sampled_out": stats.sampled_out,
+            "predictions_dropped_buffer_full": stats.dropped_buffer_full,
+            "predictions_dropped_redis_error": stats.dropped_redis_error,
+        }
 
     async def _metrics(self, scope: Scope, send: Send) -> None:
         token = self.settings.metrics_token
@@ -705,6 +779,15 @@ class Gateway:
                 name="gateway-samples-flush",
             ),
         ]
+        if self.prediction_log is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    self._flush_loop(
+                        "prediction log", settings.log_flush_interval_s, self._flush_predictions
+                    ),
+                    name="gateway-prediction-log-flush",
+                )
+            )
         if settings.inflight_report_interval_s > 0:
             self._tasks.append(
                 asyncio.create_task(
@@ -754,6 +837,11 @@ class Gateway:
             logger.error(
                 "shut down with %d samples not written (Redis unreachable)", self.sampler.pending
             )
+        if self.prediction_log is not None and self.prediction_log.pending:
+            logger.error(
+                "shut down with %d logged predictions not written (Redis unreachable)",
+                self.prediction_log.pending,
+            )
         await self.balancer.close()
         if self.repairs is not None:
             await self.repairs.close()
@@ -769,6 +857,10 @@ class Gateway:
     async def _flush_samples(self) -> None:
         assert self.redis is not None
         await self.sampler.flush(self.redis)
+
+    async def _flush_predictions(self) -> None:
+        assert self.redis is not None and self.prediction_log is not None
+        await self.prediction_log.flush(self.redis)
 
     async def _report_inflight(self) -> None:
         """Each live deployment's mean/peak in flight per replica since the last report."""

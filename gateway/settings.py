@@ -54,6 +54,14 @@ class GatewaySettings:
     sample_buffer_size: int = 1000
     sample_stream_maxlen: int = 10_000
     sample_flush_interval_s: float = 0.5
+    # The prediction log (gateway.prediction_log): every answer gets an inference id and is
+    # logged, up to log_full_per_s per deployment and process, then a log_sample_rate share
+    # (marked sampled). prediction_log=0 turns ids and the log off.
+    prediction_log: bool = True
+    log_full_per_s: float = 200.0
+    log_sample_rate: float = 0.1
+    log_buffer_size: int = 20_000
+    log_flush_interval_s: float = 0.5
     retry_after_s: int = 5
     redis_timeout_s: float = 2.0
     # Replicas (see gateway.balancer): an ejected replica is probed (GET /readyz) after
@@ -84,6 +92,10 @@ class GatewaySettings:
             value = getattr(self, item.name)
             if not isinstance(value, str) and value < 0:
                 raise ValueError(f"gateway setting {item.name} must be >= 0, got {value!r}")
+        if not 0.0 <= self.log_sample_rate <= 1.0:
+            raise ValueError(
+                f"gateway setting log_sample_rate must be in [0, 1], got {self.log_sample_rate}"
+            )
         if not 0.0 <= self.sample_rate <= 1.0:
             raise ValueError(
                 f"gateway setting sample_rate must be in [0, 1], got {self.sample_rate}"

@@ -55,13 +55,19 @@ pytestmark = pytest.mark.benchmark
 ROUNDS = 5  # on/off pairs per cell, alternating which goes first
 WARMUP_S = 1
 DURATION_S = 4
-OFF_ENV = {"MODELYARD_GATEWAY_METRICS": "0", "MODELYARD_GATEWAY_SAMPLE_RATE": "0"}
+OFF_ENV = {
+    "MODELYARD_GATEWAY_METRICS": "0",
+    "MODELYARD_GATEWAY_SAMPLE_RATE": "0",
+    "MODELYARD_GATEWAY_PREDICTION_LOG": "0",
+}
 # A third gateway with metrics but no sampling splits the cost between the two.
 # A fourth, "control", is a second "off" process: how far two identical gateways differ
 # on this machine is the noise floor of the on/off comparison.
 MODES = {
     "on": {},
-    "metrics": {"MODELYARD_GATEWAY_SAMPLE_RATE": "0"},
+    "metrics": {"MODELYARD_GATEWAY_SAMPLE_RATE": "0", "MODELYARD_GATEWAY_PREDICTION_LOG": "0"},
+    # Everything on but the prediction log (inference ids and the log): on/nolog is its cost.
+    "nolog": {"MODELYARD_GATEWAY_PREDICTION_LOG": "0"},
     "off": OFF_ENV,
     "control": OFF_ENV,
 }
@@ -223,6 +229,14 @@ def test_gateway_throughput_with_monitoring_on_and_off(monitoring_pair) -> None:
             f"{on_p50:>7.3f}/{on_p99:<7.3f} {off_p50:>7.3f}/{off_p99:<7.3f} "
             f"{cpu_on:>10.0f}/{cpu_metrics:.0f}/{cpu_off:.0f}/{cpu_control:<9.0f} "
             f"{cpu_off / cpu_on:>6.3f}  {each}"
+        )
+    lines.append("prediction log (ids + log) on vs off, everything else on; target >= 0.95:")
+    for label, concurrency, runs, cpu in rows:
+        paired_log = statistics.median(a.rps / b.rps for a, b in zip(runs["on"], runs["nolog"]))
+        cpu_log = statistics.median(cpu["nolog"]) / statistics.median(cpu["on"])
+        lines.append(
+            f"  {label:<16} c={concurrency:<3} on/nolog rps (paired) {paired_log:.3f}, "
+            f"CPU nolog/on {cpu_log:.3f}"
         )
     lines.append(
         "target: on/off >= 0.95. paired = median over rounds of on/off within a round (ctl: "

@@ -42,7 +42,10 @@ def test_prediction_is_forwarded_with_deployment_and_version_headers(
     response = client.post(f"/d/{live}/predict", json=BODY, headers=auth())
 
     assert response.status_code == 200
-    assert response.json() == {"predictions": [6.0, 14.0, 22.0], "version": 2, "slot": "green"}
+    answer = response.json()
+    # Every answer carries its inference id (gateway.prediction_log), in the body and a header.
+    assert answer.pop("inference_id") == response.headers["x-modelyard-inference-id"]
+    assert answer == {"predictions": [6.0, 14.0, 22.0], "version": 2, "slot": "green"}
     assert response.headers["x-modelyard-version"] == "2"
     assert response.headers["x-modelyard-deployment"] == live
     assert response.headers["x-upstream-slot"] == "green"  # upstream headers pass through
@@ -272,3 +275,24 @@ def test_healthz_and_readyz_answer(client: httpx.Client) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
+
+
+def test_a_client_names_its_own_inference_id_and_a_bad_one_is_a_400(
+    client: httpx.Client, live: str
+) -> None:
+    mine = "order-2026-12-02.0042"
+    response = client.post(
+        f"/d/{live}/predict", json=BODY, headers={**auth(), "X-Modelyard-Inference-Id": mine}
+    )
+    assert response.status_code == 200
+    assert response.headers["x-modelyard-inference-id"] == mine
+    assert response.json()["inference_id"] == mine
+    for bad in ("", "-starts-with-a-dash", "x" * 97, "has space", "semi;colon"):
+        response = client.post(
+            f"/d/{live}/predict", json=BODY, headers={**auth(), "X-Modelyard-Inference-Id": bad}
+        )
+        assert response.status_code == 400, bad
+        assert response.json()["error"]["code"] == "invalid_inference_id"
+        assert "inference-id" not in {
+            name.lower() for name in response.headers if "inference" in name
+        }
