@@ -137,11 +137,13 @@ class RuntimeBackend(ABC):
         bento_tag: str,
         replicas: int | None = None,
         workers: int | None = None,
+        batch: tuple[int, int] | None = None,
     ) -> SlotHandle:
         """Serve ``bento_tag`` in the slot on ``replicas`` servers and return once all are ready.
 
-        ``replicas`` servers with ``workers`` BentoML workers each (None: the backend's
-        defaults). A no-op if the
+        ``replicas`` servers with ``workers`` BentoML workers each, batching concurrent
+        requests up to ``batch`` = (max rows, max wait ms) (None: the backend's defaults).
+        A no-op if the
         slot already serves this Bento so; replaces the servers if they serve another. Raises
         SlotStartError (with the log tail) if one is not ready in time, and leaves nothing
         running then.

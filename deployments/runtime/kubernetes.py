@@ -50,6 +50,7 @@ from deployments.runtime.base import (
     SlotStatus,
     validate_slot_key,
 )
+from registry.modelkit import serving as modelkit_serving
 
 BENTO_PORT = 3000  # BentoML's default HTTP port; the generated image EXPOSEs it
 # The gateway's gauge of requests in flight per upstream (gateway/prometheus.py exports it).
@@ -186,11 +187,24 @@ class KubernetesBackend(RuntimeBackend):
         started_at: datetime | None = None,
         replicas: int | None = None,
         workers: int | None = None,
+        batch: tuple[int, int] | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The Deployment and Service manifests of a slot serving ``bento_tag`` (``replicas``
-        pods of ``workers`` BentoML workers each; None: the backend's defaults)."""
+        pods of ``workers`` BentoML workers each, batching ``batch`` = (max size, max latency
+        ms); None: the backend's defaults)."""
         replicas = replicas or self.replicas
         workers = workers or self.workers
+        batch_max_size, batch_max_latency_ms = batch or (
+            modelkit_serving.DEFAULT_BATCH_MAX_SIZE,
+            modelkit_serving.DEFAULT_BATCH_MAX_LATENCY_MS,
+        )
+        # The one spelling of the serve-time options, the local backend's too.
+        config_options = bentoml_integration.serve_environment(
+            bentoml_home=Path(BENTOML_HOME),
+            workers=workers,
+            batch_max_size=batch_max_size,
+            batch_max_latency_ms=batch_max_latency_ms,
+        )["BENTOML_CONFIG_OPTIONS"]
         name = self.object_name(slot_key)
         image = self.image_for(bento_tag)
         deployment_name, color = _split_slot_key(slot_key)
@@ -222,10 +236,7 @@ class KubernetesBackend(RuntimeBackend):
             "env": [
                 {"name": "BENTOML_HOME", "value": BENTOML_HOME},
                 {"name": "BENTOML_DO_NOT_TRACK", "value": "True"},
-                {
-                    "name": "BENTOML_CONFIG_OPTIONS",
-                    "value": f"services.{bentoml_integration.SERVICE_NAME}.workers={workers}",
-                },
+                {"name": "BENTOML_CONFIG_OPTIONS", "value": config_options},
             ],
             "resources": self.resources_for(slot_key),
             # A model may take a while to load: the startup probe holds the liveness probe
@@ -340,6 +351,7 @@ class KubernetesBackend(RuntimeBackend):
         bento_tag: str,
         replicas: int | None = None,
         workers: int | None = None,
+        batch: tuple[int, int] | None = None,
     ) -> SlotHandle:
         validate_slot_key(slot_key)
         name = self.object_name(slot_key)
@@ -360,6 +372,7 @@ class KubernetesBackend(RuntimeBackend):
                 started_at=started_at,
                 replicas=replicas,
                 workers=workers,
+                batch=batch,
             )
             self._kube(f"slot {slot_key}", self.client.service_apply, body=service)
             self._wait_ready(slot_key, bento_tag, deadline)
@@ -371,6 +384,7 @@ class KubernetesBackend(RuntimeBackend):
             started_at=started_at,
             replicas=replicas,
             workers=workers,
+            batch=batch,
         )
         replaced = annotations.get(ANN_BENTO_TAG) if existing is not None else None
         self._kube(f"slot {slot_key}", self.client.deployment_apply, body=deployment)

@@ -57,6 +57,7 @@ from deployments.runtime.base import (
     SlotStatus,
     validate_slot_key,
 )
+from registry.modelkit import serving as modelkit_serving
 
 SLOT_ENV = "MODELYARD_SLOT"
 # A slot's replica 0 keeps the slot key as its unit name (records, logs, homes, marks written
@@ -100,6 +101,9 @@ class _SlotRecord:
     host: str
     port: int
     workers: int
+    # Adaptive batching of the server (modelkit.serving.BatchSettings), from the deployment.
+    batch_max_size: int = modelkit_serving.DEFAULT_BATCH_MAX_SIZE
+    batch_max_latency_ms: int = modelkit_serving.DEFAULT_BATCH_MAX_LATENCY_MS
     pid: int | None = None
     create_time: float | None = None  # psutil create_time of pid: guards against PID reuse
     started_at: float | None = None  # epoch seconds of the current server's start
@@ -158,6 +162,7 @@ class LocalProcessBackend(RuntimeBackend):
         bento_tag: str,
         replicas: int | None = None,
         workers: int | None = None,
+        batch: tuple[int, int] | None = None,
     ) -> SlotHandle:
         validate_slot_key(slot_key)
         replicas = 1 if replicas is None else replicas
@@ -166,7 +171,7 @@ class LocalProcessBackend(RuntimeBackend):
         workers = workers or self.workers
         with self._slot_lock(_SLOT_LOCK_PREFIX + slot_key, timeout=2 * self.ready_timeout + 60):
             units = [_unit(slot_key, index) for index in range(replicas)]
-            self._units_start(units, bento_tag=bento_tag, workers=workers)
+            self._units_start(units, bento_tag=bento_tag, workers=workers, batch=batch)
             self._units_stop(self._units_of(slot_key, beyond=replicas), timeout=10)
             return self._slot_handle(slot_key)
 
@@ -183,7 +188,12 @@ class LocalProcessBackend(RuntimeBackend):
             first = min(current, key=lambda record: _index_of(record.slot_key))
             units = [_unit(slot_key, index) for index in range(replicas)]
             # Only the missing ones start: a replica already serving is left alone (no-op).
-            self._units_start(units, bento_tag=first.bento_tag, workers=first.workers)
+            self._units_start(
+                units,
+                bento_tag=first.bento_tag,
+                workers=first.workers,
+                batch=(first.batch_max_size, first.batch_max_latency_ms),
+            )
             # SIGTERM first: BentoML's server stops accepting and finishes what is in flight.
             self._units_stop(self._units_of(slot_key, beyond=replicas), timeout=timeout)
             return self._slot_handle(slot_key)
@@ -236,7 +246,14 @@ class LocalProcessBackend(RuntimeBackend):
             self._save(record)
             return event
 
-    def _units_start(self, units: list[str], *, bento_tag: str, workers: int) -> None:
+    def _units_start(
+        self,
+        units: list[str],
+        *,
+        bento_tag: str,
+        workers: int,
+        batch: tuple[int, int] | None = None,
+    ) -> None:
         """Start (or keep) every unit, in parallel: the cold starts overlap (3 replicas in 1.7x
         one's time on 2 cores, tests/benchmarks/test_replicas_bench.py).
 
@@ -246,7 +263,7 @@ class LocalProcessBackend(RuntimeBackend):
             results = list(
                 pool.map(
                     lambda unit: self._unit_start_caught(
-                        unit, bento_tag=bento_tag, workers=workers
+                        unit, bento_tag=bento_tag, workers=workers, batch=batch
                     ),
                     units,
                 )
@@ -257,21 +274,29 @@ class LocalProcessBackend(RuntimeBackend):
             raise errors[0]
 
     def _unit_start_caught(
-        self, unit: str, *, bento_tag: str, workers: int
+        self, unit: str, *, bento_tag: str, workers: int, batch: tuple[int, int] | None
     ) -> SlotStartError | None:
         try:
-            self._unit_start(unit, bento_tag=bento_tag, workers=workers)
+            self._unit_start(unit, bento_tag=bento_tag, workers=workers, batch=batch)
         except SlotStartError as exc:
             return exc
         return None
 
-    def _unit_start(self, unit: str, *, bento_tag: str, workers: int) -> None:
+    def _unit_start(
+        self, unit: str, *, bento_tag: str, workers: int, batch: tuple[int, int] | None = None
+    ) -> None:
+        batch_max_size, batch_max_latency_ms = batch or (
+            modelkit_serving.DEFAULT_BATCH_MAX_SIZE,
+            modelkit_serving.DEFAULT_BATCH_MAX_LATENCY_MS,
+        )
         with self._slot_lock(unit, timeout=2 * self.ready_timeout + 30):
             record = self._load(unit)
             if (
                 record is not None
                 and record.bento_tag == bento_tag
                 and record.workers == workers
+                and (record.batch_max_size, record.batch_max_latency_ms)
+                == (batch_max_size, batch_max_latency_ms)
                 and self._alive(record)
             ):
                 # Already serving this Bento: no-op, but only hand it out once it is ready
@@ -298,6 +323,8 @@ class LocalProcessBackend(RuntimeBackend):
                 host=self.host,
                 port=record.port if record is not None else 0,
                 workers=workers,
+                batch_max_size=batch_max_size,
+                batch_max_latency_ms=batch_max_latency_ms,
                 history=record.history if record is not None else [],
             )
             try:
@@ -664,7 +691,10 @@ class LocalProcessBackend(RuntimeBackend):
         none of the platform's environment, its home as its own folder, as the model user
         where the machine allows; it reads its Bento from its home (_prepare_home)."""
         extra = bentoml_integration.serve_environment(
-            bentoml_home=slot_home, workers=record.workers
+            bentoml_home=slot_home,
+            workers=record.workers,
+            batch_max_size=record.batch_max_size,
+            batch_max_latency_ms=record.batch_max_latency_ms,
         )
         extra[SLOT_ENV] = self._mark_prefix + record.slot_key
         return model_process_start(

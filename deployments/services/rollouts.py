@@ -196,6 +196,7 @@ def _step_starting(rollout: Rollout) -> bool:
             bento_tag=build.bento_tag,
             replicas=_replicas_to_start(rollout.deployment),
             workers=rollout.deployment.workers,
+            batch=(rollout.deployment.batch_max_size, rollout.deployment.batch_max_latency_ms),
         )
     except (RuntimeBackendError, bento.BentoError) as exc:
         Slot.objects.filter(pk=slot.pk).update(state=SlotState.FAILED)

@@ -90,6 +90,7 @@ class InMemoryRuntimeBackend(RuntimeBackend):
         self.answers: dict[str, tuple[int, dict[str, Any]]] = {}  # bento tag -> /predict reply
         self.scaled: list[tuple[str, int]] = []  # (slot key, replicas), every slot_scale
         self.repaired: list[tuple[str, int]] = []  # (slot key, replica index), every repair
+        self.batches: dict[str, tuple[int, int] | None] = {}  # slot key -> batching asked for
 
     # --- RuntimeBackend --------------------------------------------------------------------
 
@@ -100,9 +101,11 @@ class InMemoryRuntimeBackend(RuntimeBackend):
         bento_tag: str,
         replicas: int | None = None,
         workers: int | None = None,
+        batch: tuple[int, int] | None = None,
     ) -> SlotHandle:
         validate_slot_key(slot_key)
         replicas = replicas or 1
+        self.batches[slot_key] = batch
         current = self.slots_by_key.get(slot_key)
         if current is not None and current.running and current.bento_tag == bento_tag:
             self.slot_scale(slot_key=slot_key, replicas=replicas)

@@ -43,6 +43,8 @@ def live(registered_model, operator, fake_backend) -> Deployment:
         replicas_min=2,
         replicas_max=4,
         workers=2,
+        batch_max_size=8,
+        batch_max_latency_ms=4,
         scale_target_inflight=4.0,
         scale_up_seconds=10,
         scale_down_seconds=60,
@@ -80,6 +82,8 @@ def test_rollout_starts_the_minimum_replicas_with_the_deployments_workers(live, 
     assert [(r["url"], r["state"]) for r in slot.replicas] == [(u, "ready") for u in served.urls]
     route = published(live)
     assert route.upstreams == tuple(served.urls) and route.upstream == served.urls[0]
+    # The deployment's adaptive batching reaches the backend with the start.
+    assert fake_backend.batches["churn-prod.blue"] == (8, 4)
 
 
 def test_route_lists_only_ready_replicas_and_follows_readiness(live, fake_backend):

@@ -591,9 +591,13 @@ def test_replicas_workers_and_the_autoscaler_render_valid_manifests(store, make_
     assert kubernetes_validate.validate(deployment, SCHEMA_VERSION, strict=True)
     assert deployment["spec"]["replicas"] == 3
     [container] = deployment["spec"]["template"]["spec"]["containers"]
-    assert {"name": "BENTOML_CONFIG_OPTIONS", "value": "services.Scorer.workers=2"} in container[
-        "env"
-    ] or any(v["value"].endswith(".workers=2") for v in container["env"])
+    options = {v["name"]: v["value"] for v in container["env"]}["BENTOML_CONFIG_OPTIONS"]
+    # The same options as a local server's (deployments.integrations.bentoml.serve_environment).
+    assert options.split() == [
+        "services.modelyard.workers=2",
+        "services.modelyard.batching.max_batch_size=32",
+        "services.modelyard.batching.max_latency_ms=10",
+    ]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
     hpa = backend.render_autoscaler(

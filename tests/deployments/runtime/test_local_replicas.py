@@ -104,3 +104,23 @@ def test_repair_from_another_process_names_the_signal_once(make_backend, store):
     ]
     with pytest.raises(SlotNotFound):
         repairer.replica_repair(slot_key="scorer.blue", url="http://127.0.0.1:1")
+
+
+def test_a_servers_batching_comes_from_its_start(tmp_path):
+    """What the server is started with: the deployment's batching in its BentoML options."""
+    from deployments.runtime.local import LocalProcessBackend, _SlotRecord
+
+    backend = LocalProcessBackend(home=tmp_path / "home", state_dir=tmp_path / "state")
+    record = _SlotRecord(
+        slot_key="d.blue",
+        bento_tag="m:v1",
+        host="127.0.0.1",
+        port=1,
+        workers=3,
+        batch_max_size=8,
+        batch_max_latency_ms=4,
+    )
+    start = backend._process_start(record, tmp_path / "slot-home", 1)
+    options = start.env["BENTOML_CONFIG_OPTIONS"]
+    assert "workers=3" in options and "max_batch_size=8" in options
+    assert "max_latency_ms=4" in options
