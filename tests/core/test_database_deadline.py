@@ -53,10 +53,18 @@ class FreezableProxy:
                 continue  # frozen: new connections wait in the backlog
             with contextlib.suppress(OSError):
                 client, _ = self.listener.accept()
-                server = socket.create_connection(self.upstream)
+                server = self._connect_upstream()
                 self.sockets += [client, server]
                 for a, b in ((client, server), (server, client)):
                     threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _connect_upstream(self) -> socket.socket:
+        host, port = self.upstream
+        if host.startswith("/"):  # the embedded server on a fresh machine: its Unix socket
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.connect(f"{host}/.s.PGSQL.{port}")
+            return server
+        return socket.create_connection(self.upstream)
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -90,7 +98,9 @@ class FreezableProxy:
 @pytest.fixture
 def proxy():
     settings_dict = connection.settings_dict
-    stalling = FreezableProxy((settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"])))
+    stalling = FreezableProxy(
+        (settings_dict["HOST"] or "127.0.0.1", int(settings_dict["PORT"] or 5432))
+    )
     yield stalling
     stalling.close()
 
