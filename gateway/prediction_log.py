@@ -34,6 +34,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.rates import DeploymentRates
+
 if TYPE_CHECKING:
     import redis.asyncio
     from redis.commands.core import AsyncScript
@@ -135,9 +137,8 @@ class PredictionLogger:
         self.sample_rate = sample_rate
         self.buffer_size = buffer_size
         self.stream_maxlen = stream_maxlen
-        self._burst = max(1.0, full_per_s)  # a second's worth: bursts of a second logged whole
-        self._buckets: dict[str, list[float]] = {}
-        self._clock = clock
+        # A second's worth of burst: a burst of a second is logged whole.
+        self._rates = DeploymentRates(per_s=full_per_s, burst=full_per_s, clock=clock)
         self._random = (rng or random.Random()).random
         self._pending: deque[_Entry] = deque()
         self._script: AsyncScript | None = None
@@ -148,7 +149,7 @@ class PredictionLogger:
     ) -> bool:
         """Log this answer (a reference; nothing is parsed or copied). True if kept."""
         sampled = False
-        if not self._take_token(deployment):
+        if not self._rates.take(deployment):
             if self._random() >= self.sample_rate:
                 self.stats.sampled_out += 1
                 return False
@@ -160,19 +161,6 @@ class PredictionLogger:
             _Entry(deployment, version, arm, inference_id, time.time(), answer, sampled)
         )
         self.stats.kept += 1
-        return True
-
-    def _take_token(self, deployment: str) -> bool:
-        now = self._clock()
-        bucket = self._buckets.get(deployment)
-        if bucket is None:
-            bucket = self._buckets[deployment] = [self._burst, now]
-        tokens = min(self._burst, bucket[0] + (now - bucket[1]) * self.full_per_s)
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
-            return False
-        bucket[0] = tokens - 1.0
         return True
 
     @property

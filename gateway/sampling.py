@@ -49,6 +49,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.rates import DeploymentRates
+
 if TYPE_CHECKING:
     import redis.asyncio
     from redis.commands.core import AsyncScript
@@ -135,9 +137,7 @@ class PayloadSampler:
         self.max_field_bytes = max_field_bytes
         # Samples per second per deployment (0: no cap), from a bucket of a minute's worth.
         self.max_per_s = max_per_s
-        self._burst = max(1.0, 60.0 * max_per_s)
-        self._buckets: dict[str, list[float]] = {}  # deployment -> [tokens, last refill]
-        self._clock = clock
+        self._rates = DeploymentRates(per_s=max_per_s, burst=60.0 * max_per_s, clock=clock)
         self._random = (rng or random.Random()).random
         self._pending: deque[_Pending] = deque()
         self._script: AsyncScript | None = None
@@ -168,7 +168,7 @@ class PayloadSampler:
         ``raw_inputs`` is the request body ``inputs`` was parsed from; when given, it is stored
         as is unless rows must be cut (no re-encoding). Without it ``inputs`` is encoded.
         """
-        if self.max_per_s > 0.0 and not self._take_token(deployment):
+        if self.max_per_s > 0.0 and not self._rates.take(deployment):
             self.stats.over_rate_cap += 1
             return False
         if len(self._pending) >= self.buffer_size:
@@ -181,19 +181,6 @@ class PayloadSampler:
                 deployment, version, api, round(time.time(), 3), rows, inputs, raw_inputs, outputs
             )
         )
-        return True
-
-    def _take_token(self, deployment: str) -> bool:
-        now = self._clock()
-        bucket = self._buckets.get(deployment)
-        if bucket is None:
-            bucket = self._buckets[deployment] = [self._burst, now]
-        tokens = min(self._burst, bucket[0] + (now - bucket[1]) * self.max_per_s)
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
-            return False
-        bucket[0] = tokens - 1.0
         return True
 
     @property
