@@ -38,8 +38,9 @@ def slot_is_warm(slot: Slot, version: ModelVersion) -> bool:
     The backend answers from its own records (its process still alive, the supervisor's last
     /readyz probe not failing): an HTTP probe inside the rollback call cost 5-100 ms under
     load, which is most of the rollback's budget. A slot that died since the last probe
-    answers 502 for the seconds until the sweep restarts it -- the same as if it died a
-    moment after a probe.
+    is seen by the gateway at its first refused connection: it answers 503 and asks for the
+    replica's repair at once (deployments.upstream_repair) -- the same as if it died a moment
+    after a probe.
     """
     if slot.version_id != version.pk or slot.state != SlotState.READY or not slot.url:
         return False

@@ -4,7 +4,7 @@ Guards watch a deployment while its last rollout bakes (and always, if its guard
 ``MODELYARD_GUARDS_ALWAYS`` says so). Rules, from ``Deployment.guard_policy``:
 
 ========================== ==================================================================
-``max_error_rate``         share of the version's own failures (its 5xx, 502/504 reaching it)
+``max_error_rate``         share of the version's own failures (its 5xx, 503/504 reaching it)
                            among the requests it was answerable for, i.e. without the 4xx
                            clients caused (default 0.05)
 ``max_p99_ms``             p99 latency (ms) since the switch
