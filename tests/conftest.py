@@ -328,9 +328,12 @@ def _celery_broker(url: str) -> str:
 
     if app._pool is not None:
         app._pool.force_close_all()
+    # kombu's global producer pools are keyed by URL and would hand back stale ones: reset
+    # them first, then drop the app's references, so no pool closed by the reset stays cached
+    # (a thread of an earlier test could re-create one in between: "Acquire on closed pool").
+    pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
-    pools.reset()  # kombu's global producer pools are keyed by URL and would hand back stale ones
     return previous
 
 

@@ -72,7 +72,10 @@ def test_the_readme_runs_verbatim_beside_make_run(make_run):
     out = result.stdout
     # curl prints no newline after a body: what follows it shares its line.
     # The predict answer: labels, probabilities in the order of "classes", the version.
-    answers = re.findall(r'(\{"predictions": .*?"model_version": \d+\})', out)
+    # The gateway adds the answer's inference id before the closing brace.
+    answers = re.findall(
+        r'(\{"predictions": .*?"model_version": \d+(?:,"inference_id":"[^"]+")?\})', out
+    )
     assert answers, out
     answer = json.loads(answers[0])
     assert answer["predictions"][0] in (0, 1) and answer["classes"] == [0, 1], out
