@@ -96,8 +96,9 @@ def test_operator_rolls_out_sees_the_dashboard_and_rolls_back(ui):
     # The dashboard: every chart drawn by plotly.js, with traces of both versions.
     page.goto("/deployments/churn-prod/?window=1h")
     charts = page.locator("#dashboard .chart")
-    expect(charts).to_have_count(6)
-    for index in range(6):
+    # latency, throughput, errors, cost, drift, predictions, quality, confusion matrix
+    expect(charts).to_have_count(8)
+    for index in range(8):
         expect(charts.nth(index)).to_have_attribute("data-drawn", "true")
         expect(charts.nth(index).locator(".main-svg").first).to_be_attached()
     latency = page.locator('[data-figure="fig-latency"]')

@@ -18,7 +18,10 @@ from celery import Celery
 
 from gateway.replica_reports import REPAIR_TASK
 
-app = Celery("gateway-repair-test", broker=os.environ["REDIS_URL"])
+# Not the current app: pytest imports this module (for repairs_key) while collecting, and a
+# current app of its own would take every @shared_task of the platform with it for the rest of
+# the run (eager mode and the test broker set on config.celery_app would be ignored).
+app = Celery("gateway-repair-test", broker=os.environ["REDIS_URL"], set_as_current=False)
 app.conf.update(accept_content=["json"], worker_hijack_root_logger=False)
 
 
