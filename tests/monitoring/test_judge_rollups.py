@@ -1,0 +1,100 @@
+"""The canary judge on what the gateway really recorded: requests through the gateway's
+metrics recorder, flushed to Redis, rolled up into PostgreSQL, judged per version."""
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from gateway.metrics import MetricsRecorder
+from monitoring.services.judge import canary_judge
+from tests.monitoring.conftest import flush, minute_ago, utc
+
+pytestmark = pytest.mark.django_db
+
+
+def _serve(recorder, deployment, version, *, requests, errors, median_ms, now, seed):
+    rng = np.random.default_rng(seed)
+    for i, latency in enumerate(median_ms * np.exp(rng.normal(0, 0.3, requests))):
+        recorder.record(
+            deployment=deployment.name,
+            version=version,
+            status=500 if i < errors else 200,
+            latency_s=float(latency) / 1e3,
+            rows=1,
+            now=now,
+        )
+
+
+def _judged(deployment, settings, canary_errors, canary_median_ms=20.0, policy=None):
+    from monitoring.services.rollups import metrics_rollup
+
+    recorder = MetricsRecorder()
+    now = minute_ago(2)
+    _serve(recorder, deployment, 1, requests=2_000, errors=10, median_ms=20.0, now=now, seed=1)
+    _serve(
+        recorder,
+        deployment,
+        2,
+        requests=2_000,
+        errors=canary_errors,
+        median_ms=canary_median_ms,
+        now=now,
+        seed=2,
+    )
+    flush(recorder, settings.REDIS_URL)
+    metrics_rollup()
+    start = utc(now // 60 * 60)
+    return canary_judge(
+        deployment=deployment,
+        baseline_version=1,
+        canary_version=2,
+        start=start,
+        end=start + timedelta(minutes=1),
+        policy=policy,
+    )
+
+
+def test_a_canary_with_more_5xx_fails_with_the_counts_it_was_judged_on(
+    deployment, monitoring_redis, settings
+):
+    result = _judged(deployment, settings, canary_errors=60)
+    assert result.verdict == "fail"
+    error_rate = result.metrics[0]
+    assert error_rate.counts == {
+        "baseline_requests": 2_000,
+        "baseline_errors": 10,
+        "canary_requests": 2_000,
+        "canary_errors": 60,
+    }
+    assert (error_rate.baseline, error_rate.canary) == (0.005, 0.03)
+    assert error_rate.p_value < 1e-6
+    assert result.as_dict()["metrics"][0]["verdict"] == "fail"
+
+
+def test_a_healthy_canary_passes_and_a_slow_one_fails_on_latency(
+    deployment, monitoring_redis, settings
+):
+    assert _judged(deployment, settings, canary_errors=10).verdict == "pass"
+    monitoring_redis.flushdb()
+    from monitoring.models import MetricRollup
+
+    MetricRollup.objects.all().delete()
+    slow = _judged(deployment, settings, canary_errors=10, canary_median_ms=40.0)
+    assert [m.verdict for m in slow.metrics] == ["pass", "fail"]
+
+
+def test_an_arm_without_traffic_or_labels_is_not_yet(deployment, monitoring_redis, settings):
+    now = utc(minute_ago(2) // 60 * 60)
+    quiet = canary_judge(
+        deployment=deployment,
+        baseline_version=1,
+        canary_version=2,
+        start=now,
+        end=now + timedelta(minutes=1),
+    )
+    assert quiet.verdict == "not_yet"
+    # Accuracy as a guard metric: no labelled predictions on either arm, so never a pass.
+    labelled = _judged(deployment, settings, canary_errors=10, policy={"max_accuracy_drop": 0.02})
+    assert labelled.metrics[-1].metric == "accuracy"
+    assert labelled.verdict == "not_yet" and labelled.metrics[-1].verdict == "not_yet"
