@@ -45,8 +45,8 @@ def test_operations_pages_have_no_serious_axe_violations(ui, ops, batch_setup, m
 
     page.goto(f"/deployments/{deployment.name}/?window=1h")
     charts = page.locator("#dashboard .chart")
-    expect(charts).to_have_count(6)
-    for index in range(6):
+    expect(charts).to_have_count(8)  # with the quality panels
+    for index in range(8):
         expect(charts.nth(index)).to_have_attribute("data-drawn", "true")
     _check(ui, page, "a11y-02-deployment-dashboard")
 

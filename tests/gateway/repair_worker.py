@@ -29,7 +29,8 @@ def repairs_key(deployment: str) -> str:
     return f"test:repairs:{deployment}"
 
 
-@app.task(name=REPAIR_TASK)
+# shared=False: Celery's default registers a task in every app, the platform's included.
+@app.task(name=REPAIR_TASK, shared=False)
 def upstream_repair(*, deployment: str, upstream: str, reason: str) -> None:
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     record = {"upstream": upstream, "reason": reason, "at": time.time()}
