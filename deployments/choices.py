@@ -32,16 +32,25 @@ class RolloutKind(models.TextChoices):
     ROLLBACK = "rollback"
 
 
+class RolloutStrategy(models.TextChoices):
+    # The new version takes all traffic at once, the old slot kept warm while baking.
+    BLUE_GREEN = "blue_green"
+    # The new version takes a growing share in steps, judged against the live one at each.
+    CANARY = "canary"
+
+
 class RolloutState(models.TextChoices):
     PENDING = "pending"
     BUILDING = "building"
     STARTING = "starting"
     VERIFYING = "verifying"
+    CANARY = "canary"  # a share of traffic on the new version, judged step by step
     SWITCHING = "switching"
     BAKING = "baking"
     LIVE = "live"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"  # a canary ended by its judge or by a person; the live version kept
     SUPERSEDED = "superseded"
 
 
@@ -50,6 +59,7 @@ ACTIVE_ROLLOUT_STATES = (
     RolloutState.BUILDING,
     RolloutState.STARTING,
     RolloutState.VERIFYING,
+    RolloutState.CANARY,
     RolloutState.SWITCHING,
 )
 

@@ -10,6 +10,7 @@ from deployments.choices import (
     Environment,
     RolloutKind,
     RolloutState,
+    RolloutStrategy,
     SlotColor,
     SlotState,
 )
@@ -155,6 +156,17 @@ class Rollout(models.Model):
     error = models.TextField(blank=True)
     reason = models.TextField(blank=True)
     bake_until = models.DateTimeField(null=True, blank=True)
+    strategy = models.CharField(
+        max_length=16, choices=RolloutStrategy.choices, default=RolloutStrategy.BLUE_GREEN
+    )
+    # A canary's plan (deployments.services.canary.canary_plan_clean): steps in percent, the
+    # minimum time and requests per step, the judge's tolerances, automatic promotion.
+    plan = models.JSONField(default=dict, blank=True)
+    canary_step = models.PositiveSmallIntegerField(default=0)  # index into plan["steps"]
+    step_started_at = models.DateTimeField(null=True, blank=True)
+    paused = models.BooleanField(default=False)
+    # The judge's latest verdict with its evidence (monitoring.judge.Judgement.as_dict()).
+    judgement = models.JSONField(default=dict, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )

@@ -71,6 +71,11 @@ urlpatterns = [
         name="deployment_rollout",
     ),
     path(
+        DEPLOYMENT + "rollouts/<int:rollout_id>/canary/",
+        deployments.deployment_canary,
+        name="deployment_canary",
+    ),
+    path(
         DEPLOYMENT + "actions/",
         deployment_manage.deployment_actions,
         name="deployment_actions",

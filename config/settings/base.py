@@ -222,6 +222,8 @@ MODELYARD_BUILD_TIMEOUT_SECONDS = env_float("MODELYARD_BUILD_TIMEOUT_SECONDS", 9
 MODELYARD_WORK_LEASE_SECONDS = env_int("MODELYARD_WORK_LEASE_SECONDS", 10, minimum=3)
 # A rollout step that has not moved for this long is resumed (or failed) by the sweep.
 MODELYARD_ROLLOUT_STUCK_SECONDS = env_int("MODELYARD_ROLLOUT_STUCK_SECONDS", 300, minimum=1)
+# How often a canary's judge looks at the step's window (roll-ups land every ~10 s).
+MODELYARD_CANARY_JUDGE_SECONDS = env_float("MODELYARD_CANARY_JUDGE_SECONDS", 10, minimum=0.5)
 
 # --- Monitoring ------------------------------------------------------------------------
 # Minute roll-ups older than this become hour rows. Must exceed the gateway buffers' TTL

@@ -3,10 +3,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from deployments.choices import Environment
+from deployments.choices import Environment, RolloutState, RolloutStrategy
 from deployments.models import Deployment, DeploymentKey, Rollout, Slot
+from deployments.services.canary import CanaryPlanSerializer, canary_weight
 from deployments.services.serving import SERVING_FIELDS, serving_settings
 
 
@@ -34,6 +36,7 @@ class RolloutSerializer(serializers.ModelSerializer):
         source="previous_version.number", allow_null=True, default=None
     )
     created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+    canary_weight = serializers.SerializerMethodField()
 
     class Meta:
         model = Rollout
@@ -50,11 +53,24 @@ class RolloutSerializer(serializers.ModelSerializer):
             "error",
             "reason",
             "bake_until",
+            "strategy",
+            "plan",
+            "canary_step",
+            "canary_weight",
+            "paused",
+            "judgement",
             "created_by",
             "created_at",
             "state_changed_at",
             "finished_at",
         ]
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_canary_weight(self, rollout: Rollout) -> int | None:
+        """Percent of requests on the canary now; null unless it is taking traffic."""
+        if rollout.strategy != RolloutStrategy.CANARY or rollout.state != RolloutState.CANARY:
+            return None
+        return canary_weight(rollout) // 100
 
 
 class DeploymentSerializer(serializers.ModelSerializer):
@@ -132,6 +148,16 @@ class RolloutCreateSerializer(serializers.Serializer):
         help_text="Roll out the version this alias points at (instead of 'version').",
     )
     reason = serializers.CharField(required=False, default="", allow_blank=True)
+    strategy = serializers.ChoiceField(
+        choices=RolloutStrategy.choices, required=False, default=RolloutStrategy.BLUE_GREEN
+    )
+    plan = CanaryPlanSerializer(
+        required=False, default=None, help_text="For strategy 'canary': steps, limits, judge."
+    )
+
+
+class CanaryActionSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, default="", allow_blank=True, max_length=500)
 
 
 class FollowSerializer(serializers.Serializer):

@@ -13,6 +13,7 @@ from accounts.permissions import request_actor
 from core.choices import Capability
 from deployments import follow, selectors, services
 from deployments.api.serializers import (
+    CanaryActionSerializer,
     DeploymentCreateSerializer,
     DeploymentDetailSerializer,
     DeploymentKeyCreatedSerializer,
@@ -46,6 +47,10 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         "rollouts": C.VIEW,
         "rollout_detail": C.VIEW,
         "rollback": C.DEPLOY,
+        "rollout_promote": C.DEPLOY,
+        "rollout_abort": C.DEPLOY,
+        "rollout_pause": C.DEPLOY,
+        "rollout_resume": C.DEPLOY,
         "follow": C.DEPLOY,
         "serving": C.DEPLOY,
         # Keys open the prediction endpoint: listing them is as sensitive as issuing them.
@@ -101,8 +106,62 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             alias=data.validated_data["alias"],
             actor=request_actor(request),
             reason=data.validated_data["reason"],
+            strategy=data.validated_data["strategy"],
+            plan=data.validated_data["plan"],
         )
         return Response(RolloutSerializer(rollout).data, status=status.HTTP_202_ACCEPTED)
+
+    def _canary_action(self, request: Request, name: str, rollout_id: str, what: str) -> Response:
+        data = CanaryActionSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        rollout = services.canary_act(
+            deployment=selectors.deployment_ref(name=name),
+            rollout_id=int(rollout_id),
+            action=what,
+            actor=request_actor(request),
+            reason=data.validated_data["reason"],
+        )
+        return Response(RolloutSerializer(rollout).data)
+
+    @extend_schema(
+        operation_id="deployments_rollout_promote",
+        request=CanaryActionSerializer,
+        responses={200: RolloutSerializer},
+    )
+    @action(detail=True, methods=["post"], url_path=r"rollouts/(?P<rollout_id>[0-9]+)/promote")
+    def rollout_promote(self, request: Request, name: str = "", rollout_id: str = "") -> Response:
+        """A canary's version takes all traffic now (switch, then bake)."""
+        return self._canary_action(request, name, rollout_id, "promote")
+
+    @extend_schema(
+        operation_id="deployments_rollout_abort",
+        request=CanaryActionSerializer,
+        responses={200: RolloutSerializer},
+    )
+    @action(detail=True, methods=["post"], url_path=r"rollouts/(?P<rollout_id>[0-9]+)/abort")
+    def rollout_abort(self, request: Request, name: str = "", rollout_id: str = "") -> Response:
+        """End a canary: all traffic back on the live version at once."""
+        return self._canary_action(request, name, rollout_id, "abort")
+
+    @extend_schema(
+        operation_id="deployments_rollout_pause",
+        request=CanaryActionSerializer,
+        responses={200: RolloutSerializer},
+    )
+    @action(detail=True, methods=["post"], url_path=r"rollouts/(?P<rollout_id>[0-9]+)/pause")
+    def rollout_pause(self, request: Request, name: str = "", rollout_id: str = "") -> Response:
+        """Hold a canary at its step (its judge still aborts a failing one)."""
+        return self._canary_action(request, name, rollout_id, "pause")
+
+    @extend_schema(
+        operation_id="deployments_rollout_resume",
+        request=CanaryActionSerializer,
+        responses={200: RolloutSerializer},
+    )
+    @action(detail=True, methods=["post"], url_path=r"rollouts/(?P<rollout_id>[0-9]+)/resume")
+    def rollout_resume(self, request: Request, name: str = "", rollout_id: str = "") -> Response:
+        """Let a paused canary advance again."""
+        return self._canary_action(request, name, rollout_id, "resume")
 
     @extend_schema(request=FollowSerializer, responses={200: DeploymentDetailSerializer})
     @action(detail=True, methods=["put"])

@@ -1,6 +1,6 @@
-"""Deployment writes: deployments and keys, routes, builds, the blue-green rollout state machine,
-rollback and the reconcile sweep. Each public function is one use case; views, tasks and the
-other apps call them from here."""
+"""Deployment writes: deployments and keys, routes, builds, the rollout state machine
+(blue-green and canary), rollback and the reconcile sweep. Each public function is one use
+case; views, tasks and the other apps call them from here."""
 
 from deployments.choices import DEPLOYABLE_STATES
 from deployments.services._steps import event_record
@@ -8,6 +8,7 @@ from deployments.services.artifacts import ARTIFACT_MISMATCH_EVENT, artifact_mis
 from deployments.services.autoscale import autoscale_decide, deployments_autoscale
 from deployments.services.bentos import BentoUnavailable, LocalBento, version_bento_local
 from deployments.services.builds import build_archive_ensure, build_claim, build_ensure, build_run
+from deployments.services.canary import canary_abort, canary_act, canary_pause, canary_promote
 from deployments.services.keys import (
     KEY_PREFIX,
     deployment_create,
@@ -36,6 +37,10 @@ __all__ = [
     "build_claim",
     "build_ensure",
     "build_run",
+    "canary_abort",
+    "canary_act",
+    "canary_pause",
+    "canary_promote",
     "deployment_create",
     "deployment_key_create",
     "deployment_key_revoke",

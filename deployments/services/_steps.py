@@ -35,16 +35,20 @@ ROLLOUT_STATES: StateMachine[Rollout] = StateMachine(
         R.PENDING: {R.BUILDING, R.FAILED},
         R.BUILDING: {R.STARTING, R.FAILED},
         R.STARTING: {R.VERIFYING, R.FAILED},
-        R.VERIFYING: {R.SWITCHING, R.FAILED},
+        R.VERIFYING: {R.SWITCHING, R.CANARY, R.FAILED},
+        # Promoted (by the judge after the last step, or by a person): the switch as in
+        # blue-green; aborted by the judge or a person: the live version kept.
+        R.CANARY: {R.SWITCHING, R.ABORTED, R.FAILED},
         R.SWITCHING: {R.BAKING, R.FAILED},
         R.BAKING: {R.LIVE, R.ROLLED_BACK},
         R.LIVE: set(),
         R.FAILED: set(),
         R.ROLLED_BACK: set(),
+        R.ABORTED: set(),
         R.SUPERSEDED: set(),
     },
 )
-TERMINAL_ROLLOUT_STATES = (R.LIVE, R.FAILED, R.ROLLED_BACK)
+TERMINAL_ROLLOUT_STATES = (R.LIVE, R.FAILED, R.ROLLED_BACK, R.ABORTED)
 # The event of a worker that died holding a build or a rollout (its lease lapsed).
 WORKER_DIED_EVENT = "worker_died"
 
@@ -74,9 +78,18 @@ def enqueue_advance(rollout_id: int, countdown: float = 0) -> None:
     )
 
 
-def transition(rollout: Rollout, to: str, message: str, **fields: Any) -> bool:
+def transition(
+    rollout: Rollout,
+    to: str,
+    message: str,
+    *,
+    actor: Any | None = None,
+    evidence: dict[str, Any] | None = None,
+    **fields: Any,
+) -> bool:
     """Move ``rollout`` from the state it was read in to ``to`` if nobody else has (one
-    conditional UPDATE); a move the table refuses raises InvalidState, a lost one is False."""
+    conditional UPDATE); a move the table refuses raises InvalidState, a lost one is False.
+    ``actor`` and ``evidence`` (beside the version) go into the audit record."""
     now = timezone.now()
     if to in TERMINAL_ROLLOUT_STATES:
         fields["finished_at"] = now
@@ -88,9 +101,10 @@ def transition(rollout: Rollout, to: str, message: str, **fields: Any) -> bool:
         to,
         at=now,
         fields={**fields, "steps": json_append("steps", entry)},
+        actor=actor,
         audit_action=AuditAction.ROLLOUT_STATE_CHANGED,
         reason=message[:500],
-        evidence={"version": rollout.version.number},
+        evidence={"version": rollout.version.number, **(evidence or {})},
     )
     if won:
         rollout.refresh_from_db()

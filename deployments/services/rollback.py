@@ -25,6 +25,7 @@ from deployments.services._steps import (
     other_color,
     switched_note,
 )
+from deployments.services.canary import canary_abort
 from deployments.services.routes import route_of, route_sync
 from gateway.routes import route_publish
 from registry.models import ModelVersion
@@ -62,10 +63,21 @@ def deployment_rollback(
     """Flip traffic back to the previous version: instantly when its slot is still warm.
 
     With a warm slot the route flips first, inside the transaction that records the rollback
-    (rollout row, audit, step log), so traffic moves without waiting for those writes. If the
+    (rollout row, audit, step log), so traffic moves without waiting for those writes. During
+    a canary, the canary is aborted (its share back on the live version). If the
     transaction then fails, the route is put back to what the database says; if the process
     dies before it commits, the reconcile sweep's route_repair does the same.
     """
+    canary = Rollout.objects.filter(deployment=deployment, state=RolloutState.CANARY).first()
+    if canary is not None:
+        # Rolling back during a canary: the live version never changed, so "back" is all
+        # traffic on it at once, which is the canary's abort.
+        return canary_abort(
+            deployment=deployment,
+            rollout_id=canary.pk,
+            actor=actor,
+            reason=reason or "rolled back during the canary",
+        )
     flipped: list[bool] = []
     try:
         rollout = _rollback(

@@ -31,6 +31,7 @@ from deployments.choices import (
     Environment,
     RolloutKind,
     RolloutState,
+    RolloutStrategy,
     SlotColor,
     SlotState,
 )
@@ -52,6 +53,7 @@ from deployments.services._steps import (
 from deployments.services.artifacts import artifact_mismatch, artifact_mismatch_record
 from deployments.services.bentos import build_bento_available
 from deployments.services.builds import build_ensure
+from deployments.services.canary import canary_enter, canary_plan_clean, step_canary
 from deployments.services.leases import LeaseHeld, lease_kept, lease_take, worker_identity
 from deployments.services.routes import route_sync
 from registry.models import ModelVersion
@@ -82,12 +84,24 @@ def rollout_start(
     actor: User | None,
     reason: str = "",
     alias: str = "",
+    strategy: str = RolloutStrategy.BLUE_GREEN,
+    plan: dict[str, Any] | None = None,
 ) -> Rollout:
     """Queue a rollout of a version into the idle slot. One active rollout per deployment.
 
     Name the version by ``version_number`` or by ``alias`` (exactly one): an alias is
-    resolved here, under the deployment's lock, and recorded on the rollout.
+    resolved here, under the deployment's lock, and recorded on the rollout. ``strategy``
+    ``canary`` takes ``plan`` (deployments.services.canary.canary_plan_clean) and needs a
+    live version to be judged against.
     """
+    if strategy not in RolloutStrategy.values:
+        raise InvalidInput(
+            f"Unknown strategy {strategy!r}; one of {', '.join(RolloutStrategy.values)}.",
+            code="invalid_strategy",
+        )
+    if strategy != RolloutStrategy.CANARY and plan:
+        raise InvalidInput("A plan is for canary rollouts only.", code="invalid_plan")
+    plan = canary_plan_clean(plan) if strategy == RolloutStrategy.CANARY else {}
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     if (version_number is None) == (not alias):
         raise InvalidInput(
@@ -113,6 +127,12 @@ def rollout_start(
     )
     if live is not None and live.version_id == version.pk:
         raise Conflict(f"{deployment} already serves {version}.", code="already_live")
+    if strategy == RolloutStrategy.CANARY and (live is None or live.version is None):
+        raise InvalidState(
+            f"{deployment} serves no version yet: a canary needs a live version to be judged "
+            "against. Roll out the first version blue-green.",
+            code="canary_needs_live_version",
+        )
     # A rollout still baking is done baking: the slot it kept warm is about to be reused.
     end_baking(deployment, to=RolloutState.LIVE, note="bake ended early: a new rollout started")
     target = other_color(deployment.live_slot) if deployment.live_slot else SlotColor.BLUE
@@ -125,9 +145,16 @@ def rollout_start(
         previous_version=live.version if live else None,
         created_by=actor,
         reason=reason,
+        strategy=strategy,
+        plan=plan,
     )
     via = f" (alias {alias})" if alias else ""
-    log_step(rollout, f"rollout of v{version.number}{via} into the {target} slot requested")
+    how = (
+        f" as a canary in steps of {', '.join(f'{p} %' for p in plan['steps'])}"
+        if strategy == RolloutStrategy.CANARY
+        else ""
+    )
+    log_step(rollout, f"rollout of v{version.number}{via} into the {target} slot{how} requested")
     rollout.save(update_fields=["steps"])
     audit_record(
         actor=actor,
@@ -138,7 +165,9 @@ def rollout_start(
             "state": rollout.state,
             "version": version.number,
             "slot": target,
+            "strategy": strategy,
             **({"alias": alias} if alias else {}),
+            **({"plan": plan} if plan else {}),
         },
     )
     enqueue_advance(rollout.pk)
@@ -296,12 +325,12 @@ def _step_verifying(rollout: Rollout) -> bool:
             f"sample; validation answered {expected_proba}",
         )
         return False
-    return transition(
-        rollout,
-        RolloutState.SWITCHING,
-        f"smoke request answered {len(predictions)} prediction(s)"
-        + (" matching validation" if replay and expected else ""),
+    smoked = f"smoke request answered {len(predictions)} prediction(s)" + (
+        " matching validation" if replay and expected else ""
     )
+    if rollout.strategy == RolloutStrategy.CANARY:
+        return canary_enter(rollout, smoked)
+    return transition(rollout, RolloutState.SWITCHING, smoked)
 
 
 def _switch(rollout: Rollout) -> bool:
@@ -359,6 +388,7 @@ STEPS: dict[str, Callable[[Rollout], bool]] = {
     RolloutState.BUILDING: _step_building,
     RolloutState.STARTING: _step_starting,
     RolloutState.VERIFYING: _step_verifying,
+    RolloutState.CANARY: step_canary,
     RolloutState.SWITCHING: _switch,
     RolloutState.BAKING: _step_baking,
 }

@@ -30,7 +30,7 @@ from accounts.permissions import user_has_capability
 from core.choices import Capability
 from core.errors import DomainError
 from deployments import selectors, services
-from deployments.choices import SlotState
+from deployments.choices import RolloutState, SlotState
 from deployments.models import Deployment
 from frontend.example_rows import example_rows
 from frontend.forms import DeploymentForm, DeploymentKeyForm
@@ -61,11 +61,16 @@ def _can_deploy(request: PageRequest) -> bool:
 def actions_context(request: PageRequest, deployment: Deployment) -> dict[str, Any]:
     """The Actions section: rollback and the roll-out list (never the live version)."""
     live, target = rollback_target(deployment)
+    current = selectors.deployment_current_rollout(deployment)
     return {
         "deployment": deployment,
         "can_deploy": _can_deploy(request),
+        # During a canary, "back" is its abort (the canary panel's button): the live version
+        # never changed, so a rollback to an older one is not offered.
+        "canary_running": current is not None and current.state == RolloutState.CANARY,
         "rollback_to": target,
         "deployable_versions": _deployable_versions(deployment, live),
+        "live_version": live,  # a canary needs one to be judged against
     }
 
 

@@ -21,15 +21,25 @@ from accounts.permissions import user_has_capability
 from core.choices import Capability
 from core.errors import DomainError, InvalidInput, NotFound
 from deployments import selectors, services
-from deployments.choices import ACTIVE_ROLLOUT_STATES, SlotState
-from deployments.models import Deployment
+from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState, RolloutStrategy, SlotState
+from deployments.models import Deployment, Rollout
+from deployments.services.canary import canary_weight
 from frontend import charts
 from frontend import dashboard_captions as captions
 from frontend.views.access import PageRequest, capability_require
 from monitoring import selectors as data
 from registry.models import ModelVersion
 
-ROLLOUT_STEPS = ["pending", "building", "starting", "verifying", "switching", "baking", "live"]
+ROLLOUT_STEPS = [
+    "pending",
+    "building",
+    "starting",
+    "verifying",
+    "canary",
+    "switching",
+    "baking",
+    "live",
+]
 
 
 def _can_deploy(request: PageRequest) -> bool:
@@ -112,6 +122,64 @@ def deployment_list(request: PageRequest) -> HttpResponse:
 # --- detail ---------------------------------------------------------------------------------
 
 
+def _canary_context(rollout: Rollout | None, live_version: ModelVersion | None) -> dict | None:
+    """The canary panel: arms and weights, step progress, the judge's latest verdict."""
+    if rollout is None or rollout.strategy != RolloutStrategy.CANARY:
+        return None
+    running = rollout.state == RolloutState.CANARY
+    steps = rollout.plan.get("steps") or []
+    weight = canary_weight(rollout) // 100 if running else 0
+    judgement = rollout.judgement or {}
+    return {
+        "running": running,
+        "weight": weight,
+        "live_weight": 100 - weight,
+        "baseline": rollout.previous_version or live_version,
+        "steps": [
+            {
+                "percent": percent,
+                "status": "done"
+                if i < rollout.canary_step
+                or rollout.state in (RolloutState.SWITCHING, RolloutState.BAKING, RolloutState.LIVE)
+                else "current"
+                if i == rollout.canary_step and running
+                else "waiting",
+            }
+            for i, percent in enumerate(steps)
+        ],
+        "step_number": rollout.canary_step + 1,
+        "paused": rollout.paused,
+        # (action, label, dangerous): the buttons of a running canary, in this order.
+        "buttons": [
+            ("promote", "Promote to 100 %", False),
+            ("resume", "Resume", False) if rollout.paused else ("pause", "Pause", False),
+            ("abort", "Abort canary", True),
+        ],
+        "verdict": judgement.get("verdict"),
+        "judged_at": judgement.get("at"),
+        "metrics": [
+            {
+                **metric,
+                "p_text": _fmt(metric.get("p_value"), ".2g"),
+                "baseline_text": _metric_text(metric["metric"], metric.get("baseline")),
+                "canary_text": _metric_text(metric["metric"], metric.get("canary")),
+                "requests": (metric.get("counts") or {}).get("canary_requests"),
+            }
+            for metric in judgement.get("metrics", [])
+        ],
+    }
+
+
+def _metric_text(metric: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    if metric == "error_rate":
+        return format(value, ".2%")
+    if metric == "latency":
+        return f"{value:.1f} ms"
+    return format(value, ".4g")
+
+
 def _status_context(deployment: Deployment) -> dict[str, Any]:
     current = selectors.deployment_current_rollout(deployment)
     recent = list(selectors.rollout_list(deployment=deployment)[:5])
@@ -123,6 +191,7 @@ def _status_context(deployment: Deployment) -> dict[str, Any]:
     return {
         "deployment": deployment,
         "live_version": live.version if live else None,
+        "canary": _canary_context(shown, live.version if live else None),
         "health_level": level,
         "health": words,
         "slots": list(deployment.slots.all()),
@@ -354,7 +423,8 @@ def deployment_status(request: PageRequest, name: str) -> HttpResponse:
     """The polled partial: live version, slots, rollout progress and its step log."""
     _require(request, Capability.VIEW)
     deployment = _deployment(name)
-    return render(request, "frontend/deployments/_status.html", _status_context(deployment))
+    context = {**_status_context(deployment), "can_deploy": _can_deploy(request)}
+    return render(request, "frontend/deployments/_status.html", context)
 
 
 @login_required
@@ -438,16 +508,58 @@ def deployment_rollout(request: PageRequest, name: str) -> HttpResponse:
     raw = request.POST.get("version", "").strip()
     if not raw.isdigit():
         return _error_page(request, deployment, "Pick the version to roll out.", 400)
+    strategy = request.POST.get("strategy", RolloutStrategy.BLUE_GREEN)
+    plan = None
+    if strategy == RolloutStrategy.CANARY:
+        texts = [t.strip() for t in request.POST.get("steps", "").split(",") if t.strip()]
+        seconds = request.POST.get("min_step_seconds", "").strip()
+        if not all(t.isdigit() for t in texts) or (seconds and not seconds.isdigit()):
+            return _error_page(
+                request,
+                deployment,
+                "Canary steps are whole percentages separated by commas (e.g. 5, 25, 50) and "
+                "the minimum time per step is a whole number of seconds.",
+                400,
+            )
+        plan = {
+            **({"steps": [int(t) for t in texts]} if texts else {}),
+            **({"min_step_seconds": int(seconds)} if seconds else {}),
+        }
     try:
         rollout = services.rollout_start(
             deployment=deployment,
             version_number=int(raw),
             actor=request.user,
             reason=request.POST.get("reason", "").strip()[:1000],
+            strategy=strategy,
+            plan=plan,
         )
     except DomainError as exc:
         return _error_page(request, deployment, exc, exc.status)
+    how = " as a canary" if rollout.strategy == RolloutStrategy.CANARY else ""
     messages.success(
-        request, f"Rolling out v{rollout.version.number} into the {rollout.target_slot} slot."
+        request,
+        f"Rolling out v{rollout.version.number} into the {rollout.target_slot} slot{how}.",
     )
+    return redirect(reverse("frontend:deployment_detail", args=[deployment.name]))
+
+
+@login_required
+@require_POST
+def deployment_canary(request: PageRequest, name: str, rollout_id: int) -> HttpResponse:
+    """Promote, pause, resume or abort the running canary (the same service as the API)."""
+    _require(request, Capability.DEPLOY)
+    deployment = _deployment(name)
+    action = request.POST.get("action", "")
+    try:
+        rollout = services.canary_act(
+            deployment=deployment,
+            rollout_id=rollout_id,
+            action=action,
+            actor=request.user,
+            reason=request.POST.get("reason", "").strip()[:500] or f"{action} from the UI",
+        )
+    except DomainError as exc:
+        return _error_page(request, deployment, exc, exc.status)
+    messages.success(request, f"Canary of v{rollout.version.number}: {action} ({rollout.state}).")
     return redirect(reverse("frontend:deployment_detail", args=[deployment.name]))

@@ -70,6 +70,23 @@ def flush(recorder: MetricsRecorder, url: str) -> int:
     return asyncio.run(run())
 
 
+def serve_traffic(recorder, deployment, version, *, requests, errors, median_ms, now, seed):
+    """``requests`` answers of ``version`` recorded by the gateway's recorder at ``now``: the
+    first ``errors`` of them 5xx, latencies log-normal around ``median_ms``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for i, latency in enumerate(median_ms * np.exp(rng.normal(0, 0.3, requests))):
+        recorder.record(
+            deployment=deployment.name,
+            version=version,
+            status=500 if i < errors else 200,
+            latency_s=float(latency) / 1e3,
+            rows=1,
+            now=now,
+        )
+
+
 def minute_ago(minutes: int = 1) -> float:
     """A unix time inside a recent, closed minute."""
     now = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=minutes)

@@ -3,27 +3,13 @@ metrics recorder, flushed to Redis, rolled up into PostgreSQL, judged per versio
 
 from datetime import timedelta
 
-import numpy as np
 import pytest
 
 from gateway.metrics import MetricsRecorder
 from monitoring.services.judge import canary_judge
-from tests.monitoring.conftest import flush, minute_ago, utc
+from tests.monitoring.conftest import flush, minute_ago, serve_traffic, utc
 
 pytestmark = pytest.mark.django_db
-
-
-def _serve(recorder, deployment, version, *, requests, errors, median_ms, now, seed):
-    rng = np.random.default_rng(seed)
-    for i, latency in enumerate(median_ms * np.exp(rng.normal(0, 0.3, requests))):
-        recorder.record(
-            deployment=deployment.name,
-            version=version,
-            status=500 if i < errors else 200,
-            latency_s=float(latency) / 1e3,
-            rows=1,
-            now=now,
-        )
 
 
 def _judged(deployment, settings, canary_errors, canary_median_ms=20.0, policy=None):
@@ -31,8 +17,10 @@ def _judged(deployment, settings, canary_errors, canary_median_ms=20.0, policy=N
 
     recorder = MetricsRecorder()
     now = minute_ago(2)
-    _serve(recorder, deployment, 1, requests=2_000, errors=10, median_ms=20.0, now=now, seed=1)
-    _serve(
+    serve_traffic(
+        recorder, deployment, 1, requests=2_000, errors=10, median_ms=20.0, now=now, seed=1
+    )
+    serve_traffic(
         recorder,
         deployment,
         2,
