@@ -37,6 +37,8 @@ class RolloutStrategy(models.TextChoices):
     BLUE_GREEN = "blue_green"
     # The new version takes a growing share in steps, judged against the live one at each.
     CANARY = "canary"
+    # The new version gets a copy of live requests; its answers are compared, never returned.
+    SHADOW = "shadow"
 
 
 class RolloutState(models.TextChoices):
@@ -45,12 +47,13 @@ class RolloutState(models.TextChoices):
     STARTING = "starting"
     VERIFYING = "verifying"
     CANARY = "canary"  # a share of traffic on the new version, judged step by step
+    SHADOW = "shadow"  # live requests mirrored to the new version, answers compared
     SWITCHING = "switching"
     BAKING = "baking"
     LIVE = "live"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
-    ABORTED = "aborted"  # a canary ended by its judge or by a person; the live version kept
+    ABORTED = "aborted"  # a canary or shadow ended (judge or person); the live version kept
     SUPERSEDED = "superseded"
 
 
@@ -60,6 +63,7 @@ ACTIVE_ROLLOUT_STATES = (
     RolloutState.STARTING,
     RolloutState.VERIFYING,
     RolloutState.CANARY,
+    RolloutState.SHADOW,
     RolloutState.SWITCHING,
 )
 

@@ -159,7 +159,7 @@ class Rollout(models.Model):
     strategy = models.CharField(
         max_length=16, choices=RolloutStrategy.choices, default=RolloutStrategy.BLUE_GREEN
     )
-    # A canary's plan (deployments.services.canary.canary_plan_clean): steps in percent, the
+    # A canary's plan (deployments.services.progressive.canary_plan_clean): steps in percent, the
     # minimum time and requests per step, the judge's tolerances, automatic promotion.
     plan = models.JSONField(default=dict, blank=True)
     canary_step = models.PositiveSmallIntegerField(default=0)  # index into plan["steps"]

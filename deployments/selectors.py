@@ -153,3 +153,34 @@ def lineage_deployments_of_version(version: ModelVersion) -> list[dict[str, Any]
             }
         )
     return items
+
+
+def shadow_windows(rollout: Rollout, *, minutes: int = 10) -> list[dict[str, Any]]:
+    """The shadow's comparison per minute, newest first, over its last ``minutes`` minutes
+    (since it began): what the gateway's processes recorded (gateway.shadow_reports)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments import backends
+    from gateway.shadow_reports import shadow_read
+
+    began = rollout.step_started_at or rollout.state_changed_at
+    end = rollout.finished_at or timezone.now()
+    minute = end.replace(second=0, microsecond=0)
+    client = backends.route_store()
+    windows = []
+    try:
+        while minute + timedelta(minutes=1) > began and len(windows) < minutes:
+            totals = shadow_read(
+                client,
+                rollout.deployment.name,
+                rollout.version.number,
+                minute,
+                minute + timedelta(minutes=1),
+            )
+            windows.append({"start": minute, **totals.as_dict()})
+            minute -= timedelta(minutes=1)
+    finally:
+        client.close()
+    return windows

@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from deployments.choices import Environment, RolloutState, RolloutStrategy
 from deployments.models import Deployment, DeploymentKey, Rollout, Slot
-from deployments.services.canary import CanaryPlanSerializer, canary_weight
+from deployments.services.progressive import ShadowPlanSerializer, canary_weight
 from deployments.services.serving import SERVING_FIELDS, serving_settings
 
 
@@ -151,8 +151,10 @@ class RolloutCreateSerializer(serializers.Serializer):
     strategy = serializers.ChoiceField(
         choices=RolloutStrategy.choices, required=False, default=RolloutStrategy.BLUE_GREEN
     )
-    plan = CanaryPlanSerializer(
-        required=False, default=None, help_text="For strategy 'canary': steps, limits, judge."
+    plan = ShadowPlanSerializer(
+        required=False,
+        default=None,
+        help_text="For 'canary' and 'shadow': steps, limits, judge; mirror_percent (shadow).",
     )
 
 

@@ -49,6 +49,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         "rollback": C.DEPLOY,
         "rollout_promote": C.DEPLOY,
         "rollout_abort": C.DEPLOY,
+        "rollout_to_canary": C.DEPLOY,
         "rollout_pause": C.DEPLOY,
         "rollout_resume": C.DEPLOY,
         "follow": C.DEPLOY,
@@ -130,8 +131,18 @@ class DeploymentViewSet(viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"], url_path=r"rollouts/(?P<rollout_id>[0-9]+)/promote")
     def rollout_promote(self, request: Request, name: str = "", rollout_id: str = "") -> Response:
-        """A canary's version takes all traffic now (switch, then bake)."""
+        """A canary's or shadow's version takes all traffic now (switch, then bake)."""
         return self._canary_action(request, name, rollout_id, "promote")
+
+    @extend_schema(
+        operation_id="deployments_rollout_to_canary",
+        request=CanaryActionSerializer,
+        responses={200: RolloutSerializer},
+    )
+    @action(detail=True, methods=["post"], url_path=r"rollouts/(?P<rollout_id>[0-9]+)/canary")
+    def rollout_to_canary(self, request: Request, name: str = "", rollout_id: str = "") -> Response:
+        """A shadow starts answering requests: a canary at its plan's first step."""
+        return self._canary_action(request, name, rollout_id, "canary")
 
     @extend_schema(
         operation_id="deployments_rollout_abort",
@@ -140,7 +151,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
     )
     @action(detail=True, methods=["post"], url_path=r"rollouts/(?P<rollout_id>[0-9]+)/abort")
     def rollout_abort(self, request: Request, name: str = "", rollout_id: str = "") -> Response:
-        """End a canary: all traffic back on the live version at once."""
+        """End a canary or shadow: all traffic on the live version alone, at once."""
         return self._canary_action(request, name, rollout_id, "abort")
 
     @extend_schema(

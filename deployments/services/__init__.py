@@ -8,13 +8,13 @@ from deployments.services.artifacts import ARTIFACT_MISMATCH_EVENT, artifact_mis
 from deployments.services.autoscale import autoscale_decide, deployments_autoscale
 from deployments.services.bentos import BentoUnavailable, LocalBento, version_bento_local
 from deployments.services.builds import build_archive_ensure, build_claim, build_ensure, build_run
-from deployments.services.canary import canary_abort, canary_act, canary_pause, canary_promote
 from deployments.services.keys import (
     KEY_PREFIX,
     deployment_create,
     deployment_key_create,
     deployment_key_revoke,
 )
+from deployments.services.progressive import canary_abort, canary_act, canary_pause, canary_promote
 from deployments.services.reconcile import (
     deployments_reconcile,
     rollouts_stuck,

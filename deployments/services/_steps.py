@@ -35,10 +35,12 @@ ROLLOUT_STATES: StateMachine[Rollout] = StateMachine(
         R.PENDING: {R.BUILDING, R.FAILED},
         R.BUILDING: {R.STARTING, R.FAILED},
         R.STARTING: {R.VERIFYING, R.FAILED},
-        R.VERIFYING: {R.SWITCHING, R.CANARY, R.FAILED},
+        R.VERIFYING: {R.SWITCHING, R.CANARY, R.SHADOW, R.FAILED},
         # Promoted (by the judge after the last step, or by a person): the switch as in
         # blue-green; aborted by the judge or a person: the live version kept.
         R.CANARY: {R.SWITCHING, R.ABORTED, R.FAILED},
+        # A shadow is promoted to a canary (a share of real answers) or straight to live.
+        R.SHADOW: {R.CANARY, R.SWITCHING, R.ABORTED, R.FAILED},
         R.SWITCHING: {R.BAKING, R.FAILED},
         R.BAKING: {R.LIVE, R.ROLLED_BACK},
         R.LIVE: set(),

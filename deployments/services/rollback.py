@@ -25,7 +25,7 @@ from deployments.services._steps import (
     other_color,
     switched_note,
 )
-from deployments.services.canary import canary_abort
+from deployments.services.progressive import RUNNING, canary_abort
 from deployments.services.routes import route_of, route_sync
 from gateway.routes import route_publish
 from registry.models import ModelVersion
@@ -68,10 +68,10 @@ def deployment_rollback(
     transaction then fails, the route is put back to what the database says; if the process
     dies before it commits, the reconcile sweep's route_repair does the same.
     """
-    canary = Rollout.objects.filter(deployment=deployment, state=RolloutState.CANARY).first()
+    canary = Rollout.objects.filter(deployment=deployment, state__in=RUNNING).first()
     if canary is not None:
-        # Rolling back during a canary: the live version never changed, so "back" is all
-        # traffic on it at once, which is the canary's abort.
+        # Rolling back during a canary (or shadow): the live version never changed, so "back"
+        # is all traffic on it alone at once, which is the canary's abort.
         return canary_abort(
             deployment=deployment,
             rollout_id=canary.pk,

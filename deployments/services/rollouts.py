@@ -53,8 +53,13 @@ from deployments.services._steps import (
 from deployments.services.artifacts import artifact_mismatch, artifact_mismatch_record
 from deployments.services.bentos import build_bento_available
 from deployments.services.builds import build_ensure
-from deployments.services.canary import canary_enter, canary_plan_clean, step_canary
 from deployments.services.leases import LeaseHeld, lease_kept, lease_take, worker_identity
+from deployments.services.progressive import (
+    plan_clean,
+    progressive_enter,
+    step_canary,
+    step_shadow,
+)
 from deployments.services.routes import route_sync
 from registry.models import ModelVersion
 
@@ -91,17 +96,18 @@ def rollout_start(
 
     Name the version by ``version_number`` or by ``alias`` (exactly one): an alias is
     resolved here, under the deployment's lock, and recorded on the rollout. ``strategy``
-    ``canary`` takes ``plan`` (deployments.services.canary.canary_plan_clean) and needs a
-    live version to be judged against.
+    ``canary`` or ``shadow`` takes ``plan`` (deployments.services.progressive.plan_clean) and
+    needs a live version to be compared with.
     """
     if strategy not in RolloutStrategy.values:
         raise InvalidInput(
             f"Unknown strategy {strategy!r}; one of {', '.join(RolloutStrategy.values)}.",
             code="invalid_strategy",
         )
-    if strategy != RolloutStrategy.CANARY and plan:
-        raise InvalidInput("A plan is for canary rollouts only.", code="invalid_plan")
-    plan = canary_plan_clean(plan) if strategy == RolloutStrategy.CANARY else {}
+    progressive = strategy in (RolloutStrategy.CANARY, RolloutStrategy.SHADOW)
+    if not progressive and plan:
+        raise InvalidInput("A plan is for canary and shadow rollouts only.", code="invalid_plan")
+    plan = plan_clean(strategy, plan) if progressive else {}
     deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
     if (version_number is None) == (not alias):
         raise InvalidInput(
@@ -127,10 +133,10 @@ def rollout_start(
     )
     if live is not None and live.version_id == version.pk:
         raise Conflict(f"{deployment} already serves {version}.", code="already_live")
-    if strategy == RolloutStrategy.CANARY and (live is None or live.version is None):
+    if progressive and (live is None or live.version is None):
         raise InvalidState(
-            f"{deployment} serves no version yet: a canary needs a live version to be judged "
-            "against. Roll out the first version blue-green.",
+            f"{deployment} serves no version yet: a {strategy} needs a live version to be "
+            "compared with. Roll out the first version blue-green.",
             code="canary_needs_live_version",
         )
     # A rollout still baking is done baking: the slot it kept warm is about to be reused.
@@ -149,11 +155,11 @@ def rollout_start(
         plan=plan,
     )
     via = f" (alias {alias})" if alias else ""
-    how = (
-        f" as a canary in steps of {', '.join(f'{p} %' for p in plan['steps'])}"
-        if strategy == RolloutStrategy.CANARY
-        else ""
-    )
+    steps = ", ".join(f"{p} %" for p in plan.get("steps", []))
+    how = {
+        RolloutStrategy.CANARY: f" as a canary in steps of {steps}",
+        RolloutStrategy.SHADOW: f" as a shadow of {plan.get('mirror_percent')} % of live requests",
+    }.get(strategy, "")
     log_step(rollout, f"rollout of v{version.number}{via} into the {target} slot{how} requested")
     rollout.save(update_fields=["steps"])
     audit_record(
@@ -328,8 +334,8 @@ def _step_verifying(rollout: Rollout) -> bool:
     smoked = f"smoke request answered {len(predictions)} prediction(s)" + (
         " matching validation" if replay and expected else ""
     )
-    if rollout.strategy == RolloutStrategy.CANARY:
-        return canary_enter(rollout, smoked)
+    if rollout.strategy in (RolloutStrategy.CANARY, RolloutStrategy.SHADOW):
+        return progressive_enter(rollout, smoked)
     return transition(rollout, RolloutState.SWITCHING, smoked)
 
 
@@ -389,6 +395,7 @@ STEPS: dict[str, Callable[[Rollout], bool]] = {
     RolloutState.STARTING: _step_starting,
     RolloutState.VERIFYING: _step_verifying,
     RolloutState.CANARY: step_canary,
+    RolloutState.SHADOW: step_shadow,
     RolloutState.SWITCHING: _switch,
     RolloutState.BAKING: _step_baking,
 }

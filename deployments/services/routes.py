@@ -8,9 +8,10 @@ from typing import cast
 from django.db import transaction
 
 from deployments import backends
-from deployments.models import Deployment, DeploymentKey, Slot
+from deployments.choices import RolloutState
+from deployments.models import Deployment, DeploymentKey, Rollout, Slot
 from deployments.services._steps import event_record
-from gateway.routes import ROUTES_KEY, Route, route_parse_one, route_publish
+from gateway.routes import ROUTES_KEY, Arm, Route, Sticky, route_parse_one, route_publish
 from gateway.routes import Slot as RouteSlot
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def route_of(deployment: Deployment, live: Slot | None) -> Route:
         .values_list("digest", flat=True)
     )
     upstreams = live.ready_urls if live is not None else []
+    canary, shadow, sticky = _arms_of(deployment)
     if live is None or live.version is None or not upstreams:
         # No slot live, or none of its replicas ready: the gateway answers 503 + Retry-After
         # rather than send requests to servers that refuse them.
@@ -65,7 +67,39 @@ def route_of(deployment: Deployment, live: Slot | None) -> Route:
         upstreams=tuple(upstreams),
         key_hashes=key_hashes,
         state="live",
+        canary=canary,
+        shadow=shadow,
+        sticky=sticky,
     )
+
+
+def _arms_of(deployment: Deployment) -> tuple[Arm | None, Arm | None, Sticky | None]:
+    """The running canary's or shadow's arm (deployments.services.progressive), if its slot has
+    a ready replica: (canary, shadow, sticky key)."""
+    from deployments.services.progressive import RUNNING, arm_weight
+
+    rollout = (
+        Rollout.objects.select_related("version")
+        .filter(deployment=deployment, state__in=RUNNING)
+        .first()
+    )
+    if rollout is None or rollout.target_slot == deployment.live_slot:
+        return None, None, None
+    slot = Slot.objects.filter(deployment=deployment, color=rollout.target_slot).first()
+    urls = slot.ready_urls if slot is not None else []
+    if not urls:
+        return None, None, None  # nothing ready to send a share to: live serves all
+    arm = Arm(
+        version=rollout.version.number,
+        slot=cast(RouteSlot, rollout.target_slot),
+        upstreams=tuple(urls),
+        weight=arm_weight(rollout),
+    )
+    sticky = rollout.plan.get("sticky") or None
+    key = Sticky(header=sticky.get("header"), field=sticky.get("field")) if sticky else None
+    if rollout.state == RolloutState.SHADOW:
+        return None, arm, None
+    return arm, None, key
 
 
 def route_repair(*, deployment: Deployment) -> bool:
@@ -78,13 +112,7 @@ def route_repair(*, deployment: Deployment) -> bool:
             deployment.name, backends.route_store().hget(ROUTES_KEY, deployment.name)
         )
         wanted = route_sync(deployment_id=deployment.pk)
-    if stored is not None and (
-        stored.version,
-        stored.slot,
-        stored.upstreams,
-        stored.state,
-        stored.key_hashes,
-    ) == (wanted.version, wanted.slot, wanted.upstreams, wanted.state, wanted.key_hashes):
+    if stored is not None and _same_route(stored, wanted):
         return False
     event_record(
         deployment=deployment,
@@ -97,3 +125,26 @@ def route_repair(*, deployment: Deployment) -> bool:
         + f"; republished v{wanted.version} on {wanted.slot} ({wanted.state})",
     )
     return True
+
+
+def _same_route(a: Route, b: Route) -> bool:
+    """Equal in everything the gateway acts on (not ``updated_at``)."""
+    return (
+        a.version,
+        a.slot,
+        a.upstreams,
+        a.state,
+        a.key_hashes,
+        a.canary,
+        a.shadow,
+        a.sticky,
+    ) == (
+        b.version,
+        b.slot,
+        b.upstreams,
+        b.state,
+        b.key_hashes,
+        b.canary,
+        b.shadow,
+        b.sticky,
+    )

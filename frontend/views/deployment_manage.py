@@ -67,7 +67,8 @@ def actions_context(request: PageRequest, deployment: Deployment) -> dict[str, A
         "can_deploy": _can_deploy(request),
         # During a canary, "back" is its abort (the canary panel's button): the live version
         # never changed, so a rollback to an older one is not offered.
-        "canary_running": current is not None and current.state == RolloutState.CANARY,
+        "canary_running": current is not None
+        and current.state in (RolloutState.CANARY, RolloutState.SHADOW),
         "rollback_to": target,
         "deployable_versions": _deployable_versions(deployment, live),
         "live_version": live,  # a canary needs one to be judged against

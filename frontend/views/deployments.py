@@ -23,7 +23,7 @@ from core.errors import DomainError, InvalidInput, NotFound
 from deployments import selectors, services
 from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState, RolloutStrategy, SlotState
 from deployments.models import Deployment, Rollout
-from deployments.services.canary import canary_weight
+from deployments.services.progressive import canary_weight
 from frontend import charts
 from frontend import dashboard_captions as captions
 from frontend.views.access import PageRequest, capability_require
@@ -123,38 +123,54 @@ def deployment_list(request: PageRequest) -> HttpResponse:
 
 
 def _canary_context(rollout: Rollout | None, live_version: ModelVersion | None) -> dict | None:
-    """The canary panel: arms and weights, step progress, the judge's latest verdict."""
-    if rollout is None or rollout.strategy != RolloutStrategy.CANARY:
+    """The canary or shadow panel: arms and weights, step progress, the judge's latest verdict
+    (a canary) or the comparison per minute (a shadow), and the buttons of each."""
+    if rollout is None or rollout.strategy not in (
+        RolloutStrategy.CANARY,
+        RolloutStrategy.SHADOW,
+    ):
         return None
-    running = rollout.state == RolloutState.CANARY
+    running = rollout.state in (RolloutState.CANARY, RolloutState.SHADOW)
+    shadowing = rollout.state == RolloutState.SHADOW
     steps = rollout.plan.get("steps") or []
-    weight = canary_weight(rollout) // 100 if running else 0
+    weight = canary_weight(rollout) // 100 if rollout.state == RolloutState.CANARY else 0
     judgement = rollout.judgement or {}
+    promoted = rollout.state in (RolloutState.SWITCHING, RolloutState.BAKING, RolloutState.LIVE)
+    if shadowing:
+        buttons = [
+            ("canary", f"Promote to canary ({steps[0] if steps else 5} %)", False),
+            ("promote", "Promote to 100 %", False),
+            ("abort", "Abort shadow", True),
+        ]
+    else:
+        buttons = [
+            ("promote", "Promote to 100 %", False),
+            ("resume", "Resume", False) if rollout.paused else ("pause", "Pause", False),
+            ("abort", "Abort canary", True),
+        ]
     return {
+        "kind": "shadow" if shadowing else "canary",
         "running": running,
+        "shadowing": shadowing,
         "weight": weight,
         "live_weight": 100 - weight,
+        "mirror_percent": rollout.plan.get("mirror_percent", 100),
         "baseline": rollout.previous_version or live_version,
         "steps": [
             {
                 "percent": percent,
                 "status": "done"
-                if i < rollout.canary_step
-                or rollout.state in (RolloutState.SWITCHING, RolloutState.BAKING, RolloutState.LIVE)
+                if promoted or (i < rollout.canary_step and not shadowing)
                 else "current"
-                if i == rollout.canary_step and running
+                if i == rollout.canary_step and rollout.state == RolloutState.CANARY
                 else "waiting",
             }
             for i, percent in enumerate(steps)
         ],
         "step_number": rollout.canary_step + 1,
         "paused": rollout.paused,
-        # (action, label, dangerous): the buttons of a running canary, in this order.
-        "buttons": [
-            ("promote", "Promote to 100 %", False),
-            ("resume", "Resume", False) if rollout.paused else ("pause", "Pause", False),
-            ("abort", "Abort canary", True),
-        ],
+        # (action, label, dangerous): the buttons of a running canary or shadow, in order.
+        "buttons": buttons,
         "verdict": judgement.get("verdict"),
         "judged_at": judgement.get("at"),
         "metrics": [
@@ -167,7 +183,25 @@ def _canary_context(rollout: Rollout | None, live_version: ModelVersion | None) 
             }
             for metric in judgement.get("metrics", [])
         ],
+        "shadow": _shadow_rows(rollout) if rollout.strategy == RolloutStrategy.SHADOW else [],
     }
+
+
+def _shadow_rows(rollout: Rollout) -> list[dict[str, str]]:
+    """The shadow's comparison per minute, formatted for the panel's table."""
+    return [
+        {
+            "start": f"{window['start']:%H:%M}",
+            "mirrored": str(window["mirrored"]),
+            "dropped": str(window["dropped"]),
+            "agreement": _fmt(window["agreement_rate"], ".2%"),
+            "prob_mean": _fmt(window["prob_abs_mean"], ".4f"),
+            "prob_max": _fmt(window["prob_abs_max"], ".4f"),
+            "latency_diff": _fmt(window["latency_diff_ms_mean"], "+.2f"),
+            "errors": str(window["errors"]),
+        }
+        for window in selectors.shadow_windows(rollout)
+    ]
 
 
 def _metric_text(metric: str, value: float | None) -> str:
@@ -510,7 +544,8 @@ def deployment_rollout(request: PageRequest, name: str) -> HttpResponse:
         return _error_page(request, deployment, "Pick the version to roll out.", 400)
     strategy = request.POST.get("strategy", RolloutStrategy.BLUE_GREEN)
     plan = None
-    if strategy == RolloutStrategy.CANARY:
+    if strategy in (RolloutStrategy.CANARY, RolloutStrategy.SHADOW):
+        # A shadow takes the canary's steps too: they apply once it is promoted to a canary.
         texts = [t.strip() for t in request.POST.get("steps", "").split(",") if t.strip()]
         seconds = request.POST.get("min_step_seconds", "").strip()
         if not all(t.isdigit() for t in texts) or (seconds and not seconds.isdigit()):
@@ -536,7 +571,10 @@ def deployment_rollout(request: PageRequest, name: str) -> HttpResponse:
         )
     except DomainError as exc:
         return _error_page(request, deployment, exc, exc.status)
-    how = " as a canary" if rollout.strategy == RolloutStrategy.CANARY else ""
+    how = {
+        RolloutStrategy.CANARY: " as a canary",
+        RolloutStrategy.SHADOW: " as a shadow",
+    }.get(rollout.strategy, "")
     messages.success(
         request,
         f"Rolling out v{rollout.version.number} into the {rollout.target_slot} slot{how}.",
@@ -547,7 +585,8 @@ def deployment_rollout(request: PageRequest, name: str) -> HttpResponse:
 @login_required
 @require_POST
 def deployment_canary(request: PageRequest, name: str, rollout_id: int) -> HttpResponse:
-    """Promote, pause, resume or abort the running canary (the same service as the API)."""
+    """Promote, pause, resume or abort the running canary, or promote a shadow to a canary
+    (the same service as the API)."""
     _require(request, Capability.DEPLOY)
     deployment = _deployment(name)
     action = request.POST.get("action", "")

@@ -80,10 +80,17 @@ class ChurnDeployment:
 
 
 def churn_deployment(
-    http: httpx.Client, stack, *, versions: int = 2, rows: int = 5, bake_seconds: int = 900
+    http: httpx.Client,
+    stack,
+    *,
+    versions: int = 2,
+    rows: int = 5,
+    bake_seconds: int = 900,
+    more: tuple[TrainedModel, ...] = (),
 ) -> ChurnDeployment:
     """Model `churn` with ``versions`` approved versions that answer differently (v1 a
-    logistic regression, v2 a shallow tree), deployment `churn-prod` and a gateway key."""
+    logistic regression, v2 a shallow tree; then ``more``), deployment `churn-prod` and a
+    gateway key."""
     from sklearn.tree import DecisionTreeClassifier
 
     base = stack.url + "/api/v1"
@@ -92,9 +99,9 @@ def churn_deployment(
     models = [
         train_sklearn_joblib(seed=0),
         train_sklearn_joblib(seed=1, estimator=DecisionTreeClassifier(max_depth=2)),
-    ]
+    ][:versions] + list(more)
     assert http.post(f"{base}/models/", headers=ds, json={"name": "churn"}).status_code == 201
-    for trained in models[:versions]:
+    for trained in models:
         _approved_version(http, base, ds, rev, trained)
     created = http.post(
         f"{base}/deployments/",
@@ -112,6 +119,6 @@ def churn_deployment(
         base=base,
         ops=ops,
         key=key,
-        models=models[:versions],
+        models=models,
         rows=models[0].frame.head(rows).to_dict(orient="records"),
     )

@@ -17,7 +17,10 @@ from core.models import AuditEvent
 from deployments import services
 from deployments.choices import RolloutKind, RolloutState, RolloutStrategy, SlotColor, SlotState
 from deployments.models import Deployment, DeploymentEvent, Rollout, Slot
-from deployments.services.canary import canary_plan_clean, step_canary
+from deployments.services.progressive import canary_plan_clean, plan_clean
+from deployments.services.routes import route_sync
+from gateway.routes import ROUTES_KEY, Route
+from gateway.shadow_reports import shadow_key
 from gateway.metrics import MetricsRecorder
 from tests.monitoring.conftest import (  # noqa: F401 (fixtures)
     flush,
@@ -92,7 +95,11 @@ def _traffic(rollout, settings, *, canary_errors, requests=1_000, seed=0):
 
 
 def _tick(rollout) -> Rollout:
-    step_canary(Rollout.objects.select_related("deployment", "version").get(pk=rollout.pk))
+    """One tick of the rollout's step, as the worker runs it."""
+    from deployments.services.rollouts import STEPS
+
+    rollout = Rollout.objects.select_related("deployment", "version").get(pk=rollout.pk)
+    STEPS[rollout.state](rollout)
     return Rollout.objects.get(pk=rollout.pk)
 
 
@@ -262,3 +269,94 @@ def test_rollout_requests_for_canaries_are_checked(canary, api_for, versions):  
         )
     assert refused.value.code == "canary_needs_live_version"
     assert Rollout.objects.filter(deployment=deployment).count() == 1  # nothing half-written
+
+
+# --- shadow ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shadow(canary):
+    """The same deployment with a shadow rollout of v2 instead, mirroring 40 % since 90 s."""
+    rollout, operator = canary
+    Rollout.objects.filter(pk=rollout.pk).update(
+        strategy=RolloutStrategy.SHADOW,
+        state=RolloutState.SHADOW,
+        plan=plan_clean(RolloutStrategy.SHADOW, {**PLAN, "mirror_percent": 40}),
+    )
+    rollout.refresh_from_db()
+    return rollout, operator
+
+
+def _shadow_cells(client, deployment, version, *, minute, **fields):
+    """What the gateway's shadow flush writes (gateway.shadow_reports' layout)."""
+    key = shadow_key(deployment.name, version, minute)
+    for name, value in fields.items():
+        client.hincrbyfloat(key, name, value) if isinstance(value, float) else client.hincrby(
+            key, name, value
+        )
+
+
+def test_a_shadow_mirrors_its_share_and_its_comparison_is_kept(shadow, monitoring_redis):  # noqa: F811
+    rollout, _ = shadow
+    route_sync(deployment_id=rollout.deployment_id)
+    route = Route.from_json(monitoring_redis.hget(ROUTES_KEY, rollout.deployment.name))
+    assert route.canary is None and route.shadow is not None
+    assert (route.shadow.version, route.shadow.slot, route.shadow.weight) == (2, "green", 4_000)
+    assert route.shadow.upstreams == ("http://127.0.0.1:10",)
+
+    minute = int(minute_ago(1) // 60)
+    _shadow_cells(
+        monitoring_redis,
+        rollout.deployment,
+        2,
+        minute=minute,
+        mirrored=400,
+        compared=398,
+        rows=398,
+        agree=380,
+        errors=2,
+        errors_timeout=2,
+        prob_values=796,
+        prob_abs_sum=39.8,
+        live_ms_sum=398.0,
+        shadow_ms_sum=796.0,
+    )
+    rollout = _tick(rollout)
+    assert rollout.state == RolloutState.SHADOW  # a shadow never decides by itself
+    kept = rollout.judgement["shadow"]
+    assert (kept["mirrored"], kept["errors"]) == (400, 2)
+    assert kept["agreement_rate"] == pytest.approx(380 / 398)
+    assert kept["prob_abs_mean"] == pytest.approx(0.05)
+    assert kept["latency_diff_ms_mean"] == pytest.approx(1.0)
+
+
+def test_a_shadow_is_promoted_to_a_canary_then_the_canary_takes_its_first_step(
+    shadow, monitoring_redis, api_for
+):
+    rollout, operator = shadow
+    api = api_for(operator)
+    base = f"/api/v1/deployments/{rollout.deployment.name}/rollouts/{rollout.pk}"
+    assert api.post(f"{base}/pause/", {}, format="json").status_code == 409  # canaries only
+    moved = api.post(f"{base}/canary/", {"reason": "agrees"}, format="json")
+    assert moved.status_code == 200, moved.json()
+    assert (moved.json()["state"], moved.json()["canary_weight"]) == ("canary", 10)
+    assert "shadow promoted to a canary at 10 %" in moved.json()["steps"][-1]["message"]
+    route = Route.from_json(monitoring_redis.hget(ROUTES_KEY, rollout.deployment.name))
+    assert route.shadow is None and route.canary is not None and route.canary.weight == 1_000
+    assert api.post(f"{base}/canary/", {}, format="json").status_code == 409  # not a shadow
+
+
+def test_a_shadow_is_aborted_or_promoted_to_live_by_a_person(shadow, monitoring_redis, api_for):
+    rollout, operator = shadow
+    api = api_for(operator)
+    base = f"/api/v1/deployments/{rollout.deployment.name}/rollouts/{rollout.pk}"
+    promoted = api.post(f"{base}/promote/", {}, format="json")
+    assert promoted.status_code == 200 and promoted.json()["state"] == "switching"
+    assert "shadow promoted: promoted by a person" in promoted.json()["steps"][-1]["message"]
+
+    Rollout.objects.filter(pk=rollout.pk).update(state=RolloutState.SHADOW)
+    aborted = api.post(f"{base}/abort/", {}, format="json")
+    assert aborted.status_code == 200 and aborted.json()["state"] == "aborted"
+    route = Route.from_json(monitoring_redis.hget(ROUTES_KEY, rollout.deployment.name))
+    assert (route.version, route.shadow, route.canary) == (1, None, None)
+    assert DeploymentEvent.objects.filter(kind="shadow_aborted").count() == 1

@@ -10,14 +10,8 @@ gateway forwards a separate process's load through the route the platform publis
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import psutil
@@ -31,40 +25,9 @@ from deployments.tasks import deployments_autoscale_task
 from gateway.replica_reports import REPAIR_QUEUE, REPAIR_TASK, inflight_report_async
 from tests.deployments.conftest import published
 from tests.deployments.flows import _roll_out, churn_deployment
+from tests.deployments.loadgen import LoadProcess
 
 pytestmark = pytest.mark.stack
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-class LoadProcess:
-    """tests/deployments/loadgen.py in its own process; ``result`` once stopped."""
-
-    def __init__(self, url: str, key: str, rows: list, out: Path, clients: int = 4) -> None:
-        self.out = out
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.deployments.loadgen",
-                *self._args(url, key, rows),
-                str(clients),
-            ],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        deadline = time.monotonic() + 30
-        while not Path(f"{out}.started").exists():
-            assert self.proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-
-    def _args(self, url: str, key: str, rows: list) -> list[str]:
-        return [url, key, json.dumps(rows), str(self.out)]
-
-    def stop(self) -> dict:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
-        return json.loads(self.out.read_text())
 
 
 def report_inflight(redis_url: str, loads: dict[str, float]) -> None:

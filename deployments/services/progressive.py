@@ -1,10 +1,11 @@
-"""Canary rollouts: the new version takes a growing share of traffic, judged at each step.
+"""Progressive delivery: canary and shadow rollouts, in the idle slot, judged before they count.
 
-A canary rollout builds, starts and smoke-tests the new version in the idle slot like a
-blue-green one, then, instead of switching, enters ``canary``: the route gets a canary arm
-(``gateway.routes``) with the first step's weight while the live slot keeps serving the rest.
-Every ``MODELYARD_CANARY_JUDGE_SECONDS`` the judge (``monitoring.judge``) compares the canary
-to the live version over the current step's window:
+Both build, start and smoke-test the new version in the idle slot like a blue-green rollout;
+then, instead of switching:
+
+**canary** -- the route gets a canary arm (``gateway.routes``) with the first step's weight
+while the live slot keeps serving the rest. Every ``MODELYARD_CANARY_JUDGE_SECONDS`` the judge
+(``monitoring.judge``) compares the canary to the live version over the current step's window:
 
 - ``fail`` aborts at once: the canary arm leaves the route, the idle slot stops, the rollout
   ends ``aborted`` with the evidence (counts, statistics, p-values) on it and in the audit log;
@@ -14,8 +15,16 @@ to the live version over the current step's window:
 
 People (the API and the deployment page) can promote at any step, abort, pause and resume; a
 paused canary keeps its weight and its judge: a failure still aborts it, it only never advances.
-The canary reuses the idle slot, so one deployment runs one canary at a time, and the slot
-the previous version would be kept warm in is the canary's: an abort needs no switch back.
+
+**shadow** -- the route gets a shadow arm: the gateway mirrors ``mirror_percent`` of live
+requests to it, answers from live only and compares both answers per request
+(``gateway.shadow``). Each tick stores the comparison since the shadow began (agreement,
+probability differences, latency difference, the shadow's errors) on the rollout. Nothing is
+decided automatically (a shadow costs users nothing): a person promotes it to a canary (its plan
+then applies) or straight to live, or aborts it.
+
+One idle slot, so one canary or shadow per deployment at a time, and the slot the previous
+version would be kept warm in is the new version's: an abort needs no switch back.
 """
 
 from __future__ import annotations
@@ -60,7 +69,23 @@ class JudgeSettingsSerializer(serializers.Serializer):
     min_labels = serializers.IntegerField(min_value=1, max_value=10**9, required=False)
 
 
+class StickySerializer(serializers.Serializer):
+    """One request key: {"header": "X-User-Id"} or {"field": "user_id"} (a top-level field)."""
+
+    header = serializers.RegexField(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$", required=False)
+    field = serializers.CharField(min_length=1, max_length=128, required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if len(attrs) != 1:
+            raise serializers.ValidationError("name exactly one of 'header' or 'field'.")
+        if "header" in attrs:
+            return {"header": attrs["header"].lower()}  # the gateway sees them lowercased
+        return attrs
+
+
 class CanaryPlanSerializer(serializers.Serializer):
+    """A canary's plan (and a shadow's, for when it is promoted to a canary)."""
+
     steps = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=100),
         min_length=1,
@@ -74,6 +99,11 @@ class CanaryPlanSerializer(serializers.Serializer):
         default=True, help_text="Promote after the last step passes; else wait for a person."
     )
     judge = JudgeSettingsSerializer(required=False, default=dict)
+    sticky = StickySerializer(
+        required=False,
+        help_text="Sticky assignment: the same key (a header, or a body field) always gets the "
+        "same arm; without it each request is drawn at random.",
+    )
 
     def validate_steps(self, steps: list[int]) -> list[int]:
         if any(b <= a for a, b in itertools.pairwise(steps)):
@@ -81,15 +111,38 @@ class CanaryPlanSerializer(serializers.Serializer):
         return steps
 
 
-def canary_plan_clean(plan: dict[str, Any] | None) -> dict[str, Any]:
-    """The plan with its defaults, or InvalidInput naming each bad field."""
-    data = CanaryPlanSerializer(data=plan or {})
+class ShadowPlanSerializer(CanaryPlanSerializer):
+    mirror_percent = serializers.IntegerField(
+        min_value=1, max_value=100, default=100, help_text="Percent of live requests mirrored."
+    )
+
+
+def plan_clean(strategy: str, plan: dict[str, Any] | None) -> dict[str, Any]:
+    """A canary's or a shadow's plan with its defaults, or InvalidInput naming each bad field."""
+    kind = ShadowPlanSerializer if strategy == RolloutStrategy.SHADOW else CanaryPlanSerializer
+    data = kind(data=plan or {})
     if not data.is_valid():
         fields = ", ".join(sorted(data.errors))
         raise InvalidInput(
-            f"The canary plan is invalid ({fields}).", code="invalid_plan", details=data.errors
+            f"The {strategy} plan is invalid ({fields}).", code="invalid_plan", details=data.errors
         )
     return dict(data.validated_data)
+
+
+def canary_plan_clean(plan: dict[str, Any] | None) -> dict[str, Any]:
+    return plan_clean(RolloutStrategy.CANARY, plan)
+
+
+def shadow_weight(rollout: Rollout) -> int:
+    """The share of live requests mirrored, in basis points (the route's unit)."""
+    return int(rollout.plan.get("mirror_percent", 100)) * 100
+
+
+def arm_weight(rollout: Rollout) -> int:
+    """The route arm's weight of a running canary (its share) or shadow (mirrored share)."""
+    return (
+        shadow_weight(rollout) if rollout.state == RolloutState.SHADOW else canary_weight(rollout)
+    )
 
 
 def canary_weight(rollout: Rollout) -> int:
@@ -109,20 +162,45 @@ def _window_start(rollout: Rollout) -> datetime:
     return started.replace(second=0, microsecond=0)
 
 
-def canary_enter(rollout: Rollout, note: str) -> bool:
-    """verifying -> canary: the first step's weight published with the move."""
+def progressive_enter(rollout: Rollout, note: str) -> bool:
+    """verifying -> canary (the first step's weight) or shadow (mirroring), the route published
+    with the move."""
+    if rollout.strategy == RolloutStrategy.SHADOW:
+        to = RolloutState.SHADOW
+        note = f"{note}; {rollout.plan.get('mirror_percent', 100)} % of live requests mirrored"
+    else:
+        to = RolloutState.CANARY
+        note = f"{note}; canary at {canary_weight(rollout) // 100} % of requests"
     with transaction.atomic():
-        moved = transition(
-            rollout,
-            RolloutState.CANARY,
-            f"{note}; canary at {canary_weight(rollout) // 100} % of requests",
-            canary_step=0,
-            step_started_at=timezone.now(),
-        )
+        moved = transition(rollout, to, note, canary_step=0, step_started_at=timezone.now())
         if moved:
             route_sync(deployment_id=rollout.deployment_id)
             enqueue_advance(rollout.pk, countdown=_judge_interval())
-    return False  # the judge's ticks go on from the queue
+    return False  # the ticks go on from the queue
+
+
+def step_shadow(rollout: Rollout) -> bool:
+    """One tick of a shadow: the comparison since it began, stored on the rollout."""
+    from gateway.shadow_reports import shadow_read
+
+    from deployments import backends
+
+    now = timezone.now()
+    client = backends.route_store()
+    try:
+        totals = shadow_read(
+            client,
+            rollout.deployment.name,
+            rollout.version.number,
+            rollout.step_started_at or rollout.state_changed_at,
+            now,
+        )
+    finally:
+        client.close()
+    evidence = {"shadow": totals.as_dict(), "at": now.isoformat(), "weight": shadow_weight(rollout)}
+    Rollout.objects.filter(pk=rollout.pk, state=RolloutState.SHADOW).update(judgement=evidence)
+    enqueue_advance(rollout.pk, countdown=_judge_interval())
+    return False
 
 
 def step_canary(rollout: Rollout) -> bool:
@@ -221,21 +299,42 @@ def _promote(
     return transition(
         rollout,
         RolloutState.SWITCHING,
-        f"canary promoted: {reason}",
+        f"{rollout.state} promoted: {reason}",
         actor=actor,
         evidence={"judgement": evidence} if evidence else None,
     )
 
 
+def _to_canary(rollout: Rollout, *, actor: User | None, reason: str) -> bool:
+    """shadow -> canary: the shadow arm becomes a canary arm at the first step, one publish."""
+    with transaction.atomic():
+        moved = transition(
+            rollout,
+            RolloutState.CANARY,
+            f"shadow promoted to a canary at {int(rollout.plan['steps'][0])} % of requests: "
+            f"{reason}",
+            actor=actor,
+            evidence={"judgement": rollout.judgement} if rollout.judgement else None,
+            canary_step=0,
+            step_started_at=timezone.now(),
+            judgement={},
+        )
+        if moved:
+            route_sync(deployment_id=rollout.deployment_id)
+            enqueue_advance(rollout.pk, countdown=_judge_interval())
+    return moved
+
+
 def _abort(
     rollout: Rollout, *, actor: User | None, reason: str, evidence: dict[str, Any] | None
 ) -> bool:
-    """canary -> aborted: the route without the canary arm in the same transaction."""
+    """canary or shadow -> aborted: the route without its arm in the same transaction."""
+    kind = rollout.state
     with transaction.atomic():
         moved = transition(
             rollout,
             RolloutState.ABORTED,
-            f"canary aborted: {reason}",
+            f"{kind} aborted: {reason}",
             actor=actor,
             evidence={"judgement": evidence} if evidence else None,
             error=reason[:5000],
@@ -250,14 +349,19 @@ def _abort(
             slot_stop(slot)
         event_record(
             deployment=rollout.deployment,
-            kind="canary_aborted",
-            message=f"canary of v{rollout.version.number} aborted: {reason}",
+            kind=f"{kind}_aborted",
+            message=f"{kind} of v{rollout.version.number} aborted: {reason}",
             slot=rollout.target_slot,
         )
     return moved
 
 
-def _canary_of(deployment: Deployment, rollout_id: int) -> Rollout:
+RUNNING = (RolloutState.CANARY, RolloutState.SHADOW)
+
+
+def _running_of(
+    deployment: Deployment, rollout_id: int, states: tuple[str, ...] = RUNNING
+) -> Rollout:
     rollout = (
         Rollout.objects.select_related("deployment", "version", "previous_version")
         .filter(deployment=deployment, pk=rollout_id)
@@ -267,34 +371,52 @@ def _canary_of(deployment: Deployment, rollout_id: int) -> Rollout:
         from core.errors import NotFound
 
         raise NotFound(f"{deployment} has no rollout {rollout_id}.")
-    if rollout.strategy != RolloutStrategy.CANARY or rollout.state != RolloutState.CANARY:
+    if rollout.state not in states:
+        what = " or a ".join(str(state) for state in states)
         raise InvalidState(
-            f"Rollout {rollout.pk} is {rollout.state}, not a canary taking traffic.",
+            f"Rollout {rollout.pk} is {rollout.state}, not a running {what}.",
             code="not_a_running_canary",
         )
     return rollout
 
 
+def _moved_meanwhile(rollout: Rollout) -> InvalidState:
+    return InvalidState(
+        f"Rollout {rollout.pk} moved meanwhile; it is no longer {rollout.state}.",
+        code="not_a_running_canary",
+    )
+
+
 def canary_promote(
     *, deployment: Deployment, rollout_id: int, actor: User | None, reason: str = ""
 ) -> Rollout:
-    """Skip the remaining steps: the canary's version takes all traffic (switch, then bake)."""
-    rollout = _canary_of(deployment, rollout_id)
+    """The canary's (or shadow's) version takes all traffic now: switch, then bake."""
+    rollout = _running_of(deployment, rollout_id)
     why = reason or "promoted by a person"
     if not _promote(rollout, actor=actor, reason=why, evidence=rollout.judgement or None):
-        raise InvalidState(f"Rollout {rollout.pk} moved meanwhile; it is no longer a canary.")
+        raise _moved_meanwhile(rollout)
     enqueue_advance(rollout.pk)
+    return Rollout.objects.get(pk=rollout.pk)
+
+
+def shadow_to_canary(
+    *, deployment: Deployment, rollout_id: int, actor: User | None, reason: str = ""
+) -> Rollout:
+    """A shadow starts answering real requests: a canary at its plan's first step."""
+    rollout = _running_of(deployment, rollout_id, (RolloutState.SHADOW,))
+    if not _to_canary(rollout, actor=actor, reason=reason or "promoted by a person"):
+        raise _moved_meanwhile(rollout)
     return Rollout.objects.get(pk=rollout.pk)
 
 
 def canary_abort(
     *, deployment: Deployment, rollout_id: int, actor: User | None, reason: str = ""
 ) -> Rollout:
-    """End the canary: all traffic back on the live version at once."""
-    rollout = _canary_of(deployment, rollout_id)
+    """End the canary or shadow: all traffic on the live version alone, at once."""
+    rollout = _running_of(deployment, rollout_id)
     why = reason or "aborted by a person"
     if not _abort(rollout, actor=actor, reason=why, evidence=rollout.judgement or None):
-        raise InvalidState(f"Rollout {rollout.pk} moved meanwhile; it is no longer a canary.")
+        raise _moved_meanwhile(rollout)
     return Rollout.objects.get(pk=rollout.pk)
 
 
@@ -302,7 +424,7 @@ def canary_pause(
     *, deployment: Deployment, rollout_id: int, actor: User | None, paused: bool
 ) -> Rollout:
     """Hold (or release) the canary at its step; its judge still aborts a failing canary."""
-    rollout = _canary_of(deployment, rollout_id)
+    rollout = _running_of(deployment, rollout_id, (RolloutState.CANARY,))
     if rollout.paused == paused:
         return rollout
     Rollout.objects.filter(pk=rollout.pk).update(paused=paused)
@@ -323,15 +445,20 @@ def canary_pause(
     return rollout
 
 
-CANARY_ACTIONS = ("promote", "abort", "pause", "resume")
+CANARY_ACTIONS = ("promote", "canary", "abort", "pause", "resume")
 
 
 def canary_act(
     *, deployment: Deployment, rollout_id: int, action: str, actor: User | None, reason: str = ""
 ) -> Rollout:
-    """One of CANARY_ACTIONS by name: what the API and the deployment page both call."""
+    """One of CANARY_ACTIONS by name (``canary``: a shadow becomes a canary), for a running
+    canary or shadow: what the API and the deployment page both call."""
     if action == "promote":
         return canary_promote(
+            deployment=deployment, rollout_id=rollout_id, actor=actor, reason=reason
+        )
+    if action == "canary":
+        return shadow_to_canary(
             deployment=deployment, rollout_id=rollout_id, actor=actor, reason=reason
         )
     if action == "abort":

@@ -1,0 +1,130 @@
+"""Canary rollouts on the real stack under load: the gateway splits by the route's canary arm,
+the worker's judge advances the steps and promotes, or aborts a slow canary -- and the load
+generator (its own process, counting every request) sees no failed request either way."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from deployments.models import Deployment
+from gateway.routes import ROUTES_KEY, Route
+from monitoring.tasks import metrics_rollup_task
+from tests.deployments.flows import _roll_out, churn_deployment
+from tests.deployments.loadgen import LoadProcess
+from tests.models import train_sklearn_joblib
+
+pytestmark = pytest.mark.stack_env(MODELYARD_CANARY_JUDGE_SECONDS="2")
+
+# Short steps and a loose error tolerance so a pass needs ~100 canary requests, not ~500.
+PLAN = {
+    "steps": [10, 50],
+    "min_step_seconds": 8,
+    "min_step_requests": 50,
+    "judge": {"min_requests": 50, "max_error_rate_increase": 0.05},
+}
+
+
+def _route(live_stack) -> Route:
+    import redis
+
+    client = redis.Redis.from_url(live_stack.env["REDIS_URL"])
+    try:
+        return Route.from_json(client.hget(ROUTES_KEY, "churn-prod"))
+    finally:
+        client.close()
+
+
+def _follow(http, flow, rollout_id, until, timeout=240):
+    """Poll the rollout (rolling the gateway's metrics up as beat would) until ``until``."""
+    url = f"{flow.base}/deployments/churn-prod/rollouts/{rollout_id}/"
+    seen = []
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics_rollup_task.apply_async()
+        body = http.get(url, headers=flow.ops).json()
+        mark = (body["state"], body["canary_step"])
+        if not seen or seen[-1] != mark:
+            seen.append(mark)
+        if until(body):
+            return body, seen
+        assert time.monotonic() < deadline, (body, seen)
+        time.sleep(1)
+
+
+def test_a_canary_ramps_through_its_steps_and_is_promoted_with_no_failed_request(
+    live_stack, tmp_path
+):
+    with httpx.Client(timeout=60) as http:
+        flow = churn_deployment(http, live_stack, versions=2, bake_seconds=5)
+        _roll_out(http, flow.base, flow.ops, 1, live_stack)
+        load = LoadProcess(
+            f"{live_stack.gateway}/d/churn-prod/predict", flow.key, flow.rows, tmp_path / "l.json"
+        )
+        try:
+            started = http.post(
+                f"{flow.base}/deployments/churn-prod/rollouts/",
+                headers=flow.ops,
+                json={"version": 2, "strategy": "canary", "plan": PLAN},
+            )
+            assert started.status_code == 202, started.text
+            rollout_id = started.json()["id"]
+            body, _ = _follow(http, flow, rollout_id, lambda b: b["state"] == "canary")
+            route = _route(live_stack)
+            assert route.canary is not None and route.canary.weight == 1_000
+            assert route.canary.version == 2 and route.version == 1
+            body, seen = _follow(
+                http, flow, rollout_id, lambda b: b["state"] in ("baking", "live", "aborted")
+            )
+        finally:
+            result = load.stop()
+
+    print(f"\ncanary ramp: {seen}; load {result}")
+    assert body["state"] in ("baking", "live"), body
+    assert ("canary", 0) in seen and ("canary", 1) in seen
+    assert result["errors"] == {} and set(result["by_status"]) == {"200"}, result
+    assert set(result["by_version"]) == {"1", "2"}, result
+    judged = [step for step in body["steps"] if "judgement" in step]
+    assert judged and judged[0]["judgement"]["verdict"] == "pass"
+    route = _route(live_stack)
+    assert (route.version, route.canary) == (2, None)
+    assert Deployment.objects.get(name="churn-prod").live_slot == body["target_slot"]
+
+
+def test_the_judge_aborts_a_slow_canary_and_no_request_fails(live_stack, tmp_path):
+    from sklearn.ensemble import RandomForestClassifier
+
+    slow = train_sklearn_joblib(seed=3, estimator=RandomForestClassifier(n_estimators=400))
+    with httpx.Client(timeout=60) as http:
+        flow = churn_deployment(http, live_stack, versions=1, more=(slow,))
+        _roll_out(http, flow.base, flow.ops, 1, live_stack)
+        load = LoadProcess(
+            f"{live_stack.gateway}/d/churn-prod/predict", flow.key, flow.rows, tmp_path / "l.json"
+        )
+        try:
+            started = http.post(
+                f"{flow.base}/deployments/churn-prod/rollouts/",
+                headers=flow.ops,
+                json={"version": 2, "strategy": "canary", "plan": {**PLAN, "steps": [30, 60]}},
+            )
+            assert started.status_code == 202, started.text
+            body, seen = _follow(
+                http,
+                flow,
+                started.json()["id"],
+                lambda b: b["state"] in ("aborted", "baking", "live", "failed"),
+            )
+        finally:
+            result = load.stop()
+
+    print(f"\nslow canary: {seen}; load {result}; judgement {body['judgement']}")
+    assert body["state"] == "aborted", body
+    latency = next(m for m in body["judgement"]["metrics"] if m["metric"] == "latency")
+    assert latency["verdict"] == "fail" and latency["p_value"] < 0.01
+    assert latency["canary"] > 1.25 * latency["baseline"]
+    assert result["errors"] == {} and set(result["by_status"]) == {"200"}, result
+    assert "2" in result["by_version"]  # the canary did answer before it was aborted
+    route = _route(live_stack)
+    assert (route.version, route.canary) == (1, None)
