@@ -17,6 +17,7 @@ Endpoints (all answer JSON):
 ``--classify T`` makes predict a binary classifier: for a row of sum s, ``p = sigmoid(s - T)``,
 ``predictions`` = ``[int(p > 0.5)]`` and ``probabilities`` = ``[[1 - p, p]]``; two servers with
 different T disagree on the rows between the two thresholds (the shadow tests count them).
+``--fail-predict`` makes every predict answer 500 (a candidate that crashes on every request).
 ``--cut-answers`` makes every predict send its headers and half its body, then drop the
 connection (a replica dying mid-answer, while the process itself stays up).
 """
@@ -45,6 +46,7 @@ def build_app(
     delay_ms: int = 0,
     cut_answers: bool = False,
     classify: float | None = None,
+    fail_predict: bool = False,
 ) -> Callable[..., Awaitable[None]]:
     """Return a raw ASGI app (no framework, so the upstream itself stays cheap to call)."""
 
@@ -108,6 +110,9 @@ def build_app(
         elif path == "/predict":
             if delay_ms:
                 await asyncio.sleep(delay_ms / 1000)
+            if fail_predict:
+                await respond(send, 500, {"error": "model crashed", "version": version})
+                return
             if cut_answers:
                 body = json.dumps(predict(raw)).encode()
                 await send(
@@ -159,6 +164,7 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=int, default=0)
     parser.add_argument("--cut-answers", action="store_true")
     parser.add_argument("--classify", type=float, default=None)
+    parser.add_argument("--fail-predict", action="store_true")
     args = parser.parse_args()
     uvicorn.run(
         build_app(
@@ -168,6 +174,7 @@ def main() -> None:
             delay_ms=args.delay_ms,
             cut_answers=args.cut_answers,
             classify=args.classify,
+            fail_predict=args.fail_predict,
         ),
         host="127.0.0.1",
         port=args.port,
