@@ -81,10 +81,10 @@ class ShadowCell:
         self.peak: float | None = None
 
     def merge(self, other: ShadowCell) -> None:
-        for name, value in other.counts.items():
-            self.counts[name] += value
-        for name, value in other.sums.items():
-            self.sums[name] += value
+        for name, count in other.counts.items():
+            self.counts[name] += count
+        for name, total in other.sums.items():
+            self.sums[name] += total
         if other.peak is not None:
             self.peak = other.peak if self.peak is None else max(self.peak, other.peak)
 
@@ -320,24 +320,23 @@ class ShadowMirror:
         try:
             async with client.pipeline(transaction=True) as pipe:
                 for (deployment, version, minute), cell in cells.items():
-                    key = shadow_key(deployment, version, minute)
-                    for name, value in cell.counts.items():
-                        if value:
-                            pipe.hincrby(key, name, value)
+                    redis_key = shadow_key(deployment, version, minute)
+                    for name, count in cell.counts.items():
+                        if count:
+                            pipe.hincrby(redis_key, name, count)
                     for name, total in cell.sums.items():
                         if total:
-                            pipe.hincrbyfloat(key, name, total)
+                            pipe.hincrbyfloat(redis_key, name, total)
                     if cell.peak is not None:
-                        pipe.eval(_MAX_LUA, 1, key, MAX_FIELD, repr(cell.peak))
-                    pipe.expire(key, SHADOW_TTL_S)
+                        pipe.eval(_MAX_LUA, 1, redis_key, MAX_FIELD, repr(cell.peak))
+                    pipe.expire(redis_key, SHADOW_TTL_S)
                 await pipe.execute()
         except BaseException:
-            for key, cell in cells.items():
-                current = self._cells.get(key)
-                if current is None:
-                    self._cells[key] = cell
-                else:
+            # Put back, merged with what requests added meanwhile.
+            for cell_key, cell in cells.items():
+                current = self._cells.get(cell_key)
+                if current is not None:
                     cell.merge(current)
-                    self._cells[key] = cell
+                self._cells[cell_key] = cell
             raise
         return len(cells)
