@@ -169,6 +169,7 @@ HOP_RESPONSE_HEADERS = frozenset(
         b"date",
         b"x-modelyard-version",
         b"x-modelyard-deployment",
+        b"x-modelyard-arm",
     }
 )
 JSON_HEADERS = [(b"content-type", b"application/json")]

@@ -119,7 +119,11 @@ def test_canary_weight_splits_10000_requests_within_2_points(
 
 
 def test_every_answer_names_its_arm_and_version_and_metrics_land_per_version(
-    gateway: Proc, deployments: Deployments, live_v1: Proc, canary_v8: Proc
+    gateway: Proc,
+    deployments: Deployments,
+    live_v1: Proc,
+    canary_v8: Proc,
+    redis_client: redis.Redis,
 ) -> None:
     name = deployments.new_name("ident")
     deployments.publish(name, live_v1, version=1, canary=arm_of(canary_v8, version=8, weight=5000))
@@ -147,6 +151,17 @@ def test_every_answer_names_its_arm_and_version_and_metrics_land_per_version(
         "8": pairs[("canary-v8", "canary", "8")] + 1,
     }
     wait_until(lambda: by_version() == expected, deadline_s=5, what=f"metrics {expected}")
+
+    def flushed(version: str) -> int:
+        keys = redis_client.keys(f"modelyard:metrics:*:{name}:{version}:200")
+        return sum(int(redis_client.hget(key, "count") or 0) for key in keys)
+
+    # The Redis buffers the roll-up reads: the canary's requests under its own version.
+    wait_until(
+        lambda: {version: flushed(version) for version in expected} == expected,
+        deadline_s=5,
+        what=f"metric buffers {expected}",
+    )
 
 
 def test_prediction_log_records_the_arm_and_its_version(
