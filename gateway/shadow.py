@@ -6,8 +6,8 @@ offers a :class:`ShadowJob` to a bounded queue (``shadow_queue_size``; full -> t
 dropped and counted, never waited for); ``shadow_workers`` tasks take jobs, send the same body
 to a shadow replica with a timeout of their own (``shadow_timeout_s``), compare the two
 answers (:func:`answers_compare`) and add the result to in-memory cells per deployment, shadow
-version and minute. The flush loop writes the cells to Redis in one pipeline
-(``gateway.shadow_reports`` holds the layout and the platform's reader).
+version and minute. The flush loop writes the cells to Redis in one atomic, replay-safe script
+call (``gateway.shadow_reports`` holds the layout and the platform's reader).
 
 So a slow or dead shadow costs a live request nothing: the live answer is out before the job
 exists, the queue never blocks, and shadow requests hold at most ``shadow_workers`` upstream
@@ -26,6 +26,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,8 @@ from gateway.routes import MAX_WEIGHT, Route
 from gateway.shadow_reports import (
     COUNT_FIELDS,
     MAX_FIELD,
+    SHADOW_FLUSH_ID_PREFIX,
+    SHADOW_FLUSH_ID_TTL_S,
     SHADOW_TTL_S,
     SUM_FIELDS,
     shadow_key,
@@ -41,20 +44,12 @@ from gateway.upstream import UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
     import redis.asyncio
+    from redis.commands.core import AsyncScript
 
     from gateway.balancer import Balancer
     from gateway.upstream import UpstreamPool
 
 logger = logging.getLogger("modelyard.gateway")
-
-# Raises a hash field to ARGV[2] when that is larger (or the field is absent).
-_MAX_LUA = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if (not current) or tonumber(ARGV[2]) > tonumber(current) then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-end
-return 1
-"""
 
 
 @dataclass(slots=True)
@@ -79,14 +74,6 @@ class ShadowCell:
         self.counts = dict.fromkeys(COUNT_FIELDS, 0)
         self.sums = dict.fromkeys(SUM_FIELDS, 0.0)
         self.peak: float | None = None
-
-    def merge(self, other: ShadowCell) -> None:
-        for name, count in other.counts.items():
-            self.counts[name] += count
-        for name, total in other.sums.items():
-            self.sums[name] += total
-        if other.peak is not None:
-            self.peak = other.peak if self.peak is None else max(self.peak, other.peak)
 
 
 @dataclass(slots=True)
@@ -184,6 +171,9 @@ class ShadowMirror:
         self._workers: list[asyncio.Task[None]] = []
         self._pool: UpstreamPool | None = None
         self._cells: dict[tuple[str, int, int], ShadowCell] = {}
+        # A batch whose write failed, with its flush id: sent again as it is (see flush).
+        self._unsent: tuple[str, dict[tuple[str, int, int], ShadowCell]] | None = None
+        self._script: AsyncScript | None = None
         # Per deployment: mirrored, dropped (queue full), errors; for /metrics and /healthz.
         self.counters: dict[str, list[int]] = {}
 
@@ -316,34 +306,75 @@ class ShadowMirror:
                 cell.peak = peak
 
     async def flush(self, client: redis.asyncio.Redis) -> int:
-        """Write every cell in one pipeline; a failed write puts them back. Returns the count.
+        """Write every cell in one script call; returns how many cells were written.
 
-        Like the metric buffers: an answer lost after Redis applied the pipeline would count
-        those cells twice on the retry; MULTI keeps a write whole, never half-applied.
+        Replay-safe like the metric buffers: each batch has an id that Redis remembers (SET NX)
+        in the same atomic call, and a batch whose write failed is sent again with the SAME id,
+        so a write that Redis applied but whose answer was lost is not counted twice. Cells
+        filled meanwhile go in the next batch.
         """
-        if not self._cells:
-            return 0
-        cells, self._cells = self._cells, {}
-        try:
-            async with client.pipeline(transaction=True) as pipe:
-                for (deployment, version, minute), cell in cells.items():
-                    redis_key = shadow_key(deployment, version, minute)
-                    for name, count in cell.counts.items():
-                        if count:
-                            pipe.hincrby(redis_key, name, count)
-                    for name, total in cell.sums.items():
-                        if total:
-                            pipe.hincrbyfloat(redis_key, name, total)
-                    if cell.peak is not None:
-                        pipe.eval(_MAX_LUA, 1, redis_key, MAX_FIELD, repr(cell.peak))
-                    pipe.expire(redis_key, SHADOW_TTL_S)
-                await pipe.execute()
-        except BaseException:
-            # Put back, merged with what requests added meanwhile.
-            for cell_key, cell in cells.items():
-                current = self._cells.get(cell_key)
-                if current is not None:
-                    cell.merge(current)
-                self._cells[cell_key] = cell
-            raise
-        return len(cells)
+        if self._script is None or self._script.registered_client is not client:
+            self._script = client.register_script(_FLUSH_LUA)
+        written = 0
+        if self._unsent is None and self._cells:
+            self._unsent = (uuid.uuid4().hex, self._cells)
+            self._cells = {}
+        if self._unsent is not None:
+            flush_id, cells = self._unsent
+            await self._script(keys=[SHADOW_FLUSH_ID_PREFIX + flush_id], args=_script_args(cells))
+            self._unsent = None
+            written += len(cells)
+        if self._cells:  # filled while a failed batch waited: a batch of its own, now
+            written += await self.flush(client)
+        return written
+
+
+def _script_args(cells: dict[tuple[str, int, int], ShadowCell]) -> list[str | int | float]:
+    args: list[str | int | float] = [SHADOW_TTL_S, SHADOW_FLUSH_ID_TTL_S]
+    for (deployment, version, minute), cell in cells.items():
+        counts = [(name, count) for name, count in cell.counts.items() if count]
+        sums = [(name, repr(total)) for name, total in cell.sums.items() if total]
+        args += (shadow_key(deployment, version, minute), len(counts), len(sums))
+        args.append("" if cell.peak is None else repr(cell.peak))
+        for name, count in counts:
+            args += (name, count)
+        for name, text in sums:
+            args += (name, text)
+    return args
+
+
+# KEYS[1] = this batch's flush id; ARGV = key ttl, id ttl, then per key: key, number of
+# HINCRBY fields, number of HINCRBYFLOAT fields, the peak ('' = none), then field, value pairs.
+_FLUSH_LUA = (
+    """
+if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', tonumber(ARGV[2])) then
+  return 0  -- applied before: a replay whose first answer was lost
+end
+local ttl = tonumber(ARGV[1])
+local i = 3
+while i <= #ARGV do
+  local key, ints, floats, peak = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
+  i = i + 4
+  for _ = 1, ints do
+    redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  for _ = 1, floats do
+    redis.call('HINCRBYFLOAT', key, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  if peak ~= '' then
+    local current = redis.call('HGET', key, '"""
+    + MAX_FIELD
+    + """')
+    if (not current) or tonumber(peak) > tonumber(current) then
+      redis.call('HSET', key, '"""
+    + MAX_FIELD
+    + """', peak)
+    end
+  end
+  redis.call('EXPIRE', key, ttl)
+end
+return 1
+"""
+)

@@ -5,7 +5,7 @@ like ``gateway.replica_reports``; it needs nothing but redis-py so either side i
 
 ``modelyard:shadow:<deployment>:<shadow version>:<unix minute>`` (hash, expires
 :data:`SHADOW_TTL_S` after its last write), summed over every gateway process (HINCRBY /
-HINCRBYFLOAT; the one maximum by a compare-and-set script in the same pipeline):
+HINCRBYFLOAT, the one maximum by compare-and-set, all of a flush in one script call):
 
 ===================  ===========================================================================
 field                meaning
@@ -44,6 +44,11 @@ if TYPE_CHECKING:
     import redis
 
 SHADOW_PREFIX = "modelyard:shadow:"
+# One key per flushed batch: a batch sent again after a lost answer is recognised and not
+# counted twice. It must outlive the outage between the lost answer and the retry; an hour,
+# so a gateway flushing every second keeps at most 3,600 of them.
+SHADOW_FLUSH_ID_PREFIX = "modelyard:shadow-flush:"
+SHADOW_FLUSH_ID_TTL_S = 3600
 # A few days: the rollout side reads windows of minutes to hours; keys outlive a weekend.
 SHADOW_TTL_S = 3 * 86_400
 
