@@ -29,6 +29,8 @@ failing; see gateway.balancer)                    and the request retried on the
 upstream slower than ``upstream_timeout`` 504     ``upstream_timeout``
 client gone before its body arrived       499     ``client_disconnected`` (for the metrics only)
 a bug in the gateway                      500     ``internal_error`` (logged with traceback)
+``X-Modelyard-Arm`` not ``live|canary``  400     ``invalid_arm`` naming it (``canary`` too on a
+(or ``canary`` and the route has none)            route without one; see gateway.arms)
 ``GET /healthz``                          200     process alive, with counters
 ``GET /readyz``                           200/503 Redis answers a PING and routes were loaded
 ``GET /metrics``                          200/401 Prometheus text (401 ``invalid_metrics_token``
@@ -67,6 +69,14 @@ the request -- predictions are idempotent -- goes to the next replica within its
 ``inflight_report_interval_s`` the mean and peak in flight per replica go to Redis for the
 autoscaler (:mod:`gateway.replica_reports`) and to ``/metrics``.
 
+Progressive delivery (issue 19): a route may hold a weighted ``canary`` and a mirrored
+``shadow`` besides its live arm, and a ``sticky`` request key (``gateway.routes``). Which arm
+answers is :func:`gateway.arms.arm_choose`; every answer says it in ``X-Modelyard-Arm`` with
+the answering arm's ``X-Modelyard-Version``, metrics, samples and the prediction log are
+recorded under that version (and arm). Each arm is balanced, ejected and retried over its own
+replicas; a canary with no replica left falls back to live (counted). Mirroring happens after
+the live answer is sent (:mod:`gateway.shadow`).
+
 Route table: held in memory (a dict swapped entry by entry); one task subscribes to
 ``modelyard:routes:changed``, re-reads one deployment per message and the whole hash every
 ``routes_reread_interval_s``. Doing both in ONE task keeps updates ordered, so an older full
@@ -98,6 +108,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway.arms import ARM_CANARY, ARM_HEADER, ARM_LIVE, ArmRefused, arm_choose, sticky_field_key
 from gateway.balancer import Balancer, Replica
 from gateway.inputs import InputRefused, json_body_parse, media_type_check
 from gateway.metrics import MetricsRecorder
@@ -120,6 +131,7 @@ from gateway.routes import (
 )
 from gateway.sampling import PayloadSampler
 from gateway.settings import GatewaySettings
+from gateway.shadow import ShadowJob, ShadowMirror
 from gateway.upstream import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -157,6 +169,7 @@ HOP_RESPONSE_HEADERS = frozenset(
         b"date",
         b"x-modelyard-version",
         b"x-modelyard-deployment",
+        b"x-modelyard-arm",
     }
 )
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -177,6 +190,7 @@ class _Reject(Exception):
         headers: list[tuple[bytes, bytes]] | None = None,
         rows: int = 0,
         anonymous: bool = False,
+        arm: str = ARM_LIVE,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -188,6 +202,7 @@ class _Reject(Exception):
         # Sent without the X-Modelyard-Deployment/-Version headers (answers before the key
         # is accepted must not tell whether the deployment exists).
         self.anonymous = anonymous
+        self.arm = arm  # the arm that failed (metrics go to its version)
 
 
 def error_body(code: str, message: str, details: Any = None) -> bytes:
@@ -265,6 +280,13 @@ def _key_refusal(deployment: str, key: bytes | None) -> _Reject:
     )
 
 
+def _arm_identity(route: Route, arm: str) -> tuple[int, str]:
+    """The version and slot of ``arm`` (live or canary) of ``route``."""
+    if arm == ARM_CANARY and route.canary is not None:
+        return route.canary.version, route.canary.slot
+    return route.version, route.slot
+
+
 def _failure_reason(exc: UpstreamError) -> str:
     """The repair request's ``reason``: what the connection to the replica did."""
     if isinstance(exc, UpstreamConnectTimeout):
@@ -316,6 +338,14 @@ class Gateway:
             on_probe_failed=self._probe_failed,
         )
         self.repairs: RepairRequests | None = None
+        self.shadow = ShadowMirror(
+            balancer=self.balancer,
+            queue_size=settings.shadow_queue_size,
+            workers=settings.shadow_workers,
+            timeout_s=settings.shadow_timeout_s,
+        )
+        # Canary requests answered by live because no canary replica could take them.
+        self.canary_fallbacks = 0
         # Per process (each --workers process counts its own requests): host:pid.
         self.gateway_id = f"{socket.gethostname()}:{os.getpid()}"
         # The last interval's (mean, peak) in flight per (deployment, replica URL), for /metrics.
@@ -402,9 +432,11 @@ class Gateway:
             return
         payload: dict[str, Any] | None
         raw_inputs = b""
-        ident = route.ident_headers
+        arm = ARM_LIVE
+        anonymous = False
+        mirror: ShadowJob | None = None
         try:
-            status, body, headers, payload, raw_inputs, rows = await self._handle(
+            status, body, headers, payload, raw_inputs, rows, arm, mirror = await self._handle(
                 scope, receive, route, api
             )
             version_error = status >= 500  # the model server's own answer
@@ -417,35 +449,53 @@ class Gateway:
             headers = [*JSON_HEADERS, *reject.headers]
             payload = None
             version_error = reject.code in VERSION_ERROR_CODES
-            if reject.anonymous:
-                ident = ()
+            arm, anonymous = reject.arm, reject.anonymous
         except Exception:
             # A bug of ours: answer in the documented shape and count it, rather than leave
             # uvicorn's plain-text 500 and a hole in the metrics (not as the version's error).
             logger.exception("unexpected error handling %s %s", scope["method"], scope["path"])
-            status, rows, payload, version_error = 500, 0, None, False
+            status, rows, payload, version_error, arm = 500, 0, None, False, ARM_LIVE
             body = error_body("internal_error", "the gateway failed to handle this request")
             headers = JSON_HEADERS
+        if arm == ARM_LIVE:
+            version, ident = route.version, route.ident_headers
+        else:
+            assert route.canary is not None
+            version, ident = route.canary.version, route.canary_ident_headers
+        if anonymous:
+            ident = ()
         await _send(send, status, body, [*headers, *ident])
+        if mirror is not None:
+            self.shadow.offer(mirror)  # after the answer is out: the shadow never delays it
         # Positional calls, and the draw before the sampler's keep: this runs for every
         # request, and keyword calls cost ~1 µs a request here (see the monitoring benchmark).
         if self._record_metrics:
             self.metrics.record(
                 deployment,
-                route.version,
+                version,
                 status,
                 time.perf_counter() - started,
                 rows,
                 version_error,
             )
         if payload is not None and 200 <= status < 300 and self.sampler.draw():
-            self.sampler.keep(deployment, route.version, api, rows, payload, body, raw_inputs)
+            self.sampler.keep(deployment, version, api, rows, payload, body, raw_inputs)
 
     async def _handle(
         self, scope: Scope, receive: Receive, route: Route, api: str
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], dict[str, Any], bytes, int]:
-        """Check and forward one request; raise :class:`_Reject` for answers of our own."""
+    ) -> tuple[
+        int, bytes, list[tuple[bytes, bytes]], dict[str, Any], bytes, int, str, ShadowJob | None
+    ]:
+        """Check and forward one request; raise :class:`_Reject` for answers of our own.
+
+        Returns status, body, headers, payload, raw body, rows, the arm that answered and the
+        shadow job to offer once the answer is sent (None when not mirrored)."""
         key: bytes | None = None
+        forced_arm: bytes | None = None
+        sticky_key: bytes | None = None
+        sticky = route.sticky
+        # None never equals a header name: no sticky header, no match.
+        sticky_header = sticky.header.encode() if sticky is not None and sticky.header else None
         content_length: int | None = None
         client_id: bytes | None = None
         bad_content_length = False
@@ -469,6 +519,10 @@ class Gateway:
                 content_type = value
             elif name == INFERENCE_ID_HEADER:
                 client_id = value
+            elif name == ARM_HEADER:
+                forced_arm = value
+            elif name == sticky_header:
+                sticky_key = value.strip() or None
             elif name in FORWARDED_REQUEST_HEADERS:
                 forward += (name, b": ", value, b"\r\n")
         if key is None or not _key_matches(key, route.key_hashes):
@@ -500,18 +554,49 @@ class Gateway:
             raise _Reject(refused.status, refused.code, refused.message, refused.details) from None
         instances = payload.get("instances")
         rows = len(instances) if isinstance(instances, list) else 1
+        arm = ARM_LIVE
+        if route.canary is not None or forced_arm is not None:
+            if sticky is not None and sticky.field is not None:
+                sticky_key = sticky_field_key(payload, sticky.field)
+            try:
+                arm = arm_choose(route, forced_arm, sticky_key)
+            except ArmRefused as refused:
+                raise _Reject(
+                    400,
+                    "invalid_arm",
+                    str(refused),
+                    {"arm": refused.arm, "arms": list(refused.available)},
+                    rows=rows,
+                ) from None
+        query = scope["query_string"]
+        target = b"/" + api.encode() + (b"?" + query if query else b"")
+        forward_headers = b"".join(forward)
+        hop_started = time.perf_counter()
         try:
-            status, out, headers = await self._forward(
-                route, api, scope["query_string"], body, b"".join(forward)
+            status, out, headers, arm = await self._forward(
+                route, target, body, forward_headers, arm
             )
         except _Reject as reject:
             reject.rows = rows
             raise
+        mirror = None
+        if route.shadow is not None and status < 500 and self.shadow.wanted(route):
+            # The model server's own body: the comparison reads predictions, not our id.
+            mirror = ShadowJob(
+                route,
+                target,
+                forward_headers,
+                body,
+                status,
+                out,
+                (time.perf_counter() - hop_started) * 1e3,
+            )
         if inference_id is not None and 200 <= status < 300:
             out, headers = _with_inference_id(out, headers, inference_id)
             assert self.prediction_log is not None
-            self.prediction_log.keep(route.deployment, route.version, inference_id.decode(), out)
-        return status, out, headers, payload, body, rows
+            version = _arm_identity(route, arm)[0]
+            self.prediction_log.keep(route.deployment, version, inference_id.decode(), out, arm)
+        return status, out, headers, payload, body, rows, arm, mirror
 
     def _inference_id(self, client_id: bytes | None) -> bytes | None:
         """The request's inference id: the client's (checked), else a new one; None when the
@@ -568,21 +653,29 @@ class Gateway:
                 return b"".join(chunks)
 
     async def _forward(
-        self, route: Route, api: str, query: bytes, body: bytes, headers: bytes
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        """Send the request to a replica; one that fails is ejected and the next one tried.
+        self, route: Route, target: bytes, body: bytes, headers: bytes, arm: str = ARM_LIVE
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]], str]:
+        """Send the request to a replica of ``arm``; one that fails is ejected and the next one
+        tried. Returns the answer and the arm that gave it.
 
         Predictions are idempotent, so a request whose connection was refused, reset or cut
-        (before or during the answer) is sent again to another ready replica: at most once
-        per replica, all within the one deadline of the first attempt.
+        (before or during the answer) is sent again to another ready replica of its arm: at
+        most once per replica, all within the one deadline of the first attempt.
         """
         assert self.upstreams is not None, "the gateway answers requests only after startup"
-        target = b"/" + api.encode() + (b"?" + query if query else b"")
-        replicas = self.balancer.replica_set(route)
+        replicas = self.balancer.replica_set(route, arm)
         deadline = self.upstreams.deadline()
         tried: list[Replica] = []
         while True:
             replica = replicas.choose(tried)
+            if replica is None and arm == ARM_CANARY:
+                # No canary replica can take it: live answers, within the same deadline. The
+                # canary is an experiment and must never cost a request; the fallbacks are
+                # counted (/healthz, /metrics) and the canary's failures already ejected its
+                # replicas and asked for their repair, which is the judge's evidence.
+                self.canary_fallbacks += 1
+                arm, replicas, tried = ARM_LIVE, self.balancer.replica_set(route), []
+                continue
             if replica is None:
                 raise self._unavailable(route, tried)
             if tried:
@@ -593,12 +686,19 @@ class Gateway:
                     replica.upstream, target, headers, body, deadline
                 )
             except UpstreamTimeout:
+                arm_version, arm_slot = _arm_identity(route, arm)
                 raise _Reject(
                     504,
                     "upstream_timeout",
                     f"the model server of {route.deployment!r} did not answer within "
                     f"{self.settings.upstream_timeout_s} s",
-                    {"deployment": route.deployment, "version": route.version, "slot": route.slot},
+                    {
+                        "deployment": route.deployment,
+                        "version": arm_version,
+                        "slot": arm_slot,
+                        "arm": arm,
+                    },
+                    arm=arm,
                 ) from None
             except UpstreamError as exc:
                 self._replica_failed(replica, exc)
@@ -607,7 +707,7 @@ class Gateway:
             finally:
                 replica.end()
             passed = [item for item in response.headers if item[0] not in HOP_RESPONSE_HEADERS]
-            return response.status, response.body, passed
+            return response.status, response.body, passed, arm
 
     def _unavailable(self, route: Route, tried: list[Replica]) -> _Reject:
         listed = len(route.upstreams)
@@ -663,8 +763,10 @@ class Gateway:
                 "upstream_failures": self.upstream_failures,
                 "upstream_retries": self.upstream_retries,
                 "replicas_ejected": sum(
-                    r.ejected for s in self.balancer.sets.values() for r in s.replicas
+                    r.ejected for s in self.balancer.all_sets() for r in s.replicas
                 ),
+                "canary_fallbacks": self.canary_fallbacks,
+                **self._shadow_health(),
                 "repair_requests_sent": self.repairs.sent if self.repairs else 0,
                 "repair_requests_failed": self.repairs.failed if self.repairs else 0,
                 "metrics_pending_requests": self.metrics.pending_requests,
@@ -679,6 +781,15 @@ class Gateway:
                 **self._log_health(),
             }
         ).encode()
+
+    def _shadow_health(self) -> dict[str, int]:
+        mirrored, dropped, errors = self.shadow.totals()
+        return {
+            "shadow_mirrored": mirrored,
+            "shadow_dropped_queue_full": dropped,
+            "shadow_errors": errors,
+            "shadow_pending": self.shadow.pending,
+        }
 
     def _log_health(self) -> dict[str, int]:
         if self.prediction_log is None:
@@ -764,6 +875,7 @@ class Gateway:
             limit=settings.upstream_pool_size,
         )
         self.balancer.start(self.upstreams)
+        self.shadow.start(self.upstreams)
         # The platform's Celery broker is REDIS_URL's server (config/settings: CELERY_BROKER_URL).
         self.repairs = RepairRequests(settings.redis_url, timeout_s=settings.repair_send_timeout_s)
         self._stop.clear()
@@ -777,6 +889,12 @@ class Gateway:
             asyncio.create_task(
                 self._flush_loop("samples", settings.sample_flush_interval_s, self._flush_samples),
                 name="gateway-samples-flush",
+            ),
+            asyncio.create_task(
+                self._flush_loop(
+                    "shadow comparisons", settings.shadow_flush_interval_s, self._flush_shadow
+                ),
+                name="gateway-shadow-flush",
             ),
         ]
         if self.prediction_log is not None:
@@ -815,6 +933,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         """Stop background tasks; the flush loops flush one last time before they return."""
+        await self.shadow.close()  # mirrored requests in flight are abandoned, not waited for
         self._stop.set()
         route_task, *flush_tasks = self._tasks
         route_task.cancel()
@@ -853,6 +972,10 @@ class Gateway:
     async def _flush_metrics(self) -> None:
         assert self.redis is not None
         await self.metrics.flush(self.redis)
+
+    async def _flush_shadow(self) -> None:
+        assert self.redis is not None
+        await self.shadow.flush(self.redis)
 
     async def _flush_samples(self) -> None:
         assert self.redis is not None

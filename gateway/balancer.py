@@ -16,6 +16,11 @@ counts, see ``gateway.app``) is *ejected*: skipped by :meth:`ReplicaSet.choose` 
 Why by hand: the choice is a dozen lines on counters the gateway keeps anyway (the in-flight
 reports need them too), and the HTTP libraries' balancers (aiohttp, httpx) have none.
 
+Arms (progressive delivery, ``gateway.arms``): a route's canary and shadow slots get replica
+sets of their own, kept the same way, so a canary request is balanced, ejected and retried
+among the canary's replicas only. Shadow replicas are chosen the same way but never ejected:
+their failures are what the shadow comparison counts (``gateway.shadow``).
+
 In-flight accounting: every :meth:`Replica.begin` / :meth:`Replica.end` adds the time spent
 at the previous count to an integral, so :meth:`Replica.interval_load` returns the exact mean
 (and the peak) of requests in flight over the interval since the last call -- what
@@ -34,6 +39,8 @@ from gateway.routes import Route
 from gateway.upstream import Upstream, UpstreamPool
 
 logger = logging.getLogger("modelyard.gateway")
+
+ARMS = ("live", "canary", "shadow")
 
 READINESS_PATH = b"/readyz"
 
@@ -93,16 +100,30 @@ class Replica:
         return mean, peak
 
 
-class ReplicaSet:
-    """The replicas of one deployment's live route, in the route's order."""
+def arm_upstreams(route: Route, arm: str) -> tuple[str, ...]:
+    """The replicas an arm of ``route`` lists (() when the route has no such arm)."""
+    if arm == "live":
+        return route.upstreams
+    part = route.canary if arm == "canary" else route.shadow
+    return () if part is None else part.upstreams
 
-    __slots__ = ("_turn", "deployment", "replicas", "route")
+
+class ReplicaSet:
+    """The replicas of one arm (live by default) of a deployment's route, in the route's order."""
+
+    __slots__ = ("_turn", "arm", "deployment", "replicas", "route")
 
     def __init__(
-        self, route: Route, previous: ReplicaSet | None = None, *, readmit: bool = False
+        self,
+        route: Route,
+        previous: ReplicaSet | None = None,
+        *,
+        readmit: bool = False,
+        arm: str = "live",
     ) -> None:
         self.deployment = route.deployment
         self.route = route
+        self.arm = arm
         # Replicas both routes list keep their object (counters, ejection): requests in flight
         # end on the same counter they began on.
         kept = {} if previous is None else previous.by_url()
@@ -110,7 +131,7 @@ class ReplicaSet:
             (_readmitted(kept[url]) if readmit else kept[url])
             if url in kept
             else Replica(route.deployment, url)
-            for url in route.upstreams
+            for url in arm_upstreams(route, arm)
         )
         self._turn: int = 0 if previous is None else previous._turn
 
@@ -164,37 +185,53 @@ class Balancer:
         self.probe_timeout_s = probe_timeout_s
         # Called after each failed probe (the repair request, rate-limited by its sender).
         self._on_probe_failed = on_probe_failed
+        # The live arm's sets (``sets``, what /metrics and the reports read first) and the
+        # canary's and shadow's, each keyed by deployment.
         self.sets: dict[str, ReplicaSet] = {}
+        self.arm_sets: dict[str, dict[str, ReplicaSet]] = {
+            "live": self.sets,
+            "canary": {},
+            "shadow": {},
+        }
         self._pool: UpstreamPool | None = None
 
     def start(self, pool: UpstreamPool) -> None:
         self._pool = pool
 
-    def replica_set(self, route: Route) -> ReplicaSet:
-        """The replicas of ``route`` (the route a request read at its start)."""
-        current = self.sets.get(route.deployment)
+    def replica_set(self, route: Route, arm: str = "live") -> ReplicaSet:
+        """The replicas of ``route``'s ``arm`` (the route a request read at its start)."""
+        current = self.arm_sets[arm].get(route.deployment)
         if current is not None and (current.route is route or current.route == route):
             return current
         # The request read its route before the table changed: a set of its own, sharing the
         # replicas both routes list, so it finishes on the slot it started on.
-        return ReplicaSet(route, current)
+        return ReplicaSet(route, current, arm=arm)
 
     def routes_changed(self, routes: dict[str, Route]) -> None:
         """Follow a new route table (call on every swap): build, rebuild or forget sets."""
-        for deployment in self.sets.keys() - routes.keys():
-            self._forget(self.sets.pop(deployment).replicas)
+        for arm, sets in self.arm_sets.items():
+            having = (
+                routes
+                if arm == "live"
+                else {name: route for name, route in routes.items() if arm_upstreams(route, arm)}
+            )
+            self._follow(sets, having, arm)
+
+    def _follow(self, sets: dict[str, ReplicaSet], routes: dict[str, Route], arm: str) -> None:
+        for deployment in sets.keys() - routes.keys():
+            self._forget(sets.pop(deployment).replicas)
         for deployment, route in routes.items():
-            current = self.sets.get(deployment)
+            current = sets.get(deployment)
             if current is None:
-                self.sets[deployment] = ReplicaSet(route)
+                sets[deployment] = ReplicaSet(route, arm=arm)
             elif current.route is route:
                 continue
             elif current.route == route:
                 current.route = route  # a periodic re-read: same content, keep ejections
             else:
                 # Republished (its updated_at differs): every replica it lists starts afresh.
-                self.sets[deployment] = ReplicaSet(route, current, readmit=True)
-                listed = set(route.upstreams)
+                sets[deployment] = ReplicaSet(route, current, readmit=True, arm=arm)
+                listed = set(arm_upstreams(route, arm))
                 self._forget(r for r in current.replicas if r.url not in listed)
 
     def _forget(self, replicas: Iterable[Replica]) -> None:
@@ -212,9 +249,13 @@ class Balancer:
         if replica.ejected:
             return False
         replica.ejected = True
-        current = self.sets.get(replica.deployment)
         # A replica only an outdated route lists is never chosen again: no probe for it.
-        if self._pool is not None and current is not None and replica in current.replicas:
+        listed = any(
+            replica in current.replicas
+            for sets in self.arm_sets.values()
+            if (current := sets.get(replica.deployment)) is not None
+        )
+        if self._pool is not None and listed:
             replica.probe_task = asyncio.create_task(
                 self._probe_until_ready(replica), name=f"gateway-probe-{replica.url}"
             )
@@ -240,16 +281,20 @@ class Balancer:
             wait = min(wait * 2, self.probe_max_s)
 
     def loads(self, deployment: str) -> dict[str, tuple[float, int]]:
-        """Mean and peak in flight per replica URL of ``deployment`` since the last call."""
-        replicas = self.sets.get(deployment)
-        if replicas is None:
-            return {}
-        return {replica.url: replica.interval_load() for replica in replicas.replicas}
+        """Mean and peak in flight per replica URL of ``deployment`` since the last call,
+        every arm's replicas (the autoscaler scales the canary's and shadow's slots too)."""
+        loads: dict[str, tuple[float, int]] = {}
+        for sets in self.arm_sets.values():
+            replicas = sets.get(deployment)
+            if replicas is not None:
+                loads.update((r.url, r.interval_load()) for r in replicas.replicas)
+        return loads
+
+    def all_sets(self) -> list[ReplicaSet]:
+        return [replicas for sets in self.arm_sets.values() for replicas in sets.values()]
 
     async def close(self) -> None:
-        tasks = [
-            r.probe_task for s in self.sets.values() for r in s.replicas if r.probe_task is not None
-        ]
+        tasks = [r.probe_task for s in self.all_sets() for r in s.replicas if r.probe_task]
         for task in tasks:
             task.cancel()
         for task in tasks:

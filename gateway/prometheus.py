@@ -195,10 +195,11 @@ def _replica_metrics(gateway: Gateway) -> Iterator[Metric]:
         "1 while a replica is left out of traffic after failing (until it answers again).",
         labels=labels,
     )
-    for deployment, replicas in sorted(gateway.balancer.sets.items()):
+    for replicas in gateway.balancer.all_sets():
         for replica in replicas.replicas:
-            ejected.add_metric([deployment, replica.url], 1 if replica.ejected else 0)
+            ejected.add_metric([replicas.deployment, replica.url], 1 if replica.ejected else 0)
     yield from (inflight, peak, ejected)
+    yield from _arm_metrics(gateway)
     yield CounterMetricFamily(
         "modelyard_gateway_upstream_failures",
         "Connections to a replica that were refused, reset or cut (each ejects the replica).",
@@ -214,6 +215,27 @@ def _replica_metrics(gateway: Gateway) -> Iterator[Metric]:
         "Repair requests (deployments.upstream_repair) the Celery broker took.",
         value=gateway.repairs.sent if gateway.repairs is not None else 0,
     )
+
+
+def _arm_metrics(gateway: Gateway) -> Iterator[Metric]:
+    """Progressive delivery: canary fallbacks, and per deployment what the shadow did."""
+    yield CounterMetricFamily(
+        "modelyard_gateway_canary_fallbacks",
+        "Canary requests answered by live because no canary replica could take them.",
+        value=gateway.canary_fallbacks,
+    )
+    families = (
+        ("mirrored", "Live requests sent to the deployment's shadow."),
+        ("dropped", "Live requests picked for mirroring but dropped: the shadow queue was full."),
+        ("errors", "Mirrored requests the shadow failed (>= 500, timeout, connection error)."),
+    )
+    for index, (name, text) in enumerate(families):
+        family = CounterMetricFamily(
+            f"modelyard_gateway_shadow_{name}", text, labels=["deployment"]
+        )
+        for deployment, counts in sorted(gateway.shadow.counters.items()):
+            family.add_metric([deployment], counts[index])
+        yield family
 
 
 def _le(bound: float) -> str:

@@ -16,8 +16,19 @@ Redis layout
                                                 # readers that know one server per slot
           "key_hashes": ["<sha256 hex>", ...],  # deployment_key_hash() of every valid key
           "state": "live",                      # "live" | "draining" | "none"
-          "updated_at": "2026-11-23T14:00:00+00:00"
+          "updated_at": "2026-11-23T14:00:00+00:00",
+          # optional, progressive delivery (absent = the one live arm above):
+          "canary": {"version": 8, "slot": "blue", "upstreams": ["http://..."], "weight": 500},
+          "shadow": {"version": 8, "slot": "blue", "upstreams": ["http://..."], "weight": 10000},
+          "sticky": {"header": "x-user-id"}     # or {"field": "user_id"}
         }
+
+``version``/``slot``/``upstreams`` are the LIVE arm. ``weight`` is in basis points (0..10000):
+for ``canary`` the share of requests the canary answers, for ``shadow`` the share of live
+requests mirrored to it (answers compared, then discarded; see ``gateway.shadow``). A route has
+at most one of the two: there are two slots, and either runs in the one live does not use.
+``sticky`` makes the canary assignment a function of a request key (a header, or a top-level
+field of the JSON body) instead of a random draw; see ``gateway.arms``.
 
 ``modelyard:routes:changed`` (pub/sub channel)
     message = the deployment name whose field changed (or was removed).
@@ -54,7 +65,7 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -80,6 +91,12 @@ Slot = Literal["blue", "green"]
 State = Literal["live", "draining", "none"]
 
 
+# Header names are HTTP tokens; ASGI hands them over lowercased, so they are stored that way.
+_HEADER_NAME_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+_FIELD_NAME_RE = re.compile(r"^.{1,128}$", re.DOTALL)
+MAX_WEIGHT = 10_000  # basis points
+
+
 class RouteError(ValueError):
     """A route value that breaks the contract above; the message names the field."""
 
@@ -91,6 +108,61 @@ def deployment_key_hash(key: str) -> str:
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """A second slot taking part in a route: a weighted canary or a mirrored shadow."""
+
+    version: int
+    slot: Slot
+    upstreams: tuple[str, ...]
+    weight: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "slot": self.slot,
+            "upstreams": list(self.upstreams),
+            "weight": self.weight,
+        }
+
+    @classmethod
+    def from_dict(cls, name: str, data: Any) -> Arm:
+        if not isinstance(data, dict):
+            raise RouteError(f"route field {name!r} must be a JSON object, got {data!r}")
+        missing = {"version", "slot", "upstreams", "weight"} - data.keys()
+        if missing:
+            raise RouteError(f"route field {name!r} is missing {', '.join(sorted(missing))}")
+        upstreams = data["upstreams"]
+        if not isinstance(upstreams, list):
+            raise RouteError(f"route field '{name}.upstreams' must be a list of base URLs")
+        return cls(
+            version=data["version"],
+            slot=data["slot"],
+            upstreams=tuple(upstreams),
+            weight=data["weight"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Sticky:
+    """Where the request key for sticky assignment comes from: one header or one body field."""
+
+    header: str | None = None
+    field: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        return {"header": self.header} if self.header is not None else {"field": self.field or ""}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Sticky:
+        if not isinstance(data, dict) or set(data) not in ({"header"}, {"field"}):
+            raise RouteError(
+                'route field \'sticky\' must be {"header": <name>} or {"field": <name>}, '
+                f"got {data!r}"
+            )
+        return cls(header=data.get("header"), field=data.get("field"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +179,15 @@ class Route:
     # Every ready replica's base URL; () means (upstream,). Normalised in __post_init__ so
     # readers always see the full list with ``upstream`` first.
     upstreams: tuple[str, ...] = ()
+    canary: Arm | None = None
+    shadow: Arm | None = None
+    sticky: Sticky | None = None
     # The identity headers the gateway adds to every answer, encoded once per route change
-    # instead of once per request.
+    # instead of once per request: the live arm's, and the canary's (() without one).
     ident_headers: tuple[tuple[bytes, bytes], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
+    canary_ident_headers: tuple[tuple[bytes, bytes], ...] = field(
         init=False, repr=False, compare=False, default=()
     )
 
@@ -128,30 +206,40 @@ class Route:
                 )
             object.__setattr__(self, "upstream", self.upstreams[0])
         object.__setattr__(self, "upstreams", tuple(self.upstreams))
+        for name in ("canary", "shadow"):
+            arm = getattr(self, name)
+            if isinstance(arm, Arm) and not isinstance(arm.upstreams, tuple):
+                if not isinstance(arm.upstreams, list):
+                    raise RouteError(f"route field '{name}.upstreams' must be a list")
+                object.__setattr__(self, name, replace(arm, upstreams=tuple(arm.upstreams)))
         validate_route(self)
-        object.__setattr__(
-            self,
-            "ident_headers",
-            (
-                (b"x-modelyard-deployment", self.deployment.encode()),
-                (b"x-modelyard-version", str(self.version).encode()),
-            ),
-        )
+        object.__setattr__(self, "ident_headers", _ident(self.deployment, self.version, b"live"))
+        if self.canary is not None:
+            object.__setattr__(
+                self,
+                "canary_ident_headers",
+                _ident(self.deployment, self.canary.version, b"canary"),
+            )
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "deployment": self.deployment,
-                "version": self.version,
-                "slot": self.slot,
-                "upstream": self.upstream,
-                "upstreams": list(self.upstreams),
-                "key_hashes": list(self.key_hashes),
-                "state": self.state,
-                "updated_at": self.updated_at,
-            },
-            separators=(",", ":"),
-        )
+        data: dict[str, Any] = {
+            "deployment": self.deployment,
+            "version": self.version,
+            "slot": self.slot,
+            "upstream": self.upstream,
+            "upstreams": list(self.upstreams),
+            "key_hashes": list(self.key_hashes),
+            "state": self.state,
+            "updated_at": self.updated_at,
+        }
+        # Absent rather than null: a route without arms reads exactly as before.
+        if self.canary is not None:
+            data["canary"] = self.canary.to_dict()
+        if self.shadow is not None:
+            data["shadow"] = self.shadow.to_dict()
+        if self.sticky is not None:
+            data["sticky"] = self.sticky.to_dict()
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Route:
@@ -180,7 +268,18 @@ class Route:
             key_hashes=tuple(key_hashes),
             state=data.get("state", "live"),
             updated_at=data.get("updated_at") or "",
+            canary=Arm.from_dict("canary", data["canary"]) if "canary" in data else None,
+            shadow=Arm.from_dict("shadow", data["shadow"]) if "shadow" in data else None,
+            sticky=Sticky.from_dict(data["sticky"]) if "sticky" in data else None,
         )
+
+
+def _ident(deployment: str, version: int, arm: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    return (
+        (b"x-modelyard-deployment", deployment.encode()),
+        (b"x-modelyard-version", str(version).encode()),
+        (b"x-modelyard-arm", arm),
+    )
 
 
 def validate_route(route: Route) -> None:
@@ -211,19 +310,86 @@ def validate_route(route: Route) -> None:
             )
     if not isinstance(route.updated_at, str):
         raise RouteError(f"route field 'updated_at' must be a string, got {route.updated_at!r}")
-
-
-def _validate_upstream(upstream: object) -> None:
-    if not isinstance(upstream, str):
-        raise RouteError(f"route field 'upstream(s)' must be a string, got {upstream!r}")
-    parts = urlsplit(upstream)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if route.canary is not None and route.shadow is not None:
         raise RouteError(
-            f"route field 'upstream(s)' must be an http(s) URL with a host, got {upstream!r}"
+            "route fields 'canary' and 'shadow' exclude each other: both would need the one "
+            "slot live does not use"
+        )
+    for name in ("canary", "shadow"):
+        arm = getattr(route, name)
+        if arm is not None:
+            _validate_arm(name, arm, route.slot)
+    if route.sticky is not None:
+        _validate_sticky(route.sticky)
+
+
+def _validate_arm(name: str, arm: object, live_slot: str) -> None:
+    if not isinstance(arm, Arm):
+        raise RouteError(f"route field {name!r} must be an Arm, got {arm!r}")
+    if isinstance(arm.version, bool) or not isinstance(arm.version, int) or arm.version < 0:
+        raise RouteError(
+            f"route field '{name}.version' must be an integer >= 0, got {arm.version!r}"
+        )
+    if arm.slot not in SLOTS:
+        raise RouteError(f"route field '{name}.slot' must be one of {SLOTS}, got {arm.slot!r}")
+    if arm.slot == live_slot:
+        raise RouteError(
+            f"route field '{name}.slot' must be the slot live does not use, got {arm.slot!r} "
+            "(the live slot)"
+        )
+    if (
+        isinstance(arm.weight, bool)
+        or not isinstance(arm.weight, int)
+        or not 0 <= arm.weight <= MAX_WEIGHT
+    ):
+        raise RouteError(
+            f"route field '{name}.weight' must be an integer of basis points in 0..{MAX_WEIGHT}, "
+            f"got {arm.weight!r}"
+        )
+    if not arm.upstreams:
+        raise RouteError(f"route field '{name}.upstreams' must list at least one base URL")
+    for upstream in arm.upstreams:
+        _validate_upstream(upstream, f"{name}.upstreams")
+    if len(set(arm.upstreams)) != len(arm.upstreams):
+        raise RouteError(
+            f"route field '{name}.upstreams' lists a replica twice: {list(arm.upstreams)!r}"
+        )
+
+
+def _validate_sticky(sticky: object) -> None:
+    if not isinstance(sticky, Sticky) or (sticky.header is None) == (sticky.field is None):
+        raise RouteError(f"route field 'sticky' must name one header or one field, got {sticky!r}")
+    if sticky.header is not None and (
+        not isinstance(sticky.header, str) or not _HEADER_NAME_RE.match(sticky.header)
+    ):
+        raise RouteError(
+            f"route field 'sticky.header' must be a lowercase HTTP header name, "
+            f"got {sticky.header!r}"
+        )
+    if sticky.field is not None and (
+        not isinstance(sticky.field, str) or not _FIELD_NAME_RE.match(sticky.field)
+    ):
+        raise RouteError(
+            f"route field 'sticky.field' must be a field name of 1-128 characters, "
+            f"got {sticky.field!r}"
+        )
+
+
+def _validate_upstream(upstream: object, name: str = "upstream(s)") -> None:
+    if not isinstance(upstream, str):
+        raise RouteError(f"route field '{name}' must be a string, got {upstream!r}")
+    try:
+        parts = urlsplit(upstream)
+        hostname = parts.hostname
+    except ValueError:  # a bad port or bracket: urlsplit refuses it
+        parts, hostname = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not hostname:
+        raise RouteError(
+            f"route field '{name}' must be an http(s) URL with a host, got {upstream!r}"
         )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise RouteError(
-            f"route field 'upstream(s)' must be a base URL without path or query, got {upstream!r}"
+            f"route field '{name}' must be a base URL without path or query, got {upstream!r}"
         )
 
 

@@ -75,6 +75,13 @@ class GatewaySettings:
     # Repair requests (gateway.repairs) go to the Celery broker, REDIS_URL's server like the
     # platform's; a broker that does not answer within this gives up that request.
     repair_send_timeout_s: float = 1.0
+    # Shadow mirroring (gateway.shadow): jobs wait in a queue of shadow_queue_size (full ->
+    # dropped and counted), shadow_workers send them (so at most that many upstream connections
+    # go to shadows), each with shadow_timeout_s; comparisons reach Redis this often.
+    shadow_queue_size: int = 1000
+    shadow_workers: int = 16
+    shadow_timeout_s: float = 5.0
+    shadow_flush_interval_s: float = 1.0
     # Per-request metric recording (Redis buffers, roll-ups, /metrics series); off only for
     # benchmarks or when metrics are taken elsewhere.
     metrics: bool = True

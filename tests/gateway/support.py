@@ -17,7 +17,15 @@ import httpx
 import pytest
 import redis
 
-from gateway.routes import ROUTES_KEY, Route, deployment_key_hash, route_publish, route_remove
+from gateway.routes import (
+    ROUTES_KEY,
+    Arm,
+    Route,
+    Sticky,
+    deployment_key_hash,
+    route_publish,
+    route_remove,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UPSTREAM_SCRIPT = Path(__file__).with_name("upstream_app.py")
@@ -36,6 +44,7 @@ TEST_GATEWAY_ENV = {
     "MODELYARD_GATEWAY_UPSTREAM_TIMEOUT_S": "1.0",
     "MODELYARD_GATEWAY_RETRY_AFTER_S": "7",
     "MODELYARD_GATEWAY_REDIS_TIMEOUT_S": "0.5",
+    "MODELYARD_GATEWAY_SHADOW_FLUSH_INTERVAL_S": "0.2",
 }
 
 DEFAULT_KEY = "dk_test_key_0123456789"
@@ -182,6 +191,9 @@ class Deployments:
         state: str = "live",
         keys: tuple[str, ...] = (DEFAULT_KEY,),
         announce: bool = True,
+        canary: Arm | None = None,
+        shadow: Arm | None = None,
+        sticky: Sticky | None = None,
     ) -> Route:
         replicas = upstream if isinstance(upstream, list) else [upstream]
         urls = tuple(item if isinstance(item, str) else item.url for item in replicas)
@@ -193,6 +205,9 @@ class Deployments:
             upstreams=urls,
             key_hashes=tuple(deployment_key_hash(key) for key in keys),
             state=state,  # type: ignore[arg-type]
+            canary=canary,
+            shadow=shadow,
+            sticky=sticky,
         )
         if announce:
             route_publish(self.client, route)
@@ -204,9 +219,20 @@ class Deployments:
         for name in self.names:
             route_remove(self.client, name)
             keys = list(self.client.scan_iter(f"modelyard:metrics:*:{name}:*"))
+            shadow_keys = list(self.client.scan_iter(f"modelyard:shadow:{name}:*"))
             for key in keys:
                 self.client.zrem("modelyard:metrics:dirty", key)
-            self.client.delete(*keys, f"modelyard:samples:{name}")
+            self.client.delete(*keys, *shadow_keys, f"modelyard:samples:{name}")
+
+
+def arm_of(*upstreams: Proc, version: int, slot: str = "green", weight: int) -> Arm:
+    """A canary or shadow arm over ``upstreams`` (for ``Deployments.publish``)."""
+    return Arm(
+        version=version,
+        slot=slot,  # type: ignore[arg-type]
+        upstreams=tuple(proc.url for proc in upstreams),
+        weight=weight,
+    )
 
 
 def auth(key: str = DEFAULT_KEY) -> dict[str, str]:

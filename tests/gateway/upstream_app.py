@@ -14,6 +14,10 @@ Endpoints (all answer JSON):
 
 ``--work-us N`` burns N µs of CPU per predict, to imitate a real model's cost in benchmarks.
 ``--delay-ms N`` sleeps N ms in every predict (a replica slower than its peers, without CPU).
+``--classify T`` makes predict a binary classifier: for a row of sum s, ``p = sigmoid(s - T)``,
+``predictions`` = ``[int(p > 0.5)]`` and ``probabilities`` = ``[[1 - p, p]]``; two servers with
+different T disagree on the rows between the two thresholds (the shadow tests count them).
+``--fail-predict`` makes every predict answer 500 (a candidate that crashes on every request).
 ``--cut-answers`` makes every predict send its headers and half its body, then drop the
 connection (a replica dying mid-answer, while the process itself stays up).
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,7 +39,14 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 def build_app(
-    *, version: int, slot: str, work_us: int = 0, delay_ms: int = 0, cut_answers: bool = False
+    *,
+    version: int,
+    slot: str,
+    work_us: int = 0,
+    delay_ms: int = 0,
+    cut_answers: bool = False,
+    classify: float | None = None,
+    fail_predict: bool = False,
 ) -> Callable[..., Awaitable[None]]:
     """Return a raw ASGI app (no framework, so the upstream itself stays cheap to call)."""
 
@@ -60,6 +72,16 @@ def build_app(
             deadline = time.perf_counter() + work_us / 1e6
             while time.perf_counter() < deadline:
                 pass
+        if classify is not None:
+            probabilities = [
+                1 / (1 + math.exp(-(sum(float(x) for x in row) - classify))) for row in rows
+            ]
+            return {
+                "predictions": [int(p > 0.5) for p in probabilities],
+                "probabilities": [[1 - p, p] for p in probabilities],
+                "version": version,
+                "slot": slot,
+            }
         return {
             "predictions": [version * sum(float(x) for x in row) for row in rows],
             "version": version,
@@ -88,6 +110,9 @@ def build_app(
         elif path == "/predict":
             if delay_ms:
                 await asyncio.sleep(delay_ms / 1000)
+            if fail_predict:
+                await respond(send, 500, {"error": "model crashed", "version": version})
+                return
             if cut_answers:
                 body = json.dumps(predict(raw)).encode()
                 await send(
@@ -138,6 +163,8 @@ def main() -> None:
     parser.add_argument("--work-us", type=int, default=0)
     parser.add_argument("--delay-ms", type=int, default=0)
     parser.add_argument("--cut-answers", action="store_true")
+    parser.add_argument("--classify", type=float, default=None)
+    parser.add_argument("--fail-predict", action="store_true")
     args = parser.parse_args()
     uvicorn.run(
         build_app(
@@ -146,6 +173,8 @@ def main() -> None:
             work_us=args.work_us,
             delay_ms=args.delay_ms,
             cut_answers=args.cut_answers,
+            classify=args.classify,
+            fail_predict=args.fail_predict,
         ),
         host="127.0.0.1",
         port=args.port,

@@ -1,0 +1,306 @@
+"""Shadow mirroring through a real gateway process: the comparison figures against an offline
+comparison of the same rows, a dead, failing or slow shadow costing live nothing, a full queue.
+
+Live and shadow are stand-in classifiers (``upstream_app.py --classify T``) with different
+thresholds, so they disagree on exactly the rows whose sum lies between the two.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from gateway.shadow_reports import ShadowTotals, shadow_read
+from tests.gateway.load import failures, load_start
+from tests.gateway.support import Deployments, Proc, arm_of, auth, wait_until
+from tests.gateway.test_gateway_arms import route_ready, send_all
+
+SHADOW_VERSION = 9
+
+
+@pytest.fixture(scope="module")
+def live_classifier(start_upstream: Callable[..., Proc]) -> Proc:
+    return start_upstream(1, "live-clf", extra_args=("--classify", "0"))
+
+
+@pytest.fixture(scope="module")
+def shadow_classifier(start_upstream: Callable[..., Proc]) -> Proc:
+    return start_upstream(SHADOW_VERSION, "shadow-clf", extra_args=("--classify", "1"))
+
+
+def totals(client: redis.Redis, name: str) -> ShadowTotals:
+    now = time.time()
+    return shadow_read(client, name, SHADOW_VERSION, now - 600, now + 60)
+
+
+def bodies(count: int) -> list[dict[str, Any]]:
+    """Requests of 1-3 rows whose sums spread over [-2, 3]: a good share between 0 and 1."""
+    rng = np.random.default_rng(19)
+    return [
+        {"instances": rng.uniform(-1.0, 1.5, size=(int(rng.integers(1, 4)), 2)).round(4).tolist()}
+        for _ in range(count)
+    ]
+
+
+def offline(live: Proc, shadow: Proc, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the two servers answer for the same rows, compared here with numpy."""
+    labels: list[tuple[int, int]] = []
+    diffs: list[np.ndarray] = []
+    with httpx.Client(timeout=10) as http:
+        for body in requests:
+            a = http.post(f"{live.url}/predict", json=body).json()
+            b = http.post(f"{shadow.url}/predict", json=body).json()
+            labels += zip(a["predictions"], b["predictions"], strict=True)
+            diffs.append(np.abs(np.array(a["probabilities"]) - np.array(b["probabilities"])))
+    flat = np.concatenate([d.ravel() for d in diffs])
+    return {
+        "rows": len(labels),
+        "agree": sum(x == y for x, y in labels),
+        "prob_values": flat.size,
+        "prob_abs_mean": float(flat.mean()),
+        "prob_abs_max": float(flat.max()),
+    }
+
+
+def test_shadow_figures_equal_an_offline_comparison_and_live_answers_are_untouched(
+    gateway: Proc,
+    deployments: Deployments,
+    redis_client: redis.Redis,
+    live_classifier: Proc,
+    shadow_classifier: Proc,
+) -> None:
+    name = deployments.new_name("shadow")
+    deployments.publish(
+        name,
+        live_classifier,
+        shadow=arm_of(shadow_classifier, version=SHADOW_VERSION, weight=10_000),
+    )
+    route_ready(gateway, name)
+    time.sleep(0.5)  # route_ready's own request is mirrored too: let it land, then start afresh
+    before = totals(redis_client, name)
+    requests = bodies(300)
+    url = f"{gateway.url}/d/{name}/predict"
+    answers = []
+    with httpx.Client(timeout=10) as http:
+        for body in requests:
+            response = http.post(url, json=body, headers=auth())
+            assert response.status_code == 200
+            assert response.headers["x-modelyard-arm"] == "live"
+            answers.append(response.json())
+    expected = offline(live_classifier, shadow_classifier, requests)
+    # The live answer is live's own body (plus the spliced inference id), never the shadow's.
+    with httpx.Client(timeout=10) as http:
+        for body, answer in zip(requests[:20], answers[:20], strict=True):
+            direct = http.post(f"{live_classifier.url}/predict", json=body).json()
+            assert {k: v for k, v in answer.items() if k != "inference_id"} == direct
+            assert answer["inference_id"]
+
+    wait_until(
+        lambda: totals(redis_client, name).compared - before.compared == 300,
+        deadline_s=10,
+        what="300 comparisons in Redis",
+    )
+    after = totals(redis_client, name)
+    rows = after.rows - before.rows
+    agree = after.agree - before.agree
+    prob_values = after.prob_values - before.prob_values
+    prob_sum = after.prob_abs_sum - before.prob_abs_sum
+    print(
+        f"\nshadow: {rows} rows, agreement {agree / rows:.4f} (offline "
+        f"{expected['agree'] / expected['rows']:.4f}), mean |dp| {prob_sum / prob_values:.6f} "
+        f"(offline {expected['prob_abs_mean']:.6f}), max |dp| {after.prob_abs_max:.6f} "
+        f"(offline {expected['prob_abs_max']:.6f}), latency diff "
+        f"{after.latency_diff_ms_mean:.3f} ms"
+    )
+    assert after.mirrored - before.mirrored == 300
+    assert after.errors == 0 and after.dropped == 0
+    assert rows == expected["rows"]
+    assert agree == expected["agree"]
+    assert 0 < agree < rows  # the fixture really does disagree on some rows
+    assert prob_values == expected["prob_values"]
+    assert prob_sum / prob_values == pytest.approx(expected["prob_abs_mean"], rel=1e-9)
+    # route_ready's request is in the window's max too; its row sum (3) is far from both
+    # thresholds, so it cannot hold the max of these rows.
+    assert after.prob_abs_max == pytest.approx(expected["prob_abs_max"], rel=1e-12)
+    assert after.latency_diff_ms_mean is not None
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert re.search(
+        rf'modelyard_gateway_shadow_mirrored_total{{deployment="{name}"}} 30[01]\.0', metrics
+    )
+
+
+def test_shadow_weight_mirrors_its_share(
+    gateway: Proc,
+    deployments: Deployments,
+    redis_client: redis.Redis,
+    live_classifier: Proc,
+    shadow_classifier: Proc,
+) -> None:
+    name = deployments.new_name("share")
+    deployments.publish(
+        name,
+        live_classifier,
+        shadow=arm_of(shadow_classifier, version=SHADOW_VERSION, weight=2500),
+    )
+    route_ready(gateway, name)
+    results = send_all(
+        f"{gateway.url}/d/{name}/predict", [({}, {"instances": [[0.5, 0.1]]})] * 2000
+    )
+    assert {status for status, *_ in results} == {200}
+    wait_until(
+        lambda: httpx.get(f"{gateway.url}/healthz").json()["shadow_pending"] == 0,
+        deadline_s=5,
+        what="the shadow queue to drain",
+    )
+    time.sleep(0.5)  # one more flush
+    mirrored = totals(redis_client, name).mirrored
+    print(f"\nshadow weight 2500 bp: {mirrored} of ~2001 mirrored")
+    assert abs(mirrored / 2001 - 0.25) <= 0.03
+
+
+def test_shadow_killed_under_load_fails_no_live_request_and_its_errors_are_counted(
+    gateway: Proc,
+    deployments: Deployments,
+    redis_client: redis.Redis,
+    start_upstream: Callable[..., Proc],
+    live_classifier: Proc,
+    tmp_path: Path,
+) -> None:
+    doomed = start_upstream(SHADOW_VERSION, "shadow-doomed", extra_args=("--classify", "1"))
+    name = deployments.new_name("shkill")
+    deployments.publish(
+        name, live_classifier, shadow=arm_of(doomed, version=SHADOW_VERSION, weight=10_000)
+    )
+    route_ready(gateway, name)
+    load = load_start(
+        f"{gateway.url}/d/{name}/predict",
+        tmp_path / "load.jsonl",
+        "--rate",
+        "100",
+        "--duration",
+        "4",
+    )
+    time.sleep(1.5)
+    doomed.popen.kill()
+    records = load.records()
+    assert len(records) == 400
+    assert failures(records) == []
+    wait_until(
+        lambda: totals(redis_client, name).mirrored >= 401,
+        deadline_s=10,
+        what="every mirrored request to be accounted for",
+    )
+    after = totals(redis_client, name)
+    print(
+        f"\nshadow killed under load: 400 live requests, 0 failed; shadow mirrored "
+        f"{after.mirrored}, compared {after.compared}, errors {after.errors} "
+        f"(connect {after.errors_connect})"
+    )
+    assert after.compared > 0  # before the kill
+    assert after.errors_connect > 150  # ~2.5 s of 100/s after it
+    assert after.errors == after.errors_connect
+    assert after.compared + after.errors == after.mirrored
+
+
+def test_failing_and_slow_shadows_are_counted_as_status_and_timeout_errors(
+    start_gateway: Callable[..., Proc],
+    redis_url: str,
+    deployments: Deployments,
+    redis_client: redis.Redis,
+    start_upstream: Callable[..., Proc],
+    live_classifier: Proc,
+) -> None:
+    gateway = start_gateway(redis_url, env={"MODELYARD_GATEWAY_SHADOW_TIMEOUT_S": "0.2"})
+    crashing = start_upstream(SHADOW_VERSION, "shadow-500", extra_args=("--fail-predict",))
+    slow = start_upstream(SHADOW_VERSION, "shadow-slow", extra_args=("--delay-ms", "1000"))
+    for upstream, field in ((crashing, "errors_status"), (slow, "errors_timeout")):
+        name = deployments.new_name("sherr")
+        deployments.publish(
+            name, live_classifier, shadow=arm_of(upstream, version=SHADOW_VERSION, weight=10_000)
+        )
+        route_ready(gateway, name)
+        results = send_all(f"{gateway.url}/d/{name}/predict", [({}, {"instances": [[1, 1]]})] * 40)
+        assert {status for status, *_ in results} == {200}
+        wait_until(
+            lambda name=name: totals(redis_client, name).mirrored >= 41,  # type: ignore[misc]
+            deadline_s=10,
+            what=f"{field} to be counted",
+        )
+        counted = totals(redis_client, name)
+        assert counted.errors == getattr(counted, field) == counted.mirrored
+        assert counted.compared == 0
+    gateway.stop()
+
+
+def test_full_shadow_queue_drops_and_counts_without_slowing_live(
+    start_gateway: Callable[..., Proc],
+    redis_url: str,
+    deployments: Deployments,
+    redis_client: redis.Redis,
+    start_upstream: Callable[..., Proc],
+    live_classifier: Proc,
+) -> None:
+    gateway = start_gateway(
+        redis_url,
+        env={"MODELYARD_GATEWAY_SHADOW_QUEUE_SIZE": "2", "MODELYARD_GATEWAY_SHADOW_WORKERS": "1"},
+    )
+    slow = start_upstream(SHADOW_VERSION, "shadow-slower", extra_args=("--delay-ms", "300"))
+    name = deployments.new_name("shfull")
+    deployments.publish(
+        name, live_classifier, shadow=arm_of(slow, version=SHADOW_VERSION, weight=10_000)
+    )
+    route_ready(gateway, name)
+    url = f"{gateway.url}/d/{name}/predict"
+    with httpx.Client(timeout=10) as http:
+        statuses = [
+            http.post(url, json={"instances": [[1, 1]]}, headers=auth()).status_code
+            for _ in range(60)
+        ]
+    assert set(statuses) == {200}
+    health = httpx.get(f"{gateway.url}/healthz").json()
+    dropped = health["shadow_dropped_queue_full"]
+    wait_until(
+        lambda: totals(redis_client, name).mirrored + totals(redis_client, name).dropped == 61,
+        deadline_s=10,
+        what="every request to be mirrored or dropped",
+    )
+    counted = totals(redis_client, name)
+    print(f"\nqueue of 2, 1 worker, shadow 300 ms: {counted.dropped} of 61 dropped")
+    assert counted.dropped == dropped >= 45
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert f'modelyard_gateway_shadow_dropped_total{{deployment="{name}"}} {dropped}.0' in metrics
+    gateway.stop()
+
+
+def test_shadow_counts_reach_redis_as_one_hash_per_minute_with_a_ttl(
+    gateway: Proc,
+    deployments: Deployments,
+    redis_client: redis.Redis,
+    live_classifier: Proc,
+    shadow_classifier: Proc,
+) -> None:
+    name = deployments.new_name("shkeys")
+    deployments.publish(
+        name,
+        live_classifier,
+        shadow=arm_of(shadow_classifier, version=SHADOW_VERSION, weight=10_000),
+    )
+    route_ready(gateway, name)
+    wait_until(
+        lambda: bool(list(redis_client.scan_iter(f"modelyard:shadow:{name}:*"))),
+        deadline_s=5,
+        what="a shadow key",
+    )
+    key = next(iter(redis_client.scan_iter(f"modelyard:shadow:{name}:*")))
+    assert re.fullmatch(rf"modelyard:shadow:{name}:{SHADOW_VERSION}:\d+", key.decode())
+    assert 2 * 86_400 < redis_client.ttl(key) <= 3 * 86_400
+    assert json.loads(json.dumps(totals(redis_client, name).as_dict()))["mirrored"] >= 1
