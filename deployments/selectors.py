@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
+from django.utils import timezone
 
 from core.errors import NotFound
+from deployments import backends
 from deployments.choices import ACTIVE_ROLLOUT_STATES, DEPLOYABLE_STATES, RolloutState
 from deployments.models import Deployment, DeploymentKey, Rollout, Slot
+from gateway.shadow_reports import shadow_read
 from registry.models import ModelVersion
 
 
@@ -158,18 +162,11 @@ def lineage_deployments_of_version(version: ModelVersion) -> list[dict[str, Any]
 def shadow_windows(rollout: Rollout, *, minutes: int = 10) -> list[dict[str, Any]]:
     """The shadow's comparison per minute, newest first, over its last ``minutes`` minutes
     (since it began): what the gateway's processes recorded (gateway.shadow_reports)."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from deployments import backends
-    from gateway.shadow_reports import shadow_read
-
     began = rollout.step_started_at or rollout.state_changed_at
     end = rollout.finished_at or timezone.now()
     minute = end.replace(second=0, microsecond=0)
     client = backends.route_store()
-    windows = []
+    windows: list[dict[str, Any]] = []
     try:
         while minute + timedelta(minutes=1) > began and len(windows) < minutes:
             totals = shadow_read(

@@ -68,7 +68,7 @@ class RolloutSerializer(serializers.ModelSerializer):
     @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_canary_weight(self, rollout: Rollout) -> int | None:
         """Percent of requests on the canary now; null unless it is taking traffic."""
-        if rollout.strategy != RolloutStrategy.CANARY or rollout.state != RolloutState.CANARY:
+        if rollout.state != RolloutState.CANARY:  # a shadow promoted to a canary too
             return None
         return canary_weight(rollout) // 100
 

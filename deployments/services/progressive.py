@@ -43,6 +43,7 @@ from accounts.models import User
 from core.choices import AuditAction
 from core.errors import InvalidInput, InvalidState
 from core.services import audit_record
+from deployments import backends
 from deployments.choices import RolloutState, RolloutStrategy
 from deployments.models import Deployment, Rollout, Slot
 from deployments.services._steps import (
@@ -52,13 +53,14 @@ from deployments.services._steps import (
     transition,
 )
 from deployments.services.routes import route_sync
+from gateway.shadow_reports import shadow_read
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STEPS = [5, 25, 50]
 
 
-class JudgeSettingsSerializer(serializers.Serializer):
+class JudgeSettingsSerializer(serializers.Serializer[Any]):
     """The judge's tolerances (monitoring.judge.JudgePolicy) and the optional accuracy guard."""
 
     min_requests = serializers.IntegerField(min_value=1, max_value=10**9, required=False)
@@ -69,7 +71,7 @@ class JudgeSettingsSerializer(serializers.Serializer):
     min_labels = serializers.IntegerField(min_value=1, max_value=10**9, required=False)
 
 
-class StickySerializer(serializers.Serializer):
+class StickySerializer(serializers.Serializer[Any]):
     """One request key: {"header": "X-User-Id"} or {"field": "user_id"} (a top-level field)."""
 
     header = serializers.RegexField(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$", required=False)
@@ -83,7 +85,7 @@ class StickySerializer(serializers.Serializer):
         return attrs
 
 
-class CanaryPlanSerializer(serializers.Serializer):
+class CanaryPlanSerializer(serializers.Serializer[Any]):
     """A canary's plan (and a shadow's, for when it is promoted to a canary)."""
 
     steps = serializers.ListField(
@@ -181,10 +183,6 @@ def progressive_enter(rollout: Rollout, note: str) -> bool:
 
 def step_shadow(rollout: Rollout) -> bool:
     """One tick of a shadow: the comparison since it began, stored on the rollout."""
-    from gateway.shadow_reports import shadow_read
-
-    from deployments import backends
-
     now = timezone.now()
     client = backends.route_store()
     try:

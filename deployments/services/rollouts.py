@@ -156,11 +156,14 @@ def rollout_start(
     )
     via = f" (alias {alias})" if alias else ""
     steps = ", ".join(f"{p} %" for p in plan.get("steps", []))
-    how = {
+    how: dict[str, str] = {
         RolloutStrategy.CANARY: f" as a canary in steps of {steps}",
         RolloutStrategy.SHADOW: f" as a shadow of {plan.get('mirror_percent')} % of live requests",
-    }.get(strategy, "")
-    log_step(rollout, f"rollout of v{version.number}{via} into the {target} slot{how} requested")
+    }
+    how_text = how.get(strategy, "")
+    log_step(
+        rollout, f"rollout of v{version.number}{via} into the {target} slot{how_text} requested"
+    )
     rollout.save(update_fields=["steps"])
     audit_record(
         actor=actor,

@@ -571,10 +571,7 @@ def deployment_rollout(request: PageRequest, name: str) -> HttpResponse:
         )
     except DomainError as exc:
         return _error_page(request, deployment, exc, exc.status)
-    how = {
-        RolloutStrategy.CANARY: " as a canary",
-        RolloutStrategy.SHADOW: " as a shadow",
-    }.get(rollout.strategy, "")
+    how = {"canary": " as a canary", "shadow": " as a shadow"}.get(rollout.strategy, "")
     messages.success(
         request,
         f"Rolling out v{rollout.version.number} into the {rollout.target_slot} slot{how}.",

@@ -19,9 +19,9 @@ from deployments.choices import RolloutKind, RolloutState, RolloutStrategy, Slot
 from deployments.models import Deployment, DeploymentEvent, Rollout, Slot
 from deployments.services.progressive import canary_plan_clean, plan_clean
 from deployments.services.routes import route_sync
+from gateway.metrics import MetricsRecorder
 from gateway.routes import ROUTES_KEY, Route
 from gateway.shadow_reports import shadow_key
-from gateway.metrics import MetricsRecorder
 from tests.monitoring.conftest import (  # noqa: F401 (fixtures)
     flush,
     minute_ago,
@@ -331,7 +331,9 @@ def test_a_shadow_mirrors_its_share_and_its_comparison_is_kept(shadow, monitorin
 
 
 def test_a_shadow_is_promoted_to_a_canary_then_the_canary_takes_its_first_step(
-    shadow, monitoring_redis, api_for
+    shadow,
+    monitoring_redis,  # noqa: F811
+    api_for,
 ):
     rollout, operator = shadow
     api = api_for(operator)
@@ -346,7 +348,11 @@ def test_a_shadow_is_promoted_to_a_canary_then_the_canary_takes_its_first_step(
     assert api.post(f"{base}/canary/", {}, format="json").status_code == 409  # not a shadow
 
 
-def test_a_shadow_is_aborted_or_promoted_to_live_by_a_person(shadow, monitoring_redis, api_for):
+def test_a_shadow_is_aborted_or_promoted_to_live_by_a_person(
+    shadow,
+    monitoring_redis,  # noqa: F811
+    api_for,
+):
     rollout, operator = shadow
     api = api_for(operator)
     base = f"/api/v1/deployments/{rollout.deployment.name}/rollouts/{rollout.pk}"
@@ -360,3 +366,25 @@ def test_a_shadow_is_aborted_or_promoted_to_live_by_a_person(shadow, monitoring_
     route = Route.from_json(monitoring_redis.hget(ROUTES_KEY, rollout.deployment.name))
     assert (route.version, route.shadow, route.canary) == (1, None, None)
     assert DeploymentEvent.objects.filter(kind="shadow_aborted").count() == 1
+
+
+def test_the_canary_arm_and_its_sticky_key_are_published_from_the_rollout(
+    canary,
+    monitoring_redis,  # noqa: F811
+):
+    rollout, _ = canary
+    plan = canary_plan_clean({**PLAN, "sticky": {"header": "X-User-Id"}})
+    Rollout.objects.filter(pk=rollout.pk).update(plan=plan)
+    route_sync(deployment_id=rollout.deployment_id)
+    route = Route.from_json(monitoring_redis.hget(ROUTES_KEY, rollout.deployment.name))
+    assert (route.version, route.slot, route.upstreams) == (1, "blue", ("http://127.0.0.1:9",))
+    assert (route.canary.version, route.canary.slot, route.canary.weight) == (2, "green", 1_000)
+    assert route.sticky.header == "x-user-id" and route.shadow is None
+    # A canary slot with no ready replica gets no share: live answers everything.
+    Slot.objects.filter(deployment=rollout.deployment, color="green").update(url="", replicas=[])
+    route_sync(deployment_id=rollout.deployment_id)
+    route = Route.from_json(monitoring_redis.hget(ROUTES_KEY, rollout.deployment.name))
+    assert route.canary is None and route.version == 1
+    with pytest.raises(InvalidInput) as refused:
+        canary_plan_clean({"sticky": {"header": "X-User-Id", "field": "user"}})
+    assert "sticky" in refused.value.details

@@ -98,7 +98,8 @@ def test_the_judge_aborts_a_slow_canary_and_no_request_fails(live_stack, tmp_pat
 
     slow = train_sklearn_joblib(seed=3, estimator=RandomForestClassifier(n_estimators=400))
     with httpx.Client(timeout=60) as http:
-        flow = churn_deployment(http, live_stack, versions=1, more=(slow,))
+        # v3: the stack's BentoML store is the session's, where churn:v2 is the usual tree.
+        flow = churn_deployment(http, live_stack, versions=2, more=(slow,))
         _roll_out(http, flow.base, flow.ops, 1, live_stack)
         load = LoadProcess(
             f"{live_stack.gateway}/d/churn-prod/predict", flow.key, flow.rows, tmp_path / "l.json"
@@ -107,7 +108,7 @@ def test_the_judge_aborts_a_slow_canary_and_no_request_fails(live_stack, tmp_pat
             started = http.post(
                 f"{flow.base}/deployments/churn-prod/rollouts/",
                 headers=flow.ops,
-                json={"version": 2, "strategy": "canary", "plan": {**PLAN, "steps": [30, 60]}},
+                json={"version": 3, "strategy": "canary", "plan": {**PLAN, "steps": [30, 60]}},
             )
             assert started.status_code == 202, started.text
             body, seen = _follow(
@@ -125,6 +126,6 @@ def test_the_judge_aborts_a_slow_canary_and_no_request_fails(live_stack, tmp_pat
     assert latency["verdict"] == "fail" and latency["p_value"] < 0.01
     assert latency["canary"] > 1.25 * latency["baseline"]
     assert result["errors"] == {} and set(result["by_status"]) == {"200"}, result
-    assert "2" in result["by_version"]  # the canary did answer before it was aborted
+    assert "3" in result["by_version"]  # the canary did answer before it was aborted
     route = _route(live_stack)
     assert (route.version, route.canary) == (1, None)

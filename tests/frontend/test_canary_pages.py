@@ -12,12 +12,15 @@ from deployments.choices import RolloutState
 from deployments.models import Rollout
 from registry.models import ModelVersion
 from tests.deployments.test_canary import (  # noqa: F401 (fixtures)
+    _shadow_cells,
     _tick,
     _traffic,
     canary,
+    minute_ago,
     monitoring_redis,
     private_redis_url,
     registered_model,
+    shadow,
     trained_models,
     versions,
 )
@@ -43,7 +46,9 @@ def test_the_page_shows_the_split_the_steps_and_the_judges_numbers(canary, setti
     assert "0.50%" in html  # both arms' 5xx rate, as the judge measured it
     for label in ("Promote to 100 %", "Pause", "Abort canary"):
         assert label in html
-    assert "A canary is running: abort it" in html  # no rollback to an older version offered
+    assert (
+        "A canary or shadow is running: abort it" in html
+    )  # no rollback to an older version offered
 
     # The polled partial carries the same panel for the live refresh.
     status = client.get(f"/deployments/{rollout.deployment.name}/status/").content.decode()
@@ -88,3 +93,18 @@ def test_the_rollout_form_starts_a_canary_and_refuses_bad_steps(canary, login, v
     created = Rollout.objects.filter(deployment=rollout.deployment).order_by("-id").first()
     assert created.strategy == "canary"
     assert (created.plan["steps"], created.plan["min_step_seconds"]) == ([5, 20], 30)
+
+
+def test_a_shadow_shows_its_comparison_per_minute_and_its_buttons(shadow, monitoring_redis, login):  # noqa: F811
+    rollout, operator = shadow
+    minute = int(minute_ago(1) // 60)
+    _shadow_cells(
+        monitoring_redis, rollout.deployment, 2, minute=minute, mirrored=50, rows=50, agree=45
+    )
+    html = login(operator).get(f"/deployments/{rollout.deployment.name}/").content.decode()
+    assert "40 % of live requests are mirrored to v2" in html
+    assert "<td data-shadow-agreement>90.00%</td>" in html
+    assert "shadow (40 % mirrored)" in html  # the slots table
+    for label in ("Promote to canary (10 %)", "Promote to 100 %", "Abort shadow"):
+        assert label in html
+    assert 'id="canary-arms"' not in html and "Pause" not in html
