@@ -26,6 +26,7 @@ app.conf.task_routes = {
     # and stop slot servers: beside the rollouts that do the same.
     "deployments.upstream_repair": {"queue": "rollouts"},
     "deployments.autoscale": {"queue": "rollouts"},
+    "deployments.slot_release": {"queue": "rollouts"},
     "batch.*": {"queue": "batch"},
     "monitoring.*": {"queue": "monitoring"},
 }

@@ -81,6 +81,20 @@ def deployments_reconcile_task() -> list[str]:
 
 
 @shared_task(
+    name="deployments.slot_release",
+    acks_late=True,
+    # A lost message is the reconcile sweep's work (it stops slots nothing needs).
+    soft_time_limit=120,
+    time_limit=150,
+)
+def slot_release_task(slot_id: int) -> str:
+    """Stop a slot a rollout left behind (an aborted canary's), unless something needs it."""
+    outcome = services.slot_release(slot_id=slot_id)
+    logger.info("slot %s: %s", slot_id, outcome)
+    return outcome
+
+
+@shared_task(
     name="deployments.upstream_repair",
     # The gateway sends this the moment a replica refuses a connection. At most once: a lost
     # message is the reconcile sweep's work 15 s later, and a retry of a half-done restart

@@ -14,7 +14,13 @@ from deployments.services.keys import (
     deployment_key_create,
     deployment_key_revoke,
 )
-from deployments.services.progressive import canary_abort, canary_act, canary_pause, canary_promote
+from deployments.services.progressive import (
+    canary_abort,
+    canary_act,
+    canary_pause,
+    canary_promote,
+    slot_release,
+)
 from deployments.services.reconcile import (
     deployments_reconcile,
     rollouts_stuck,
@@ -55,6 +61,7 @@ __all__ = [
     "route_sync",
     "runtime_servers_stop",
     "slot_is_warm",
+    "slot_release",
     "slot_replicas_sync",
     "slot_scale",
     "upstream_repair",

@@ -80,6 +80,12 @@ def enqueue_advance(rollout_id: int, countdown: float = 0) -> None:
     )
 
 
+def enqueue_slot_release(slot_id: int) -> None:
+    from deployments.tasks import slot_release_task
+
+    transaction.on_commit(lambda: slot_release_task.delay(slot_id))
+
+
 def transition(
     rollout: Rollout,
     to: str,

@@ -44,10 +44,11 @@ from core.choices import AuditAction
 from core.errors import InvalidInput, InvalidState
 from core.services import audit_record
 from deployments import backends
-from deployments.choices import RolloutState, RolloutStrategy
+from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState, RolloutStrategy
 from deployments.models import Deployment, Rollout, Slot
 from deployments.services._steps import (
     enqueue_advance,
+    enqueue_slot_release,
     event_record,
     slot_stop,
     transition,
@@ -340,11 +341,10 @@ def _abort(
         if moved:
             route_sync(deployment_id=rollout.deployment_id)
     if moved:
-        slot = Slot.objects.select_related("deployment").get(
-            deployment=rollout.deployment, color=rollout.target_slot
-        )
-        if slot.deployment.live_slot != slot.color:  # never stop what serves traffic
-            slot_stop(slot)
+        slot = Slot.objects.get(deployment=rollout.deployment, color=rollout.target_slot)
+        # The worker stops the slot: an abort answers as soon as the route has changed
+        # (stopping a server waits for it to drain, seconds a person should not wait).
+        enqueue_slot_release(slot.pk)
         event_record(
             deployment=rollout.deployment,
             kind=f"{kind}_aborted",
@@ -471,3 +471,21 @@ def canary_act(
         f"Unknown canary action {action!r}; one of {', '.join(CANARY_ACTIONS)}.",
         code="invalid_action",
     )
+
+
+def slot_release(*, slot_id: int) -> str:
+    """Stop ``slot`` unless it is live or a running rollout targets it (an aborted canary's
+    slot, once the route no longer sends it anything)."""
+    with transaction.atomic():
+        slot = Slot.objects.select_related("deployment").select_for_update().get(pk=slot_id)
+        needed = slot.color == slot.deployment.live_slot or (
+            Rollout.objects.filter(
+                deployment=slot.deployment_id,
+                target_slot=slot.color,
+                state__in=ACTIVE_ROLLOUT_STATES,
+            ).exists()
+        )
+    if needed:
+        return "kept: live or a rollout's target"
+    slot_stop(slot)
+    return "stopped"

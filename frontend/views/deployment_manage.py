@@ -31,7 +31,7 @@ from core.choices import Capability
 from core.errors import DomainError
 from deployments import selectors, services
 from deployments.choices import RolloutState, SlotState
-from deployments.models import Deployment
+from deployments.models import Deployment, Rollout
 from frontend.example_rows import example_rows
 from frontend.forms import DeploymentForm, DeploymentKeyForm
 from frontend.views.access import PageRequest, capability_require
@@ -58,10 +58,13 @@ def _can_deploy(request: PageRequest) -> bool:
     return user_has_capability(request.user, Capability.DEPLOY)
 
 
-def actions_context(request: PageRequest, deployment: Deployment) -> dict[str, Any]:
-    """The Actions section: rollback and the roll-out list (never the live version)."""
+def actions_context(
+    request: PageRequest, deployment: Deployment, current: Rollout | None
+) -> dict[str, Any]:
+    """The Actions section: rollback and the roll-out list (never the live version).
+
+    ``current`` is the deployment's current rollout (the detail page has read it already)."""
     live, target = rollback_target(deployment)
-    current = selectors.deployment_current_rollout(deployment)
     return {
         "deployment": deployment,
         "can_deploy": _can_deploy(request),
@@ -103,12 +106,14 @@ def try_context(request: PageRequest, deployment: Deployment) -> dict[str, Any]:
     }
 
 
-def manage_context(request: PageRequest, deployment: Deployment) -> dict[str, Any]:
+def manage_context(
+    request: PageRequest, deployment: Deployment, current: Rollout | None
+) -> dict[str, Any]:
     """Everything the detail page needs from this module."""
     return {
         **try_context(request, deployment),
         **keys_context(request, deployment),
-        **actions_context(request, deployment),
+        **actions_context(request, deployment, current),
     }
 
 
@@ -119,7 +124,9 @@ def deployment_actions(request: PageRequest, name: str) -> HttpResponse:
     capability_require(request, Capability.VIEW)
     deployment = _deployment(name)
     return render(
-        request, "frontend/deployments/_actions.html", actions_context(request, deployment)
+        request,
+        "frontend/deployments/_actions.html",
+        actions_context(request, deployment, selectors.deployment_current_rollout(deployment)),
     )
 
 

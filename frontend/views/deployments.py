@@ -230,6 +230,7 @@ def _status_context(deployment: Deployment) -> dict[str, Any]:
         "health": words,
         "slots": list(deployment.slots.all()),
         "rollout": shown,
+        "current_rollout": current,
         "rollout_active": active,
         "rollout_steps": ROLLOUT_STEPS,
         "rollout_step_index": step_index,
@@ -433,10 +434,11 @@ def _detail_context(request: PageRequest, deployment: Deployment, window: str) -
     # Actions, keys and the try box live in deployment_manage (which imports this module).
     from frontend.views.deployment_manage import manage_context
 
+    status = _status_context(deployment)
     return {
-        **_status_context(deployment),
+        **status,
         **dashboard_context(deployment, window),
-        **manage_context(request, deployment),
+        **manage_context(request, deployment, status["current_rollout"]),
     }
 
 

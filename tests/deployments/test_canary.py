@@ -124,10 +124,13 @@ def test_a_healthy_canary_advances_step_by_step_then_is_promoted(canary, setting
     assert moved.after["judgement"]["verdict"] == "pass"
 
 
-def test_two_points_more_5xx_abort_the_canary_with_its_evidence(canary, settings):
+def test_two_points_more_5xx_abort_the_canary_with_its_evidence(
+    canary, settings, django_capture_on_commit_callbacks
+):
     rollout, _ = canary
     _traffic(rollout, settings, canary_errors=30)  # 3 % against 0.5 %
-    rollout = _tick(rollout)
+    with django_capture_on_commit_callbacks() as queued:
+        rollout = _tick(rollout)
     assert rollout.state == RolloutState.ABORTED and rollout.finished_at
     assert rollout.error.startswith("the judge failed the canary: canary 5xx rate 3.00%")
     [error_rate, _] = rollout.judgement["metrics"]
@@ -138,10 +141,16 @@ def test_two_points_more_5xx_abort_the_canary_with_its_evidence(canary, settings
     assert audit.after["judgement"]["metrics"][0]["verdict"] == "fail"
     event = DeploymentEvent.objects.get(deployment=rollout.deployment, kind="canary_aborted")
     assert "v2" in event.message
-    # The live slot kept serving; the canary's slot is stopped.
+    # The live slot kept serving; the canary's slot is released by the worker (queued after
+    # the commit), not by the abort itself.
     deployment = Deployment.objects.get(pk=rollout.deployment_id)
     assert deployment.live_slot == SlotColor.BLUE
-    assert Slot.objects.get(deployment=deployment, color=SlotColor.GREEN).state == "stopped"
+    green = Slot.objects.get(deployment=deployment, color=SlotColor.GREEN)
+    assert green.state == SlotState.READY and len(queued) == 1
+    assert services.slot_release(slot_id=green.pk) == "stopped"
+    assert Slot.objects.get(pk=green.pk).state == "stopped"
+    blue = Slot.objects.get(deployment=deployment, color=SlotColor.BLUE)
+    assert services.slot_release(slot_id=blue.pk) == "kept: live or a rollout's target"
 
 
 def test_without_traffic_a_canary_never_advances(canary, settings):

@@ -83,5 +83,6 @@ def test_the_readme_runs_verbatim_beside_make_run(make_run):
     states = re.findall(r"(?:^|\})(validated|invalid|baking|live|failed)$", out, re.MULTILINE)
     assert states[0] == "validated" and len(states) == 4, out
     assert "failed" not in states, out
-    # The demo's churn-prod went to v2 and back: v1 is live again.
-    assert out.strip().splitlines()[-1] == "1", out[-2000:]
+    # The demo's churn-prod went to v2 and back: v1 is live again; then a canary of v2 took
+    # its first step (5 %) and was aborted.
+    assert out.strip().splitlines()[-4:] == ["1", "canary", "5", "aborted"], out[-2000:]
