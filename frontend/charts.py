@@ -372,3 +372,48 @@ def confusion_matrix_figure(
     layout["xaxis"] = {"type": "category", "title": {"text": "predicted"}}
     layout["yaxis"] = {"type": "category", "title": {"text": "true"}, "autorange": "reversed"}
     return {"data": data, "layout": layout, "config": CONFIG}
+
+
+def shadow_agreement_figure(windows: Sequence[Mapping[str, Any]], *, version: int) -> dict:
+    """A shadow against live per minute: label agreement (left axis) and the mean absolute
+    probability difference (right axis), from the gateway's per-request comparison."""
+    title = f"Shadow v{version} against live"
+    compared = [w for w in windows if w.get("rows")]
+    if not compared:
+        return _empty(
+            title, "Nothing compared yet: the gateway mirrors live requests as they come."
+        )
+    compared.sort(key=lambda w: w["start"])
+    times = _iso([w["start"] for w in compared])
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": "label agreement",
+            "x": times,
+            "y": [w["agreement_rate"] for w in compared],
+            "customdata": [w["rows"] for w in compared],
+            "hovertemplate": "agreement %{y:.2%} over %{customdata} rows<extra></extra>",
+            "line": {"color": PALETTE[0]},
+        },
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": "mean |Δ probability|",
+            "x": times,
+            "y": [w["prob_abs_mean"] for w in compared],
+            "yaxis": "y2",
+            "hovertemplate": "mean |Δp| %{y:.4f}<extra></extra>",
+            "line": {"color": PALETTE[1], "dash": "dash"},
+        },
+    ]
+    layout = _layout(title, y_title="agreement")
+    layout["yaxis"].update({"tickformat": ".0%", "range": [0, 1]})
+    layout["yaxis2"] = {
+        "title": {"text": "mean |Δp|"},
+        "overlaying": "y",
+        "side": "right",
+        "rangemode": "tozero",
+    }
+    layout["margin"]["r"] = 56
+    return {"data": data, "layout": layout, "config": CONFIG}

@@ -183,11 +183,22 @@ def _canary_context(rollout: Rollout | None, live_version: ModelVersion | None) 
             }
             for metric in judgement.get("metrics", [])
         ],
-        "shadow": _shadow_rows(rollout) if rollout.strategy == RolloutStrategy.SHADOW else [],
+        **_shadow_context(rollout),
     }
 
 
-def _shadow_rows(rollout: Rollout) -> list[dict[str, str]]:
+def _shadow_context(rollout: Rollout) -> dict[str, Any]:
+    """A shadow's comparison per minute: the panel's table and its chart (one read)."""
+    if rollout.strategy != RolloutStrategy.SHADOW:
+        return {"shadow": [], "shadow_figure": None}
+    windows = selectors.shadow_windows(rollout)
+    return {
+        "shadow": _shadow_rows(windows),
+        "shadow_figure": charts.shadow_agreement_figure(windows, version=rollout.version.number),
+    }
+
+
+def _shadow_rows(windows: list[dict[str, Any]]) -> list[dict[str, str]]:
     """The shadow's comparison per minute, formatted for the panel's table."""
     return [
         {
@@ -200,7 +211,7 @@ def _shadow_rows(rollout: Rollout) -> list[dict[str, str]]:
             "latency_diff": _fmt(window["latency_diff_ms_mean"], "+.2f"),
             "errors": str(window["errors"]),
         }
-        for window in selectors.shadow_windows(rollout)
+        for window in windows
     ]
 
 

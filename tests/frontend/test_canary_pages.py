@@ -3,6 +3,7 @@ metric with its numbers, and the promote / pause / abort buttons (the services' 
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -103,7 +104,14 @@ def test_a_shadow_shows_its_comparison_per_minute_and_its_buttons(shadow, monito
     )
     html = login(operator).get(f"/deployments/{rollout.deployment.name}/").content.decode()
     assert "40 % of live requests are mirrored to v2" in html
-    assert "<td data-shadow-agreement>90.00%</td>" in html
+    panel = html[html.index('id="canary"') :]
+    assert "<td data-shadow-agreement>90.00%</td>" in panel, panel[:6000]
+    # The same minute in the chart: agreement 0.9 over 50 rows.
+    figure = json.loads(
+        panel.split('<script id="fig-shadow" type="application/json">')[1].split("</script>")[0]
+    )
+    agreement = figure["data"][0]
+    assert agreement["y"] == [0.9] and agreement["customdata"] == [50], figure
     assert "shadow (40 % mirrored)" in html  # the slots table
     for label in ("Promote to canary (10 %)", "Promote to 100 %", "Abort shadow"):
         assert label in html

@@ -91,6 +91,8 @@ def test_throughput_leaves_buckets_without_requests_as_gaps():
         charts.cost_figure([{"version": 1, "cost_per_prediction": None}]),
         charts.drift_heatmap_figure(features=[], times=[], statuses=[], scores=[], version=None),
         charts.prediction_distribution_figure(labels=[], reference=[], live=None),
+        charts.shadow_agreement_figure([], version=2),
+        charts.shadow_agreement_figure([{"start": T0, "rows": 0, "mirrored": 3}], version=2),
     ],
 )
 def test_empty_data_gives_a_figure_that_says_what_is_missing(figure):
@@ -98,6 +100,26 @@ def test_empty_data_gives_a_figure_that_says_what_is_missing(figure):
     (note,) = figure["layout"]["annotations"]
     assert note["text"] and not note["showarrow"]
     assert figure["layout"]["title"]["text"]
+    assert _json_roundtrip(figure) == figure
+
+
+def test_shadow_figure_is_oldest_minute_first_with_agreement_and_probability_gap():
+    windows = [
+        {
+            "start": T0 + timedelta(minutes=1),
+            "rows": 10,
+            "agreement_rate": 0.5,
+            "prob_abs_mean": 0.2,
+        },
+        {"start": T0, "rows": 4, "agreement_rate": 1.0, "prob_abs_mean": 0.01},
+        {"start": T0 - timedelta(minutes=1), "rows": 0, "agreement_rate": None},
+    ]
+    figure = charts.shadow_agreement_figure(windows, version=3)
+    agreement, gap = figure["data"]
+    assert agreement["x"] == [T0.isoformat(), (T0 + timedelta(minutes=1)).isoformat()]
+    assert agreement["y"] == [1.0, 0.5] and agreement["customdata"] == [4, 10]
+    assert gap["y"] == [0.01, 0.2] and gap["yaxis"] == "y2"
+    assert figure["layout"]["title"]["text"] == "Shadow v3 against live"
     assert _json_roundtrip(figure) == figure
 
 
