@@ -187,10 +187,23 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._got_bytes = self._headers_done = self._complete = self._keep_alive = False
+        # A server that died may have closed the transport before connection_lost ran (the
+        # callback is scheduled): uvloop then refuses the write with a RuntimeError, which is
+        # this same disconnect and must be retried like one, never a 500.
+        if self.closed or self.transport.is_closing():
+            raise UpstreamDisconnected(
+                "the server closed the connection before the request was sent", mid_answer=False
+            )
+        try:
+            self.transport.write(head + body if len(body) < 65536 else head)
+            if len(body) >= 65536:
+                self.transport.write(body)  # no copy of a large body just to join it
+        except RuntimeError as exc:
+            raise UpstreamDisconnected(
+                f"the server closed the connection before the request was sent ({exc})",
+                mid_answer=False,
+            ) from exc
         self._waiter = self.pool._loop.create_future()
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            self.transport.write(body)  # no copy of a large body just to join it
         await self._waiter
         parser = self._parser
         self._waiter = None

@@ -15,8 +15,6 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from django.db.models import Q
-
 from core.errors import InvalidState
 from deployments import backends
 from deployments.choices import ACTIVE_ROLLOUT_STATES
@@ -82,10 +80,12 @@ def autoscale_decide(
 def deployments_autoscale(*, now: float) -> list[str]:
     """One decision for every deployment that can scale; what was scaled."""
     done = []
-    candidates = Deployment.objects.exclude(live_slot="").filter(
-        Q(replicas_max__gt=1) | Q(replicas_min__gt=1)
-    )
-    for deployment in candidates:
+    for deployment in Deployment.objects.exclude(live_slot="").prefetch_related("slots"):
+        live = next((s for s in deployment.slots.all() if s.color == deployment.live_slot), None)
+        # A fixed single replica is skipped unless its live slot still runs more (set back
+        # from 2..4 to 1..1): the decision brings that down to one, or it keeps them for ever.
+        if deployment.replicas_max == 1 and (live is None or len(live.replicas) <= 1):
+            continue
         try:
             line = deployment_autoscale(deployment=deployment, now=now)
         except (InvalidState, RuntimeBackendError) as exc:

@@ -168,6 +168,15 @@ def test_autoscaler_scales_up_after_its_window_and_records_the_load(live, fake_b
     assert len(published(live).upstreams) == 4
 
 
+def test_a_range_set_back_to_one_replica_scales_the_live_slot_down_to_one(live, fake_backend):
+    Deployment.objects.filter(pk=live.pk).update(replicas_min=1, replicas_max=1)
+    [line] = deployments_autoscale(now=time.time())
+    assert "2 -> 1 replicas" in line
+    assert len(fake_backend.slots_by_key["churn-prod.blue"].urls) == 1
+    assert len(published(live).upstreams) == 1
+    assert deployments_autoscale(now=time.time() + 5) == []  # one replica now: left alone
+
+
 def test_rollback_to_a_warm_slot_runs_its_replicas(live, fake_backend, operator):
     v2 = ModelVersionFactory(model=live.model, artifact=b"model two")
     built(v2)

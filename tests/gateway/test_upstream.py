@@ -172,6 +172,89 @@ def test_idle_connection_closed_by_the_server_is_retried_on_a_fresh_one() -> Non
     run(scenario())
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_pooled_connection_whose_transport_just_closed_is_retried_not_an_error(loop: str) -> None:
+    """A server killed under load: its connection's transport is closed before the loop has
+    run connection_lost. uvloop (the gateway's loop) refuses the write with a RuntimeError;
+    that must be the same retried disconnect, not an exception that answers 500."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def scenario() -> None:
+        server, upstream = await serve(handler)
+        client = pool()
+        assert (await client.post(upstream, b"/predict", JSON, BODY)).body == b"ok"
+        (idle,) = client._idle[upstream]
+        assert idle.transport is not None
+        idle.transport.abort()  # closed; its connection_lost is only scheduled
+        assert not idle.closed
+        assert (await client.post(upstream, b"/predict", JSON, BODY)).body == b"ok"
+        assert client.opened == 2
+        await client.close()
+        server.close()
+
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(scenario())
+    else:
+        run(scenario())
+
+
+def test_a_write_uvloop_refuses_on_a_closed_handle_is_a_retried_disconnect() -> None:
+    """The window the make_run slot-kill test met: uvloop has closed the handle (the server
+    reset it) but connection_lost has not run, so the connection still looks alive. The
+    transport here is the real closed one; only its is_closing() answers as in that window."""
+    import uvloop
+
+    class _LooksOpen:
+        def __init__(self, real: asyncio.Transport) -> None:
+            self.real = real
+
+        def is_closing(self) -> bool:
+            return False
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.real, name)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await read_request(reader)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def scenario() -> None:
+        server, upstream = await serve(handler)
+        client = pool()
+        assert (await client.post(upstream, b"/predict", JSON, BODY)).body == b"ok"
+        (idle,) = client._idle[upstream]
+        real = idle.transport
+        assert real is not None
+        real.abort()
+        await asyncio.sleep(0)  # the handle is closed now
+        with pytest.raises(RuntimeError):
+            real.write(b"x")  # what uvloop does with it
+        idle.closed = False  # as before connection_lost has run
+        idle.transport = _LooksOpen(real)  # type: ignore[assignment]
+        client._idle[upstream] = [idle]
+        assert (await client.post(upstream, b"/predict", JSON, BODY)).body == b"ok"
+        assert client.opened == 2  # retried once on a fresh connection
+        await client.close()
+        server.close()
+
+    uvloop.run(scenario())
+
+
 def test_connection_dropped_mid_answer_is_an_error_not_a_retry() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
