@@ -62,13 +62,17 @@ DEFAULT_STEPS = [5, 25, 50]
 
 
 class JudgeSettingsSerializer(serializers.Serializer[Any]):
-    """The judge's tolerances (monitoring.judge.JudgePolicy) and the optional accuracy guard."""
+    """The judge's tolerances (monitoring.judge.JudgePolicy) and its optional guard metrics
+    (monitoring.services.judge: accuracy, MAE, cost per prediction, drift)."""
 
     min_requests = serializers.IntegerField(min_value=1, max_value=10**9, required=False)
     max_error_rate_increase = serializers.FloatField(min_value=0, max_value=1, required=False)
     max_latency_increase = serializers.FloatField(min_value=0, max_value=100, required=False)
     alpha = serializers.FloatField(min_value=1e-9, max_value=0.5, required=False)
     max_accuracy_drop = serializers.FloatField(min_value=0, max_value=1, required=False)
+    max_mae_increase = serializers.FloatField(min_value=0, max_value=1e12, required=False)
+    max_cost_increase = serializers.FloatField(min_value=0, max_value=1000, required=False)
+    max_drift_increase = serializers.FloatField(min_value=0, max_value=100, required=False)
     min_labels = serializers.IntegerField(min_value=1, max_value=10**9, required=False)
 
 
