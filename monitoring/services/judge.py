@@ -136,9 +136,9 @@ class _Window:
         if window is None:
             return None  # no reference sample: nothing to drift from
         scores = [
-            f.psi if f.psi is not None else f.js
+            score
             for f in window.features.all()
-            if f.psi is not None or f.js is not None
+            if (score := f.psi if f.psi is not None else f.js) is not None
         ]
         return max(scores) if scores else None
 
