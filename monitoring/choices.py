@@ -53,6 +53,7 @@ class AlertKind(models.TextChoices):
     PREDICTION_DRIFT = "prediction.drift"
     DATA_QUALITY = "data_quality.breach"
     GUARD_BREACH = "guard.breach"
+    RETRAIN_REQUESTED = "retrain.requested"
 
 
 class DeliveryState(models.TextChoices):
