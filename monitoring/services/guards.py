@@ -3,23 +3,32 @@
 Guards watch a deployment while its last rollout bakes (and always, if its guard policy or
 ``MODELYARD_GUARDS_ALWAYS`` says so). Rules, from ``Deployment.guard_policy``:
 
-========================== ==================================================================
-``max_error_rate``         share of the version's own failures (its 5xx, 503/504 reaching it)
-                           among the requests it was answerable for, i.e. without the 4xx
-                           clients caused (default 0.05)
-``max_p99_ms``             p99 latency (ms) since the switch
-``drift``                  ``"drift"`` or ``"warn"``: the worst feature status that trips it
-``max_cost_per_prediction`` resource cost / predictions since the switch
-``min_requests``           requests (without client 4xx) needed before error rate / latency /
-                           cost count (20)
-``window_seconds``         look back at most this far (300); never before the switch
-``always``                 also guard after the bake period
-``max_accuracy_drop``      live accuracy (labelled predictions, ``monitoring.selectors.quality``)
-                           below the previous version's over the week before the switch by
-                           more than this (a classifier; labels come late: pair it with a long
-                           ``window_seconds`` and ``always``)
-``min_labels``             labelled predictions needed on both sides before it counts (100)
-========================== ==================================================================
+============================= ================================================================
+``max_error_rate``            share of the version's own failures (its 5xx, 503/504 reaching
+                              it) among the requests it was answerable for, i.e. without the
+                              4xx clients caused (default 0.05)
+``max_p99_ms``                p99 latency (ms) since the switch
+``drift``                     ``"drift"`` or ``"warn"``: the worst feature status that trips it
+``max_cost_per_prediction``   resource cost / predictions since the switch
+``min_requests``              requests (without client 4xx) needed before error rate /
+                              latency / cost count (20)
+``window_seconds``            look back at most this far (300); never before the switch
+``always``                    also guard after the bake period
+``max_accuracy_drop``         live accuracy (labelled predictions,
+                              ``monitoring.selectors.quality``) below the previous version's
+                              over the week before the switch by more than this (a classifier;
+                              labels come late: pair it with a long ``window_seconds`` and
+                              ``always``)
+``min_labels``                labelled predictions needed on both sides before it counts (100)
+``max_missing_rate_increase`` a feature's live missing rate minus its reference missing rate
+``max_out_of_range_rate``     share of a feature's rows outside the reference's range
+``max_new_category_rate``     share of a feature's rows in a category the reference never had
+``min_rows``                  sampled rows needed before the three data-quality rules count
+                              (100)
+============================= ================================================================
+
+The data-quality figures are ``monitoring.data_quality``'s over the sampled rows of the guard's
+drift window (one computation for drift and data quality); each rule takes the worst feature.
 
 A breach calls ``deployments.services.deployment_rollback`` with the figures that tripped it
 as evidence; that writes the audit record. A live version that arrived by a rollback is never
@@ -43,7 +52,7 @@ from deployments.services import deployment_rollback
 from monitoring import drift_stats as ds
 from monitoring import selectors
 from monitoring.choices import DriftStatus, DriftWindowKind, GuardAction, GuardRule
-from monitoring.models import GuardBreach
+from monitoring.models import DriftWindow, GuardBreach
 from monitoring.selectors.quality import quality_compute
 from monitoring.services.drift import drift_compute_window
 from registry.models import ModelVersion
@@ -65,7 +74,21 @@ KNOWN_KEYS = {
     "always",
     "max_accuracy_drop",
     "min_labels",
+    "max_missing_rate_increase",
+    "max_out_of_range_rate",
+    "max_new_category_rate",
+    "min_rows",
 }
+# Data-quality rules: the policy key (``max_`` + the monitoring.data_quality figure it limits)
+# and the rule a breach names.
+DATA_QUALITY_RULES: dict[str, str] = {
+    "max_missing_rate_increase": GuardRule.MISSING_RATE,
+    "max_out_of_range_rate": GuardRule.OUT_OF_RANGE,
+    "max_new_category_rate": GuardRule.NEW_CATEGORY,
+}
+# Sampled rows a window needs before the data-quality rules count (payload sampling keeps a
+# share of requests, so this is rows the checks saw, not requests served).
+DATA_QUALITY_MIN_ROWS = 100
 # The previous version's accuracy is taken over this span before the switch.
 ACCURACY_BASELINE = timedelta(days=7)
 
@@ -144,47 +167,25 @@ def guard_evaluate(
         if value is not None and value > float(policy["max_cost_per_prediction"]):
             breached.append(GuardRule.COST_PER_PREDICTION)
     level = policy.get("drift")
-    if level in (DriftStatus.WARN, DriftStatus.DRIFT):
-        version = ModelVersion.objects.filter(
-            model_id=deployment.model_id, number=version_number
-        ).first()
-        drift = (
-            drift_compute_window(
-                deployment=deployment,
-                version=version,
-                start=start,
-                end=end,
-                kind=DriftWindowKind.GUARD,
-            )
-            if version is not None
-            else None
-        )
-        if drift is not None:
-            features = {f.feature: f for f in drift.features.all()}
-            flagged = {
-                name: {
-                    "status": f.status,
-                    "psi": f.psi,
-                    "ks": f.ks,
-                    "ks_pvalue": f.ks_pvalue,
-                    "chi2": f.chi2,
-                    "chi2_pvalue": f.chi2_pvalue,
-                    "js": f.js,
-                    "live_rows": f.live_rows,
-                }
-                for name, f in features.items()
-                if ds.worst_status([f.status, level]) == f.status
-            }
-            evidence["drift"] = {
-                "threshold": level,
-                "status": drift.status,
-                "window_id": drift.pk,
-                "live_rows": drift.live_rows,
-                "features": flagged,
-                "thresholds": drift.thresholds,
-            }
-            if flagged:
-                breached.append(GuardRule.DRIFT)
+    quality_rules = [key for key in DATA_QUALITY_RULES if policy.get(key) is not None]
+    drifting = level in (DriftStatus.WARN, DriftStatus.DRIFT)
+    # Drift and data quality are one computation over the sampled rows (the drift window,
+    # monitoring.data_quality): computed once, whichever of the rules asked for it.
+    sampled = (
+        _guard_window(deployment, version_number, start, end) if drifting or quality_rules else None
+    )
+    if sampled is not None and drifting:
+        evidence["drift"] = _drift_evidence(sampled, str(level))
+        if evidence["drift"]["features"]:
+            breached.append(GuardRule.DRIFT)
+    if sampled is not None:
+        for key in quality_rules:
+            figures = _data_quality_evidence(sampled, key, float(policy[key]), policy)
+            if figures is not None:
+                rule = DATA_QUALITY_RULES[key]
+                evidence[rule] = figures
+                if figures["features"]:
+                    breached.append(rule)
     if policy.get("max_accuracy_drop") is not None and baseline_version is not None:
         accuracy = _accuracy_evidence(
             deployment, version_number, baseline_version, start, end, policy
@@ -194,6 +195,74 @@ def guard_evaluate(
             if accuracy["breached"]:
                 breached.append(GuardRule.ACCURACY)
     return breached, evidence
+
+
+def _guard_window(
+    deployment: Deployment, version_number: int, start: datetime, end: datetime
+) -> DriftWindow | None:
+    """The guard's drift window of the version (one per version, updated in place); None
+    without a reference sample to compare with."""
+    version = ModelVersion.objects.filter(
+        model_id=deployment.model_id, number=version_number
+    ).first()
+    if version is None:
+        return None
+    return drift_compute_window(
+        deployment=deployment, version=version, start=start, end=end, kind=DriftWindowKind.GUARD
+    )
+
+
+def _drift_evidence(window: DriftWindow, level: str) -> dict[str, Any]:
+    """The features at ``level`` or worse, with their statistics."""
+    flagged = {
+        f.feature: {
+            "status": f.status,
+            "psi": f.psi,
+            "ks": f.ks,
+            "ks_pvalue": f.ks_pvalue,
+            "chi2": f.chi2,
+            "chi2_pvalue": f.chi2_pvalue,
+            "js": f.js,
+            "live_rows": f.live_rows,
+        }
+        for f in window.features.all()
+        if ds.worst_status([f.status, level]) == f.status
+    }
+    return {
+        "threshold": level,
+        "status": window.status,
+        "window_id": window.pk,
+        "live_rows": window.live_rows,
+        "features": flagged,
+        "thresholds": window.thresholds,
+    }
+
+
+def _data_quality_evidence(
+    window: DriftWindow, key: str, threshold: float, policy: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The features whose figure for rule ``key`` (monitoring.data_quality's, stored on the
+    window) is above ``threshold``, the worst of them, and the rows it was judged on; None
+    when the window has fewer sampled rows than ``min_rows`` (too little never trips)."""
+    quality = window.data_quality or {}
+    rows = int(quality.get("rows") or 0)
+    if rows < int(policy.get("min_rows", DATA_QUALITY_MIN_ROWS)):
+        return None
+    figure = key.removeprefix("max_")
+    values = {
+        name: rates[figure]
+        for name, rates in (quality.get("per_feature") or {}).items()
+        if rates.get(figure) is not None
+    }
+    worst = max(values, key=values.__getitem__, default=None)
+    return {
+        "value": values[worst] if worst is not None else None,
+        "feature": worst,
+        "threshold": threshold,
+        "rows": rows,
+        "window_id": window.pk,
+        "features": {name: value for name, value in values.items() if value > threshold},
+    }
 
 
 def _accuracy_evidence(
