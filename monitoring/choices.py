@@ -38,6 +38,7 @@ class GuardRule(models.TextChoices):
     DRIFT = "drift"
     COST_PER_PREDICTION = "cost_per_prediction"
     ACCURACY = "accuracy"
+    MAE = "mae"
     MISSING_RATE = "missing_rate_increase"
     OUT_OF_RANGE = "out_of_range_rate"
     NEW_CATEGORY = "new_category_rate"

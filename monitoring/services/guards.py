@@ -19,7 +19,11 @@ Guards watch a deployment while its last rollout bakes (and always, if its guard
                               over the week before the switch by more than this (a classifier;
                               labels come late: pair it with a long ``window_seconds`` and
                               ``always``)
-``min_labels``                labelled predictions needed on both sides before it counts (100)
+``max_mae_increase``          live mean absolute error above the previous version's over the
+                              week before the switch by more than this (a regressor; the
+                              same labels and baseline as ``max_accuracy_drop``)
+``min_labels``                labelled predictions needed on both sides before either of the
+                              two counts (100)
 ``max_missing_rate_increase`` a feature's live missing rate minus its reference missing rate
 ``max_out_of_range_rate``     share of a feature's rows outside the reference's range
 ``max_new_category_rate``     share of a feature's rows in a category the reference never had
@@ -38,6 +42,7 @@ rolled back automatically (that would flip-flop between two bad versions).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -73,6 +78,7 @@ KNOWN_KEYS = {
     "window_seconds",
     "always",
     "max_accuracy_drop",
+    "max_mae_increase",
     "min_labels",
     "max_missing_rate_increase",
     "max_out_of_range_rate",
@@ -89,8 +95,25 @@ DATA_QUALITY_RULES: dict[str, str] = {
 # Sampled rows a window needs before the data-quality rules count (payload sampling keeps a
 # share of requests, so this is rows the checks saw, not requests served).
 DATA_QUALITY_MIN_ROWS = 100
-# The previous version's accuracy is taken over this span before the switch.
-ACCURACY_BASELINE = timedelta(days=7)
+# The previous version's labelled quality is taken over this span before the switch.
+LABELLED_BASELINE = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """A rule on labelled quality: the rule (also the metric of monitoring.selectors.quality
+    and the evidence key), the task it applies to, and which way is worse (-1: lower, a drop;
+    +1: higher, an increase)."""
+
+    rule: str
+    task: str
+    worse: int
+
+
+LABEL_RULES: dict[str, LabelRule] = {
+    "max_accuracy_drop": LabelRule(GuardRule.ACCURACY, "classification", -1),
+    "max_mae_increase": LabelRule(GuardRule.MAE, "regression", +1),
+}
 
 
 def guard_policy(deployment: Deployment) -> dict[str, Any]:
@@ -186,14 +209,23 @@ def guard_evaluate(
                 evidence[rule] = figures
                 if figures["features"]:
                     breached.append(rule)
-    if policy.get("max_accuracy_drop") is not None and baseline_version is not None:
-        accuracy = _accuracy_evidence(
-            deployment, version_number, baseline_version, start, end, policy
+    for key, labelled in LABEL_RULES.items():
+        if policy.get(key) is None or baseline_version is None:
+            continue
+        figures = _labelled_evidence(
+            labelled,
+            float(policy[key]),
+            int(policy.get("min_labels", 100)),
+            deployment,
+            version_number,
+            baseline_version,
+            start,
+            end,
         )
-        if accuracy is not None:
-            evidence["accuracy"] = accuracy
-            if accuracy["breached"]:
-                breached.append(GuardRule.ACCURACY)
+        if figures is not None:
+            evidence[labelled.rule] = figures
+            if figures["breached"]:
+                breached.append(labelled.rule)
     return breached, evidence
 
 
@@ -265,40 +297,41 @@ def _data_quality_evidence(
     }
 
 
-def _accuracy_evidence(
+def _labelled_evidence(
+    rule: LabelRule,
+    allowed: float,
+    min_labels: int,
     deployment: Deployment,
     version_number: int,
     baseline_version: int,
     start: datetime,
     end: datetime,
-    policy: dict[str, Any],
 ) -> dict[str, Any] | None:
-    """The version's live accuracy against the previous version's before the switch; None
-    when either has too few labels (too little data never trips a guard)."""
-    min_labels = int(policy.get("min_labels", 100))
+    """The version's live metric against the previous version's before the switch; None
+    when the task is not the rule's or either side has too few labels (too little data never
+    trips a guard)."""
     live = quality_compute(deployment=deployment, version=version_number, start=start, end=end)
     before = quality_compute(
         deployment=deployment,
         version=baseline_version,
-        start=start - ACCURACY_BASELINE,
+        start=start - LABELLED_BASELINE,
         end=start,
     )
-    if live.get("task") != "classification" or before.get("task") != "classification":
+    if live.get("task") != rule.task or before.get("task") != rule.task:
         return None
     if live["labelled"] < min_labels or before["labelled"] < min_labels:
         return None
-    value = live["metrics"]["accuracy"]["value"]
-    baseline = before["metrics"]["accuracy"]["value"]
-    drop = float(policy["max_accuracy_drop"])
+    value = live["metrics"][rule.rule]["value"]
+    baseline = before["metrics"][rule.rule]["value"]
     return {
         "value": value,
-        "ci95": live["metrics"]["accuracy"]["ci95"],
+        "ci95": live["metrics"][rule.rule]["ci95"],
         "labelled": live["labelled"],
         "baseline": baseline,
         "baseline_version": baseline_version,
         "baseline_labelled": before["labelled"],
-        "threshold": drop,
-        "breached": value < baseline - drop,
+        "threshold": allowed,
+        "breached": rule.worse * (value - baseline) > allowed,
     }
 
 

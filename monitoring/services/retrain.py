@@ -24,15 +24,16 @@ from deployments.models import Deployment
 from monitoring import drift_stats as ds
 from monitoring.choices import DriftStatus, DriftWindowKind, GuardAction, GuardRule
 from monitoring.models import DriftWindow, GuardBreach
+from monitoring.services.guards import LABEL_RULES
 
+# Labelled-quality rules (guards.LABEL_RULES) by rule: their policy key and direction.
+_QUALITY_LIMITS: dict[str, tuple[str, int]] = {
+    rule.rule: (key, rule.worse) for key, rule in LABEL_RULES.items()
+}
 # Guard rules whose breach says the model no longer fits the world, and their evidence key.
 RETRAIN_RULES: dict[str, str] = {
-    GuardRule.ACCURACY: "accuracy",
+    **{rule: rule for rule in _QUALITY_LIMITS},
     GuardRule.DRIFT: "drift",
-}
-# Labelled-quality rules: the policy key, and which way is worse (-1: a drop, +1: a rise).
-_QUALITY_LIMITS: dict[str, tuple[str, int]] = {
-    GuardRule.ACCURACY: ("max_accuracy_drop", -1),
 }
 _LEVEL: dict[str, int] = {DriftStatus.WARN: 1, DriftStatus.DRIFT: 2}
 

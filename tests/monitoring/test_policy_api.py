@@ -91,6 +91,7 @@ def test_operator_edits_the_policy_and_monitoring_uses_it(deployment, api_for, o
         ({"guards": {"max_out_of_range_rate": "some"}}, "guards.max_out_of_range_rate"),
         ({"guards": {"max_new_category_rate": -0.1}}, "guards.max_new_category_rate"),
         ({"guards": {"min_rows": 0}}, "guards.min_rows"),
+        ({"guards": {"max_mae_increase": -1}}, "guards.max_mae_increase"),
         ({"guards": [1, 2]}, "guards"),
         ({"drift_thresholds": {"psi_warn": 0.5}}, "drift_thresholds.psi_warn"),
         ({"drift_thresholds": {"alpha": 0}}, "drift_thresholds.alpha"),
