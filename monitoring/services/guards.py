@@ -31,8 +31,10 @@ Guards watch a deployment while its last rollout bakes (and always, if its guard
                               (100)
 ============================= ================================================================
 
-The data-quality figures are ``monitoring.data_quality``'s over the sampled rows of the guard's
-drift window (one computation for drift and data quality); each rule takes the worst feature.
+The figures of the drift, data-quality and label rules come from ``guard_evidence``: the
+data-quality ones are ``monitoring.data_quality``'s over the sampled rows of the guard's drift
+window (one computation for drift and data quality; each rule takes the worst feature), the
+label ones ``monitoring.selectors.quality``'s.
 
 A breach calls ``deployments.services.deployment_rollback`` with the figures that tripped it
 as evidence; that writes the audit record. A live version that arrived by a rollback is never
@@ -42,7 +44,6 @@ rolled back automatically (that would flip-flop between two bad versions).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -54,13 +55,17 @@ from core.errors import Conflict, InvalidState
 from deployments.choices import RolloutKind, RolloutState
 from deployments.models import Deployment, Rollout, Slot
 from deployments.services import deployment_rollback
-from monitoring import drift_stats as ds
 from monitoring import selectors
-from monitoring.choices import DriftStatus, DriftWindowKind, GuardAction, GuardRule
-from monitoring.models import DriftWindow, GuardBreach
-from monitoring.selectors.quality import quality_compute
-from monitoring.services.drift import drift_compute_window
-from registry.models import ModelVersion
+from monitoring.choices import DriftStatus, GuardAction, GuardRule
+from monitoring.models import GuardBreach
+from monitoring.services.guard_evidence import (
+    DATA_QUALITY_RULES,
+    LABEL_RULES,
+    data_quality_evidence,
+    drift_evidence,
+    guard_window,
+    labelled_evidence,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,35 +89,6 @@ KNOWN_KEYS = {
     "max_out_of_range_rate",
     "max_new_category_rate",
     "min_rows",
-}
-# Data-quality rules: the policy key (``max_`` + the monitoring.data_quality figure it limits)
-# and the rule a breach names.
-DATA_QUALITY_RULES: dict[str, str] = {
-    "max_missing_rate_increase": GuardRule.MISSING_RATE,
-    "max_out_of_range_rate": GuardRule.OUT_OF_RANGE,
-    "max_new_category_rate": GuardRule.NEW_CATEGORY,
-}
-# Sampled rows a window needs before the data-quality rules count (payload sampling keeps a
-# share of requests, so this is rows the checks saw, not requests served).
-DATA_QUALITY_MIN_ROWS = 100
-# The previous version's labelled quality is taken over this span before the switch.
-LABELLED_BASELINE = timedelta(days=7)
-
-
-@dataclass(frozen=True)
-class LabelRule:
-    """A rule on labelled quality: the rule (also the metric of monitoring.selectors.quality
-    and the evidence key), the task it applies to, and which way is worse (-1: lower, a drop;
-    +1: higher, an increase)."""
-
-    rule: str
-    task: str
-    worse: int
-
-
-LABEL_RULES: dict[str, LabelRule] = {
-    "max_accuracy_drop": LabelRule(GuardRule.ACCURACY, "classification", -1),
-    "max_mae_increase": LabelRule(GuardRule.MAE, "regression", +1),
 }
 
 
@@ -195,15 +171,15 @@ def guard_evaluate(
     # Drift and data quality are one computation over the sampled rows (the drift window,
     # monitoring.data_quality): computed once, whichever of the rules asked for it.
     sampled = (
-        _guard_window(deployment, version_number, start, end) if drifting or quality_rules else None
+        guard_window(deployment, version_number, start, end) if drifting or quality_rules else None
     )
     if sampled is not None and drifting:
-        evidence["drift"] = _drift_evidence(sampled, str(level))
+        evidence["drift"] = drift_evidence(sampled, str(level))
         if evidence["drift"]["features"]:
             breached.append(GuardRule.DRIFT)
     if sampled is not None:
         for key in quality_rules:
-            figures = _data_quality_evidence(sampled, key, float(policy[key]), policy)
+            figures = data_quality_evidence(sampled, key, float(policy[key]), policy)
             if figures is not None:
                 rule = DATA_QUALITY_RULES[key]
                 evidence[rule] = figures
@@ -212,7 +188,7 @@ def guard_evaluate(
     for key, labelled in LABEL_RULES.items():
         if policy.get(key) is None or baseline_version is None:
             continue
-        figures = _labelled_evidence(
+        figures = labelled_evidence(
             labelled,
             float(policy[key]),
             int(policy.get("min_labels", 100)),
@@ -227,112 +203,6 @@ def guard_evaluate(
             if figures["breached"]:
                 breached.append(labelled.rule)
     return breached, evidence
-
-
-def _guard_window(
-    deployment: Deployment, version_number: int, start: datetime, end: datetime
-) -> DriftWindow | None:
-    """The guard's drift window of the version (one per version, updated in place); None
-    without a reference sample to compare with."""
-    version = ModelVersion.objects.filter(
-        model_id=deployment.model_id, number=version_number
-    ).first()
-    if version is None:
-        return None
-    return drift_compute_window(
-        deployment=deployment, version=version, start=start, end=end, kind=DriftWindowKind.GUARD
-    )
-
-
-def _drift_evidence(window: DriftWindow, level: str) -> dict[str, Any]:
-    """The features at ``level`` or worse, with their statistics."""
-    flagged = {
-        f.feature: {
-            "status": f.status,
-            "psi": f.psi,
-            "ks": f.ks,
-            "ks_pvalue": f.ks_pvalue,
-            "chi2": f.chi2,
-            "chi2_pvalue": f.chi2_pvalue,
-            "js": f.js,
-            "live_rows": f.live_rows,
-        }
-        for f in window.features.all()
-        if ds.worst_status([f.status, level]) == f.status
-    }
-    return {
-        "threshold": level,
-        "status": window.status,
-        "window_id": window.pk,
-        "live_rows": window.live_rows,
-        "features": flagged,
-        "thresholds": window.thresholds,
-    }
-
-
-def _data_quality_evidence(
-    window: DriftWindow, key: str, threshold: float, policy: dict[str, Any]
-) -> dict[str, Any] | None:
-    """The features whose figure for rule ``key`` (monitoring.data_quality's, stored on the
-    window) is above ``threshold``, the worst of them, and the rows it was judged on; None
-    when the window has fewer sampled rows than ``min_rows`` (too little never trips)."""
-    quality = window.data_quality or {}
-    rows = int(quality.get("rows") or 0)
-    if rows < int(policy.get("min_rows", DATA_QUALITY_MIN_ROWS)):
-        return None
-    figure = key.removeprefix("max_")
-    values = {
-        name: rates[figure]
-        for name, rates in (quality.get("per_feature") or {}).items()
-        if rates.get(figure) is not None
-    }
-    worst = max(values, key=values.__getitem__, default=None)
-    return {
-        "value": values[worst] if worst is not None else None,
-        "feature": worst,
-        "threshold": threshold,
-        "rows": rows,
-        "window_id": window.pk,
-        "features": {name: value for name, value in values.items() if value > threshold},
-    }
-
-
-def _labelled_evidence(
-    rule: LabelRule,
-    allowed: float,
-    min_labels: int,
-    deployment: Deployment,
-    version_number: int,
-    baseline_version: int,
-    start: datetime,
-    end: datetime,
-) -> dict[str, Any] | None:
-    """The version's live metric against the previous version's before the switch; None
-    when the task is not the rule's or either side has too few labels (too little data never
-    trips a guard)."""
-    live = quality_compute(deployment=deployment, version=version_number, start=start, end=end)
-    before = quality_compute(
-        deployment=deployment,
-        version=baseline_version,
-        start=start - LABELLED_BASELINE,
-        end=start,
-    )
-    if live.get("task") != rule.task or before.get("task") != rule.task:
-        return None
-    if live["labelled"] < min_labels or before["labelled"] < min_labels:
-        return None
-    value = live["metrics"][rule.rule]["value"]
-    baseline = before["metrics"][rule.rule]["value"]
-    return {
-        "value": value,
-        "ci95": live["metrics"][rule.rule]["ci95"],
-        "labelled": live["labelled"],
-        "baseline": baseline,
-        "baseline_version": baseline_version,
-        "baseline_labelled": before["labelled"],
-        "threshold": allowed,
-        "breached": rule.worse * (value - baseline) > allowed,
-    }
 
 
 def _guarded_rollout(deployment: Deployment, *, always: bool) -> Rollout | None:

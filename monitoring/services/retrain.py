@@ -24,7 +24,7 @@ from deployments.models import Deployment
 from monitoring import drift_stats as ds
 from monitoring.choices import DriftStatus, DriftWindowKind, GuardAction, GuardRule
 from monitoring.models import DriftWindow, GuardBreach
-from monitoring.services.guards import LABEL_RULES
+from monitoring.services.guard_evidence import LABEL_RULES
 
 # Labelled-quality rules (guards.LABEL_RULES) by rule: their policy key and direction.
 _QUALITY_LIMITS: dict[str, tuple[str, int]] = {
