@@ -118,19 +118,15 @@ def data_quality_evidence(
     }
 
 
-def labelled_evidence(
-    rule: LabelRule,
-    allowed: float,
-    min_labels: int,
+def labelled_quality(
     deployment: Deployment,
     version_number: int,
     baseline_version: int,
     start: datetime,
     end: datetime,
-) -> dict[str, Any] | None:
-    """The version's live metric against the previous version's before the switch; None
-    when the task is not the rule's or either side has too few labels (too little data never
-    trips a guard)."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The version's live quality over [start, end) and the previous version's over the span
+    before the switch (monitoring.selectors.quality): read once for every label rule."""
     live = quality_compute(deployment=deployment, version=version_number, start=start, end=end)
     before = quality_compute(
         deployment=deployment,
@@ -138,6 +134,18 @@ def labelled_evidence(
         start=start - LABELLED_BASELINE,
         end=start,
     )
+    return live, before
+
+
+def labelled_evidence(
+    rule: LabelRule,
+    allowed: float,
+    min_labels: int,
+    live: dict[str, Any],
+    before: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The live metric of ``rule`` against the previous version's; None when the task is not
+    the rule's or either side has too few labels (too little data never trips a guard)."""
     if live.get("task") != rule.task or before.get("task") != rule.task:
         return None
     if live["labelled"] < min_labels or before["labelled"] < min_labels:
@@ -149,7 +157,7 @@ def labelled_evidence(
         "ci95": live["metrics"][rule.rule]["ci95"],
         "labelled": live["labelled"],
         "baseline": baseline,
-        "baseline_version": baseline_version,
+        "baseline_version": before["version"],
         "baseline_labelled": before["labelled"],
         "threshold": allowed,
         "breached": rule.worse * (value - baseline) > allowed,

@@ -65,6 +65,7 @@ from monitoring.services.guard_evidence import (
     drift_evidence,
     guard_window,
     labelled_evidence,
+    labelled_quality,
 )
 
 logger = logging.getLogger(__name__)
@@ -185,23 +186,19 @@ def guard_evaluate(
                 evidence[rule] = figures
                 if figures["features"]:
                     breached.append(rule)
-    for key, labelled in LABEL_RULES.items():
-        if policy.get(key) is None or baseline_version is None:
-            continue
-        figures = labelled_evidence(
-            labelled,
-            float(policy[key]),
-            int(policy.get("min_labels", 100)),
-            deployment,
-            version_number,
-            baseline_version,
-            start,
-            end,
-        )
-        if figures is not None:
-            evidence[labelled.rule] = figures
-            if figures["breached"]:
-                breached.append(labelled.rule)
+    label_rules = [
+        (key, labelled) for key, labelled in LABEL_RULES.items() if policy.get(key) is not None
+    ]
+    if label_rules and baseline_version is not None:
+        live, before = labelled_quality(deployment, version_number, baseline_version, start, end)
+        for key, labelled in label_rules:
+            figures = labelled_evidence(
+                labelled, float(policy[key]), int(policy.get("min_labels", 100)), live, before
+            )
+            if figures is not None:
+                evidence[labelled.rule] = figures
+                if figures["breached"]:
+                    breached.append(labelled.rule)
     return breached, evidence
 
 

@@ -26,7 +26,7 @@ from monitoring.choices import DriftStatus, DriftWindowKind, GuardAction, GuardR
 from monitoring.models import DriftWindow, GuardBreach
 from monitoring.services.guard_evidence import LABEL_RULES
 
-# Labelled-quality rules (guards.LABEL_RULES) by rule: their policy key and direction.
+# Labelled-quality rules (guard_evidence.LABEL_RULES) by rule: their policy key and direction.
 _QUALITY_LIMITS: dict[str, tuple[str, int]] = {
     rule.rule: (key, rule.worse) for key, rule in LABEL_RULES.items()
 }
@@ -207,9 +207,12 @@ def _request(
     what = metric["metric"] + (f" of {metric['feature']}" if metric.get("feature") else "")
     when = _span_text(window)
     value, limit = metric.get("value"), metric.get("threshold")
-    figures = f"{value:.4g} against the limit {limit:.4g}" if value is not None else "breached"
-    if value is not None and limit is None:
+    if value is None:
+        figures = "breached"
+    elif limit is None:
         figures = f"{value:.4g}"
+    else:
+        figures = f"{value:.4g} against the limit {limit:.4g}"
     message = (
         f"{deployment}: retrain requested for v{version}: {what} {figures} over {when}; {action}"
     )
