@@ -38,6 +38,10 @@ class GuardRule(models.TextChoices):
     DRIFT = "drift"
     COST_PER_PREDICTION = "cost_per_prediction"
     ACCURACY = "accuracy"
+    MAE = "mae"
+    MISSING_RATE = "missing_rate_increase"
+    OUT_OF_RANGE = "out_of_range_rate"
+    NEW_CATEGORY = "new_category_rate"
 
 
 class GuardAction(models.TextChoices):
@@ -53,6 +57,7 @@ class AlertKind(models.TextChoices):
     PREDICTION_DRIFT = "prediction.drift"
     DATA_QUALITY = "data_quality.breach"
     GUARD_BREACH = "guard.breach"
+    RETRAIN_REQUESTED = "retrain.requested"
 
 
 class DeliveryState(models.TextChoices):

@@ -40,16 +40,28 @@ class FeatureQuality:
     new_category_rate: float | None = None
     issues: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
+    @property
+    def missing_rate_increase(self) -> float | None:
+        """The live missing rate above the reference's (a feature the reference never lacked
+        counts from 0): what ``missing_increase`` and the guard's rule limit."""
+        if self.missing_rate is None:
+            return None
+        return self.missing_rate - (self.reference_missing_rate or 0.0)
+
+    def rates(self) -> dict[str, Any]:
+        """The figures without the issue texts (a guard judges them by its own limits)."""
         return {
             "live_rows": self.live_rows,
             "missing_rate": self.missing_rate,
             "reference_missing_rate": self.reference_missing_rate,
+            "missing_rate_increase": self.missing_rate_increase,
             "type_mismatch_rate": self.type_mismatch_rate,
             "out_of_range_rate": self.out_of_range_rate,
             "new_category_rate": self.new_category_rate,
-            "issues": self.issues,
         }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.rates(), "issues": self.issues}
 
 
 @dataclass
@@ -73,6 +85,8 @@ class WindowQuality:
             "missing_fields": self.missing_fields,
             "extra_fields": self.extra_fields,
             "issues": self.issues,
+            # Each feature's figures, which the guard's data-quality rules read.
+            "per_feature": {name: q.rates() for name, q in self.features.items()},
         }
 
 
@@ -135,9 +149,7 @@ def feature_quality(
         result.new_category_rate = _rate(int(new.sum()), total)
 
     increase = thresholds["missing_increase"]
-    if result.missing_rate is not None and result.missing_rate > (
-        (result.reference_missing_rate or 0.0) + increase
-    ):
+    if result.missing_rate_increase is not None and result.missing_rate_increase > increase:
         result.issues.append(
             f"missing in {result.missing_rate:.1%} of rows (reference "
             f"{result.reference_missing_rate or 0.0:.1%}, allowed +{increase:.1%})"

@@ -216,6 +216,23 @@ def _level(value: float | None, warn: float, drift: float) -> int:
 _STATUS = {0: "ok", 1: "warn", 2: "drift"}
 
 
+def statistic_levels(figures: dict[str, Any], thresholds: dict[str, float]) -> dict[str, int]:
+    """The level (0 ok, 1 warn, 2 drift) each statistic of one feature's figures reaches:
+    PSI on its own, KS and JS only where their test is significant (p < alpha). A feature's
+    status is the highest; the one rule both the comparison and a retrain request (which
+    names the statistic that reached drift) read."""
+    t = {**DEFAULT_THRESHOLDS, **thresholds}
+    levels = {"psi": _level(figures.get("psi"), t["psi_warn"], t["psi_drift"])}
+    for stat, pvalue in (("ks", "ks_pvalue"), ("js", "chi2_pvalue")):
+        if figures.get(stat) is None:
+            continue
+        significant = figures.get(pvalue) is not None and figures[pvalue] < t["alpha"]
+        levels[stat] = (
+            _level(figures[stat], t[f"{stat}_warn"], t[f"{stat}_drift"]) if significant else 0
+        )
+    return levels
+
+
 def numeric_drift(
     profile: NumericProfile,
     live: Any,
@@ -236,8 +253,7 @@ def numeric_drift(
     live_sorted = np.sort(finite)
     psi_value = psi(profile.ref_bin_counts, live_bin_counts(profile, live_sorted))
     ks_value, ks_p = ks_against_profile(profile, live_sorted)
-    ks_level = _level(ks_value, t["ks_warn"], t["ks_drift"]) if ks_p < t["alpha"] else 0
-    level = max(_level(psi_value, t["psi_warn"], t["psi_drift"]), ks_level)
+    level = max(statistic_levels({"psi": psi_value, "ks": ks_value, "ks_pvalue": ks_p}, t).values())
     return FeatureResult(
         status=_STATUS[level],
         live_rows=int(finite.size),
@@ -282,13 +298,13 @@ def categorical_drift(
     p = profile.ref_counts / profile.ref_counts.sum()
     q = counts / counts.sum()
     js = float(_js_distance(p, q))
-    level = _level(psi(profile.ref_counts, counts), t["psi_warn"], t["psi_drift"])
-    js_level = _level(js, t["js_warn"], t["js_drift"]) if chi2_p < t["alpha"] else 0
+    psi_value = psi(profile.ref_counts, counts)
+    levels = statistic_levels({"psi": psi_value, "js": js, "chi2_pvalue": chi2_p}, t)
     return FeatureResult(
-        status=_STATUS[max(level, js_level)],
+        status=_STATUS[max(levels.values())],
         live_rows=present,
         missing_rate=missing_rate,
-        psi=psi(profile.ref_counts, counts),
+        psi=psi_value,
         chi2=float(chi2),
         chi2_pvalue=float(chi2_p),
         js=js,

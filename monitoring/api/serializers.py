@@ -122,6 +122,13 @@ class GuardRulesSerializer(serializers.Serializer):
     min_requests = serializers.IntegerField(required=False, allow_null=True)
     window_seconds = serializers.IntegerField(required=False, allow_null=True)
     always = serializers.BooleanField(required=False, allow_null=True)
+    max_accuracy_drop = serializers.FloatField(required=False, allow_null=True)
+    max_mae_increase = serializers.FloatField(required=False, allow_null=True)
+    min_labels = serializers.IntegerField(required=False, allow_null=True)
+    max_missing_rate_increase = serializers.FloatField(required=False, allow_null=True)
+    max_out_of_range_rate = serializers.FloatField(required=False, allow_null=True)
+    max_new_category_rate = serializers.FloatField(required=False, allow_null=True)
+    min_rows = serializers.IntegerField(required=False, allow_null=True)
 
 
 class DriftThresholdsSerializer(serializers.Serializer):

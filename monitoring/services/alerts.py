@@ -25,6 +25,7 @@ from deployments.choices import RolloutKind, RolloutState
 from deployments.models import Deployment, Rollout
 from monitoring.choices import AlertKind, DriftStatus, GuardAction
 from monitoring.models import Alert, DriftWindow, GuardBreach, WebhookDelivery, WebhookEndpoint
+from monitoring.services.retrain import retrain_requests
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def _alert(
 
 def alerts_detect(*, now: datetime | None = None) -> list[Alert]:
     """Create alerts for what happened lately: finished/failed rollouts, rollbacks, drift,
-    guard breaches. Idempotent (unique keys)."""
+    guard breaches and the retrain requests they make. Idempotent (unique keys)."""
     since = (now or timezone.now()) - _LOOKBACK
     created: list[Alert | None] = []
     for rollout in Rollout.objects.select_related("deployment", "version", "created_by").filter(
@@ -185,6 +186,17 @@ def alerts_detect(*, now: datetime | None = None) -> list[Alert]:
                     "rolled_back": breach.action == GuardAction.ROLLED_BACK,
                     "evidence": breach.evidence,
                 },
+            )
+        )
+    # What the breaches above ask of the people who train the model (services/retrain.py).
+    for request in retrain_requests(since=since):
+        created.append(
+            _alert(
+                request.key,
+                AlertKind.RETRAIN_REQUESTED,
+                request.deployment,
+                request.message,
+                request.payload,
             )
         )
     alerts = [a for a in created if a is not None]

@@ -3,23 +3,38 @@
 Guards watch a deployment while its last rollout bakes (and always, if its guard policy or
 ``MODELYARD_GUARDS_ALWAYS`` says so). Rules, from ``Deployment.guard_policy``:
 
-========================== ==================================================================
-``max_error_rate``         share of the version's own failures (its 5xx, 503/504 reaching it)
-                           among the requests it was answerable for, i.e. without the 4xx
-                           clients caused (default 0.05)
-``max_p99_ms``             p99 latency (ms) since the switch
-``drift``                  ``"drift"`` or ``"warn"``: the worst feature status that trips it
-``max_cost_per_prediction`` resource cost / predictions since the switch
-``min_requests``           requests (without client 4xx) needed before error rate / latency /
-                           cost count (20)
-``window_seconds``         look back at most this far (300); never before the switch
-``always``                 also guard after the bake period
-``max_accuracy_drop``      live accuracy (labelled predictions, ``monitoring.selectors.quality``)
-                           below the previous version's over the week before the switch by
-                           more than this (a classifier; labels come late: pair it with a long
-                           ``window_seconds`` and ``always``)
-``min_labels``             labelled predictions needed on both sides before it counts (100)
-========================== ==================================================================
+============================= ================================================================
+``max_error_rate``            share of the version's own failures (its 5xx, 503/504 reaching
+                              it) among the requests it was answerable for, i.e. without the
+                              4xx clients caused (default 0.05)
+``max_p99_ms``                p99 latency (ms) since the switch
+``drift``                     ``"drift"`` or ``"warn"``: the worst feature status that trips it
+``max_cost_per_prediction``   resource cost / predictions since the switch
+``min_requests``              requests (without client 4xx) needed before error rate /
+                              latency / cost count (20)
+``window_seconds``            look back at most this far (300); never before the switch
+``always``                    also guard after the bake period
+``max_accuracy_drop``         live accuracy (labelled predictions,
+                              ``monitoring.selectors.quality``) below the previous version's
+                              over the week before the switch by more than this (a classifier;
+                              labels come late: pair it with a long ``window_seconds`` and
+                              ``always``)
+``max_mae_increase``          live mean absolute error above the previous version's over the
+                              week before the switch by more than this (a regressor; the
+                              same labels and baseline as ``max_accuracy_drop``)
+``min_labels``                labelled predictions needed on both sides before either of the
+                              two counts (100)
+``max_missing_rate_increase`` a feature's live missing rate minus its reference missing rate
+``max_out_of_range_rate``     share of a feature's rows outside the reference's range
+``max_new_category_rate``     share of a feature's rows in a category the reference never had
+``min_rows``                  sampled rows needed before the three data-quality rules count
+                              (100)
+============================= ================================================================
+
+The figures of the drift, data-quality and label rules come from ``guard_evidence``: the
+data-quality ones are ``monitoring.data_quality``'s over the sampled rows of the guard's drift
+window (one computation for drift and data quality; each rule takes the worst feature), the
+label ones ``monitoring.selectors.quality``'s.
 
 A breach calls ``deployments.services.deployment_rollback`` with the figures that tripped it
 as evidence; that writes the audit record. A live version that arrived by a rollback is never
@@ -40,13 +55,18 @@ from core.errors import Conflict, InvalidState
 from deployments.choices import RolloutKind, RolloutState
 from deployments.models import Deployment, Rollout, Slot
 from deployments.services import deployment_rollback
-from monitoring import drift_stats as ds
 from monitoring import selectors
-from monitoring.choices import DriftStatus, DriftWindowKind, GuardAction, GuardRule
+from monitoring.choices import DriftStatus, GuardAction, GuardRule
 from monitoring.models import GuardBreach
-from monitoring.selectors.quality import quality_compute
-from monitoring.services.drift import drift_compute_window
-from registry.models import ModelVersion
+from monitoring.services.guard_evidence import (
+    DATA_QUALITY_RULES,
+    LABEL_RULES,
+    data_quality_evidence,
+    drift_evidence,
+    guard_window,
+    labelled_evidence,
+    labelled_quality,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +84,13 @@ KNOWN_KEYS = {
     "window_seconds",
     "always",
     "max_accuracy_drop",
+    "max_mae_increase",
     "min_labels",
+    "max_missing_rate_increase",
+    "max_out_of_range_rate",
+    "max_new_category_rate",
+    "min_rows",
 }
-# The previous version's accuracy is taken over this span before the switch.
-ACCURACY_BASELINE = timedelta(days=7)
 
 
 def guard_policy(deployment: Deployment) -> dict[str, Any]:
@@ -144,93 +167,39 @@ def guard_evaluate(
         if value is not None and value > float(policy["max_cost_per_prediction"]):
             breached.append(GuardRule.COST_PER_PREDICTION)
     level = policy.get("drift")
-    if level in (DriftStatus.WARN, DriftStatus.DRIFT):
-        version = ModelVersion.objects.filter(
-            model_id=deployment.model_id, number=version_number
-        ).first()
-        drift = (
-            drift_compute_window(
-                deployment=deployment,
-                version=version,
-                start=start,
-                end=end,
-                kind=DriftWindowKind.GUARD,
-            )
-            if version is not None
-            else None
-        )
-        if drift is not None:
-            features = {f.feature: f for f in drift.features.all()}
-            flagged = {
-                name: {
-                    "status": f.status,
-                    "psi": f.psi,
-                    "ks": f.ks,
-                    "ks_pvalue": f.ks_pvalue,
-                    "chi2": f.chi2,
-                    "chi2_pvalue": f.chi2_pvalue,
-                    "js": f.js,
-                    "live_rows": f.live_rows,
-                }
-                for name, f in features.items()
-                if ds.worst_status([f.status, level]) == f.status
-            }
-            evidence["drift"] = {
-                "threshold": level,
-                "status": drift.status,
-                "window_id": drift.pk,
-                "live_rows": drift.live_rows,
-                "features": flagged,
-                "thresholds": drift.thresholds,
-            }
-            if flagged:
-                breached.append(GuardRule.DRIFT)
-    if policy.get("max_accuracy_drop") is not None and baseline_version is not None:
-        accuracy = _accuracy_evidence(
-            deployment, version_number, baseline_version, start, end, policy
-        )
-        if accuracy is not None:
-            evidence["accuracy"] = accuracy
-            if accuracy["breached"]:
-                breached.append(GuardRule.ACCURACY)
-    return breached, evidence
-
-
-def _accuracy_evidence(
-    deployment: Deployment,
-    version_number: int,
-    baseline_version: int,
-    start: datetime,
-    end: datetime,
-    policy: dict[str, Any],
-) -> dict[str, Any] | None:
-    """The version's live accuracy against the previous version's before the switch; None
-    when either has too few labels (too little data never trips a guard)."""
-    min_labels = int(policy.get("min_labels", 100))
-    live = quality_compute(deployment=deployment, version=version_number, start=start, end=end)
-    before = quality_compute(
-        deployment=deployment,
-        version=baseline_version,
-        start=start - ACCURACY_BASELINE,
-        end=start,
+    quality_rules = [key for key in DATA_QUALITY_RULES if policy.get(key) is not None]
+    drifting = level in (DriftStatus.WARN, DriftStatus.DRIFT)
+    # Drift and data quality are one computation over the sampled rows (the drift window,
+    # monitoring.data_quality): computed once, whichever of the rules asked for it.
+    sampled = (
+        guard_window(deployment, version_number, start, end) if drifting or quality_rules else None
     )
-    if live.get("task") != "classification" or before.get("task") != "classification":
-        return None
-    if live["labelled"] < min_labels or before["labelled"] < min_labels:
-        return None
-    value = live["metrics"]["accuracy"]["value"]
-    baseline = before["metrics"]["accuracy"]["value"]
-    drop = float(policy["max_accuracy_drop"])
-    return {
-        "value": value,
-        "ci95": live["metrics"]["accuracy"]["ci95"],
-        "labelled": live["labelled"],
-        "baseline": baseline,
-        "baseline_version": baseline_version,
-        "baseline_labelled": before["labelled"],
-        "threshold": drop,
-        "breached": value < baseline - drop,
-    }
+    if sampled is not None and drifting:
+        evidence["drift"] = drift_evidence(sampled, str(level))
+        if evidence["drift"]["features"]:
+            breached.append(GuardRule.DRIFT)
+    if sampled is not None:
+        for key in quality_rules:
+            figures = data_quality_evidence(sampled, key, float(policy[key]), policy)
+            if figures is not None:
+                rule = DATA_QUALITY_RULES[key]
+                evidence[rule] = figures
+                if figures["features"]:
+                    breached.append(rule)
+    label_rules = [
+        (key, labelled) for key, labelled in LABEL_RULES.items() if policy.get(key) is not None
+    ]
+    if label_rules and baseline_version is not None:
+        live, before = labelled_quality(deployment, version_number, baseline_version, start, end)
+        for key, labelled in label_rules:
+            figures = labelled_evidence(
+                labelled, float(policy[key]), int(policy.get("min_labels", 100)), live, before
+            )
+            if figures is not None:
+                evidence[labelled.rule] = figures
+                if figures["breached"]:
+                    breached.append(labelled.rule)
+    return breached, evidence
 
 
 def _guarded_rollout(deployment: Deployment, *, always: bool) -> Rollout | None:

@@ -32,7 +32,13 @@ GUARD_RULES: dict[str, tuple[type, float | None, float | None]] = {
     "min_requests": (int, 1, 1_000_000_000),
     "window_seconds": (int, 10, 7 * 86400),
     "max_accuracy_drop": (float, 0.0, 1.0),
+    # In the target's own unit: any finite increase (0 = no worse at all).
+    "max_mae_increase": (float, 0.0, None),
     "min_labels": (int, 1, 1_000_000_000),
+    "max_missing_rate_increase": (float, 0.0, 1.0),
+    "max_out_of_range_rate": (float, 0.0, 1.0),
+    "max_new_category_rate": (float, 0.0, 1.0),
+    "min_rows": (int, 1, 1_000_000_000),
 }
 GUARD_DRIFT_LEVELS = ("drift", "warn")
 DRIFT_WINDOW_LIMITS = (60, 7 * 86400)

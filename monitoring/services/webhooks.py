@@ -2,7 +2,8 @@
 
 Each delivery is a ``POST`` of the alert as JSON with
 
-- ``X-Modelyard-Event``: the alert kind; ``X-Modelyard-Delivery``: the delivery id
+- ``X-Modelyard-Event``: the alert kind (``AlertKind``: ``guard.breach``, ``retrain.requested``,
+  ...; an endpoint's ``kinds`` choose among them); ``X-Modelyard-Delivery``: the delivery id
 - ``X-Modelyard-Timestamp``: unix seconds
 - ``X-Modelyard-Signature``: ``sha256=`` + hex HMAC-SHA256 of ``"{timestamp}.{body}"`` with the
   endpoint's secret (the timestamp inside the MAC stops replays of old deliveries)

@@ -12,9 +12,11 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -268,3 +270,53 @@ def send_rows(settings, deployment, version, frame, *, per_request=30, positiona
         per_request=per_request,
         predictions=lambda chunk: [],
     )
+
+
+# --- webhook receivers ------------------------------------------------------------------------
+
+
+class _Receiver:
+    """A real HTTP server on 127.0.0.1 that answers with the statuses it is given."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers), body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "http://127.0.0.1:1/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver_factory(settings):
+    settings.MODELYARD_WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    settings.MODELYARD_WEBHOOK_BACKOFF_SECONDS = 0
+    made = []
+
+    def make(statuses=()):
+        receiver = _Receiver(list(statuses))
+        made.append(receiver)
+        return receiver
+
+    yield make
+    for receiver in made:
+        receiver.close()
