@@ -249,6 +249,23 @@ def drift_latest_window(
     return windows.prefetch_related("features").order_by("-end", "-id").first()
 
 
+def drift_feature_figures(feature: DriftFeature) -> dict[str, Any]:
+    """One feature's drift statistics as the API, the guards' evidence and the retrain
+    request show them."""
+    return {
+        "kind": feature.kind,
+        "status": feature.status,
+        "live_rows": feature.live_rows,
+        "psi": feature.psi,
+        "ks": feature.ks,
+        "ks_pvalue": feature.ks_pvalue,
+        "chi2": feature.chi2,
+        "chi2_pvalue": feature.chi2_pvalue,
+        "js": feature.js,
+        "missing_rate": feature.missing_rate,
+    }
+
+
 def drift_window_dict(window: DriftWindow | None) -> dict[str, Any] | None:
     if window is None:
         return None
@@ -259,21 +276,7 @@ def drift_window_dict(window: DriftWindow | None) -> dict[str, Any] | None:
         "end": window.end,
         "status": window.status,
         "live_rows": window.live_rows,
-        "features": {
-            f.feature: {
-                "kind": f.kind,
-                "status": f.status,
-                "live_rows": f.live_rows,
-                "psi": f.psi,
-                "ks": f.ks,
-                "ks_pvalue": f.ks_pvalue,
-                "chi2": f.chi2,
-                "chi2_pvalue": f.chi2_pvalue,
-                "js": f.js,
-                "missing_rate": f.missing_rate,
-            }
-            for f in window.features.all()
-        },
+        "features": {f.feature: drift_feature_figures(f) for f in window.features.all()},
         "prediction": window.prediction,
         "thresholds": window.thresholds,
     }

@@ -15,6 +15,7 @@ from deployments.models import Deployment
 from monitoring import drift_stats as ds
 from monitoring.choices import DriftWindowKind, GuardRule
 from monitoring.models import DriftWindow
+from monitoring.selectors.metrics import drift_feature_figures
 from monitoring.selectors.quality import quality_compute
 from monitoring.services.drift import drift_compute_window
 from registry.models import ModelVersion
@@ -68,16 +69,7 @@ def guard_window(
 def drift_evidence(window: DriftWindow, level: str) -> dict[str, Any]:
     """The features at ``level`` or worse, with their statistics."""
     flagged = {
-        f.feature: {
-            "status": f.status,
-            "psi": f.psi,
-            "ks": f.ks,
-            "ks_pvalue": f.ks_pvalue,
-            "chi2": f.chi2,
-            "chi2_pvalue": f.chi2_pvalue,
-            "js": f.js,
-            "live_rows": f.live_rows,
-        }
+        f.feature: drift_feature_figures(f)
         for f in window.features.all()
         if ds.worst_status([f.status, level]) == f.status
     }

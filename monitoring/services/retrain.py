@@ -24,6 +24,7 @@ from deployments.models import Deployment
 from monitoring import drift_stats as ds
 from monitoring.choices import DriftStatus, DriftWindowKind, GuardAction, GuardRule
 from monitoring.models import DriftWindow, GuardBreach
+from monitoring.selectors.metrics import drift_feature_figures
 from monitoring.services.guard_evidence import LABEL_RULES
 
 # Labelled-quality rules (guard_evidence.LABEL_RULES) by rule: their policy key and direction.
@@ -125,16 +126,7 @@ def _quality_figures(rule: str, evidence: dict[str, Any], worse: int) -> dict[st
 
 def _from_drift_window(window: DriftWindow) -> RetrainRequest | None:
     features = {
-        f.feature: {
-            "status": f.status,
-            "psi": f.psi,
-            "ks": f.ks,
-            "ks_pvalue": f.ks_pvalue,
-            "chi2": f.chi2,
-            "chi2_pvalue": f.chi2_pvalue,
-            "js": f.js,
-            "live_rows": f.live_rows,
-        }
+        f.feature: drift_feature_figures(f)
         for f in window.features.filter(status=DriftStatus.DRIFT)
     }
     metric = _strongest(features, window.thresholds, 2)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -26,6 +27,30 @@ from tests.devstack.conftest import ROOT
 from tests.devstack.test_stop import _demo_key, _predict_until_ok
 
 RATE = 20.0  # requests a second from the load generator
+
+
+class Load:
+    """The load generator against churn-prod's gateway URL while the block runs."""
+
+    def __init__(self, make_run, key: str, out: Path) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.devstack.loadgen",
+                f"{make_run.gateway}/d/churn-prod/predict",
+                key,
+                str(out),
+                str(RATE),
+            ],
+            cwd=ROOT,
+        )
+
+    def stop(self) -> list[tuple[float, str]]:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        return [tuple(r) for r in json.loads(self.out.read_text())]
 
 
 def _started_pid(make_run, name: str) -> int:
@@ -81,28 +106,14 @@ def test_gateway_kill_9_under_load_fails_at_most_2_s_and_the_rest_runs_on(
     servers = _slot_servers(make_run)
     assert servers
     others = {k: v for k, v in _procfile_pids(make_run).items() if k != "gateway"}
-    out = tmp_path / "load.json"
-    load = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.devstack.loadgen",
-            f"{make_run.gateway}/d/churn-prod/predict",
-            serving,
-            str(out),
-            str(RATE),
-        ],
-        cwd=ROOT,
-    )
+    load = Load(make_run, serving, tmp_path / "load.json")
     try:
         time.sleep(3)
         pid, after = _kill_9(make_run, "gateway")
         lines = _wait_line(make_run, "restarted gateway", after=after)
         time.sleep(6)
     finally:
-        load.send_signal(signal.SIGTERM)
-        load.wait(30)
-    results = json.loads(out.read_text())
+        results = load.stop()
     failed = [(sent, outcome) for sent, outcome in results if outcome != "200"]
     window = failed[-1][0] - failed[0][0] + 1 / RATE if failed else 0.0
     figures = (
@@ -229,18 +240,7 @@ def _replica_processes(unit: str) -> list[psutil.Process]:
 
 def _kill_replica_under_load(make_run, key: str, unit: str, out, settle: float) -> tuple:
     """kill -9 every process of ``unit`` while 20 req/s flow; the results and a summary."""
-    load = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.devstack.loadgen",
-            f"{make_run.gateway}/d/churn-prod/predict",
-            key,
-            str(out),
-            str(RATE),
-        ],
-        cwd=ROOT,
-    )
+    load = Load(make_run, key, out)
     try:
         time.sleep(3)
         doomed = _replica_processes(unit)
@@ -250,9 +250,7 @@ def _kill_replica_under_load(make_run, key: str, unit: str, out, settle: float) 
         killed_at = time.time()
         time.sleep(settle)
     finally:
-        load.send_signal(signal.SIGTERM)
-        load.wait(30)
-    results = json.loads(out.read_text())
+        results = load.stop()
     failed = [(sent, outcome) for sent, outcome in results if outcome != "200"]
     window = failed[-1][0] - failed[0][0] + 1 / RATE if failed else 0.0
     back = next((sent - killed_at for sent, o in results if sent > killed_at and o == "200"), None)

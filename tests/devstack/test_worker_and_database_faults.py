@@ -10,10 +10,8 @@ printed (``-s``) for the record: seconds of errors, counts, how long recovery to
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,34 +23,10 @@ import pytest
 
 from devstack.stackfile import stack_file_read
 from tests.devstack.conftest import ROOT
-from tests.devstack.test_faults import RATE, _kill_9, _started_pid, _wait_line
+from tests.devstack.test_faults import Load, _kill_9, _started_pid, _wait_line
 from tests.devstack.test_stop import _demo_key, _predict_until_ok
 
 API = "/api/v1"
-
-
-class Load:
-    """The load generator against churn-prod's gateway URL while the block runs."""
-
-    def __init__(self, make_run, key: str, out: Path) -> None:
-        self.out = out
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.devstack.loadgen",
-                f"{make_run.gateway}/d/churn-prod/predict",
-                key,
-                str(out),
-                str(RATE),
-            ],
-            cwd=ROOT,
-        )
-
-    def stop(self) -> list[tuple[float, str]]:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(30)
-        return [tuple(r) for r in json.loads(self.out.read_text())]
 
 
 def _failed_summary(results: list[tuple[float, str]]) -> tuple[list, str]:

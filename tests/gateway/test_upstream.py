@@ -48,6 +48,17 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+async def keep_alive_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers every request of a connection with 200 "ok", keeping it open."""
+    try:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
 async def serve(handler: Handler) -> tuple[asyncio.Server, Upstream]:
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -178,17 +189,8 @@ def test_pooled_connection_whose_transport_just_closed_is_retried_not_an_error(l
     run connection_lost. uvloop (the gateway's loop) refuses the write with a RuntimeError;
     that must be the same retried disconnect, not an exception that answers 500."""
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await read_request(reader)
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
     async def scenario() -> None:
-        server, upstream = await serve(handler)
+        server, upstream = await serve(keep_alive_ok)
         client = pool()
         assert (await client.post(upstream, b"/predict", JSON, BODY)).body == b"ok"
         (idle,) = client._idle[upstream]
@@ -224,17 +226,8 @@ def test_a_write_uvloop_refuses_on_a_closed_handle_is_a_retried_disconnect() -> 
         def __getattr__(self, name: str) -> object:
             return getattr(self.real, name)
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await read_request(reader)
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
     async def scenario() -> None:
-        server, upstream = await serve(handler)
+        server, upstream = await serve(keep_alive_ok)
         client = pool()
         assert (await client.post(upstream, b"/predict", JSON, BODY)).body == b"ok"
         (idle,) = client._idle[upstream]
