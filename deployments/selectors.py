@@ -165,19 +165,16 @@ def shadow_windows(rollout: Rollout, *, minutes: int = 10) -> list[dict[str, Any
     began = rollout.step_started_at or rollout.state_changed_at
     end = rollout.finished_at or timezone.now()
     minute = end.replace(second=0, microsecond=0)
-    client = backends.route_store()
+    client = backends.route_store()  # shared and cached: never closed here
     windows: list[dict[str, Any]] = []
-    try:
-        while minute + timedelta(minutes=1) > began and len(windows) < minutes:
-            totals = shadow_read(
-                client,
-                rollout.deployment.name,
-                rollout.version.number,
-                minute,
-                minute + timedelta(minutes=1),
-            )
-            windows.append({"start": minute, **totals.as_dict()})
-            minute -= timedelta(minutes=1)
-    finally:
-        client.close()
+    while minute + timedelta(minutes=1) > began and len(windows) < minutes:
+        totals = shadow_read(
+            client,
+            rollout.deployment.name,
+            rollout.version.number,
+            minute,
+            minute + timedelta(minutes=1),
+        )
+        windows.append({"start": minute, **totals.as_dict()})
+        minute -= timedelta(minutes=1)
     return windows

@@ -189,17 +189,13 @@ def progressive_enter(rollout: Rollout, note: str) -> bool:
 def step_shadow(rollout: Rollout) -> bool:
     """One tick of a shadow: the comparison since it began, stored on the rollout."""
     now = timezone.now()
-    client = backends.route_store()
-    try:
-        totals = shadow_read(
-            client,
-            rollout.deployment.name,
-            rollout.version.number,
-            rollout.step_started_at or rollout.state_changed_at,
-            now,
-        )
-    finally:
-        client.close()
+    totals = shadow_read(
+        backends.route_store(),  # shared and cached: never closed here
+        rollout.deployment.name,
+        rollout.version.number,
+        rollout.step_started_at or rollout.state_changed_at,
+        now,
+    )
     evidence = {"shadow": totals.as_dict(), "at": now.isoformat(), "weight": shadow_weight(rollout)}
     Rollout.objects.filter(pk=rollout.pk, state=RolloutState.SHADOW).update(judgement=evidence)
     enqueue_advance(rollout.pk, countdown=_judge_interval())
