@@ -89,6 +89,14 @@ class ModelVersion(models.Model):
     reference_sha256 = models.CharField(max_length=64, blank=True)
     reference_rows = models.PositiveIntegerField(null=True, blank=True)
     reference_schema = models.JSONField(default=list, blank=True)
+    # The reference's column of true labels (upload metadata ``label_column``): never a
+    # feature (registry.modelkit.contract.reference_split), and the source of the baseline.
+    reference_label_column = models.CharField(max_length=200, blank=True)
+    # The version's quality on its labelled reference rows, computed at validation by the
+    # metric code of live quality (core.quality_metrics), with the label column and row
+    # counts; empty without labels. The accuracy and MAE guards' baseline when the previous
+    # version has too few live labels.
+    baseline_quality = models.JSONField(default=dict, blank=True)
 
     # Validation.
     signature = models.JSONField(default=dict, blank=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
@@ -102,6 +104,46 @@ def _version_context(request: PageRequest, version: ModelVersion) -> dict:
         "alias_form": AliasForm(),
         "own_version": version.created_by_id == request.user.pk,
         "labels_note": labels_note(version.contract),
+        "baseline": _baseline_figures(version.baseline_quality),
+    }
+
+
+# The figures of a baseline the page shows, in order: (metrics key, label, has an interval).
+_BASELINE_FIGURES = {
+    "classification": [
+        ("accuracy", "Accuracy", True),
+        ("f1_macro", "F1 (macro)", False),
+        ("roc_auc", "ROC AUC", False),
+        ("log_loss", "Log loss", False),
+    ],
+    "regression": [
+        ("mae", "Mean absolute error", True),
+        ("rmse", "RMSE", False),
+        ("r2", "R²", False),
+    ],
+}
+
+
+def _baseline_figures(baseline: dict[str, Any]) -> dict[str, Any] | None:
+    """The version's quality on its labelled reference rows as the page lists it; None
+    without one (``ModelVersion.baseline_quality`` is {} without a label column)."""
+    found = baseline.get("metrics")
+    if not isinstance(found, dict):
+        return None
+    rows = []
+    for key, label, with_interval in _BASELINE_FIGURES.get(baseline.get("task", ""), []):
+        figure = found.get(key)
+        value, interval = (
+            (figure.get("value"), figure.get("ci95"))
+            if with_interval and isinstance(figure, dict)
+            else (figure, None)
+        )
+        if value is not None:
+            rows.append({"label": label, "value": value, "ci95": interval})
+    return {
+        "label_column": baseline.get("label_column"),
+        "labelled": baseline.get("labelled"),
+        "rows": rows,
     }
 
 

@@ -154,7 +154,10 @@ def drift_profile_ensure(*, version: ModelVersion) -> DriftProfile | None:
         return profile
     with artifact_local_path(version.reference_path) as path:
         frame = load_reference_frame(
-            path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS, contract=contract
+            path,
+            max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS,
+            contract=contract,
+            label_column=version.reference_label_column,
         )
     profiles = build_profiles(frame, schema or version.reference_schema or None)
     described, blob = ds.profiles_to_storage(profiles)
@@ -186,10 +189,17 @@ def drift_prediction_profile_ensure(*, profile: DriftProfile, version: ModelVers
     with artifact_local_path(version.reference_path) as path:
         if version.contract:  # rows exactly as a client sends them (registry/modelkit)
             records = reference_rows(
-                path, contract=version.contract, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS
+                path,
+                contract=version.contract,
+                max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS,
+                label_column=version.reference_label_column,
             )
         else:
-            frame = load_reference_frame(path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS)
+            frame = load_reference_frame(
+                path,
+                max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS,
+                label_column=version.reference_label_column,
+            )
             records = json.loads(frame.to_json(orient="records"))
     predictions: list[Any] = []
     try:

@@ -1,5 +1,6 @@
 """The figures each guard rule judges, apart from traffic: the sampled inputs (drift and data
-quality, one drift window) and the labels (live quality against the previous version's).
+quality, one drift window) and the labels (live quality against the previous version's, or
+against the version's own on its labelled reference rows when the previous has too few).
 
 ``guards.guard_evaluate`` decides with them; ``retrain`` reads ``LABEL_RULES`` to say which
 limit a breach crossed.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from deployments.models import Deployment
 from monitoring import drift_stats as ds
@@ -110,47 +111,89 @@ def data_quality_evidence(
     }
 
 
+@dataclass(frozen=True)
+class LabelledQuality:
+    """What the label rules compare: the version's live quality, the previous version's over
+    the span before the switch (None without one), and the version's own quality on its
+    labelled reference rows (``ModelVersion.baseline_quality``, {} without labels)."""
+
+    live: dict[str, Any]
+    before: dict[str, Any] | None
+    reference: dict[str, Any]
+
+
 def labelled_quality(
     deployment: Deployment,
     version_number: int,
-    baseline_version: int,
+    baseline_version: int | None,
     start: datetime,
     end: datetime,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The version's live quality over [start, end) and the previous version's over the span
-    before the switch (monitoring.selectors.quality): read once for every label rule."""
+) -> LabelledQuality:
+    """Read once for every label rule (monitoring.selectors.quality)."""
     live = quality_compute(deployment=deployment, version=version_number, start=start, end=end)
-    before = quality_compute(
-        deployment=deployment,
-        version=baseline_version,
-        start=start - LABELLED_BASELINE,
-        end=start,
+    before = (
+        quality_compute(
+            deployment=deployment,
+            version=baseline_version,
+            start=start - LABELLED_BASELINE,
+            end=start,
+        )
+        if baseline_version is not None
+        else None
     )
-    return live, before
+    reference = (
+        ModelVersion.objects.filter(model_id=deployment.model_id, number=version_number)
+        .values_list("baseline_quality", flat=True)
+        .first()
+    )
+    return LabelledQuality(live, before, reference or {})
+
+
+def _enough(
+    quality: dict[str, Any] | None, rule: LabelRule, min_labels: int
+) -> TypeGuard[dict[str, Any]]:
+    return (
+        quality is not None
+        and quality.get("task") == rule.task
+        and int(quality.get("labelled") or 0) >= min_labels
+        and bool(quality.get("metrics"))
+    )
 
 
 def labelled_evidence(
-    rule: LabelRule,
-    allowed: float,
-    min_labels: int,
-    live: dict[str, Any],
-    before: dict[str, Any],
+    rule: LabelRule, allowed: float, min_labels: int, quality: LabelledQuality
 ) -> dict[str, Any] | None:
-    """The live metric of ``rule`` against the previous version's; None when the task is not
-    the rule's or either side has too few labels (too little data never trips a guard)."""
-    if live.get("task") != rule.task or before.get("task") != rule.task:
+    """The live metric of ``rule`` against the previous version's live one, or, when that has
+    too few labels, against the version's own on its labelled reference rows; None when the
+    task is not the rule's or no side has enough labels (too little data never trips)."""
+    live, before, reference = quality.live, quality.before, quality.reference
+    if not _enough(live, rule, min_labels):
         return None
-    if live["labelled"] < min_labels or before["labelled"] < min_labels:
+    if _enough(before, rule, min_labels):
+        baseline_figures = {
+            "baseline": before["metrics"][rule.rule]["value"],
+            "baseline_source": "previous version",
+            "baseline_version": before["version"],
+            "baseline_labelled": before["labelled"],
+        }
+    elif _enough(reference, rule, min_labels):
+        # A first version, or labels that arrive only after the switch: what the version
+        # scored on its reference labels at validation is the best baseline there is.
+        baseline_figures = {
+            "baseline": reference["metrics"][rule.rule]["value"],
+            "baseline_source": "reference labels",
+            "baseline_version": live["version"],
+            "baseline_labelled": reference["labelled"],
+            "label_column": reference.get("label_column"),
+        }
+    else:
         return None
     value = live["metrics"][rule.rule]["value"]
-    baseline = before["metrics"][rule.rule]["value"]
     return {
         "value": value,
         "ci95": live["metrics"][rule.rule]["ci95"],
         "labelled": live["labelled"],
-        "baseline": baseline,
-        "baseline_version": before["version"],
-        "baseline_labelled": before["labelled"],
+        **baseline_figures,
         "threshold": allowed,
-        "breached": rule.worse * (value - baseline) > allowed,
+        "breached": rule.worse * (value - baseline_figures["baseline"]) > allowed,
     }

@@ -23,7 +23,11 @@ Guards watch a deployment while its last rollout bakes (and always, if its guard
                               week before the switch by more than this (a regressor; the
                               same labels and baseline as ``max_accuracy_drop``)
 ``min_labels``                labelled predictions needed on both sides before either of the
-                              two counts (100)
+                              two counts (100); when the previous version (or none) has fewer,
+                              the version's own quality on its labelled reference rows
+                              (``ModelVersion.baseline_quality``, with as many labelled rows)
+                              is the baseline, and the evidence says ``baseline_source:
+                              "reference labels"``
 ``max_missing_rate_increase`` a feature's live missing rate minus its reference missing rate
 ``max_out_of_range_rate``     share of a feature's rows outside the reference's range
 ``max_new_category_rate``     share of a feature's rows in a category the reference never had
@@ -189,11 +193,11 @@ def guard_evaluate(
     label_rules = [
         (key, labelled) for key, labelled in LABEL_RULES.items() if policy.get(key) is not None
     ]
-    if label_rules and baseline_version is not None:
-        live, before = labelled_quality(deployment, version_number, baseline_version, start, end)
+    if label_rules:
+        quality = labelled_quality(deployment, version_number, baseline_version, start, end)
         for key, labelled in label_rules:
             figures = labelled_evidence(
-                labelled, float(policy[key]), int(policy.get("min_labels", 100)), live, before
+                labelled, float(policy[key]), int(policy.get("min_labels", 100)), quality
             )
             if figures is not None:
                 evidence[labelled.rule] = figures

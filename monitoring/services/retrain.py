@@ -121,6 +121,8 @@ def _quality_figures(rule: str, evidence: dict[str, Any], worse: int) -> dict[st
         "threshold": limit,
         "baseline": baseline,
         "baseline_version": evidence.get("baseline_version"),
+        # "previous version" or "reference labels" (guard_evidence.labelled_evidence).
+        "baseline_source": evidence.get("baseline_source"),
     }
 
 

@@ -139,6 +139,9 @@ class VersionDetailSerializer(VersionSerializer):
             "reference_rows",
             "reference_schema",
             "reference_sha256",
+            "reference_label_column",
+            # Quality on the labelled reference rows (core.quality_metrics), or {}.
+            "baseline_quality",
             "signature",
             "contract",
             "labels_note",
@@ -197,6 +200,11 @@ class VersionMetadataSerializer(serializers.Serializer):
         allow_null=True,
         default=None,
         max_length=10_000,
+    )
+
+    # The reference data's column of true labels (checked against the file by the service).
+    label_column = serializers.CharField(
+        max_length=200, required=False, allow_null=True, default=None
     )
 
     def validate_feature_names(self, value: list[str] | None) -> list[str] | None:

@@ -365,6 +365,33 @@ def _column_error(
     )
 
 
+def reference_split(frame: Any, label_column: str | None) -> tuple[Any, Any]:
+    """A reference sample's possible features and its labels (None without a label column).
+
+    The one place that keeps the labels out of the features: the contract's decision (names
+    from the header), the reference schema, drift profiles and example rows all read the
+    sample through this, so the true label can never become an input of the model.
+    """
+    if not label_column:
+        return frame, None
+    if label_column not in frame.columns:
+        raise ContractError(
+            "unknown_label_column",
+            f"label_column {label_column!r} is not a column of the reference data",
+            label_column=label_column,
+        )
+    return frame.drop(columns=[label_column]), frame[label_column]
+
+
+def usable_mask(contract: dict[str, Any], sample: Any) -> np.ndarray:
+    """Per row of ``sample``, whether a client could send it: nulls only where the model
+    takes them (a scaler and a linear model refuse NaN)."""
+    strict = [f["name"] for f in contract["features"] if not f.get("nullable")]
+    if not strict:
+        return np.ones(len(sample), dtype=bool)
+    return np.asarray(sample[strict].notna().all(axis=1), dtype=bool)
+
+
 def usable_rows(contract: dict[str, Any], sample: Any) -> Any:
     """The sample's rows a client could send: nulls only where the model takes them.
 
@@ -374,7 +401,7 @@ def usable_rows(contract: dict[str, Any], sample: Any) -> Any:
     strict = [f["name"] for f in contract["features"] if not f.get("nullable")]
     if not strict:
         return sample
-    kept = sample.dropna(subset=strict)
+    kept = sample[usable_mask(contract, sample)]
     if kept.empty:
         raise ContractError(
             "no_usable_rows",

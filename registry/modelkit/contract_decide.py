@@ -65,14 +65,24 @@ def decide(
     sample: Any = None,
     declared_names: list[str] | None = None,
     class_labels: list[Any] | None = None,
+    label_column: str | None = None,
 ) -> dict[str, Any]:
-    """The contract of ``model``; ``settle`` completes it after a prediction."""
+    """The contract of ``model``; ``settle`` completes it after a prediction.
+
+    ``sample`` is the reference without its ``label_column`` (``contract.reference_split``);
+    a model that takes the label column as a feature is refused (it would learn the answer).
+    """
     family = family_of(model)
     names, count, form = _model_inputs(model, family)
     source = "model"
     if names is None:
         names, source = _names_without_model(count, sample, declared_names)
-    elif sample is not None:
+    if label_column and label_column in names:
+        raise ContractDecisionError(
+            f"label_column {label_column!r} is one of the model's features; the true labels "
+            "must not be an input of the model"
+        )
+    if source == "model" and sample is not None:
         missing = [n for n in names if n not in sample.columns]
         if missing:
             raise ContractDecisionError(

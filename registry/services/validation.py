@@ -16,6 +16,7 @@ from registry.choices import VersionState
 from registry.modelkit.loading import loader_decision
 from registry.models import ModelVersion
 from registry.services.artifacts import artifact_local_path, file_sha256
+from registry.services.baseline import reference_baseline
 from registry.services.transitions import version_transition
 from registry.validation.reference import contract_schema
 from registry.validation.sandbox import SandboxLimits, sandbox_load_and_predict
@@ -59,8 +60,9 @@ def version_validation_claim(*, version_id: int) -> bool:
     return True
 
 
-def _run_checks(version: ModelVersion) -> tuple[bool, dict[str, Any]]:
+def _run_checks(version: ModelVersion) -> tuple[bool, dict[str, Any], dict[str, Any]]:
     report: dict[str, Any] = dict(version.validation_report)
+    baseline: dict[str, Any] = {}
     declared = (version.signature or {}).get("declared") or {}
     with artifact_local_path(version.artifact_path) as path:
         # The file must be the one that was uploaded (artifacts are immutable).
@@ -68,12 +70,12 @@ def _run_checks(version: ModelVersion) -> tuple[bool, dict[str, Any]]:
         report["artifact_sha256_verified"] = digest == version.artifact_sha256
         if digest != version.artifact_sha256:
             report["error"] = "Stored artifact does not match its recorded sha256."
-            return False, report
+            return False, report, baseline
         scan = scan_artifact(path, version.artifact_format)
         report["scan"] = scan.to_dict()
         if not scan.safe:
             report["error"] = "The safety scan refused the artifact."
-            return False, report
+            return False, report, baseline
         # Decided once, here: every process that loads this version reads it this way.
         report["loader"] = loader_decision(version.artifact_format, scan.skops_trusted)
         limits = SandboxLimits(
@@ -94,7 +96,22 @@ def _run_checks(version: ModelVersion) -> tuple[bool, dict[str, Any]]:
                 loader=report["loader"],
                 declared_feature_names=declared.get("feature_names"),
                 class_labels=declared.get("class_labels"),
+                label_column=version.reference_label_column or None,
+                label_rows=settings.MODELYARD_MAX_REFERENCE_ROWS,
             )
+            if load.ok and load.labelled is not None and reference_path is not None:
+                baseline = reference_baseline(
+                    version=version,
+                    reference_path=reference_path,
+                    contract=load.contract,
+                    labelled=load.labelled,
+                )
+                report["baseline"] = {
+                    key: baseline[key]
+                    for key in ("label_column", "labelled_rows", "unusable", "labelled", "error")
+                    if key in baseline
+                }
+    load.labelled = None  # the answers of every labelled row: the baseline keeps their metrics
     report["load"] = load.to_dict()
     report["limits"] = {
         "timeout_seconds": limits.timeout_seconds,
@@ -102,7 +119,7 @@ def _run_checks(version: ModelVersion) -> tuple[bool, dict[str, Any]]:
     }
     if not load.ok:
         report["error"] = load.error
-    return load.ok, report
+    return load.ok, report, baseline if "metrics" in baseline else {}
 
 
 def _declared_part(version: ModelVersion) -> dict[str, Any]:
@@ -120,8 +137,9 @@ def version_validate(*, version_id: int) -> ModelVersion | None:
         logger.info("version %s: nothing to validate (already claimed or done)", version_id)
         return None
     version = ModelVersion.objects.select_related("model").get(pk=version_id)
+    baseline: dict[str, Any] = {}
     try:
-        ok, report = _run_checks(version)
+        ok, report, baseline = _run_checks(version)
     except Exception as exc:  # an unexpected failure still ends the validation cleanly
         logger.exception("version %s: validation crashed", version_id)
         ok, report = (
@@ -152,7 +170,8 @@ def version_validate(*, version_id: int) -> ModelVersion | None:
             version.loader = report["loader"]
             # The contract every model process applies (registry/modelkit/contract.py).
             version.contract = load.get("contract") or {}
-            fields += ["signature", "loader", "contract"]
+            version.baseline_quality = baseline
+            fields += ["signature", "loader", "contract", "baseline_quality"]
             if version.contract and version.reference_schema:
                 # The upload described the reference by pandas' reading (zip codes as
                 # int64); from now on the model's features are typed by the contract.

@@ -30,7 +30,13 @@ from registry.services.artifacts import (
 )
 from registry.services.transitions import version_transition
 from registry.validation.formats import SAFE_FORMATS, ArtifactFormatError, detect_format
-from registry.validation.reference import ReferenceDataError, infer_schema, load_reference_frame
+from registry.validation.reference import (
+    LabelColumnError,
+    ReferenceDataError,
+    infer_schema,
+    load_reference_frame,
+    load_reference_labels,
+)
 from registry.validation.scanning import scan_artifact
 
 # File name inside storage per serialization format: the server decides, never the client.
@@ -74,6 +80,9 @@ class VersionMetadata:
     # name then work), and the original labels of a booster file that keeps only 0..k-1.
     feature_names: list[str] | None = None
     class_labels: list[Any] | None = None
+    # The reference data's column of true labels: kept out of the features, and the source
+    # of the version's baseline quality (registry.services.validation).
+    label_column: str | None = None
 
 
 def _check_size(upload: UploadedFile[bytes], *, limit: int, what: str) -> None:
@@ -194,6 +203,14 @@ def _upload(
     if reference is not None:
         _check_size(reference, limit=settings.MODELYARD_MAX_REFERENCE_BYTES, what="reference data")
         client_filename_check(reference.name or "")
+    if metadata.label_column and reference is None:
+        raise _label_column_error(
+            metadata.label_column, "names a column of the reference data; upload reference data"
+        )
+    if metadata.label_column and metadata.label_column in (metadata.feature_names or []):
+        raise _label_column_error(
+            metadata.label_column, "is one of the declared feature_names; labels are no feature"
+        )
     parents = _resolve_parents(metadata.parents)
 
     written: list[str] = []
@@ -214,7 +231,11 @@ def _upload(
                     + "; ".join(f"{f.module}.{f.name}: {f.reason}" for f in scan.findings[:5]),
                     details=scan.to_dict(),
                 )
-            reference_info = _reference_prepare(reference) if reference is not None else None
+            reference_info = (
+                _reference_prepare(reference, label_column=metadata.label_column)
+                if reference is not None
+                else None
+            )
             stored = artifact_store(
                 local_path=artifact_path,
                 folder=f"models/{model.pk}",
@@ -251,14 +272,39 @@ def _upload(
     return result
 
 
-def _reference_prepare(reference: UploadedFile[bytes]) -> dict[str, Any]:
+def _label_column_error(label_column: str, problem: str) -> InvalidInput:
+    return InvalidInput(
+        f"label_column: {label_column!r} {problem}.",
+        code="invalid_label_column",
+        details={"field": "label_column", "label_column": label_column},
+    )
+
+
+def _reference_prepare(
+    reference: UploadedFile[bytes], *, label_column: str | None
+) -> dict[str, Any]:
+    max_rows = settings.MODELYARD_MAX_REFERENCE_ROWS
     with uploaded_file_on_disk(reference) as path:
         try:
-            frame = load_reference_frame(path, max_rows=settings.MODELYARD_MAX_REFERENCE_ROWS)
+            # Without the label column: the schema (and so drift) describes features only.
+            frame = load_reference_frame(path, max_rows=max_rows, label_column=label_column)
+            labels = (
+                load_reference_labels(path, max_rows=max_rows, label_column=label_column)
+                if label_column
+                else None
+            )
+        except LabelColumnError as exc:
+            raise _label_column_error(
+                str(label_column), "is not a column of the reference data"
+            ) from exc
         except ReferenceDataError as exc:
             raise InvalidInput(f"reference_data: {exc}", code="invalid_reference_data") from exc
         with path.open("rb") as handle:
             suffix = ".parquet" if handle.read(4) == b"PAR1" else ".csv"
+    if label_column and len(frame.columns) == 0:
+        raise _label_column_error(label_column, "is the reference data's only column")
+    if labels is not None and not labels.notna().any():
+        raise _label_column_error(label_column or "", "holds no labels (every cell is empty)")
     return {"rows": len(frame), "schema": infer_schema(frame), "suffix": suffix}
 
 
@@ -322,6 +368,7 @@ def _version_create(
         version.reference_sha256 = stored_reference.sha256
         version.reference_rows = info["rows"]
         version.reference_schema = info["schema"]
+        version.reference_label_column = metadata.label_column or ""
     version.save()
     version.parents.set(parents)
     DatasetReference.objects.bulk_create(

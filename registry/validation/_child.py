@@ -92,11 +92,15 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     from modelkit import contract_decide
 
     source = "reference" if request.get("sample_path") else "synthetic"
+    label_column = request.get("label_column")
     try:
         raw = None
         if request.get("sample_path"):
-            raw = contract_decide.read_sample(
-                request["sample_path"], int(request.get("sample_rows", 100))
+            raw, _ = model_contract.reference_split(
+                contract_decide.read_sample(
+                    request["sample_path"], int(request.get("sample_rows", 100))
+                ),
+                label_column,
             )
         decided = contract_decide.decide(
             model,
@@ -104,6 +108,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             sample=raw,
             declared_names=request.get("declared_feature_names"),
             class_labels=request.get("class_labels"),
+            label_column=label_column,
         )
         if raw is not None:
             frame = model_contract.typed_frame(decided, model_contract.usable_rows(decided, raw))
@@ -125,6 +130,17 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         traceback.print_exc()
         message = f"smoke prediction failed: {_describe(exc)}{_synthetic_hint(source)}"
         return _failure("predict", message, load_seconds)
+
+    labelled = None
+    if label_column and request.get("sample_path"):
+        try:
+            labelled = _labelled_predictions(predictor, decided, request)
+        except MemoryError:
+            return _failure("memory", "MemoryError while predicting the labelled rows")
+        except Exception as exc:
+            # The baseline is extra: a model that answers its smoke rows is still valid.
+            traceback.print_exc()
+            labelled = {"error": f"the labelled reference rows failed: {_describe(exc)}"}
 
     import numpy as np
 
@@ -148,7 +164,35 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         "probabilities_preview": (body.get("probabilities") or [])[:PREVIEW_ROWS] or None,
         "smoke_rows": rows[:PREVIEW_ROWS],
         "contract": decided,
+        "labelled": labelled,
     }
+
+
+def _labelled_predictions(predictor: Any, decided: dict[str, Any], request: dict[str, Any]) -> Any:
+    """The model's answers on every labelled reference row it can take (up to the reference's
+    row limit): their positions in the file, predictions and probabilities. The platform reads
+    the labels itself and computes the metrics; the model never sees a label."""
+    from modelkit import contract as model_contract
+    from modelkit import contract_decide
+
+    sample = contract_decide.read_sample(request["sample_path"], int(request["label_rows"]))
+    features, labels = model_contract.reference_split(sample, request["label_column"])
+    labelled = labels.notna().to_numpy()
+    take = labelled & model_contract.usable_mask(decided, features)
+    positions = [int(i) for i in take.nonzero()[0]]
+    result = {
+        "rows": positions,
+        "unusable": int(labelled.sum()) - len(positions),
+        "predictions": [],
+        "probabilities": None,
+    }
+    if positions:
+        frame = model_contract.typed_frame(decided, features.iloc[positions])
+        predictions, proba = predictor.predict_frame(frame, True)
+        body = model_contract.response(decided, predictions, proba, 0)
+        result["predictions"] = body["predictions"]
+        result["probabilities"] = body.get("probabilities")
+    return result
 
 
 _SCHEMA_DTYPES = {"number": "float64", "integer": "int64", "string": "string", "boolean": "bool"}

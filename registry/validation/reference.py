@@ -23,15 +23,47 @@ class ReferenceDataError(ValueError):
     """The reference data file cannot be used as a sample."""
 
 
+class LabelColumnError(ReferenceDataError):
+    """The upload's ``label_column`` is no column of the reference data."""
+
+
 def load_reference_frame(
-    path: Path, *, max_rows: int = 100_000, contract: dict[str, Any] | None = None
+    path: Path,
+    *,
+    max_rows: int = 100_000,
+    contract: dict[str, Any] | None = None,
+    label_column: str | None = None,
 ) -> pd.DataFrame:
-    """Read a CSV or Parquet sample (sniffed by content, not name) of at most ``max_rows``.
+    """Read a CSV or Parquet sample (sniffed by content, not name) of at most ``max_rows``,
+    without its ``label_column`` (true labels are never a feature, a schema column or drift).
 
     With the version's ``contract``, the model's feature columns are typed by it (a CSV is
     then read as text, so zip codes stay strings where the model takes categories), never
     by pandas' guesses; without one (at upload, before validation decided it) pandas reads.
     """
+    features, _ = _split(_read(path, max_rows, as_text=bool(contract)), label_column)
+    if contract and contract.get("features"):
+        features = _typed(features, contract)
+    return features
+
+
+def load_reference_labels(path: Path, *, max_rows: int, label_column: str) -> pd.Series:
+    """The sample's ``label_column`` as read from the file (a CSV's cells as text, so a class
+    "007" stays "007"; matching labels to classes is core.quality_metrics' rule)."""
+    _, labels = _split(_read(path, max_rows, as_text=True), label_column)
+    return labels
+
+
+def _split(frame: pd.DataFrame, label_column: str | None) -> tuple[pd.DataFrame, Any]:
+    from registry.modelkit import contract as model_contract
+
+    try:
+        return model_contract.reference_split(frame, label_column)
+    except model_contract.ContractError as exc:
+        raise LabelColumnError(str(exc)) from exc
+
+
+def _read(path: Path, max_rows: int, *, as_text: bool) -> pd.DataFrame:
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(_SNIFF_BYTES)
@@ -40,7 +72,7 @@ def load_reference_frame(
     if head.startswith(PARQUET_MAGIC):
         frame = _read_parquet(path, max_rows)
     else:
-        frame = _read_csv(path, head, max_rows, as_text=bool(contract))
+        frame = _read_csv(path, head, max_rows, as_text=as_text)
     if len(frame.columns) == 0:
         raise ReferenceDataError("reference data has no columns")
     duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
@@ -48,8 +80,6 @@ def load_reference_frame(
         raise ReferenceDataError(f"reference data repeats column names: {', '.join(duplicated)}")
     if len(frame) == 0:
         raise ReferenceDataError("reference data has columns but no rows")
-    if contract and contract.get("features"):
-        frame = _typed(frame, contract)
     return frame
 
 
@@ -65,13 +95,19 @@ def _typed(frame: pd.DataFrame, contract: dict[str, Any]) -> pd.DataFrame:
 
 
 def reference_rows(
-    path: Path, *, contract: dict[str, Any], max_rows: int = 100_000
+    path: Path,
+    *,
+    contract: dict[str, Any],
+    max_rows: int = 100_000,
+    label_column: str | None = None,
 ) -> list[dict[str, Any]]:
     """The reference sample as the JSON rows a client would send the model (keyed by the
     contract's names, typed by it, null for NaN; rows the model cannot take left out)."""
     from registry.modelkit import contract as model_contract
 
-    frame = load_reference_frame(path, max_rows=max_rows, contract=contract)
+    frame = load_reference_frame(
+        path, max_rows=max_rows, contract=contract, label_column=label_column
+    )
     try:
         usable = model_contract.usable_rows(contract, frame)
     except model_contract.ContractError as exc:

@@ -44,7 +44,9 @@ _INPUT_PATHS = ("artifact_path", "sample_path")
 MAX_OPEN_FILES = 64
 # The child has no reason to write files; this also caps what it can pour into stderr.
 MAX_FILE_BYTES = 64 * 1024**2
-_MAX_RESPONSE_BYTES = 4 * 1024**2
+# The answer carries a prediction (and the probabilities) of every labelled reference row for
+# the reference baseline: 200,000 rows of a few classes fit, below the file-size limit above.
+_MAX_RESPONSE_BYTES = 48 * 1024**2
 _STDERR_TAIL_BYTES = 16 * 1024
 _STDERR_TAIL_LINES = 20
 _POLL_SECONDS = 0.02
@@ -81,6 +83,10 @@ class LoadReport:
     contract: dict[str, Any] = field(default_factory=dict)
     smoke_rows: list[Any] = field(default_factory=list)
     probabilities_preview: list[Any] | None = None
+    # With a label column: the model's answers on the labelled reference rows (positions in
+    # the file, predictions, probabilities) or {"error": ...}. Large: the platform computes
+    # the baseline from it and does not keep it in the report.
+    labelled: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +101,8 @@ def sandbox_load_and_predict(
     loader: dict[str, Any] | None = None,
     declared_feature_names: list[str] | None = None,
     class_labels: list[Any] | None = None,
+    label_column: str | None = None,
+    label_rows: int = 0,
 ) -> LoadReport:
     """Load ``artifact_path`` in a limited child process and predict on a small sample.
 
@@ -103,7 +111,9 @@ def sandbox_load_and_predict(
     (skops: with the trusted types of the static scan).
 
     Model problems (load errors, crashes, timeouts, memory) come back as ``ok=False`` with
-    a message; only wrong arguments raise.
+    a message; only wrong arguments raise. With ``label_column`` the sample's labels are kept
+    out of the features and the model also answers every labelled row among the first
+    ``label_rows`` (``LoadReport.labelled``).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown artifact format {fmt!r}")
@@ -123,6 +133,8 @@ def sandbox_load_and_predict(
         "modelkit_dir": str(MODELKIT_DIR),
         "declared_feature_names": declared_feature_names,
         "class_labels": class_labels,
+        "label_column": label_column,
+        "label_rows": label_rows,
     }
     if loader is None:
         trusted = None

@@ -210,3 +210,31 @@ def test_home_tells_a_new_user_what_to_do_next(login, scientist, viewer):
 def test_home_shows_waiting_reviews_to_reviewers(login, reviewer, in_review):
     html = login(reviewer).get("/").content.decode()
     assert "<strong>1</strong> version waiting for review" in html
+
+
+def test_version_page_shows_the_baseline_of_the_reference_labels(
+    login, scientist, registered_model, sklearn_model, validated_version
+):
+    from types import SimpleNamespace
+
+    from registry.services.versions import VersionMetadata
+    from tests.models import training_frame
+    from tests.registry.helpers import upload_version
+
+    frame, target = training_frame(seed=0)
+    labelled = SimpleNamespace(
+        artifact=sklearn_model.artifact,
+        reference_csv=frame.head(200).assign(churned=target[:200]).to_csv(index=False).encode(),
+    )
+    version = upload_version(
+        registered_model, scientist, labelled, metadata=VersionMetadata(label_column="churned")
+    )
+    client = login(scientist)
+    html = client.get(f"/models/churn/versions/{version.number}/").content.decode()
+    accuracy = version.baseline_quality["metrics"]["accuracy"]["value"]
+    assert 'id="baseline-quality"' in html
+    assert "on 200 labelled reference rows (column <code>churned</code>)" in html
+    assert f"{accuracy:.4f}" in html and "ROC AUC" in html
+    # Without a label column there is no baseline to show.
+    plain = client.get(f"/models/churn/versions/{validated_version.number}/").content.decode()
+    assert 'id="baseline-quality"' not in plain

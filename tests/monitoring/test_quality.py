@@ -20,6 +20,7 @@ from django.db import connection
 from sklearn import metrics
 
 from accounts.choices import Role
+from core.quality_metrics import CLASSIFICATION, quality_metrics
 from gateway.prediction_log import PREDICTIONS_STREAM, entry_fields, inference_id_new, row_id
 from monitoring.services import labels_ingest, partitions_drop, predictions_ingest
 from monitoring.services.prediction_log import partition_name, partitions_ensure, partitions_list
@@ -457,3 +458,45 @@ def test_the_accuracy_guard_rolls_back_a_version_whose_labels_turn_bad(
     assert evidence["value"] < evidence["baseline"] - 0.1
     assert breach.rollback is not None and breach.rollback.version.number == 1
     assert GuardBreach.objects.count() == 1
+
+
+def test_the_accuracy_guard_takes_the_reference_labels_when_the_previous_has_none(
+    monitoring_redis, deployment, versions
+) -> None:
+    from deployments.models import Deployment
+    from monitoring.choices import GuardRule
+    from monitoring.services import guards_check_deployment
+
+    # v2's quality on its labelled reference rows, as validation stores it (the same code).
+    rng = np.random.default_rng(7)
+    truth = rng.choice(["no", "yes"], size=200)
+    predicted = np.where(rng.random(200) < 0.9, truth, np.where(truth == "yes", "no", "yes"))
+    baseline = quality_metrics(
+        truth=[json.dumps(t) for t in truth],
+        predictions=[json.dumps(p) for p in predicted],
+        probabilities=None,
+        task=CLASSIFICATION,
+        classes=["no", "yes"],
+    )
+    for version in versions.values():
+        type(version).objects.filter(pk=version.pk).update(
+            contract=_contract("label", ["no", "yes"])
+        )
+    type(versions[2]).objects.filter(pk=versions[2].pk).update(
+        baseline_quality={**baseline, "label_column": "churned", "labelled_rows": 200}
+    )
+    Deployment.objects.filter(pk=deployment.pk).update(
+        guard_policy={"max_accuracy_drop": 0.1, "min_labels": 100}
+    )
+    deployment.refresh_from_db()
+    # v1 answered nothing labelled: without the reference labels there is no baseline.
+    _labelled_traffic(monitoring_redis, deployment, 2, n=200, accuracy=0.55, ts=time.time() - 30)
+
+    breach = guards_check_deployment(deployment=deployment)
+
+    assert breach is not None and breach.rules == [GuardRule.ACCURACY]
+    evidence = breach.evidence["accuracy"]
+    assert evidence["baseline_source"] == "reference labels"
+    assert evidence["baseline"] == baseline["metrics"]["accuracy"]["value"]
+    assert (evidence["baseline_version"], evidence["baseline_labelled"]) == (2, 200)
+    assert evidence["value"] < evidence["baseline"] - 0.1

@@ -30,6 +30,8 @@ from monitoring.services import (
     labels_ingest,
     predictions_ingest,
 )
+from monitoring.services.guards import guard_evaluate
+from registry.services.versions import VersionMetadata
 from tests.models import training_frame
 from tests.monitoring.test_quality import _append
 from tests.registry.helpers import upload_version
@@ -60,7 +62,9 @@ def regressors():
         "as_good": LinearRegression().fit(train.iloc[200:], value[200:600]),
         "worse": DummyRegressor(strategy="mean").fit(train, value[:600]),
     }
-    return SimpleNamespace(models=models, reference=train.head(200), live=live, truth=value[600:])
+    return SimpleNamespace(
+        models=models, reference=train.head(200), live=live, truth=value[600:], value=value
+    )
 
 
 def _trained(model, reference):
@@ -76,23 +80,32 @@ def versions(request, registered_model, scientist, regressors):
     """Overrides the suite's classifiers: v1 the linear model, v2 the one the test names
     (the ``deployment`` fixture serves v2 baking, v1 warm)."""
     second = getattr(request, "param", "worse")
+    # "as_good_labelled": v2's reference carries its truth in a label column, which gives
+    # v2 a baseline of its own (ModelVersion.baseline_quality).
+    labelled = second.endswith("_labelled")
+    second = second.removesuffix("_labelled")
+    reference = regressors.reference.assign(price=regressors.value[: len(regressors.reference)])
     return {
         1: upload_version(
             registered_model, scientist, _trained(regressors.models["linear"], regressors.reference)
         ),
         2: upload_version(
-            registered_model, scientist, _trained(regressors.models[second], regressors.reference)
+            registered_model,
+            scientist,
+            _trained(regressors.models[second], reference if labelled else regressors.reference),
+            metadata=VersionMetadata(label_column="price") if labelled else None,
         ),
     }
 
 
-def _served(client, deployment, version, model, regressors, *, n, ts):
-    """``n`` live rows answered by the version's own model, logged, then labelled."""
+def _served(client, deployment, version, model, regressors, *, n, ts, shift=0.0):
+    """``n`` live rows answered by the version's own model, logged, then labelled (the truth
+    moved by ``shift``: the world changed, the model did not)."""
     rows = regressors.live.iloc[:n]
     predicted = model.predict(rows).tolist()
     ids = [_append(client, deployment.name, version, [p], None, ts=ts) for p in predicted]
     predictions_ingest(client, consumer="t", count=n + 10)
-    truth = regressors.truth[:n]
+    truth = regressors.truth[:n] + shift
     labels_ingest(
         deployment=deployment,
         labels=[{"id": i, "label": float(t)} for i, t in zip(ids, truth, strict=True)],
@@ -161,3 +174,52 @@ def test_the_mae_guard_rolls_back_a_regressor_whose_errors_grow(
     assert alert.payload["threshold"] == pytest.approx(figures["baseline"] + 2.0)
     assert alert.payload["source"]["policy"] == {"max_mae_increase": 2.0}
     assert "mae" in alert.message and "v2" in alert.message
+
+
+@pytest.mark.parametrize(
+    ("versions", "shift", "rolled_back"),
+    [("as_good_labelled", 25.0, True), ("as_good_labelled", 0.0, False)],
+    indirect=["versions"],
+)
+def test_the_mae_guard_falls_back_to_the_reference_labels_when_the_previous_has_none(
+    monitoring_redis, deployment, versions, regressors, shift, rolled_back
+):
+    """v1 has no labelled predictions at all: v2's MAE on its labelled reference rows, from
+    validation, is the baseline instead, and the evidence says so."""
+    baseline = versions[2].baseline_quality
+    assert baseline["label_column"] == "price" and baseline["labelled"] == 200
+    assert versions[1].baseline_quality == {}
+    Deployment.objects.filter(pk=deployment.pk).update(
+        guard_policy={"max_mae_increase": 2.0, "min_labels": 100}
+    )
+    deployment.refresh_from_db()
+    truth, predicted = _served(
+        monitoring_redis,
+        deployment,
+        2,
+        regressors.models["as_good"],
+        regressors,
+        n=150,
+        ts=time.time() - 30,
+        shift=shift,
+    )
+    now = timezone.now()
+    breached, evidence = guard_evaluate(
+        deployment=deployment,
+        version_number=2,
+        start=now - timedelta(minutes=5),
+        end=now,
+        baseline_version=1,
+    )
+    figures = evidence["mae"]
+    assert figures["baseline_source"] == "reference labels" and figures["label_column"] == "price"
+    assert figures["baseline"] == baseline["metrics"]["mae"]["value"]
+    assert (figures["baseline_version"], figures["baseline_labelled"]) == (2, 200)
+    assert figures["value"] == pytest.approx(metrics.mean_absolute_error(truth, predicted))
+    assert (breached == [GuardRule.MAE]) is rolled_back
+
+    breach = guards_check_deployment(deployment=deployment)
+    assert (breach is not None) is rolled_back
+    if rolled_back:
+        assert breach.rollback.version.number == 1
+        assert breach.evidence["mae"]["baseline_source"] == "reference labels"
