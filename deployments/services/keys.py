@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -27,6 +28,25 @@ logger = logging.getLogger(__name__)
 KEY_PREFIX = "myd_"
 
 
+# Guard policies are monitoring's rules, and deployments must not import monitoring: the
+# monitoring app registers its validator here at start-up (apps.py), as lineage providers do.
+GuardPolicyValidator = Callable[[dict[str, Any]], dict[str, Any]]
+_guard_policy_validators: list[GuardPolicyValidator] = []
+
+
+def guard_policy_validator_register(validator: GuardPolicyValidator) -> None:
+    if validator not in _guard_policy_validators:
+        _guard_policy_validators.append(validator)
+
+
+def _guard_policy_clean(policy: dict[str, Any]) -> dict[str, Any]:
+    """``policy`` checked by every registered validator (each raises InvalidInput naming the
+    field); unchecked only where no monitoring app is installed."""
+    for validator in _guard_policy_validators:
+        policy = validator(policy)
+    return policy
+
+
 @transaction.atomic
 def deployment_create(
     *,
@@ -47,6 +67,7 @@ def deployment_create(
     if environment not in Environment.values:
         raise InvalidInput(f"environment must be one of {', '.join(Environment.values)}.")
     serving_fields = serving_validate(serving or {})
+    guard_policy = _guard_policy_clean(guard_policy or {})
     if Deployment.objects.filter(name__iexact=name).exists():
         raise Conflict(f"A deployment named {name!r} already exists.", code="name_taken")
     try:

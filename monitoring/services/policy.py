@@ -78,10 +78,16 @@ def _merge(field: str, stored: dict[str, Any], patch: Any) -> dict[str, Any]:
     return merged
 
 
-def _guards_clean(guards: dict[str, Any]) -> dict[str, Any]:
+def guard_policy_clean(guards: dict[str, Any], *, prefix: str = "guard_policy") -> dict[str, Any]:
+    """A guard policy checked rule by rule; InvalidInput names ``<prefix>.<rule>``. The
+    monitoring policy API calls it with prefix "guards"; deployment create with the field's name."""
+    return _guards_clean(guards, prefix=prefix)
+
+
+def _guards_clean(guards: dict[str, Any], *, prefix: str = "guards") -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for key, value in guards.items():
-        field = f"guards.{key}"
+        field = f"{prefix}.{key}"
         if key in GUARD_RULES:
             clean[key] = _number(field, value, *GUARD_RULES[key])
         elif key == "drift":

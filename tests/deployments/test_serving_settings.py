@@ -105,3 +105,28 @@ def test_changing_serving_needs_the_deploy_capability(operator_api, api_for, mak
     assert response.status_code == 403
     assert Deployment.objects.get().workers == 1
     assert api.get(f"{URL}serve-prod/").json()["serving"]["workers"] == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        ({"max_error_rate": 1.5}, "guard_policy.max_error_rate"),
+        ({"max_latency": 5}, "guard_policy.max_latency"),  # not a rule
+        ({"drift": "sometimes"}, "guard_policy.drift"),
+        ({"min_labels": 0}, "guard_policy.min_labels"),
+    ],
+)
+def test_a_bad_guard_policy_on_create_is_refused_naming_the_rule(operator_api, policy, field):
+    body = {"name": "guarded-prod", "model": "churn", "environment": "production"}
+    response = operator_api.post(URL, {**body, "guard_policy": policy}, format="json")
+    assert response.status_code == 400, response.content
+    assert field in response.json()["error"]["message"], response.json()
+    assert not Deployment.objects.filter(name="guarded-prod").exists()
+
+
+def test_a_guard_policy_on_create_is_kept_as_the_guards_read_it(operator_api):
+    body = {"name": "guarded-prod", "model": "churn", "environment": "production"}
+    policy = {"max_error_rate": 0.02, "min_requests": 50, "drift": "warn", "always": True}
+    response = operator_api.post(URL, {**body, "guard_policy": policy}, format="json")
+    assert response.status_code == 201, response.content
+    assert Deployment.objects.get(name="guarded-prod").guard_policy == policy
