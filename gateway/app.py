@@ -933,12 +933,14 @@ class Gateway:
 
     async def shutdown(self) -> None:
         """Stop background tasks; the flush loops flush one last time before they return."""
-        await self.shadow.close()  # mirrored requests in flight are abandoned, not waited for
         self._stop.set()
+        await self.shadow.close()  # mirrored requests in flight are abandoned, not waited for
         route_task, *flush_tasks = self._tasks
         route_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await route_task
+        # Bounded: a stop must end the process even if the route loop missed its cancel.
+        await asyncio.wait({route_task}, timeout=5)
+        if not route_task.done():
+            logger.error("route sync did not stop within 5 s of the shutdown; left behind")
         # The flush loops notice _stop, flush a final time and return; they are not cancelled,
         # since a flush cancelled after Redis ran it would be kept and counted twice.
         done, pending = await asyncio.wait(flush_tasks, timeout=10)
@@ -1031,7 +1033,10 @@ class Gateway:
         assert self.redis is not None
         interval = self.settings.routes_reread_interval_s
         backoff = 0.1
-        while True:
+        # Loops on _stop as well as ending on cancel: on Python 3.11 a cancel that meets the
+        # expiry of redis-py's read timeout can come out as a TimeoutError (asyncio.timeout's
+        # race), which the handler below would take for a Redis outage and go on for ever.
+        while not self._stop.is_set():
             pubsub = self.redis.pubsub()
             try:
                 # Subscribe before the full read, so a change made between the two is not lost.
@@ -1043,7 +1048,7 @@ class Gateway:
                 self.redis_ok = True
                 backoff = 0.1
                 next_reread = time.monotonic() + interval
-                while True:
+                while not self._stop.is_set():
                     timeout = max(0.0, next_reread - time.monotonic())
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=timeout
@@ -1054,6 +1059,8 @@ class Gateway:
                         await self._reload_all()
                         next_reread = time.monotonic() + interval
             except (RedisError, OSError, TimeoutError) as exc:
+                if self._stop.is_set():
+                    return
                 if self.redis_ok:
                     logger.error(
                         "lost Redis (%s); serving from the in-memory route table (%d routes) "

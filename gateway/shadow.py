@@ -21,7 +21,6 @@ about the candidate, counted as an error, not a reason to stop looking.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -189,9 +188,10 @@ class ShadowMirror:
         """Stop the workers; mirrored requests still in flight are abandoned (never counted)."""
         for task in self._workers:
             task.cancel()
-        for task in self._workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._workers:
+            # Bounded, as the gateway's whole shutdown is: a worker stuck in a call that
+            # ignores its cancel must not keep the process from ending.
+            await asyncio.wait(self._workers, timeout=5)
         self._workers = []
 
     def wanted(self, route: Route) -> bool:
