@@ -23,9 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from deployments.models import Deployment
-from monitoring.choices import DriftWindowKind
 from monitoring.judge import ArmTraffic, GuardComparison, Judgement, JudgePolicy, judge
-from monitoring.models import DriftWindow
 from monitoring.selectors.metrics import (
     TrafficSummary,
     cost_summary,
@@ -34,8 +32,7 @@ from monitoring.selectors.metrics import (
     traffic_by_version,
 )
 from monitoring.selectors.quality import quality_compute
-from monitoring.services.drift import drift_compute_window
-from registry.models import ModelVersion
+from monitoring.services.guard_evidence import LABEL_RULES, guard_window
 
 # How many labelled predictions each arm needs before accuracy takes part in the verdict.
 DEFAULT_MIN_LABELS = 100
@@ -46,13 +43,6 @@ def _arm(summary: TrafficSummary | None) -> ArmTraffic:
         return ArmTraffic(0, 0, None)
     histogram = summary.histogram.tolist() if summary.histogram is not None else None
     return ArmTraffic(summary.requests, summary.errors, histogram)
-
-
-# metric -> (task it needs, the plan's tolerance key, whether higher is worse)
-_LABELLED = {
-    "accuracy": ("classification", "max_accuracy_drop", False),
-    "mae": ("regression", "max_mae_increase", True),
-}
 
 
 class _Window:
@@ -69,8 +59,10 @@ class _Window:
         self.deployment, self.versions = deployment, versions
         self.start, self.end, self.traffic = start, end, traffic
 
-    def labelled(self, metric: str, policy: dict[str, Any]) -> GuardComparison:
-        task, key, higher_is_worse = _LABELLED[metric]
+    def labelled(self, key: str, policy: dict[str, Any]) -> GuardComparison:
+        """The label rule the plan's ``key`` names (the guards' table: one meaning of each)."""
+        rule = LABEL_RULES[key]
+        metric, task = str(rule.rule), rule.task
         min_labels = int(policy.get("min_labels", DEFAULT_MIN_LABELS))
         qualities = [
             quality_compute(deployment=self.deployment, version=v, start=self.start, end=self.end)
@@ -85,7 +77,7 @@ class _Window:
             baseline,
             canary,
             float(policy[key]),
-            higher_is_worse=higher_is_worse,
+            higher_is_worse=rule.worse > 0,
             enough_data=enough,
         )
 
@@ -121,18 +113,7 @@ class _Window:
         )
 
     def _worst_drift(self, number: int) -> float | None:
-        version = ModelVersion.objects.filter(
-            model_id=self.deployment.model_id, number=number
-        ).first()
-        if version is None:
-            return None
-        window: DriftWindow | None = drift_compute_window(
-            deployment=self.deployment,
-            version=version,
-            start=self.start,
-            end=self.end,
-            kind=DriftWindowKind.GUARD,
-        )
+        window = guard_window(self.deployment, number, self.start, self.end)
         if window is None:
             return None  # no reference sample: nothing to drift from
         scores = [
@@ -160,11 +141,7 @@ def canary_judge(
     policy = policy or {}
     traffic = traffic_by_version(deployment=deployment, start=start, end=end)
     window = _Window(deployment, (baseline_version, canary_version), start, end, traffic)
-    guards = [
-        window.labelled(metric, policy)
-        for metric, (_, key, _) in _LABELLED.items()
-        if policy.get(key) is not None
-    ]
+    guards = [window.labelled(key, policy) for key in LABEL_RULES if policy.get(key) is not None]
     if policy.get("max_cost_increase") is not None:
         guards.append(window.cost(policy))
     if policy.get("max_drift_increase") is not None:
