@@ -383,10 +383,14 @@ def reference_split(frame: Any, label_column: str | None) -> tuple[Any, Any]:
     return frame.drop(columns=[label_column]), frame[label_column]
 
 
+def _not_nullable(contract: dict[str, Any]) -> list[str]:
+    return [f["name"] for f in contract["features"] if not f.get("nullable")]
+
+
 def usable_mask(contract: dict[str, Any], sample: Any) -> np.ndarray:
     """Per row of ``sample``, whether a client could send it: nulls only where the model
     takes them (a scaler and a linear model refuse NaN)."""
-    strict = [f["name"] for f in contract["features"] if not f.get("nullable")]
+    strict = _not_nullable(contract)
     if not strict:
         return np.ones(len(sample), dtype=bool)
     return np.asarray(sample[strict].notna().all(axis=1), dtype=bool)
@@ -398,7 +402,7 @@ def usable_rows(contract: dict[str, Any], sample: Any) -> Any:
     A reference sample is real data and may have gaps that the model itself cannot take
     (a scaler and a linear model refuse NaN); those rows prove nothing about the model.
     """
-    strict = [f["name"] for f in contract["features"] if not f.get("nullable")]
+    strict = _not_nullable(contract)
     if not strict:
         return sample
     kept = sample[usable_mask(contract, sample)]
