@@ -10,6 +10,11 @@ from django.conf import settings
 from frontend import charts
 
 
+def figure_text(value: float | None, spec: str) -> str:
+    """A figure as the tables show it: formatted by ``spec``, or a dash when there is none."""
+    return "—" if value is None else format(value, spec)
+
+
 def latency_summary(tiles: list[dict]) -> str:
     parts = [
         f"v{t['version']}: p50 {t['p50']} ms, p95 {t['p95']} ms, p99 {t['p99']} ms"

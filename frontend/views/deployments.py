@@ -21,12 +21,13 @@ from accounts.permissions import user_has_capability
 from core.choices import Capability
 from core.errors import DomainError, InvalidInput, NotFound
 from deployments import selectors, services
-from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState, RolloutStrategy, SlotState
-from deployments.models import Deployment, Rollout
-from deployments.services.progressive import canary_weight
+from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutStrategy, SlotState
+from deployments.models import Deployment
 from frontend import charts
 from frontend import dashboard_captions as captions
+from frontend.dashboard_captions import figure_text
 from frontend.views.access import PageRequest, capability_require
+from frontend.views.canary_panel import canary_context
 from monitoring import selectors as data
 from registry.models import ModelVersion
 
@@ -109,7 +110,7 @@ def deployment_list(request: PageRequest) -> HttpResponse:
                 "live_version": live.version if live else None,
                 "health_level": level,
                 "health": words,
-                "error_rate": _fmt(error_rates.get(deployment.pk), ".2%"),
+                "error_rate": figure_text(error_rates.get(deployment.pk), ".2%"),
             }
         )
     return render(
@@ -120,109 +121,6 @@ def deployment_list(request: PageRequest) -> HttpResponse:
 
 
 # --- detail ---------------------------------------------------------------------------------
-
-
-def _canary_context(rollout: Rollout | None, live_version: ModelVersion | None) -> dict | None:
-    """The canary or shadow panel: arms and weights, step progress, the judge's latest verdict
-    (a canary) or the comparison per minute (a shadow), and the buttons of each."""
-    if rollout is None or rollout.strategy not in (
-        RolloutStrategy.CANARY,
-        RolloutStrategy.SHADOW,
-    ):
-        return None
-    running = rollout.state in (RolloutState.CANARY, RolloutState.SHADOW)
-    shadowing = rollout.state == RolloutState.SHADOW
-    steps = rollout.plan.get("steps") or []
-    weight = canary_weight(rollout) // 100 if rollout.state == RolloutState.CANARY else 0
-    judgement = rollout.judgement or {}
-    promoted = rollout.state in (RolloutState.SWITCHING, RolloutState.BAKING, RolloutState.LIVE)
-    if shadowing:
-        buttons = [
-            ("canary", f"Promote to canary ({steps[0] if steps else 5} %)", False),
-            ("promote", "Promote to 100 %", False),
-            ("abort", "Abort shadow", True),
-        ]
-    else:
-        buttons = [
-            ("promote", "Promote to 100 %", False),
-            ("resume", "Resume", False) if rollout.paused else ("pause", "Pause", False),
-            ("abort", "Abort canary", True),
-        ]
-    return {
-        "kind": "shadow" if shadowing else "canary",
-        "running": running,
-        "shadowing": shadowing,
-        "weight": weight,
-        "live_weight": 100 - weight,
-        "mirror_percent": rollout.plan.get("mirror_percent", 100),
-        "baseline": rollout.previous_version or live_version,
-        "steps": [
-            {
-                "percent": percent,
-                "status": "done"
-                if promoted or (i < rollout.canary_step and not shadowing)
-                else "current"
-                if i == rollout.canary_step and rollout.state == RolloutState.CANARY
-                else "waiting",
-            }
-            for i, percent in enumerate(steps)
-        ],
-        "step_number": rollout.canary_step + 1,
-        "paused": rollout.paused,
-        # (action, label, dangerous): the buttons of a running canary or shadow, in order.
-        "buttons": buttons,
-        "verdict": judgement.get("verdict"),
-        "judged_at": judgement.get("at"),
-        "metrics": [
-            {
-                **metric,
-                "p_text": _fmt(metric.get("p_value"), ".2g"),
-                "baseline_text": _metric_text(metric["metric"], metric.get("baseline")),
-                "canary_text": _metric_text(metric["metric"], metric.get("canary")),
-                "requests": (metric.get("counts") or {}).get("canary_requests"),
-            }
-            for metric in judgement.get("metrics", [])
-        ],
-        **_shadow_context(rollout),
-    }
-
-
-def _shadow_context(rollout: Rollout) -> dict[str, Any]:
-    """A shadow's comparison per minute: the panel's table and its chart (one read)."""
-    if rollout.strategy != RolloutStrategy.SHADOW:
-        return {"shadow": [], "shadow_figure": None}
-    windows = selectors.shadow_windows(rollout)
-    return {
-        "shadow": _shadow_rows(windows),
-        "shadow_figure": charts.shadow_agreement_figure(windows, version=rollout.version.number),
-    }
-
-
-def _shadow_rows(windows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """The shadow's comparison per minute, formatted for the panel's table."""
-    return [
-        {
-            "start": f"{window['start']:%H:%M}",
-            "mirrored": str(window["mirrored"]),
-            "dropped": str(window["dropped"]),
-            "agreement": _fmt(window["agreement_rate"], ".2%"),
-            "prob_mean": _fmt(window["prob_abs_mean"], ".4f"),
-            "prob_max": _fmt(window["prob_abs_max"], ".4f"),
-            "latency_diff": _fmt(window["latency_diff_ms_mean"], "+.2f"),
-            "errors": str(window["errors"]),
-        }
-        for window in windows
-    ]
-
-
-def _metric_text(metric: str, value: float | None) -> str:
-    if value is None:
-        return "—"
-    if metric == "error_rate":
-        return format(value, ".2%")
-    if metric == "latency":
-        return f"{value:.1f} ms"
-    return format(value, ".4g")
 
 
 def _status_context(deployment: Deployment) -> dict[str, Any]:
@@ -236,7 +134,7 @@ def _status_context(deployment: Deployment) -> dict[str, Any]:
     return {
         "deployment": deployment,
         "live_version": live.version if live else None,
-        "canary": _canary_context(shown, live.version if live else None),
+        "canary": canary_context(shown, live.version if live else None),
         "health_level": level,
         "health": words,
         "slots": list(deployment.slots.all()),
@@ -251,10 +149,6 @@ def _status_context(deployment: Deployment) -> dict[str, Any]:
         # Poll fast while something moves, slowly otherwise (a guard may roll back).
         "poll_ms": 2000 if active else 15000,
     }
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
 
 
 def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
@@ -295,16 +189,16 @@ def dashboard_context(deployment: Deployment, window: str) -> dict[str, Any]:
                 "version": number,
                 "live": number == live_number,
                 "requests": cell.requests if cell else 0,
-                "rps": _fmt(cell.requests / seconds if cell else None, ".3g"),
-                "p50": _fmt(cell.percentile_ms(0.50) if cell else None, ".1f"),
-                "p95": _fmt(cell.percentile_ms(0.95) if cell else None, ".1f"),
-                "p99": _fmt(cell.percentile_ms(0.99) if cell else None, ".1f"),
-                "error_rate": _fmt(
+                "rps": figure_text(cell.requests / seconds if cell else None, ".3g"),
+                "p50": figure_text(cell.percentile_ms(0.50) if cell else None, ".1f"),
+                "p95": figure_text(cell.percentile_ms(0.95) if cell else None, ".1f"),
+                "p99": figure_text(cell.percentile_ms(0.99) if cell else None, ".1f"),
+                "error_rate": figure_text(
                     cell.errors / cell.requests if cell and cell.requests else None, ".2%"
                 ),
                 "cost_per_1000": captions.cost_per_1000(cost),
-                "cpu_seconds": _fmt(cost.get("cpu_seconds"), ".1f"),
-                "gb_hours": _fmt(cost.get("memory_gb_hours"), ".4f"),
+                "cpu_seconds": figure_text(cost.get("cpu_seconds"), ".1f"),
+                "gb_hours": figure_text(cost.get("memory_gb_hours"), ".4f"),
             }
         )
     figures = [
@@ -374,24 +268,26 @@ def _quality_rows(
             "version": number,
             "task": "classification" if accuracy else "regression",
             "labelled": total["labelled"],
-            "coverage": _fmt(
+            "coverage": figure_text(
                 total["labelled"] / total["predictions"] if total["predictions"] else None, ".1%"
             ),
-            "headline": _fmt(total["value"], ".1%" if accuracy else ".4g"),
-            "interval": f"{_fmt(low, '.1%')} to {_fmt(high, '.1%')}" if total["ci95"] else "—",
+            "headline": figure_text(total["value"], ".1%" if accuracy else ".4g"),
+            "interval": f"{figure_text(low, '.1%')} to {figure_text(high, '.1%')}"
+            if total["ci95"]
+            else "—",
             "second": "—",
             "third": "—",
         }
         if focus is not None and focus.get("version") == number and focus.get("metrics"):
             metrics = focus["metrics"]
             if accuracy:
-                row["second"] = _fmt(metrics.get("f1_macro"), ".3f")
-                row["third"] = _fmt(metrics.get("roc_auc"), ".3f")
+                row["second"] = figure_text(metrics.get("f1_macro"), ".3f")
+                row["third"] = figure_text(metrics.get("roc_auc"), ".3f")
             else:
                 mae_low, mae_high = (metrics.get("mae") or {}).get("ci95") or (None, None)
-                row["interval"] = f"{_fmt(mae_low, '.4g')} to {_fmt(mae_high, '.4g')}"
-                row["second"] = _fmt(metrics.get("rmse"), ".4g")
-                row["third"] = _fmt(metrics.get("r2"), ".3f")
+                row["interval"] = f"{figure_text(mae_low, '.4g')} to {figure_text(mae_high, '.4g')}"
+                row["second"] = figure_text(metrics.get("rmse"), ".4g")
+                row["third"] = figure_text(metrics.get("r2"), ".3f")
         rows.append(row)
     return rows
 
@@ -406,10 +302,10 @@ def _data_quality(deployment: Deployment, version: int | None) -> dict[str, Any]
     features = [
         {
             "name": f.feature,
-            "missing": _fmt(f.missing_rate, ".1%"),
-            "wrong_type": _fmt(f.type_mismatch_rate, ".1%"),
-            "out_of_range": _fmt(f.out_of_range_rate, ".1%"),
-            "new_category": _fmt(f.new_category_rate, ".1%"),
+            "missing": figure_text(f.missing_rate, ".1%"),
+            "wrong_type": figure_text(f.type_mismatch_rate, ".1%"),
+            "out_of_range": figure_text(f.out_of_range_rate, ".1%"),
+            "new_category": figure_text(f.new_category_rate, ".1%"),
             "issues": f.quality_issues,
         }
         for f in window.features.all()
