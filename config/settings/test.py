@@ -10,6 +10,28 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-not-secret")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/modelyard")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
 
+
+def _xdist_worker_isolate() -> None:
+    """Under pytest-xdist (`make test` runs two workers), each worker gets Redis databases and
+    an artifact folder of its own, as pytest-django gives it a test database of its own:
+    worker k uses database 9 + 2k and the live stack's next one (tests/conftest.py), so
+    gw0 holds 9-10 and gw1 11-12. Done once, in the worker: the processes a worker starts
+    inherit both variables and must keep the values (MODELYARD_TEST_WORKER marks it done)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker or os.environ.get("MODELYARD_TEST_WORKER") == worker:
+        return
+    os.environ["MODELYARD_TEST_WORKER"] = worker
+    index = int(worker.removeprefix("gw") or 0)
+    base, _, number = os.environ["REDIS_URL"].rpartition("/")
+    os.environ["REDIS_URL"] = f"{base}/{(int(number or 0) + 2 * index) % 16}"
+    if "MODELYARD_TEST_MEDIA_ROOT" in os.environ:
+        media = Path(os.environ["MODELYARD_TEST_MEDIA_ROOT"]) / worker
+        media.mkdir(exist_ok=True)
+        os.environ["MODELYARD_TEST_MEDIA_ROOT"] = str(media)
+
+
+_xdist_worker_isolate()
+
 from .base import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

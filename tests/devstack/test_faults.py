@@ -225,16 +225,21 @@ def _live_slot(make_run, ops) -> dict:
     return next(s for s in deployment["slots"] if s["color"] == deployment["live_slot"])
 
 
-def _replica_processes(unit: str) -> list[psutil.Process]:
-    """Every process of one replica (the exit-note wrapper, BentoML's arbiter, its worker):
-    they carry MODELYARD_SLOT=<state dir id>/<unit> (deployments.runtime.local)."""
+def _replica_processes(make_run, unit: str) -> list[psutil.Process]:
+    """Every process of one replica of ``make_run``'s stack (the exit-note wrapper, BentoML's
+    arbiter, its worker): they carry MODELYARD_SLOT=<state dir id>/<unit>
+    (deployments.runtime.local) and a BENTOML_HOME under the stack's data folder -- another
+    stack on the machine (a second test worker's) may serve a slot of the same name."""
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.environ().get("MODELYARD_SLOT", "").endswith(f"/{unit}"):
-                found.append(proc)
+            environ = proc.environ()
         except (psutil.Error, OSError):
             continue
+        if environ.get("MODELYARD_SLOT", "").endswith(f"/{unit}") and environ.get(
+            "BENTOML_HOME", ""
+        ).startswith(f"{make_run.data}{os.sep}"):
+            found.append(proc)
     return found
 
 
@@ -243,7 +248,7 @@ def _kill_replica_under_load(make_run, key: str, unit: str, out, settle: float) 
     load = Load(make_run, key, out)
     try:
         time.sleep(3)
-        doomed = _replica_processes(unit)
+        doomed = _replica_processes(make_run, unit)
         assert doomed, f"no process of {unit}"
         for proc in doomed:
             proc.kill()
