@@ -32,7 +32,7 @@ def _xdist_worker_isolate() -> None:
 
 _xdist_worker_isolate()
 
-from .base import *  # noqa: F403
+from .base import *  # noqa: E402, F403 -- after the worker's variables are set
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES = {
