@@ -717,6 +717,7 @@ class LocalProcessBackend(RuntimeBackend):
     def _wait_ready(
         self, record: _SlotRecord, *, deadline: float, log_offset: int | None = None
     ) -> None:
+        next_log_check = time.monotonic() + _REFUSAL_CHECK_SECONDS
         while True:
             if self._ready(record):
                 return
@@ -730,7 +731,19 @@ class LocalProcessBackend(RuntimeBackend):
                     f"before it was ready{_cause(tail)}; last log lines:\n{tail}",
                     tail,
                 )
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= next_log_check:
+                next_log_check = now + _REFUSAL_CHECK_SECONDS
+                tail = self._log_tail(record.slot_key, offset=log_offset)
+                refusal = _refusal(tail)
+                if refusal:
+                    raise SlotStartError(
+                        f"slot {record.slot_key}: server for {record.bento_tag} cannot load "
+                        f"its model: {refusal} (pid {record.pid} killed; every restart would "
+                        f"refuse the same file); last log lines:\n{tail}",
+                        tail,
+                    )
+            if now >= deadline:
                 tail = self._log_tail(record.slot_key, offset=log_offset)
                 # A service whose __init__ raises never exits: BentoML restarts the worker
                 # every few seconds and /readyz stays 503, so the deadline decides.
@@ -1053,6 +1066,26 @@ def _cause(log_tail: str) -> str:
         line = line.strip()
         if _EXCEPTION_LINE.match(line):
             return f": {line[:300]}"
+    return ""
+
+
+# The model loader's refusals (modelkit.allowlist / modelkit.loading; named, not imported:
+# the platform never imports what runs inside model processes). They are decided by the
+# file and the recorded decision alone, so a server whose worker raised one will raise it on
+# every restart BentoML makes: its start fails at once instead of at the ready deadline
+# (90 s by default), and the operator reads why.
+_REFUSALS = ("GlobalRefusedError", "LoaderDecisionError", "UntrustedTypesFoundException")
+_REFUSAL_CHECK_SECONDS = 0.5
+
+
+def _refusal(log_tail: str) -> str:
+    """The last line of ``log_tail`` that raises one of the loader's refusals, or ``""``."""
+    for line in reversed(log_tail.splitlines()):
+        line = line.strip()
+        if _EXCEPTION_LINE.match(line):
+            name = line.partition(":")[0].rpartition(".")[2]
+            if name in _REFUSALS:
+                return line[:300]
     return ""
 
 

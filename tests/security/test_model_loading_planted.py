@@ -106,6 +106,8 @@ def test_slot_server_refuses_a_planted_file_and_its_payload_never_runs(built, tm
             backend.slot_stop(slot_key=status.slot_key, timeout=5)
 
     assert "GlobalRefusedError" in str(raised.value) + raised.value.log_tail
+    # Refused at once, not at the ready deadline: every restart would refuse the same file.
+    assert "cannot load its model" in str(raised.value)
     named = "posix.system" if exploit else _payloads(marker)[name][2]
     assert f"{named} is not on the allow-list" in raised.value.log_tail
     assert not marker.exists()

@@ -263,3 +263,22 @@ def test_slot_serving_answers_from_the_record_without_probing(backend, store):
 def serving_processes_of(pid: int) -> list[psutil.Process]:
     main = psutil.Process(pid)
     return [*main.children(recursive=True), main]
+
+
+def test_a_loader_refusal_in_the_log_is_told_apart_from_other_failures():
+    from deployments.runtime.local import _refusal
+
+    refused = (
+        "Traceback (most recent call last):\n"
+        '  File "src/service.py", line 40, in load_model\n'
+        "modelkit.allowlist.GlobalRefusedError: posix.system is not on the allow-list\n"
+        "2026-12-07 INFO worker restarting"
+    )
+    assert _refusal(refused) == (
+        "modelkit.allowlist.GlobalRefusedError: posix.system is not on the allow-list"
+    )
+    assert _refusal("skops.io.exceptions.UntrustedTypesFoundException: ['x.Y']")
+    # A broken file or a bug may be transient or the deadline's to judge: not a refusal.
+    assert _refusal("_pickle.UnpicklingError: invalid load key, 'x'.") == ""
+    assert _refusal("NotGlobalRefusedErrorAtAll: no") == ""
+    assert _refusal("") == ""
