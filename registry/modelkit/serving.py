@@ -147,6 +147,12 @@ def _row_count(request: dict[str, Any]) -> int:
     return len(instances) if isinstance(instances, list) else 1
 
 
+def body_bytes(body: dict[str, Any]) -> bytes:
+    """An answer's body as the bytes BentoML's JSON serde made of the returned dict (its
+    ``model_dump_json`` is ``json.dumps``): the service returns them pre-encoded."""
+    return json.dumps(body).encode()
+
+
 def answer(
     predictor: Predictor, instances: Any, probabilities: Any, model_version: int, ctx: Any
 ) -> dict[str, Any]:
