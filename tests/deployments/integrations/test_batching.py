@@ -11,6 +11,7 @@ categories gives the model-refuses-rows case (the contract lets any string throu
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import re
@@ -184,6 +185,17 @@ def test_answer_bytes_are_those_bentoml_made_of_the_body(categorical, numpy_fore
     for body in bodies:
         assert serving.body_bytes(body) == bentoml_bytes(body)
         assert json.loads(serving.body_bytes(body)) == body
+
+
+def test_settled_collector_skips_what_the_service_loaded():
+    threshold = gc.get_threshold()
+    try:
+        serving.settle_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (serving.GC_YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def test_batch_settings_reach_the_service_through_bentoml_config_options(tmp_path):
