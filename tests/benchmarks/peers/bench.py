@@ -20,7 +20,8 @@ servers in a rotating order. Prints per-round figures, medians, and the ratios t
 targets are about; asserts nothing about speed (only that the servers answer alike).
 
 Run: make bench-peers   (or, with REDIS_URL set: python -m tests.benchmarks.peers.bench)
-Knobs: BENCH_PEERS_SECONDS (per run, default 5), BENCH_PEERS_ROUNDS (default 3).
+Knobs: BENCH_PEERS_SECONDS (per run, default 5), BENCH_PEERS_ROUNDS (default 3),
+BENCH_PEERS_ROWS (rows per request to run, e.g. ``1000``; default both 1 and 1000).
 """
 
 from __future__ import annotations
@@ -378,6 +379,16 @@ def _check_alike(targets: dict[str, Target], model: Any, rows: np.ndarray) -> No
         assert [int(v) for v in got] == expected, server
 
 
+def cases(environ: dict[str, str] | None = None) -> tuple[tuple[int, int], ...]:
+    """The (connections, rows) cases to run: BENCH_PEERS_ROWS keeps those of its row counts."""
+    wanted = (os.environ if environ is None else environ).get("BENCH_PEERS_ROWS", "").split(",")
+    rows = {int(count) for count in wanted if count.strip()}
+    kept = tuple(case for case in CASES if not rows or case[1] in rows)
+    if not kept:
+        raise SystemExit(f"BENCH_PEERS_ROWS={','.join(wanted)} matches no case of {CASES}")
+    return kept
+
+
 def run(seconds: float, rounds: int, redis_url: str) -> Results:
     results = Results()
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp, ExitStack() as stack:
@@ -401,7 +412,7 @@ def run(seconds: float, rounds: int, redis_url: str) -> Results:
             _check_alike(targets, fitted[name], rows)
             order = list(targets)
             for round_index in range(rounds):
-                for connections, count in CASES:
+                for connections, count in cases():
                     # Rotate who goes first, so no server always runs on the coolest machine.
                     shift = round_index % len(order)
                     for server in order[shift:] + order[:shift]:
@@ -427,7 +438,7 @@ def report(results: Results) -> str:
         + f"{'MY/MLS req/s':>14}{'MY/MLS p99':>12}{'gw +p50 ms':>12}",
     ]
     for name in ("logreg", "forest"):
-        for connections, count in CASES:
+        for connections, count in cases():
             cells = []
             for server in SERVERS:
                 key = (name, server, connections, count)

@@ -11,6 +11,9 @@ categories gives the model-refuses-rows case (the contract lets any string throu
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +147,57 @@ def test_one_model_call_answers_each_request_on_its_own(categorical):
     )
 
 
+def _bentoml_dict_bytes() -> Any:
+    """What BentoML's JSON serde made of a body the API returned as a dict (the service's
+    answer before it returned pre-encoded bytes)."""
+    from _bentoml_impl.serde import JSONSerde
+    from _bentoml_sdk.io_models import IODescriptor
+
+    def predict() -> dict[str, Any]: ...
+
+    spec = IODescriptor.from_output(predict)
+    return lambda body: b"".join(JSONSerde().serialize_model(spec(body)).data)
+
+
+def test_answer_bytes_are_those_bentoml_made_of_the_body(categorical, numpy_forest):
+    """The service returns ``body_bytes`` of each outcome instead of the dict: the same
+    bytes, for a DataFrame-fitted and a numpy-fitted model, string labels, numeric-looking
+    string categories, NaN sent for a feature, and the 400 body of a bad row."""
+    cats = Predictor(categorical.model, categorical.contract)
+    forest = Predictor(numpy_forest.model, numpy_forest.contract)
+    rows = _rows(categorical.frame.head(5))
+    matrix = numpy_forest.frame.head(5).to_numpy().tolist()
+    with_nan = [[math.nan, *matrix[0][1:]], *matrix[1:]]
+    outcomes = [
+        *serving.batch_outcomes(cats, [{"instances": rows}, {"instances": rows[:1]}], 3),
+        *serving.batch_outcomes(cats, [{"instances": [{**rows[0], "age": "old"}]}], 3),
+        *serving.batch_outcomes(forest, [{"instances": matrix, "probabilities": False}], 3),
+        *serving.batch_outcomes(forest, [{"instances": with_nan}], 3),
+    ]
+    takes_nan = bool(numpy_forest.contract["features"][0].get("nullable"))
+    assert [status for status, _ in outcomes] == [200, 200, 400, 200, 200 if takes_nan else 400]
+    assert rows[0]["zip"].startswith("0") and outcomes[3][1]["predictions"][0] in ("churn", "stay")
+    bodies = [body for _, body in outcomes] + [
+        # Values no model here answers: non-ASCII and numeric-looking labels, tiny floats.
+        {"predictions": ["é", "0012", None, True], "probabilities": [[1e-08, 1 - 1e-08]]},
+    ]
+    bentoml_bytes = _bentoml_dict_bytes()
+    for body in bodies:
+        assert serving.body_bytes(body) == bentoml_bytes(body)
+        assert json.loads(serving.body_bytes(body)) == body
+
+
+def test_settled_collector_skips_what_the_service_loaded():
+    threshold = gc.get_threshold()
+    try:
+        serving.settle_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (serving.GC_YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
 def test_batch_settings_reach_the_service_through_bentoml_config_options(tmp_path):
     env = serve_environment(bentoml_home=tmp_path, workers=2, batch_max_size=64)
     options = env["BENTOML_CONFIG_OPTIONS"].split()
@@ -212,5 +266,13 @@ def test_numpy_fitted_model_answers_concurrent_rows_like_itself(backend, numpy_f
         assert answers[-1].json()["predictions"] == expected
         np.testing.assert_allclose(answers[-1].json()["probabilities"], proba)
         assert answers[0].json()["classes"] == ["churn", "stay"]
+        # The very bytes the service's own predictor makes of these rows, sent as JSON.
+        predictor = Predictor(numpy_forest.model, numpy_forest.contract)
+        body = serving.request_outcome(predictor, rows, True, 1)[1]
+        assert answers[-1].content == serving.body_bytes(body)
+        assert answers[-1].headers["content-type"] == "application/json"
+        bad = httpx.post(f"{handle.url}/predict", json={"instances": [rows[0][:2]]}, timeout=30)
+        assert bad.status_code == 400
+        assert bad.json()["error"]["code"] == "wrong_width"
     finally:
         backend.slot_stop(slot_key="batch-forest")
