@@ -25,12 +25,13 @@ install: $(STAMP)
 run: install
 	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack run
 
-# Two pytest-xdist workers, a test file each at a time (--dist loadfile keeps a file's
-# module fixtures -- trained models, live stacks -- built once): most of the suite waits on
-# servers it started, so two workers on CI's two cores take about half the time. Each worker
-# has its own test database (pytest-django), Redis databases and artifact folder
-# (config/settings/test.py). TEST_WORKERS=0 runs in one process.
-TEST_WORKERS ?= 2
+# Three pytest-xdist workers, a test file each at a time (--dist loadfile keeps a file's
+# module fixtures -- trained models, live stacks -- built once; the files that start servers
+# go first, tests/conftest.py). Most of the suite waits on servers it started: serially the
+# two cores of CI were half idle. Each worker has its own test database (pytest-django),
+# Redis databases and artifact folder (config/settings/test.py; up to 3 workers).
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 3
 test: install
 	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack test -- -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 

@@ -20,6 +20,29 @@ from tests.models import train_sklearn_joblib
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Fixtures that start real servers (a live stack, a make-run stack, slot servers, a
+# browser): a file that uses one takes a minute or several, most others seconds.
+_SERVER_FIXTURES = frozenset(
+    {"live_stack", "make_run", "contract_backend", "backend", "make_backend", "built", "browser"}
+)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test`), the files that start servers are collected first, so
+    the workers take them first (--dist loadfile hands files out in collection order) and
+    the run ends on short files rather than on one worker's five-minute file while the
+    other idles. Within a file, and in a one-process run, the order is unchanged."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    heavy = {
+        item.path
+        for item in items
+        if item.get_closest_marker("stack") or _SERVER_FIXTURES & set(item.fixturenames)
+    }
+    items.sort(key=lambda item: item.path not in heavy)  # stable: the rest keeps its order
+
+
 @pytest.fixture(scope="session")
 def sklearn_model():
     return train_sklearn_joblib(seed=0)

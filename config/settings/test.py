@@ -12,11 +12,12 @@ os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
 def _xdist_worker_isolate() -> None:
-    """Under pytest-xdist (`make test` runs two workers), each worker gets Redis databases and
+    """Under pytest-xdist (`make test` runs three workers), each worker gets Redis databases and
     an artifact folder of its own, as pytest-django gives it a test database of its own:
     worker k uses database 9 + 2k and the live stack's next one (tests/conftest.py), so
-    gw0 holds 9-10 and gw1 11-12. Done once, in the worker: the processes a worker starts
-    inherit both variables and must keep the values (MODELYARD_TEST_WORKER marks it done)."""
+    gw0 holds 9-10, gw1 11-12. Done once, in the worker: the processes a worker starts
+    inherit both variables and must keep the values (MODELYARD_TEST_WORKER marks it done).
+    Three workers fit below database 15 (gw2: 13-14)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if not worker or os.environ.get("MODELYARD_TEST_WORKER") == worker:
         return

@@ -28,7 +28,7 @@ from devstack.services import database_url_of
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = str(ROOT / "platform" / "entrypoint.sh")
-# One per test worker (make test runs two): each drops and creates its own.
+# One per test worker (make test runs three): each drops and creates its own.
 DATABASE = "modelyard_k8s_prodstart" + os.environ.get("PYTEST_XDIST_WORKER", "")
 HOST = "modelyard.example.com"
 
