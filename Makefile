@@ -26,14 +26,15 @@ run: install
 	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack run
 
 # Three pytest-xdist workers, a test file each at a time (--dist loadfile keeps a file's
-# module fixtures -- trained models, live stacks -- built once; the files that start servers
-# go first, tests/conftest.py). Most of the suite waits on servers it started: serially the
-# two cores of CI were half idle. Each worker has its own test database (pytest-django),
-# Redis databases and artifact folder (config/settings/test.py; up to 3 workers).
+# module fixtures -- trained models, live stacks -- built once). The files that start
+# servers go first, in tests/conftest.py's order (xdist's own order puts the files with the
+# most tests first). Most of the suite waits on servers it started: serially the two cores
+# of CI were half idle. Each worker has its own test database (pytest-django), Redis
+# databases and artifact folder (config/settings/test.py; up to 3 workers).
 # TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 3
 test: install
-	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack test -- -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack test -- -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: install
 	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack test -- -m benchmark -s tests/benchmarks $(PYTEST_ARGS)

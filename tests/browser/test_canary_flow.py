@@ -81,8 +81,13 @@ def test_operator_starts_a_canary_watches_it_advance_and_aborts_it(ui, tmp_path)
             "50 %", timeout=STEP_TIMEOUT_MS
         )
         expect(canary.locator('[data-step-status="done"]')).to_have_count(1)
+        expect(canary.locator('[data-step-status="done"]')).to_contain_text("10 % (passed)")
         expect(canary.locator('[data-step-status="current"]')).to_contain_text("50 %")
-        expect(canary.locator('[data-metric="error_rate"]')).to_contain_text("pass")
+        # The judge starts over on the new step's window: by the time the page shows it, its
+        # verdict may still be the passing one of step 1 or already "not yet" for step 2.
+        expect(canary.locator('[data-metric="error_rate"]')).to_contain_text(
+            re.compile(r"\bpass\b|\bnot_yet\b")
+        )
         ui.shot(page, "03-canary-at-50-percent-judge-passed")
 
         page.get_by_role("button", name="Abort canary").click()
