@@ -47,7 +47,8 @@ ARM_LIVE = "live"
 
 # Client ids: safe in a header, a CSV cell and a URL without escaping; long enough for a UUID
 # with a prefix or a business key.
-INFERENCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,95}$")
+# Used with fullmatch: a pattern's "$" would also take the id "abc\n".
+INFERENCE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,95}")
 INFERENCE_ID_HEADER = b"x-modelyard-inference-id"
 
 
@@ -59,7 +60,7 @@ def inference_id_new() -> str:
 
 def inference_id_check(value: str) -> str | None:
     """The problem with a client's id, or None when it is valid."""
-    if not INFERENCE_ID_RE.match(value):
+    if not INFERENCE_ID_RE.fullmatch(value):
         return (
             "an inference id is 1-96 characters of letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

@@ -36,6 +36,9 @@ def _deployment():
     return DeploymentFactory(name="bench-quality", model=model)
 
 
+# Committed, as an upload is: in a test's transaction, work done at commit (deferred
+# constraint checks) would be left out of the figure.
+@pytest.mark.django_db(transaction=True)
 def test_a_million_labels_joined_and_scored(monitoring_redis):  # noqa: F811
     deployment = _deployment()
     now = datetime.now(UTC)

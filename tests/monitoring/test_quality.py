@@ -347,6 +347,55 @@ def test_labels_service_refuses_a_request_that_is_not_a_list(classifier_deployme
         labels_ingest(deployment=classifier_deployment, labels={"id": "a"})
 
 
+def test_plain_labels_take_the_whole_list_path_and_make_the_checked_paths_lines() -> None:
+    from monitoring.services.quality import _copy_of_plain_labels, _lines_checked
+
+    plain = [
+        {"id": "0190a1b2c3d4e5f60718293a", "label": "yes"},
+        {"id": "0190a1b2c3d4e5f60718293a:2", "label": 'say "no"\\'},  # quotes, a backslash
+        {"id": "client-id.7_x", "label": ""},
+        {"id": "0190a1b2c3d4e5f60718293a", "label": "no"},  # the same id again: the last wins
+    ]
+    lines = _lines_checked(plain)[0]
+    assert list(lines) == [
+        "0190a1b2c3d4e5f60718293a",
+        "0190a1b2c3d4e5f60718293a:2",
+        "client-id.7_x",
+    ]
+    assert lines["0190a1b2c3d4e5f60718293a"] == '0190a1b2c3d4e5f60718293a\t"no"\t\\N\n'
+    fast = _copy_of_plain_labels(plain)
+    assert fast is not None and sorted(fast[0].splitlines()) == sorted(
+        "".join(lines.values()).splitlines()
+    )
+    assert fast[1] == 3
+    unique = plain[:3]
+    assert _copy_of_plain_labels(unique) == ("".join(_lines_checked(unique)[0].values()), 3)
+    # Anything else is checked label by label (which names each problem).
+    for other in (
+        [{"id": "a1", "label": 1}],
+        [{"id": "a1", "label": "x", "at": "2026-12-01T00:00:00Z"}],
+        [{"id": "a1", "label": "x"}, ["a1", "x"]],
+        [{"id": "a1", "lable": "x"}],
+        [{"id": 7, "label": "x"}],
+        [{"id": "a1\nb2", "label": "x"}],
+        [{"id": "a1\n", "label": "x"}],
+        [{"id": "-a1", "label": "x"}],
+        [],
+    ):
+        assert _copy_of_plain_labels(other) is None, other
+
+
+def test_an_id_with_a_newline_is_invalid_and_the_rest_is_stored(classifier_deployment) -> None:
+    # "$" of a pattern matches before a final newline: "<id>\n" was taken, and its COPY line
+    # broke the upload (a 500).
+    result = labels_ingest(
+        deployment=classifier_deployment,
+        labels=[{"id": "a1\n", "label": "yes"}, {"id": "a2", "label": "no"}],
+    ).as_dict()
+    assert (result["created"], result["invalid"]) == (1, 1)
+    assert result["invalid_rows"][0]["index"] == 0
+
+
 # --- the gateway's writer ---------------------------------------------------------------
 
 
@@ -500,3 +549,14 @@ def test_the_accuracy_guard_takes_the_reference_labels_when_the_previous_has_non
     assert evidence["baseline"] == baseline["metrics"]["accuracy"]["value"]
     assert (evidence["baseline_version"], evidence["baseline_labelled"]) == (2, 200)
     assert evidence["value"] < evidence["baseline"] - 0.1
+
+
+def test_deleting_a_deployment_deletes_its_labels(classifier_deployment) -> None:
+    # The labels' table has no foreign-key constraint in the database (see PredictionLabel):
+    # the cascade is Django's.
+    from monitoring.models import PredictionLabel
+
+    labels_ingest(deployment=classifier_deployment, labels=[{"id": "a1", "label": "yes"}])
+    assert PredictionLabel.objects.filter(deployment=classifier_deployment).count() == 1
+    classifier_deployment.delete()
+    assert PredictionLabel.objects.count() == 0
