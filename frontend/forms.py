@@ -158,6 +158,13 @@ class UploadForm(forms.Form):
         help_text="CSV or Parquet sample of the inputs: the validation smoke test and the "
         "drift baseline.",
     )
+    label_column = forms.CharField(
+        label="Label column",
+        required=False,
+        max_length=200,
+        help_text="The reference data's column of true labels, if it has one: kept out of "
+        "the features, it gives the version's baseline quality.",
+    )
 
     def _file_name_checked(self, field: str) -> Any:
         upload = self.cleaned_data.get(field)
@@ -173,6 +180,9 @@ class UploadForm(forms.Form):
 
     def clean_reference_data(self):
         return self._file_name_checked("reference_data")
+
+    def clean_label_column(self) -> str | None:
+        return self.cleaned_data["label_column"].strip() or None  # blank: no label column
 
     def clean_params(self) -> dict[str, Any]:
         text = self.cleaned_data["params"]
@@ -237,6 +247,7 @@ class UploadForm(forms.Form):
         "code_repo": "code_repo",
         "code_commit": "code_commit",
         "training_run_id": "training_run_id",
+        "label_column": "label_column",
     }
 
     def clean(self) -> dict[str, Any]:

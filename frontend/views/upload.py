@@ -34,6 +34,7 @@ _ERROR_FIELDS = {
     "invalid_reference_data": "reference_data",
     "unknown_parent": "parents",
     "name_taken": "model_name",
+    "invalid_label_column": "label_column",
 }
 
 

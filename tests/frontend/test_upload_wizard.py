@@ -110,6 +110,8 @@ def test_upload_of_a_second_version_to_an_existing_model(
         ({"file": SimpleUploadedFile("m.joblib", b"")}, "file", "empty"),
         ({"reference_data": SimpleUploadedFile("r.csv", b"\x00\x01")}, "reference_data", ""),
         ({"model_name": "bad name!"}, "model_name", "letters, digits"),
+        ({"label_column": "truth"}, "label_column", "'truth' is not a column"),
+        ({"label_column": "truth", "reference_data": None}, "label_column", "upload reference"),
         ({"file": None}, "file", "required"),
     ],
 )
@@ -239,3 +241,28 @@ def test_kept_files_are_only_their_owners(login, scientist, make_user, sklearn_m
     assert response.status_code == 400
     assert "file" in response.context["form"].errors
     assert not ModelVersion.objects.exists()
+
+
+def test_the_reference_label_column_is_recorded_and_kept_out_of_the_features(
+    login, scientist, sklearn_model
+):
+    import io
+
+    import pandas as pd
+
+    reference = pd.read_csv(io.BytesIO(sklearn_model.reference_csv))
+    reference["truth"] = [i % 2 for i in range(len(reference))]
+    csv = reference.to_csv(index=False).encode()
+    response = login(scientist).post(
+        "/upload/",
+        form_data(
+            sklearn_model,
+            reference_data=SimpleUploadedFile("reference.csv", csv),
+            label_column=" truth ",
+        ),
+    )
+    assert response.status_code == 302, response.context["form"].errors
+    version = ModelVersion.objects.get(model__name="churn-new")
+    assert version.reference_label_column == "truth"
+    names = [column["name"] for column in version.reference_schema]
+    assert names and "truth" not in names
