@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -1060,13 +1061,19 @@ def _confinement_line(start: ModelProcessStart) -> str:
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b(: .*)?$")
 
 
-def _cause(log_tail: str) -> str:
-    """The last exception line of a log (``ValueError: ...``), as ``: <line>``, or ``""``."""
+def _exception_lines(log_tail: str) -> Iterator[str]:
+    """The exception lines of a log (``ValueError: ...``), stripped and cut to 300
+    characters, the last first."""
     for line in reversed(log_tail.splitlines()):
         line = line.strip()
         if _EXCEPTION_LINE.match(line):
-            return f": {line[:300]}"
-    return ""
+            yield line[:300]
+
+
+def _cause(log_tail: str) -> str:
+    """The last exception line of a log, as ``: <line>``, or ``""``."""
+    line = next(_exception_lines(log_tail), None)
+    return f": {line}" if line else ""
 
 
 # The model loader's refusals (modelkit.allowlist / modelkit.loading; named, not imported:
@@ -1080,12 +1087,9 @@ _REFUSAL_CHECK_SECONDS = 0.5
 
 def _refusal(log_tail: str) -> str:
     """The last line of ``log_tail`` that raises one of the loader's refusals, or ``""``."""
-    for line in reversed(log_tail.splitlines()):
-        line = line.strip()
-        if _EXCEPTION_LINE.match(line):
-            name = line.partition(":")[0].rpartition(".")[2]
-            if name in _REFUSALS:
-                return line[:300]
+    for line in _exception_lines(log_tail):
+        if line.partition(":")[0].rpartition(".")[2] in _REFUSALS:
+            return line
     return ""
 
 
@@ -1094,10 +1098,10 @@ _ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|FATAL|Traceback)\b")
 
 def _last_error_line(log_tail: str) -> str:
     """The last exception line of a log, else the last line logged at ERROR or worse."""
+    exception = next(_exception_lines(log_tail), None)
+    if exception:
+        return exception
     lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if _EXCEPTION_LINE.match(line):
-            return line[:300]
     for line in reversed(lines):
         if _ERROR_LINE.search(line) and not line.startswith("---"):
             return line[:300]
