@@ -149,7 +149,7 @@ def _copy_of_plain_labels(labels: list[Any]) -> tuple[str, int] | None:
         1 for _ in _LABEL_ID_LINE_RE.finditer(joined)
     ) != len(ids):
         return None
-    rest = {value: f"\t{_copy_text(json.dumps(value))}\t\\N\n" for value in set(values)}
+    rest = {value: _line_after_id(_label_field(value)) for value in set(values)}
     if len(set(ids)) == len(ids):
         pairs: Any = zip(ids, map(rest.__getitem__, values), strict=True)
         return "".join(chain.from_iterable(pairs)), len(ids)
@@ -182,16 +182,30 @@ def _lines_checked(labels: list[Any]) -> tuple[dict[str, str], list[dict[str, An
             if problem is not None:
                 invalid.append({"index": index, "problem": problem})
                 continue
-            text = encoded[key] = _copy_text(json.dumps(label))  # type: ignore[index]
-        when = "\\N"
+            text = encoded[key] = _label_field(label)  # type: ignore[index]
+        when = _NO_TIME
         if at not in (None, ""):
             parsed = parse_datetime(at) if isinstance(at, str) else None
             if parsed is None:
                 invalid.append({"index": index, "problem": "at must be an ISO 8601 date-time"})
                 continue
             when = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).isoformat()
-        lines[row_id] = f"{row_id}\t{text}\t{when}\n"
+        lines[row_id] = row_id + _line_after_id(text, when)
     return lines, invalid
+
+
+# COPY's NULL: a label without its own time is labelled at the upload's (_upsert).
+_NO_TIME = "\\N"
+
+
+def _line_after_id(label_field: str, when: str = _NO_TIME) -> str:
+    """The rest of a ``label_incoming`` COPY line after its id: label, labelled_at."""
+    return f"\t{label_field}\t{when}\n"
+
+
+def _label_field(label: Any) -> str:
+    """A label as its COPY field: its JSON text, escaped."""
+    return _copy_text(json.dumps(label))
 
 
 def _copy_text(value: str) -> str:
