@@ -103,7 +103,11 @@ def transition(
         fields["finished_at"] = now
     # The step entry as log_step writes it, in the state moved to, appended in the UPDATE
     # (json_append), so a step another writer logged meanwhile is never overwritten.
-    entry = {"at": now.isoformat(), "state": str(to), "message": message}
+    entry: dict[str, Any] = {"at": now.isoformat(), "state": str(to), "message": message}
+    if evidence and evidence.get("judgement"):
+        # The verdict that moved it (a canary's last step promoted, a failed judge's abort),
+        # as progressive._log keeps the one that closed each earlier step: the page shows it.
+        entry["judgement"] = evidence["judgement"]
     won = ROLLOUT_STATES.move(
         rollout,
         to,

@@ -29,6 +29,7 @@ def canary_context(rollout: Rollout | None, live_version: ModelVersion | None) -
     weight = canary_weight(rollout) // 100 if rollout.state == RolloutState.CANARY else 0
     judgement = rollout.judgement or {}
     promoted = rollout.state in (RolloutState.SWITCHING, RolloutState.BAKING, RolloutState.LIVE)
+    closing = _closing_verdicts(rollout)
     if shadowing:
         buttons = [
             ("canary", f"Promote to canary ({steps[0] if steps else 5} %)", False),
@@ -57,6 +58,7 @@ def canary_context(rollout: Rollout | None, live_version: ModelVersion | None) -
                 else "current"
                 if i == rollout.canary_step and rollout.state == RolloutState.CANARY
                 else "waiting",
+                "closed_by": closing.get(i, []),
             }
             for i, percent in enumerate(steps)
         ],
@@ -78,6 +80,29 @@ def canary_context(rollout: Rollout | None, live_version: ModelVersion | None) -
         ],
         **_shadow_context(rollout),
     }
+
+
+def _closing_verdicts(rollout: Rollout) -> dict[int, list[dict[str, str]]]:
+    """Step index -> the judge's per-metric verdicts that closed it (passed it on, or promoted
+    the last one), read from the rollout's step log: the panel's judge table shows only the
+    latest verdict, which after a step moves on is already the next step's."""
+    closing: dict[int, list[dict[str, str]]] = {}
+    for entry in rollout.steps or []:
+        judged = entry.get("judgement") if isinstance(entry, dict) else None
+        if not isinstance(judged, dict) or judged.get("verdict") != "pass":
+            continue
+        if not isinstance(judged.get("step"), int):
+            continue
+        closing[judged["step"]] = [
+            {
+                "metric": str(metric.get("metric")),
+                "verdict": str(metric.get("verdict")),
+                "p_text": figure_text(metric.get("p_value"), ".2g"),
+            }
+            for metric in judged.get("metrics") or []
+            if isinstance(metric, dict)
+        ]
+    return closing
 
 
 def _shadow_context(rollout: Rollout) -> dict[str, Any]:

@@ -45,6 +45,12 @@ def test_the_page_shows_the_split_the_steps_and_the_judges_numbers(canary, setti
     assert 'data-verdict="pass"' in html and 'data-metric="error_rate"' in html
     assert "fisher_exact" in html or "two_proportion_z" in html
     assert "0.50%" in html  # both arms' 5xx rate, as the judge measured it
+    # The done step names the verdict that closed it, per metric, whatever the judge says
+    # of the next step meanwhile.
+    done = html.split('data-step-status="done"', 1)[1].split("</li>", 1)[0]
+    closed = '<span data-step-metric="error_rate">error_rate <span class="ops-state">pass</span>'
+    assert closed in done
+    assert 'data-step-metric="latency"' in done and "(p " in done
     for label in ("Promote to 100 %", "Pause", "Abort canary"):
         assert label in html
     assert (
