@@ -23,8 +23,8 @@ Frames on stdin: a 4-byte little-endian length, then ``marshal`` of a tuple:
 ``(0, deployment, route JSON)`` before the first job of each route object, then
 ``(1, deployment, target, headers, body, live status, live body, live ms)`` per job.
 Lines on stdout: ``{"done": n, "counters": {deployment: [mirrored, dropped, errors]}}``,
-totals since the process started. EOF on stdin stops it: queued jobs are abandoned, the
-cells are flushed one last time.
+totals since the process started. EOF on stdin (or a SIGTERM) stops it: queued jobs are
+abandoned, the cells are flushed one last time.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import logging
 import marshal
 import os
 import random
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -236,6 +237,10 @@ async def _serve(settings: GatewaySettings) -> None:
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
     )
     writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(1, "wb", buffering=0))
+    # A SIGTERM (a service manager stopping the gateway's whole group) stops it as EOF does:
+    # the cells are flushed. A Ctrl-C reaches it too, but the gateway's own stop closes stdin.
+    loop.add_signal_handler(signal.SIGTERM, reader.feed_eof)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     report_soon = False
 
     def report() -> None:
