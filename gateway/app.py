@@ -132,6 +132,7 @@ from gateway.routes import (
 from gateway.sampling import PayloadSampler
 from gateway.settings import GatewaySettings
 from gateway.shadow import ShadowJob, ShadowMirror
+from gateway.shadow_process import ShadowRelay
 from gateway.upstream import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -338,11 +339,15 @@ class Gateway:
             on_probe_failed=self._probe_failed,
         )
         self.repairs: RepairRequests | None = None
-        self.shadow = ShadowMirror(
-            balancer=self.balancer,
-            queue_size=settings.shadow_queue_size,
-            workers=settings.shadow_workers,
-            timeout_s=settings.shadow_timeout_s,
+        self.shadow: ShadowMirror | ShadowRelay = (
+            ShadowRelay(settings=settings)
+            if settings.shadow_process
+            else ShadowMirror(
+                balancer=self.balancer,
+                queue_size=settings.shadow_queue_size,
+                workers=settings.shadow_workers,
+                timeout_s=settings.shadow_timeout_s,
+            )
         )
         # Canary requests answered by live because no canary replica could take them.
         self.canary_fallbacks = 0

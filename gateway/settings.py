@@ -82,6 +82,12 @@ class GatewaySettings:
     shadow_workers: int = 16
     shadow_timeout_s: float = 5.0
     shadow_flush_interval_s: float = 1.0
+    # Where that work runs (gateway.shadow_process): in a process of its own per gateway
+    # process, at nice shadow_nice and (Linux) in SCHED_IDLE, so it takes only CPU that live
+    # requests leave; shadow_process=0 runs it on the gateway's event loop, competing with them.
+    shadow_process: bool = True
+    shadow_nice: int = 19
+    shadow_sched_idle: bool = True
     # Per-request metric recording (Redis buffers, roll-ups, /metrics series); off only for
     # benchmarks or when metrics are taken elsewhere.
     metrics: bool = True

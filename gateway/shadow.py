@@ -11,8 +11,11 @@ call (``gateway.shadow_reports`` holds the layout and the platform's reader).
 
 So a slow or dead shadow costs a live request nothing: the live answer is out before the job
 exists, the queue never blocks, and shadow requests hold at most ``shadow_workers`` upstream
-connections. The workers do run on the gateway's event loop (the comparison parses both
-answers): that CPU is what the shadow benchmark measures (tests/benchmarks/test_shadow_bench.py).
+connections. Where the workers run: by default in the gateway's shadow process at idle CPU
+priority (:mod:`gateway.shadow_process`, whose :class:`~gateway.shadow_process.ShadowRelay`
+the request path offers jobs to), so their CPU (a second upstream call, both answers parsed)
+is not taken from live requests; with ``shadow_process=0`` on the gateway's own event loop
+(tests/benchmarks/test_shadow_bench.py measures both).
 
 Shadow replicas are balanced but never ejected (``gateway.balancer``): a failure is evidence
 about the candidate, counted as an error, not a reason to stop looking.
@@ -26,6 +29,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -149,8 +153,76 @@ def answers_compare(live_body: bytes, shadow_body: bytes) -> Comparison:
     return result
 
 
-class ShadowMirror:
-    """The bounded queue, its workers and the cells they fill; one per gateway process."""
+class ShadowBook:
+    """The cells and per-deployment counters of shadow work, and their flush to Redis.
+
+    Both the in-process :class:`ShadowMirror` and the gateway's :class:`ShadowRelay` (which
+    counts only what it drops; its process compares and flushes the rest) keep one."""
+
+    def __init__(self) -> None:
+        self._cells: dict[tuple[str, int, int], ShadowCell] = {}
+        # A batch whose write failed, with its flush id: sent again as it is (see flush).
+        self._unsent: tuple[str, dict[tuple[str, int, int], ShadowCell]] | None = None
+        self._script: AsyncScript | None = None
+        # Per deployment: mirrored, dropped (queue full), errors; for /metrics and /healthz.
+        self._counters: dict[str, list[int]] = {}
+
+    @property
+    def counters(self) -> dict[str, list[int]]:
+        return self._counters
+
+    def totals(self) -> tuple[int, int, int]:
+        """Mirrored, dropped and errors over every deployment since start."""
+        counters = self.counters.values()
+        mirrored = sum(c[0] for c in counters)
+        dropped = sum(c[1] for c in counters)
+        return mirrored, dropped, sum(c[2] for c in counters)
+
+    def _count(self, deployment: str, index: int) -> None:
+        counts = self._counters.get(deployment)
+        if counts is None:
+            counts = self._counters[deployment] = [0, 0, 0]
+        counts[index] += 1
+
+    def _cell(self, route: Route) -> ShadowCell:
+        assert route.shadow is not None
+        key = (route.deployment, route.shadow.version, int(time.time() // 60))
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = ShadowCell()
+        return cell
+
+    def _drop(self, route: Route) -> None:
+        self._count(route.deployment, 1)
+        self._cell(route).counts["dropped"] += 1
+
+    async def flush(self, client: redis.asyncio.Redis) -> int:
+        """Write every cell in one script call; returns how many cells were written.
+
+        Replay-safe like the metric buffers: each batch has an id that Redis remembers (SET NX)
+        in the same atomic call, and a batch whose write failed is sent again with the SAME id,
+        so a write that Redis applied but whose answer was lost is not counted twice. Cells
+        filled meanwhile go in the next batch.
+        """
+        if self._script is None or self._script.registered_client is not client:
+            self._script = client.register_script(_FLUSH_LUA)
+        written = 0
+        if self._unsent is None and self._cells:
+            self._unsent = (uuid.uuid4().hex, self._cells)
+            self._cells = {}
+        if self._unsent is not None:
+            flush_id, cells = self._unsent
+            await self._script(keys=[SHADOW_FLUSH_ID_PREFIX + flush_id], args=_script_args(cells))
+            self._unsent = None
+            written += len(cells)
+        if self._cells:  # filled while a failed batch waited: a batch of its own, now
+            written += await self.flush(client)
+        return written
+
+
+class ShadowMirror(ShadowBook):
+    """The bounded queue, its workers and the cells they fill: the shadow's work on one event
+    loop (the gateway's with ``shadow_process=0``, else :mod:`gateway.shadow_process`'s)."""
 
     def __init__(
         self,
@@ -160,7 +232,9 @@ class ShadowMirror:
         workers: int,
         timeout_s: float,
         draw: Any = random.random,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__()
         self.balancer = balancer
         self.queue_size = max(1, queue_size)
         self.worker_count = max(1, workers)
@@ -169,12 +243,9 @@ class ShadowMirror:
         self._queue: asyncio.Queue[ShadowJob] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._pool: UpstreamPool | None = None
-        self._cells: dict[tuple[str, int, int], ShadowCell] = {}
-        # A batch whose write failed, with its flush id: sent again as it is (see flush).
-        self._unsent: tuple[str, dict[tuple[str, int, int], ShadowCell]] | None = None
-        self._script: AsyncScript | None = None
-        # Per deployment: mirrored, dropped (queue full), errors; for /metrics and /healthz.
-        self.counters: dict[str, list[int]] = {}
+        # Jobs finished (compared, failed or dropped): what the relay's bound is freed by.
+        self.done = 0
+        self._on_done = on_done
 
     def start(self, pool: UpstreamPool) -> None:
         self._pool = pool
@@ -205,8 +276,8 @@ class ShadowMirror:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            self._count(job.route.deployment, 1)
-            self._cell(job.route).counts["dropped"] += 1
+            self._drop(job.route)
+            self._finished()
             return False
         return True
 
@@ -214,25 +285,10 @@ class ShadowMirror:
     def pending(self) -> int:
         return 0 if self._queue is None else self._queue.qsize()
 
-    def totals(self) -> tuple[int, int, int]:
-        """Mirrored, dropped and errors over every deployment since start."""
-        mirrored = sum(c[0] for c in self.counters.values())
-        dropped = sum(c[1] for c in self.counters.values())
-        return mirrored, dropped, sum(c[2] for c in self.counters.values())
-
-    def _count(self, deployment: str, index: int) -> None:
-        counts = self.counters.get(deployment)
-        if counts is None:
-            counts = self.counters[deployment] = [0, 0, 0]
-        counts[index] += 1
-
-    def _cell(self, route: Route) -> ShadowCell:
-        assert route.shadow is not None
-        key = (route.deployment, route.shadow.version, int(time.time() // 60))
-        cell = self._cells.get(key)
-        if cell is None:
-            cell = self._cells[key] = ShadowCell()
-        return cell
+    def _finished(self) -> None:
+        self.done += 1
+        if self._on_done is not None:
+            self._on_done()
 
     async def _work(self) -> None:
         assert self._queue is not None
@@ -243,6 +299,8 @@ class ShadowMirror:
             except Exception:
                 # One bad answer must not stop the worker: later jobs still get compared.
                 logger.exception("shadow comparison failed for %r", job.route.deployment)
+            finally:
+                self._finished()
 
     async def _mirror(self, job: ShadowJob) -> None:
         assert self._pool is not None
@@ -304,29 +362,6 @@ class ShadowMirror:
             peak = comparison.prob_abs_max
             if peak is not None and (cell.peak is None or peak > cell.peak):
                 cell.peak = peak
-
-    async def flush(self, client: redis.asyncio.Redis) -> int:
-        """Write every cell in one script call; returns how many cells were written.
-
-        Replay-safe like the metric buffers: each batch has an id that Redis remembers (SET NX)
-        in the same atomic call, and a batch whose write failed is sent again with the SAME id,
-        so a write that Redis applied but whose answer was lost is not counted twice. Cells
-        filled meanwhile go in the next batch.
-        """
-        if self._script is None or self._script.registered_client is not client:
-            self._script = client.register_script(_FLUSH_LUA)
-        written = 0
-        if self._unsent is None and self._cells:
-            self._unsent = (uuid.uuid4().hex, self._cells)
-            self._cells = {}
-        if self._unsent is not None:
-            flush_id, cells = self._unsent
-            await self._script(keys=[SHADOW_FLUSH_ID_PREFIX + flush_id], args=_script_args(cells))
-            self._unsent = None
-            written += len(cells)
-        if self._cells:  # filled while a failed batch waited: a batch of its own, now
-            written += await self.flush(client)
-        return written
 
 
 def _script_args(cells: dict[tuple[str, int, int], ShadowCell]) -> list[str | int | float]:

@@ -22,7 +22,9 @@ field                meaning
 ``prob_abs_sum``     sum of ``|p_live - p_shadow|`` over those values
 ``prob_abs_max``     the largest ``|p_live - p_shadow|``
 ``live_ms_sum``      upstream latency of the live answer, ms, summed over ``compared``
-``shadow_ms_sum``    the same for the shadow's answer
+``shadow_ms_sum``    the same for the shadow's answer, as the gateway's shadow process timed it:
+                     at idle CPU priority (``gateway.shadow_process``), so on a busy machine
+                     it includes that process's own waits for CPU
 ``errors``           shadow failures: ``errors_status`` (it answered >= 500), ``errors_timeout``
                      (no answer within ``shadow_timeout_s``), ``errors_connect`` (refused,
                      reset, cut, a broken answer)

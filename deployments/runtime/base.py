@@ -19,6 +19,12 @@ from datetime import UTC, datetime
 from typing import Literal
 
 # Slot keys name files and Kubernetes objects, so they keep to a portable alphabet.
+# A slot's CPU priority (RuntimeBackend.slot_start): a shadow's servers run low, so mirrored
+# requests never take CPU from the live ones on the same machine.
+PRIORITY_NORMAL = "normal"
+PRIORITY_LOW = "low"
+PRIORITIES = (PRIORITY_NORMAL, PRIORITY_LOW)
+
 SLOT_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -138,16 +144,25 @@ class RuntimeBackend(ABC):
         replicas: int | None = None,
         workers: int | None = None,
         batch: tuple[int, int] | None = None,
+        priority: str = PRIORITY_NORMAL,
     ) -> SlotHandle:
         """Serve ``bento_tag`` in the slot on ``replicas`` servers and return once all are ready.
 
         ``replicas`` servers with ``workers`` BentoML workers each, batching concurrent
         requests up to ``batch`` = (max rows, max wait ms) (None: the backend's defaults).
+        ``priority`` :data:`PRIORITY_LOW` (a shadow's slot) asks for servers that only get
+        the CPU other slots leave, where the backend can (see :meth:`slot_priority`).
         A no-op if the
         slot already serves this Bento so; replaces the servers if they serve another. Raises
         SlotStartError (with the log tail) if one is not ready in time, and leaves nothing
         running then.
         """
+
+    def slot_priority(self, *, slot_key: str, priority: str) -> None:
+        """Give the slot's running servers ``priority`` (a shadow promoted to a canary answers
+        users: it gets :data:`PRIORITY_NORMAL` back); later restarts keep it. A backend
+        without CPU priorities does nothing (this default)."""
+        return None
 
     @abstractmethod
     def slot_scale(self, *, slot_key: str, replicas: int, timeout: float = 30) -> SlotHandle:

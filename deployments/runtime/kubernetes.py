@@ -352,7 +352,10 @@ class KubernetesBackend(RuntimeBackend):
         replicas: int | None = None,
         workers: int | None = None,
         batch: tuple[int, int] | None = None,
+        priority: str = "normal",
     ) -> SlotHandle:
+        # ``priority`` is not applied here yet: a pod's CPU share follows its requests
+        # (resources_for), the same for every slot of a deployment; see RuntimeBackend.
         validate_slot_key(slot_key)
         name = self.object_name(slot_key)
         try:

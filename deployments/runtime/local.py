@@ -46,6 +46,9 @@ from filelock import FileLock, Timeout
 from core.model_process import ModelProcessStart, model_process_start
 from deployments.integrations import bentoml as bentoml_integration
 from deployments.runtime.base import (
+    PRIORITIES,
+    PRIORITY_LOW,
+    PRIORITY_NORMAL,
     ReplicaState,
     ReplicaStatus,
     ResourceSample,
@@ -76,9 +79,28 @@ _EXIT_NOTE = "exit-note.json"
 # note (a negative returncode is a signal). Inline, not a module: the model user runs it with
 # no access to the platform's code. Written by hand because nothing in the standard library
 # or our dependencies records a non-child's exit status.
+#
+# A low-priority slot (a shadow's: RuntimeBackend.slot_start) lowers itself first, so the
+# server and its workers inherit it: nice 19, SCHED_IDLE (CPU only when nothing else wants
+# it), and, when it runs in a session of its own, that session's autogroup to nice 19 too
+# (the kernel weighs each autogroup like one process: alone in its own, a niced server would
+# still get as much CPU as the whole session of a live one).
 _EXIT_NOTE_SCRIPT = """
-import json, signal, subprocess, sys
+import json, os, signal, subprocess, sys
 note, argv = sys.argv[1], sys.argv[2:]
+priority, _, supervisor_sid = os.environ.get("MODELYARD_SLOT_PRIORITY", "").partition(":")
+if priority == "low":
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass
+    if str(os.getsid(0)) != supervisor_sid:
+        try:
+            with open("/proc/self/autogroup", "w") as fh:
+                fh.write("19")
+        except OSError:
+            pass
 child = subprocess.Popen(argv)
 for number in (signal.SIGTERM, signal.SIGINT):
     signal.signal(number, lambda received, frame: child.send_signal(received))
@@ -117,6 +139,7 @@ class _SlotRecord:
     isolation: dict[str, Any] | None = None  # Confinement.to_dict() of the current server
     log_offset: int | None = None  # where the current server's output starts in its log
     starting: bool = False  # spawned, not yet ready once (it gets no traffic until it is)
+    priority: str = PRIORITY_NORMAL  # PRIORITY_LOW: a shadow's servers (_EXIT_NOTE_SCRIPT)
 
 
 class LocalProcessBackend(RuntimeBackend):
@@ -164,17 +187,51 @@ class LocalProcessBackend(RuntimeBackend):
         replicas: int | None = None,
         workers: int | None = None,
         batch: tuple[int, int] | None = None,
+        priority: str = PRIORITY_NORMAL,
     ) -> SlotHandle:
         validate_slot_key(slot_key)
         replicas = 1 if replicas is None else replicas
         if replicas < 1:
             raise ValueError("replicas must be >= 1")
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
         workers = workers or self.workers
         with self._slot_lock(_SLOT_LOCK_PREFIX + slot_key, timeout=2 * self.ready_timeout + 60):
             units = [_unit(slot_key, index) for index in range(replicas)]
-            self._units_start(units, bento_tag=bento_tag, workers=workers, batch=batch)
+            self._units_start(
+                units, bento_tag=bento_tag, workers=workers, batch=batch, priority=priority
+            )
             self._units_stop(self._units_of(slot_key, beyond=replicas), timeout=10)
             return self._slot_handle(slot_key)
+
+    def slot_priority(self, *, slot_key: str, priority: str) -> None:
+        """Renice the slot's running processes (nice, SCHED_IDLE or not, their autogroup) and
+        record ``priority`` for its restarts. Raising it back needs CAP_SYS_NICE (root): without
+        it the record still says ``priority`` and RuntimeBackendError says that a restart of
+        the slot applies it."""
+        validate_slot_key(slot_key)
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
+        refused: list[str] = []
+        for unit in self._units_of(slot_key):
+            with self._slot_lock(unit, timeout=2 * self.ready_timeout + 30):
+                record = self._load(unit)
+                if record is None:
+                    continue
+                record.priority = priority
+                self._save(record)
+                for proc in self._marked(unit):
+                    try:
+                        _process_priority(proc.pid, priority)
+                    except psutil.NoSuchProcess:
+                        continue
+                    except (OSError, psutil.AccessDenied) as exc:
+                        refused.append(f"pid {proc.pid}: {exc}")
+        if refused:
+            raise RuntimeBackendError(
+                f"slot {slot_key}: could not set priority {priority} on "
+                f"{'; '.join(refused[:3])}; its servers get it when they are restarted"
+            )
 
     def slot_scale(self, *, slot_key: str, replicas: int, timeout: float = 30) -> SlotHandle:
         validate_slot_key(slot_key)
@@ -194,6 +251,7 @@ class LocalProcessBackend(RuntimeBackend):
                 bento_tag=first.bento_tag,
                 workers=first.workers,
                 batch=(first.batch_max_size, first.batch_max_latency_ms),
+                priority=first.priority,
             )
             # SIGTERM first: BentoML's server stops accepting and finishes what is in flight.
             self._units_stop(self._units_of(slot_key, beyond=replicas), timeout=timeout)
@@ -254,6 +312,7 @@ class LocalProcessBackend(RuntimeBackend):
         bento_tag: str,
         workers: int,
         batch: tuple[int, int] | None = None,
+        priority: str = PRIORITY_NORMAL,
     ) -> None:
         """Start (or keep) every unit, in parallel: the cold starts overlap (3 replicas in 1.7x
         one's time on 2 cores, tests/benchmarks/test_replicas_bench.py).
@@ -264,7 +323,7 @@ class LocalProcessBackend(RuntimeBackend):
             results = list(
                 pool.map(
                     lambda unit: self._unit_start_caught(
-                        unit, bento_tag=bento_tag, workers=workers, batch=batch
+                        unit, bento_tag=bento_tag, workers=workers, batch=batch, priority=priority
                     ),
                     units,
                 )
@@ -275,16 +334,30 @@ class LocalProcessBackend(RuntimeBackend):
             raise errors[0]
 
     def _unit_start_caught(
-        self, unit: str, *, bento_tag: str, workers: int, batch: tuple[int, int] | None
+        self,
+        unit: str,
+        *,
+        bento_tag: str,
+        workers: int,
+        batch: tuple[int, int] | None,
+        priority: str = PRIORITY_NORMAL,
     ) -> SlotStartError | None:
         try:
-            self._unit_start(unit, bento_tag=bento_tag, workers=workers, batch=batch)
+            self._unit_start(
+                unit, bento_tag=bento_tag, workers=workers, batch=batch, priority=priority
+            )
         except SlotStartError as exc:
             return exc
         return None
 
     def _unit_start(
-        self, unit: str, *, bento_tag: str, workers: int, batch: tuple[int, int] | None = None
+        self,
+        unit: str,
+        *,
+        bento_tag: str,
+        workers: int,
+        batch: tuple[int, int] | None = None,
+        priority: str = PRIORITY_NORMAL,
     ) -> None:
         batch_max_size, batch_max_latency_ms = batch or (
             modelkit_serving.DEFAULT_BATCH_MAX_SIZE,
@@ -298,6 +371,7 @@ class LocalProcessBackend(RuntimeBackend):
                 and record.workers == workers
                 and (record.batch_max_size, record.batch_max_latency_ms)
                 == (batch_max_size, batch_max_latency_ms)
+                and record.priority == priority
                 and self._alive(record)
             ):
                 # Already serving this Bento: no-op, but only hand it out once it is ready
@@ -327,6 +401,7 @@ class LocalProcessBackend(RuntimeBackend):
                 batch_max_size=batch_max_size,
                 batch_max_latency_ms=batch_max_latency_ms,
                 history=record.history if record is not None else [],
+                priority=priority,
             )
             try:
                 self._spawn_until_ready(new)
@@ -698,6 +773,9 @@ class LocalProcessBackend(RuntimeBackend):
             batch_max_latency_ms=record.batch_max_latency_ms,
         )
         extra[SLOT_ENV] = self._mark_prefix + record.slot_key
+        if record.priority == PRIORITY_LOW:
+            # Our session: the wrapper lowers its autogroup only when it has one of its own.
+            extra["MODELYARD_SLOT_PRIORITY"] = f"{PRIORITY_LOW}:{os.getsid(0)}"
         return model_process_start(
             argv=[
                 # The server's parent notes how it ended: whoever repairs it later (another
@@ -1110,6 +1188,18 @@ def _last_error_line(log_tail: str) -> str:
 
 def _unit(slot_key: str, index: int) -> str:
     return slot_key if index == 0 else f"{slot_key}{_REPLICA_SEP}{index}"
+
+
+def _process_priority(pid: int, priority: str) -> None:
+    """What _EXIT_NOTE_SCRIPT does to a low slot at its start, done (or undone) on ``pid``."""
+    low = priority == PRIORITY_LOW
+    if hasattr(os, "SCHED_IDLE"):
+        policy = os.SCHED_IDLE if low else os.SCHED_OTHER
+        os.sched_setscheduler(pid, policy, os.sched_param(0))
+    psutil.Process(pid).nice(19 if low else 0)
+    if os.getsid(pid) != os.getsid(0):  # never our own session's autogroup
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"/proc/{pid}/autogroup").write_text("19" if low else "0")
 
 
 def _slot_of(unit: str) -> str:

@@ -46,6 +46,7 @@ from core.services import audit_record
 from deployments import backends
 from deployments.choices import ACTIVE_ROLLOUT_STATES, RolloutState, RolloutStrategy
 from deployments.models import Deployment, Rollout, Slot
+from deployments.runtime.base import PRIORITY_NORMAL, RuntimeBackendError
 from deployments.services._steps import (
     enqueue_advance,
     enqueue_slot_release,
@@ -305,7 +306,20 @@ def _promote(
 
 
 def _to_canary(rollout: Rollout, *, actor: User | None, reason: str) -> bool:
-    """shadow -> canary: the shadow arm becomes a canary arm at the first step, one publish."""
+    """shadow -> canary: the shadow arm becomes a canary arm at the first step, one publish.
+
+    First the slot's servers get normal CPU priority back (a shadow's run low: they answer
+    users now); a backend that cannot do that in place has recorded it for their restarts."""
+    slot = Slot.objects.filter(
+        deployment_id=rollout.deployment_id, color=rollout.target_slot
+    ).first()
+    if slot is not None:
+        try:
+            backends.runtime_backend().slot_priority(
+                slot_key=slot.runtime_key, priority=PRIORITY_NORMAL
+            )
+        except RuntimeBackendError as exc:
+            logger.warning("shadow %s promoted at low CPU priority: %s", rollout.pk, exc)
     with transaction.atomic():
         moved = transition(
             rollout,

@@ -38,7 +38,7 @@ from deployments.choices import (
 from deployments.follow import alias_version_number
 from deployments.integrations import bentoml as bento
 from deployments.models import Deployment, Rollout, Slot
-from deployments.runtime.base import RuntimeBackendError
+from deployments.runtime.base import PRIORITY_LOW, PRIORITY_NORMAL, RuntimeBackendError
 from deployments.services._steps import (
     end_baking,
     enqueue_advance,
@@ -235,6 +235,10 @@ def _step_starting(rollout: Rollout) -> bool:
             replicas=_replicas_to_start(rollout.deployment),
             workers=rollout.deployment.workers,
             batch=(rollout.deployment.batch_max_size, rollout.deployment.batch_max_latency_ms),
+            # A shadow only mirrors: its servers must never take CPU from the live ones.
+            priority=PRIORITY_LOW
+            if rollout.strategy == RolloutStrategy.SHADOW
+            else PRIORITY_NORMAL,
         )
     except (RuntimeBackendError, bento.BentoError) as exc:
         Slot.objects.filter(pk=slot.pk).update(state=SlotState.FAILED)

@@ -91,6 +91,10 @@ class InMemoryRuntimeBackend(RuntimeBackend):
         self.scaled: list[tuple[str, int]] = []  # (slot key, replicas), every slot_scale
         self.repaired: list[tuple[str, int]] = []  # (slot key, replica index), every repair
         self.batches: dict[str, tuple[int, int] | None] = {}  # slot key -> batching asked for
+        self.priorities: dict[str, str] = {}  # slot key -> CPU priority, as started or set
+
+    def slot_priority(self, *, slot_key: str, priority: str) -> None:
+        self.priorities[slot_key] = priority
 
     # --- RuntimeBackend --------------------------------------------------------------------
 
@@ -102,10 +106,12 @@ class InMemoryRuntimeBackend(RuntimeBackend):
         replicas: int | None = None,
         workers: int | None = None,
         batch: tuple[int, int] | None = None,
+        priority: str = "normal",
     ) -> SlotHandle:
         validate_slot_key(slot_key)
         replicas = replicas or 1
         self.batches[slot_key] = batch
+        self.priorities[slot_key] = priority
         current = self.slots_by_key.get(slot_key)
         if current is not None and current.running and current.bento_tag == bento_tag:
             self.slot_scale(slot_key=slot_key, replicas=replicas)

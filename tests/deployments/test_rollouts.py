@@ -233,3 +233,31 @@ def test_a_bake_ended_by_the_next_rollout_is_a_recorded_move(fake_backend, deplo
     ).order_by("id")
     assert audits.last().before == {"state": "baking"}
     assert audits.last().after == {"state": "live", "version": first.version.number}
+
+
+def test_a_shadow_starts_its_slot_at_low_cpu_priority_and_a_promotion_restores_it(
+    fake_backend, deployment, operator
+):
+    """A shadow only mirrors, so its servers never take CPU from live (RuntimeBackend's
+    priority); promoted to a canary it answers users: normal priority again."""
+    from deployments.choices import RolloutStrategy
+    from deployments.services.progressive import shadow_to_canary
+
+    v1 = _version(deployment)
+    _rolled_out(deployment, v1, operator)
+    assert fake_backend.priorities == {"churn-prod.blue": "normal"}
+    Rollout.objects.filter(deployment=deployment).update(state=RolloutState.LIVE)  # baked
+    v2 = _version(deployment)
+    rollout = rollout_start(
+        deployment=deployment,
+        version_number=v2.number,
+        actor=operator,
+        strategy=RolloutStrategy.SHADOW,
+        plan={"mirror_percent": 50},
+    )
+    rollout = rollout_advance(rollout_id=rollout.pk)
+    assert rollout.state == RolloutState.SHADOW, rollout.steps[-1]
+    assert fake_backend.priorities == {"churn-prod.blue": "normal", "churn-prod.green": "low"}
+    rollout = shadow_to_canary(deployment=deployment, rollout_id=rollout.pk, actor=operator)
+    assert rollout.state == RolloutState.CANARY
+    assert fake_backend.priorities["churn-prod.green"] == "normal"

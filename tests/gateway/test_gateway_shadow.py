@@ -8,6 +8,7 @@ thresholds, so they disagree on exactly the rows whose sum lies between the two.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 import redis
 
@@ -72,6 +74,44 @@ def offline(live: Proc, shadow: Proc, requests: list[dict[str, Any]]) -> dict[st
 
 
 def test_shadow_figures_equal_an_offline_comparison_and_live_answers_are_untouched(
+    gateway: Proc,
+    deployments: Deployments,
+    redis_client: redis.Redis,
+    live_classifier: Proc,
+    shadow_classifier: Proc,
+) -> None:
+    figures_match_offline(gateway, deployments, redis_client, live_classifier, shadow_classifier)
+
+
+def test_on_the_gateways_own_event_loop_too_the_figures_equal_an_offline_comparison(
+    start_gateway: Callable[..., Proc],
+    redis_url: str,
+    deployments: Deployments,
+    redis_client: redis.Redis,
+    live_classifier: Proc,
+    shadow_classifier: Proc,
+) -> None:
+    gateway = start_gateway(redis_url, env={"MODELYARD_GATEWAY_SHADOW_PROCESS": "0"})
+    assert shadow_processes(gateway) == []
+    figures_match_offline(gateway, deployments, redis_client, live_classifier, shadow_classifier)
+    gateway.stop()
+
+
+def shadow_processes(gateway: Proc) -> list[psutil.Process]:
+    return [
+        child
+        for child in psutil.Process(gateway.popen.pid).children(recursive=True)
+        if "gateway.shadow_process" in child.cmdline()
+    ]
+
+
+def niced(gateway: Proc) -> int:
+    """How many shadow processes the gateway runs, once each has lowered its priority."""
+    found = shadow_processes(gateway)
+    return len(found) if all(p.nice() == 19 for p in found) else -1
+
+
+def figures_match_offline(
     gateway: Proc,
     deployments: Deployments,
     redis_client: redis.Redis,
@@ -209,6 +249,58 @@ def test_shadow_killed_under_load_fails_no_live_request_and_its_errors_are_count
     assert after.errors_connect > 150  # ~2.5 s of 100/s after it
     assert after.errors == after.errors_connect
     assert after.compared + after.errors == after.mirrored
+
+
+def test_the_shadow_process_runs_at_idle_priority_and_killed_fails_no_live_request(
+    start_gateway: Callable[..., Proc],
+    redis_url: str,
+    deployments: Deployments,
+    redis_client: redis.Redis,
+    live_classifier: Proc,
+    shadow_classifier: Proc,
+    tmp_path: Path,
+) -> None:
+    """The gateway's own shadow process (gateway.shadow_process) at nice 19 in SCHED_IDLE;
+    SIGKILLed under load: no live request fails, another one starts and mirroring resumes."""
+    gateway = start_gateway(redis_url)
+    wait_until(lambda: niced(gateway) == 1, deadline_s=10, what="its shadow process")
+    (first,) = shadow_processes(gateway)
+    if hasattr(os, "SCHED_IDLE"):
+        assert os.sched_getscheduler(first.pid) == os.SCHED_IDLE
+    name = deployments.new_name("shprockill")
+    deployments.publish(
+        name,
+        live_classifier,
+        shadow=arm_of(shadow_classifier, version=SHADOW_VERSION, weight=10_000),
+    )
+    route_ready(gateway, name)
+    load = load_start(
+        f"{gateway.url}/d/{name}/predict",
+        tmp_path / "load.jsonl",
+        "--rate",
+        "100",
+        "--duration",
+        "4",
+    )
+    time.sleep(1.5)
+    first.kill()
+    records = load.records()
+    assert len(records) == 400
+    assert failures(records) == []
+    wait_until(lambda: niced(gateway) == 1, deadline_s=10, what="another shadow process")
+    (second,) = shadow_processes(gateway)
+    assert second.pid != first.pid
+    before = totals(redis_client, name).compared
+    send_all(f"{gateway.url}/d/{name}/predict", [({}, {"instances": [[1, 1]]})] * 20)
+    wait_until(
+        lambda: totals(redis_client, name).compared >= before + 20,
+        deadline_s=10,
+        what="the new shadow process to compare again",
+    )
+    log = gateway.log()
+    assert "the shadow process exited" in log
+    print(f"\nshadow process killed under load: 400 live requests, 0 failed; pid {second.pid} next")
+    gateway.stop()
 
 
 def test_failing_and_slow_shadows_are_counted_as_status_and_timeout_errors(

@@ -189,3 +189,41 @@ def test_offer_drops_when_the_queue_is_full_and_counts_it() -> None:
     first, second, counters, dropped = asyncio.run(run())
     assert (first, second) == (True, False)
     assert counters == [0, 1, 0] and dropped == 1
+
+
+def test_relay_hands_jobs_over_in_frames_and_drops_past_its_bound_without_writing() -> None:
+    """The gateway's end of the shadow process: a route described once per route object, a
+    frame per job, and past shadow_queue_size jobs in the process's hands a drop, counted in
+    the gateway's own cells and counters (nothing written for it)."""
+    import marshal
+
+    from gateway.settings import GatewaySettings
+    from gateway.shadow_process import ShadowRelay
+
+    async def run() -> tuple[list[bool], ShadowRelay, Route]:
+        relay = ShadowRelay(settings=GatewaySettings(shadow_queue_size=2))  # no process started
+        route = _route("shunit-relay")
+        job = ShadowJob(route, b"/predict", b"x-h: 1\r\n", b'{"instances": [[1]]}', 200, b"{}", 2.5)
+        return [relay.offer(job) for _ in range(3)], relay, route
+
+    offered, relay, route = asyncio.run(run())
+    assert offered == [True, True, False]
+    assert relay.pending == 2
+    assert relay.counters == {"shunit-relay": [0, 1, 0]}
+    assert relay.totals() == (0, 1, 0)
+    assert relay._cell(route).counts["dropped"] == 1
+    frames = []
+    data = b"".join(relay._out)
+    while data:
+        size = int.from_bytes(data[:4], "little")
+        frames.append(marshal.loads(data[4 : 4 + size]))
+        data = data[4 + size :]
+    assert [frame[0] for frame in frames] == [0, 1, 1]  # the route once, then each job
+    assert Route.from_json(frames[0][2]) == route
+    assert frames[1] == (
+        1, "shunit-relay", b"/predict", b"x-h: 1\r\n", b'{"instances": [[1]]}', 200, b"{}", 2.5
+    )  # fmt: skip
+    # What the process reports back frees the bound and adds its counts to the gateway's.
+    relay._done, relay._theirs = 2, {"shunit-relay": [2, 0, 1]}
+    assert relay.pending == 0
+    assert relay.counters == {"shunit-relay": [2, 1, 1]}

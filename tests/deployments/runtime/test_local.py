@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -282,3 +285,75 @@ def test_a_loader_refusal_in_the_log_is_told_apart_from_other_failures():
     assert _refusal("_pickle.UnpicklingError: invalid load key, 'x'.") == ""
     assert _refusal("NotGlobalRefusedErrorAtAll: no") == ""
     assert _refusal("") == ""
+
+
+# --- CPU priority of a shadow's slot ---------------------------------------------------------
+
+_PRIORITY_PROBE = (
+    "import os, time\n"
+    "group = open('/proc/self/autogroup').read().split()[-1] "
+    "if os.path.exists('/proc/self/autogroup') else '-'\n"
+    "print(os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0), group, flush=True)\n"
+    "time.sleep(float(os.environ.get('PROBE_SLEEP', '0')))\n"
+)
+
+
+def _wrapped_probe(tmp_path, *, own_session: bool, sleep: float = 0) -> subprocess.Popen[str]:
+    """The slot wrapper (_EXIT_NOTE_SCRIPT) of a low-priority slot around a probe that prints
+    its nice value, scheduling policy and autogroup nice."""
+    from deployments.runtime.local import _EXIT_NOTE_SCRIPT
+
+    env = {
+        **os.environ,
+        "MODELYARD_SLOT_PRIORITY": f"low:{os.getsid(0)}",
+        "PROBE_SLEEP": str(sleep),
+    }
+    argv = [sys.executable, "-c", _EXIT_NOTE_SCRIPT, str(tmp_path / "note.json")]
+    return subprocess.Popen(
+        [*argv, sys.executable, "-c", _PRIORITY_PROBE],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=own_session,
+    )
+
+
+def _own_autogroup_nice() -> str:
+    path = "/proc/self/autogroup"
+    return open(path).read().split()[-1] if os.path.exists(path) else "-"
+
+
+def test_a_low_slot_runs_its_server_at_nice_19_idle_and_lowers_only_its_own_session(tmp_path):
+    for own_session in (True, False):
+        probe = _wrapped_probe(tmp_path, own_session=own_session)
+        out, _ = probe.communicate(timeout=30)
+        nice, policy, group = out.split()
+        assert int(nice) == 19
+        if hasattr(os, "SCHED_IDLE"):
+            assert int(policy) == os.SCHED_IDLE
+        if own_session and group != "-":
+            assert group == "19"  # its session's autogroup weighs as little as it does
+        elif group != "-":
+            assert group == _own_autogroup_nice()  # the supervisor's session is left alone
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority needs CAP_SYS_NICE")
+def test_a_low_slot_gets_normal_priority_back_in_place(tmp_path):
+    from deployments.runtime.local import _process_priority
+
+    probe = _wrapped_probe(tmp_path, own_session=True, sleep=30)
+    try:
+        assert probe.stdout is not None
+        assert probe.stdout.readline().split()[0] == "19"
+        server = psutil.Process(probe.pid).children()[0]
+        for proc in (psutil.Process(probe.pid), server):
+            _process_priority(proc.pid, "normal")
+            assert proc.nice() == 0
+            if hasattr(os, "SCHED_OTHER"):
+                assert os.sched_getscheduler(proc.pid) == os.SCHED_OTHER
+        autogroup = Path(f"/proc/{server.pid}/autogroup")
+        if autogroup.exists():
+            assert autogroup.read_text().split()[-1] == "0"
+    finally:
+        os.killpg(probe.pid, signal.SIGKILL)  # its own session: the wrapper and the server
+        probe.wait(timeout=10)
