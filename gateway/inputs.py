@@ -84,7 +84,7 @@ def nul_refusal(path: str) -> InputRefused:
     )
 
 
-def json_loads(body: bytes) -> Any:
+def json_loads(body: str | bytes) -> Any:
     """``json.loads(body)``: the same value, or the same exception, in a fifth of the time.
 
     The stdlib parser spent ~3 ms of the gateway's ~4-5 ms CPU on a 1,000-row request (its
