@@ -21,7 +21,9 @@ from typing import Any
 import pydantic_core
 
 # JSON spells a NUL only as this escape (a raw control character is invalid JSON), so a body
-# without it cannot hold one; only a body with it pays for the walk.
+# without it cannot hold one; only a body with it pays for the walk. A body without any
+# backslash holds no escape at all: that one-byte look (memchr, ~1 µs for 65 kB) spares the
+# common body the search for the escape (~55 µs).
 _NUL_ESCAPE = b"\\u0000"
 
 
@@ -121,7 +123,7 @@ def json_body_parse(body: bytes) -> dict[str, Any]:
             "body_not_object",
             f"request body must be a JSON object, got {type(payload).__name__}",
         )
-    if _NUL_ESCAPE in body:
+    if b"\\" in body and _NUL_ESCAPE in body:
         path = json_nul_path(payload)
         if path is not None:
             raise nul_refusal(path)
