@@ -21,7 +21,7 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
 from gateway.app import Gateway, GatewaySettings, create_app
-from gateway.server import PROTOCOL_PATH, protocol_configure
+from gateway.server import PROTOCOL_PATH, gc_settle, protocol_configure
 
 logger = logging.getLogger("modelyard.gateway")
 
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         Multiprocess(config, sockets=[sock]).run()
         return
     server = uvicorn.Server(config)
+    gc_settle()  # last: what is loaded by now lives as long as the process
     server.run(sockets=[sock])
     if not server.started:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE

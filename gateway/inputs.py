@@ -3,8 +3,9 @@
 - The media type, when the client names one, is JSON (``application/json`` or
   ``application/*+json``); anything else (a multipart form, with or without a boundary, plain
   text, a form post) is a 415. The model server is always told ``application/json``.
-- The body parses as one JSON object. Nesting deeper than the parser's recursion limit
-  (about 1,000 levels) is a 400, not the ``RecursionError`` it would otherwise raise.
+- The body parses as one JSON object, exactly as the standard library's ``json.loads`` parses
+  it (see :func:`json_loads`). Nesting deeper than its recursion limit (about 1,000 levels)
+  is a 400, not the ``RecursionError`` it would otherwise raise.
 - No string, key or value, holds a NUL character (``\\u0000``): sampled payloads end up in
   PostgreSQL ``jsonb``, which refuses it, and no feature name or category needs one.
 
@@ -17,8 +18,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pydantic_core
+
 # JSON spells a NUL only as this escape (a raw control character is invalid JSON), so a body
-# without it cannot hold one; only a body with it pays for the walk.
+# without it cannot hold one; only a body with it pays for the walk. A body without any
+# backslash holds no escape at all: that one-byte look (memchr, ~1 µs for 65 kB) spares the
+# common body the search for the escape (~55 µs).
 _NUL_ESCAPE = b"\\u0000"
 
 
@@ -81,10 +86,28 @@ def nul_refusal(path: str) -> InputRefused:
     )
 
 
+def json_loads(body: str | bytes) -> Any:
+    """``json.loads(body)``: the same value, or the same exception, in a fifth of the time.
+
+    The stdlib parser spent ~3 ms of the gateway's ~4-5 ms CPU on a 1,000-row request (its
+    float parsing; measured with py-spy). pydantic-core's parser (Rust; already installed as
+    pydantic's, and in every Bento through BentoML) takes ~0.6 ms, and what it accepts it
+    parses to the same values as stdlib (NaN/Infinity literals, integers of any size, 1e400
+    as inf, floats rounded alike: pinned in tests/gateway/test_gateway_json.py). Whatever it
+    refuses goes to stdlib, which then decides, so stdlib's behaviour holds where the two
+    differ: lone surrogates, a BOM or UTF-16/32 (stdlib reads them), nesting past its ~200
+    levels (stdlib's recursion limit is ~1,000), and the error raised for invalid JSON.
+    """
+    try:
+        return pydantic_core.from_json(body)
+    except ValueError:
+        return json.loads(body)
+
+
 def json_body_parse(body: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or :class:`InputRefused` saying why not."""
     try:
-        payload = json.loads(body)
+        payload = json_loads(body)
     except RecursionError:
         raise InputRefused(
             400,
@@ -100,7 +123,7 @@ def json_body_parse(body: bytes) -> dict[str, Any]:
             "body_not_object",
             f"request body must be a JSON object, got {type(payload).__name__}",
         )
-    if _NUL_ESCAPE in body:
+    if b"\\" in body and _NUL_ESCAPE in body:
         path = json_nul_path(payload)
         if path is not None:
             raise nul_refusal(path)

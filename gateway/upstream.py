@@ -195,9 +195,9 @@ class _Connection(asyncio.Protocol):
                 "the server closed the connection before the request was sent", mid_answer=False
             )
         try:
-            self.transport.write(head + body if len(body) < 65536 else head)
-            if len(body) >= 65536:
-                self.transport.write(body)  # no copy of a large body just to join it
+            # One writev of both, with no copy (uvloop): two writes woke the model server
+            # twice for a large body (the head alone, then the body), a syscall each side.
+            self.transport.writelines((head, body))
         except RuntimeError as exc:
             raise UpstreamDisconnected(
                 f"the server closed the connection before the request was sent ({exc})",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ from gateway.app import GatewaySettings
 from gateway.metric_buffers import metrics_buffer_read
 from gateway.routes import route_remove
 from gateway.sampling import samples_key
+from gateway.server import GC_YOUNG_THRESHOLD, gc_settle
 from tests.gateway.support import Deployments, Proc, auth, wait_until
 
 BODY = {"instances": [[1.0, 2.0], [3.0, 4.0]]}
@@ -25,6 +27,17 @@ def stopped_cleanly(gateway: Proc) -> None:
     assert gateway.stop() in (0, -signal.SIGTERM), gateway.log()
     assert "Application shutdown complete" in gateway.log()
     assert "Traceback" not in gateway.log()
+
+
+def test_a_gateway_process_keeps_the_collector_off_what_it_loaded() -> None:
+    threshold = gc.get_threshold()
+    try:
+        gc_settle()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def test_settings_come_from_the_environment() -> None:

@@ -159,10 +159,11 @@ def _bentoml_dict_bytes() -> Any:
     return lambda body: b"".join(JSONSerde().serialize_model(spec(body)).data)
 
 
-def test_answer_bytes_are_those_bentoml_made_of_the_body(categorical, numpy_forest):
-    """The service returns ``body_bytes`` of each outcome instead of the dict: the same
-    bytes, for a DataFrame-fitted and a numpy-fitted model, string labels, numeric-looking
-    string categories, NaN sent for a feature, and the 400 body of a bad row."""
+def test_answer_bytes_hold_what_bentoml_made_of_the_body(categorical, numpy_forest):
+    """The service returns ``body_bytes`` of each outcome instead of the dict: the same JSON
+    values BentoML's serde wrote (``json.dumps``), spelled compactly in UTF-8, for a
+    DataFrame-fitted and a numpy-fitted model, string labels, numeric-looking string
+    categories, NaN sent for a feature, and the 400 body of a bad row."""
     cats = Predictor(categorical.model, categorical.contract)
     forest = Predictor(numpy_forest.model, numpy_forest.contract)
     rows = _rows(categorical.frame.head(5))
@@ -183,8 +184,14 @@ def test_answer_bytes_are_those_bentoml_made_of_the_body(categorical, numpy_fore
     ]
     bentoml_bytes = _bentoml_dict_bytes()
     for body in bodies:
-        assert serving.body_bytes(body) == bentoml_bytes(body)
-        assert json.loads(serving.body_bytes(body)) == body
+        encoded = serving.body_bytes(body)
+        # The same values, floats to the last bit (json.loads compares them exactly).
+        assert json.loads(encoded) == json.loads(bentoml_bytes(body)) == body
+        assert encoded.decode("utf-8") == json.dumps(
+            body, separators=(",", ":"), ensure_ascii=False
+        ) or (
+            b"e-" in encoded  # exponents are the only other spelling that differs
+        )
 
 
 def test_settled_collector_skips_what_the_service_loaded():
