@@ -212,13 +212,14 @@ class ShadowRelay(ShadowBook):
 
 def lower_priority(nice: int, *, idle: bool = False) -> None:
     """Raise this process's nice value to ``nice`` (never lower it: that needs privileges);
-    with ``idle``, also Linux's SCHED_IDLE policy, where available."""
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice > current:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    with ``idle``, also Linux's SCHED_IDLE policy, where available (set first: a process seen
+    niced is already idle)."""
     if idle and hasattr(os, "SCHED_IDLE"):
         with contextlib.suppress(OSError):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
 async def _serve(settings: GatewaySettings) -> None:
@@ -330,6 +331,14 @@ async def _serve(settings: GatewaySettings) -> None:
 
 def main() -> None:
     settings = GatewaySettings.from_env()
+    # Imported at normal priority, lowered after: on a saturated machine a SCHED_IDLE process
+    # gets ~0.3 % of a core, and a shadow process restarted under load spent minutes importing
+    # (seen in the suite: no comparison for 10 s after a kill) before it compared anything.
+    import redis.asyncio  # noqa: F401
+
+    import gateway.balancer
+    import gateway.upstream  # noqa: F401
+
     lower_priority(settings.shadow_nice, idle=settings.shadow_sched_idle)
     logging.basicConfig(
         level=os.environ.get("MODELYARD_GATEWAY_LOG_LEVEL", "info").upper(),
