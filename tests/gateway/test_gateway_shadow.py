@@ -73,6 +73,23 @@ def offline(live: Proc, shadow: Proc, requests: list[dict[str, Any]]) -> dict[st
     }
 
 
+def _kill_under_load(gateway: Proc, name: str, tmp_path: Path, kill: Callable[[], object]) -> None:
+    """100 requests/s for 4 s through ``name``, ``kill`` 1.5 s in: every live request answered."""
+    load = load_start(
+        f"{gateway.url}/d/{name}/predict",
+        tmp_path / "load.jsonl",
+        "--rate",
+        "100",
+        "--duration",
+        "4",
+    )
+    time.sleep(1.5)
+    kill()
+    records = load.records()
+    assert len(records) == 400
+    assert failures(records) == []
+
+
 def test_shadow_figures_equal_an_offline_comparison_and_live_answers_are_untouched(
     gateway: Proc,
     deployments: Deployments,
@@ -221,19 +238,7 @@ def test_shadow_killed_under_load_fails_no_live_request_and_its_errors_are_count
         name, live_classifier, shadow=arm_of(doomed, version=SHADOW_VERSION, weight=10_000)
     )
     route_ready(gateway, name)
-    load = load_start(
-        f"{gateway.url}/d/{name}/predict",
-        tmp_path / "load.jsonl",
-        "--rate",
-        "100",
-        "--duration",
-        "4",
-    )
-    time.sleep(1.5)
-    doomed.popen.kill()
-    records = load.records()
-    assert len(records) == 400
-    assert failures(records) == []
+    _kill_under_load(gateway, name, tmp_path, doomed.popen.kill)
     wait_until(
         lambda: totals(redis_client, name).mirrored >= 401,
         deadline_s=10,
@@ -275,19 +280,7 @@ def test_the_shadow_process_runs_at_idle_priority_and_killed_fails_no_live_reque
         shadow=arm_of(shadow_classifier, version=SHADOW_VERSION, weight=10_000),
     )
     route_ready(gateway, name)
-    load = load_start(
-        f"{gateway.url}/d/{name}/predict",
-        tmp_path / "load.jsonl",
-        "--rate",
-        "100",
-        "--duration",
-        "4",
-    )
-    time.sleep(1.5)
-    first.kill()
-    records = load.records()
-    assert len(records) == 400
-    assert failures(records) == []
+    _kill_under_load(gateway, name, tmp_path, first.kill)
     wait_until(lambda: niced(gateway) == 1, deadline_s=10, what="another shadow process")
     (second,) = shadow_processes(gateway)
     assert second.pid != first.pid
