@@ -12,14 +12,14 @@ live task. Nice 19 alone still took a share: on 2 cores at 32 connections live's
 ~4 ms with it, against none with SCHED_IDLE. Under a saturating load the shadow then compares
 little and drops the rest (counted): a shadow is evidence, never a cost to live.
 
-The gateway's side, :class:`ShadowRelay`, costs a live request one ``marshal.dumps`` after its
+The gateway's side, :class:`ShadowRelay`, costs a live request one frame (``_frame``) after its
 answer is sent: the jobs of one event-loop turn go down the process's stdin in one write.
 At most ``shadow_queue_size`` jobs are in the process's hands at once (it reports back how
 many it has finished); past that a job is dropped and counted by the gateway (``dropped``,
 in its own cells and /metrics) without being written. A process that dies is started again
 after a second; the jobs it held are lost (logged), live requests never wait for it.
 
-Frames on stdin: a 4-byte little-endian length, then ``marshal`` of a tuple:
+Frames on stdin: a 4-byte little-endian length, then a tuple (``_frame``):
 ``(0, deployment, route JSON)`` before the first job of each route object, then
 ``(1, deployment, target, headers, body, live status, live body, live ms)`` per job.
 Lines on stdout: ``{"done": n, "counters": {deployment: [mirrored, dropped, errors]}}``,
@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import marshal
 import os
 import random
 import signal
@@ -56,8 +55,41 @@ _STOP_TIMEOUT_S = 10.0
 
 
 def _frame(item: tuple[Any, ...]) -> bytes:
-    data = marshal.dumps(item)
+    """A frame: its length, then a JSON header ``[values, sizes]`` and the bytes values raw.
+
+    Not marshal or pickle: no module of the gateway turns bytes into objects with a loader
+    that can build more than data (tests/security/test_deserialisation.py holds the rule);
+    the bodies stay raw bytes, only the few scalars go through JSON."""
+    values: list[Any] = []
+    sizes: list[int] = []  # per value: its length if it is bytes, else -1
+    blobs: list[bytes] = []
+    for value in item:
+        if isinstance(value, bytes | bytearray | memoryview):
+            blob = bytes(value)
+            values.append(None)
+            sizes.append(len(blob))
+            blobs.append(blob)
+        else:
+            values.append(value)
+            sizes.append(-1)
+    header = json.dumps([values, sizes], separators=(",", ":")).encode()
+    data = len(header).to_bytes(4, "little") + header + b"".join(blobs)
     return len(data).to_bytes(4, "little") + data
+
+
+def frame_read(data: bytes) -> tuple[Any, ...]:
+    """The tuple a frame's data (after its length) holds; see ``_frame``."""
+    size = int.from_bytes(data[:4], "little")
+    values, sizes = json.loads(data[4 : 4 + size])
+    position = 4 + size
+    out: list[Any] = []
+    for value, length in zip(values, sizes, strict=True):
+        if length >= 0:
+            out.append(data[position : position + length])
+            position += length
+        else:
+            out.append(value)
+    return tuple(out)
 
 
 class ShadowRelay(ShadowBook):
@@ -311,7 +343,7 @@ async def _serve(settings: GatewaySettings) -> None:
             try:
                 size = int.from_bytes(await reader.readexactly(4), "little")
                 # Our own parent's frames, over a pipe only it holds (never a network input).
-                frame = marshal.loads(await reader.readexactly(size))  # noqa: S302
+                frame = frame_read(await reader.readexactly(size))
             except asyncio.IncompleteReadError:
                 break  # the gateway closed our stdin (or died)
             if frame[0] == _ROUTE:

@@ -74,7 +74,7 @@ def test_the_readme_runs_verbatim_beside_make_run(make_run):
     # The predict answer: labels, probabilities in the order of "classes", the version.
     # The gateway adds the answer's inference id before the closing brace.
     answers = re.findall(
-        r'(\{"predictions": .*?"model_version": \d+(?:,"inference_id":"[^"]+")?\})', out
+        r'(\{"predictions": ?.*?"model_version": ?\d+(?:,"inference_id":"[^"]+")?\})', out
     )
     assert answers, out
     answer = json.loads(answers[0])

@@ -195,10 +195,8 @@ def test_relay_hands_jobs_over_in_frames_and_drops_past_its_bound_without_writin
     """The gateway's end of the shadow process: a route described once per route object, a
     frame per job, and past shadow_queue_size jobs in the process's hands a drop, counted in
     the gateway's own cells and counters (nothing written for it)."""
-    import marshal
-
     from gateway.settings import GatewaySettings
-    from gateway.shadow_process import ShadowRelay
+    from gateway.shadow_process import ShadowRelay, frame_read
 
     async def run() -> tuple[list[bool], ShadowRelay, Route]:
         relay = ShadowRelay(settings=GatewaySettings(shadow_queue_size=2))  # no process started
@@ -216,7 +214,7 @@ def test_relay_hands_jobs_over_in_frames_and_drops_past_its_bound_without_writin
     data = b"".join(relay._out)
     while data:
         size = int.from_bytes(data[:4], "little")
-        frames.append(marshal.loads(data[4 : 4 + size]))
+        frames.append(frame_read(data[4 : 4 + size]))
         data = data[4 + size :]
     assert [frame[0] for frame in frames] == [0, 1, 1]  # the route once, then each job
     assert Route.from_json(frames[0][2]) == route
