@@ -73,6 +73,17 @@ def offline(live: Proc, shadow: Proc, requests: list[dict[str, Any]]) -> dict[st
     }
 
 
+def _mirrored_to(
+    shadow: Proc, gateway: Proc, deployments: Deployments, live: Proc, prefix: str
+) -> str:
+    """A new deployment served by ``live`` with every request mirrored to ``shadow``, its
+    route ready on ``gateway``; its name."""
+    name = deployments.new_name(prefix)
+    deployments.publish(name, live, shadow=arm_of(shadow, version=SHADOW_VERSION, weight=10_000))
+    route_ready(gateway, name)
+    return name
+
+
 def _kill_under_load(gateway: Proc, name: str, tmp_path: Path, kill: Callable[[], object]) -> None:
     """100 requests/s for 4 s through ``name``, ``kill`` 1.5 s in: every live request answered."""
     load = load_start(
@@ -135,13 +146,7 @@ def figures_match_offline(
     live_classifier: Proc,
     shadow_classifier: Proc,
 ) -> None:
-    name = deployments.new_name("shadow")
-    deployments.publish(
-        name,
-        live_classifier,
-        shadow=arm_of(shadow_classifier, version=SHADOW_VERSION, weight=10_000),
-    )
-    route_ready(gateway, name)
+    name = _mirrored_to(shadow_classifier, gateway, deployments, live_classifier, "shadow")
     time.sleep(0.5)  # route_ready's own request is mirrored too: let it land, then start afresh
     before = totals(redis_client, name)
     requests = bodies(300)
@@ -233,11 +238,7 @@ def test_shadow_killed_under_load_fails_no_live_request_and_its_errors_are_count
     tmp_path: Path,
 ) -> None:
     doomed = start_upstream(SHADOW_VERSION, "shadow-doomed", extra_args=("--classify", "1"))
-    name = deployments.new_name("shkill")
-    deployments.publish(
-        name, live_classifier, shadow=arm_of(doomed, version=SHADOW_VERSION, weight=10_000)
-    )
-    route_ready(gateway, name)
+    name = _mirrored_to(doomed, gateway, deployments, live_classifier, "shkill")
     _kill_under_load(gateway, name, tmp_path, doomed.popen.kill)
     wait_until(
         lambda: totals(redis_client, name).mirrored >= 401,
@@ -273,13 +274,7 @@ def test_the_shadow_process_runs_at_idle_priority_and_killed_fails_no_live_reque
     (first,) = shadow_processes(gateway)
     if hasattr(os, "SCHED_IDLE"):
         assert os.sched_getscheduler(first.pid) == os.SCHED_IDLE
-    name = deployments.new_name("shprockill")
-    deployments.publish(
-        name,
-        live_classifier,
-        shadow=arm_of(shadow_classifier, version=SHADOW_VERSION, weight=10_000),
-    )
-    route_ready(gateway, name)
+    name = _mirrored_to(shadow_classifier, gateway, deployments, live_classifier, "shprockill")
     _kill_under_load(gateway, name, tmp_path, first.kill)
     wait_until(lambda: niced(gateway) == 1, deadline_s=10, what="another shadow process")
     (second,) = shadow_processes(gateway)
@@ -310,11 +305,7 @@ def test_failing_and_slow_shadows_are_counted_as_status_and_timeout_errors(
     crashing = start_upstream(SHADOW_VERSION, "shadow-500", extra_args=("--fail-predict",))
     slow = start_upstream(SHADOW_VERSION, "shadow-slow", extra_args=("--delay-ms", "1000"))
     for upstream, field in ((crashing, "errors_status"), (slow, "errors_timeout")):
-        name = deployments.new_name("sherr")
-        deployments.publish(
-            name, live_classifier, shadow=arm_of(upstream, version=SHADOW_VERSION, weight=10_000)
-        )
-        route_ready(gateway, name)
+        name = _mirrored_to(upstream, gateway, deployments, live_classifier, "sherr")
         results = send_all(f"{gateway.url}/d/{name}/predict", [({}, {"instances": [[1, 1]]})] * 40)
         assert {status for status, *_ in results} == {200}
         wait_until(
@@ -341,11 +332,7 @@ def test_full_shadow_queue_drops_and_counts_without_slowing_live(
         env={"MODELYARD_GATEWAY_SHADOW_QUEUE_SIZE": "2", "MODELYARD_GATEWAY_SHADOW_WORKERS": "1"},
     )
     slow = start_upstream(SHADOW_VERSION, "shadow-slower", extra_args=("--delay-ms", "300"))
-    name = deployments.new_name("shfull")
-    deployments.publish(
-        name, live_classifier, shadow=arm_of(slow, version=SHADOW_VERSION, weight=10_000)
-    )
-    route_ready(gateway, name)
+    name = _mirrored_to(slow, gateway, deployments, live_classifier, "shfull")
     url = f"{gateway.url}/d/{name}/predict"
     with httpx.Client(timeout=10) as http:
         statuses = [
@@ -375,13 +362,7 @@ def test_shadow_counts_reach_redis_as_one_hash_per_minute_with_a_ttl(
     live_classifier: Proc,
     shadow_classifier: Proc,
 ) -> None:
-    name = deployments.new_name("shkeys")
-    deployments.publish(
-        name,
-        live_classifier,
-        shadow=arm_of(shadow_classifier, version=SHADOW_VERSION, weight=10_000),
-    )
-    route_ready(gateway, name)
+    name = _mirrored_to(shadow_classifier, gateway, deployments, live_classifier, "shkeys")
     wait_until(
         lambda: bool(list(redis_client.scan_iter(f"modelyard:shadow:{name}:*"))),
         deadline_s=5,
