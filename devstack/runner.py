@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -75,7 +76,19 @@ def exit_description(code: int) -> str:
 
 
 class ProcessGroup:
-    def __init__(self, procfile: Path, *, env: dict[str, str], cwd: Path) -> None:
+    def __init__(
+        self,
+        procfile: Path,
+        *,
+        env: dict[str, str],
+        cwd: Path,
+        sockets: dict[str, tuple[str, socket.socket]] | None = None,
+    ) -> None:
+        """``sockets`` maps a process name to (variable, listening socket): every start of
+        that process inherits the socket, its fd number in the variable. The socket stays
+        open here across the process's restarts, so its clients queue instead of being
+        refused while it is down."""
+        self.sockets = sockets or {}
         self.procs = [
             Proc(name, command)
             for name, command in parse_procfile(procfile.read_text()).processes.items()
@@ -91,10 +104,16 @@ class ProcessGroup:
     def _spawn(self, proc: Proc) -> None:
         # `exec`: the Popen is the process itself, so its exit code or signal is the one
         # reported (not the shell's 128+n) and SIGTERM reaches it directly.
+        env = self.env
+        pass_fds: tuple[int, ...] = ()
+        if proc.name in self.sockets:
+            variable, sock = self.sockets[proc.name]
+            env, pass_fds = {**env, variable: str(sock.fileno())}, (sock.fileno(),)
         proc.popen = subprocess.Popen(
             ["/bin/sh", "-c", f"exec {proc.command}"],
             cwd=self.cwd,
-            env=self.env,
+            env=env,
+            pass_fds=pass_fds,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

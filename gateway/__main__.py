@@ -94,6 +94,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# A listening socket handed down by the supervisor (`make run`'s devstack holds the gateway's
+# across restarts): connections made while a crashed gateway restarts wait in its backlog and
+# are answered by the next process instead of being refused. systemd's socket activation
+# does the same; its LISTEN_FDS protocol needs the child's pid before exec, which a Procfile
+# line run through /bin/sh does not give the supervisor, hence a variable naming the fd.
+INHERITED_FD_ENV = "MODELYARD_GATEWAY_FD"
+
+
+def _inherited_socket() -> socket.socket | None:
+    raw = os.environ.get(INHERITED_FD_ENV, "")
+    if not raw:
+        return None
+    try:
+        sock = socket.socket(fileno=int(raw))
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"{INHERITED_FD_ENV}={raw!r} is not an open socket: {exc}") from None
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+    ):
+        raise SystemExit(f"{INHERITED_FD_ENV}={raw!r} is not a listening stream socket")
+    return sock
+
+
 def _uvicorn_config(
     app: Gateway | str,
     args: argparse.Namespace,
@@ -144,14 +167,16 @@ def main(argv: list[str] | None = None) -> None:
         protocol_configure(settings)
         config = _uvicorn_config(create_app(settings), args)
 
-    sock = config.bind_socket()
+    sock = _inherited_socket() or config.bind_socket()
     # Accepted connections inherit TCP_NODELAY from the listening socket on Linux; asyncio sets
     # it again per connection. Without it a small answer waits for the client's delayed ACK.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    host, port = sock.getsockname()[:2]
     logger.info(
-        "gateway listening on http://%s:%d (%d worker(s)), routes from %s",
-        args.host,
-        args.port,
+        "gateway listening on http://%s:%d%s (%d worker(s)), routes from %s",
+        host,
+        port,
+        " (inherited socket)" if os.environ.get(INHERITED_FD_ENV) else "",
         args.workers,
         _redact(settings.redis_url),
     )

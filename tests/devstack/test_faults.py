@@ -131,6 +131,9 @@ def test_gateway_kill_9_under_load_fails_at_most_2_s_and_the_rest_runs_on(
     assert all(_alive(p) for p in others.values()), others
     assert _procfile_pids(make_run) | {"gateway": 0} == others | {"gateway": 0}
     assert _slot_servers(make_run) == servers
+    # devstack holds the gateway's socket: a client connecting meanwhile waits for the next
+    # gateway instead of being refused; only what was in flight at the kill can fail.
+    assert "ConnectError" not in {o for _, o in failed}, figures
     assert window <= 2.0, figures
 
 

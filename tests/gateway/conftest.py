@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from gateway.__main__ import INHERITED_FD_ENV
 from tests.gateway.support import (
     REDIS_SERVER_BIN,
     TEST_GATEWAY_ENV,
@@ -120,7 +122,11 @@ def start_gateway(log_dir: Path, session_names: list[str]) -> Iterator[Callable[
         ready: bool | None = True,  # None: do not wait (the caller watches it start)
         extra_args: tuple[str, ...] = (),
         port: int | None = None,
+        listening: socket.socket | None = None,  # inherited, as `make run` hands it down
     ) -> Proc:
+        if listening is not None:
+            port = listening.getsockname()[1]
+            env = {**(env or {}), INHERITED_FD_ENV: str(listening.fileno())}
         port = port or free_port()
         proc = start_process(
             "gateway",
@@ -137,6 +143,7 @@ def start_gateway(log_dir: Path, session_names: list[str]) -> Iterator[Callable[
             port,
             log_dir,
             env={**TEST_GATEWAY_ENV, **(env or {})},
+            pass_fds=() if listening is None else (listening.fileno(),),
         )
         started.append(proc)
         if ready is not None:

@@ -89,7 +89,12 @@ class Proc:
 
 
 def start_process(
-    name: str, args: list[str], port: int, log_dir: Path, env: dict[str, str] | None = None
+    name: str,
+    args: list[str],
+    port: int,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> Proc:
     log_path = log_dir / f"{name}-{port}.log"
     log_file = log_path.open("wb")
@@ -99,6 +104,7 @@ def start_process(
         stdout=log_file,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        pass_fds=pass_fds,
     )
     log_file.close()
     return Proc(name=name, popen=popen, log_path=log_path, port=port)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import gc
+import os
 import signal
+import socket
+import threading
+import time
 from collections.abc import Callable
 
 import httpx
 import pytest
 import redis
 
-from gateway.__main__ import _redact
+from gateway.__main__ import INHERITED_FD_ENV, _inherited_socket, _redact
 from gateway.app import GatewaySettings
 from gateway.metric_buffers import metrics_buffer_read
 from gateway.routes import route_remove
@@ -142,3 +146,53 @@ def test_several_workers_serve_and_stop_cleanly(
         answers = [client.post(f"/d/{name}/predict", json=BODY, headers=auth()) for _ in range(20)]
     assert {r.headers["x-modelyard-version"] for r in answers} == {"2"}
     stopped_cleanly(gateway)
+
+
+def test_a_request_sent_while_the_gateway_is_down_waits_for_the_next_one_on_its_socket(
+    start_gateway: Callable[..., Proc],
+    redis_url: str,
+    deployments: Deployments,
+    upstream_green: Proc,
+) -> None:
+    """`make run` holds the gateway's listening socket across restarts: a client that
+    connects while a killed gateway restarts is queued in the backlog and answered by the
+    next process, not refused."""
+    name = deployments.new_name("inherited")
+    deployments.publish(name, upstream_green, version=2, slot="green")
+    with socket.create_server(("127.0.0.1", 0), backlog=128) as listening:
+        first = start_gateway(redis_url, listening=listening)
+        first.popen.send_signal(signal.SIGKILL)
+        first.popen.wait(10)
+        answers: list[httpx.Response | Exception] = []
+
+        def ask() -> None:
+            try:
+                answers.append(
+                    httpx.post(
+                        f"{first.url}/d/{name}/predict", json=BODY, headers=auth(), timeout=30
+                    )
+                )
+            except httpx.HTTPError as exc:
+                answers.append(exc)
+
+        asked = threading.Thread(target=ask)
+        asked.start()
+        time.sleep(0.5)
+        assert not answers  # connected, waiting: nobody is accepting yet
+        second = start_gateway(redis_url, listening=listening, ready=None)
+        asked.join(30)
+        assert [getattr(a, "status_code", a) for a in answers] == [200], second.log()
+        assert "(inherited socket)" in second.log()
+        stopped_cleanly(second)
+
+
+def test_an_inherited_fd_that_is_no_listening_socket_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(INHERITED_FD_ENV, "not-a-number")
+    with pytest.raises(SystemExit, match=f"{INHERITED_FD_ENV}='not-a-number' is not an open"):
+        _inherited_socket()
+    with socket.socket() as unbound:
+        monkeypatch.setenv(INHERITED_FD_ENV, str(os.dup(unbound.fileno())))
+        with pytest.raises(SystemExit, match="is not a listening stream socket"):
+            _inherited_socket()
