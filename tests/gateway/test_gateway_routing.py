@@ -102,11 +102,19 @@ def test_request_in_flight_during_a_switch_finishes_on_the_old_slot(
 
         def slow_request() -> None:
             with httpx.Client(base_url=gateway.url, timeout=10) as own:
-                result["slow"] = own.post(f"/d/{name}/slow?ms=400", json=BODY, headers=auth())
+                result["slow"] = own.post(
+                    f"/d/{name}/slow?ms=400&tag={name}", json=BODY, headers=auth()
+                )
 
         thread = threading.Thread(target=slow_request)
         thread.start()
-        time.sleep(0.15)  # the slow request is now waiting on blue
+        # The switch comes once blue holds the request (a fixed head start lost the race on
+        # a loaded machine: the request then reached green).
+        wait_until(
+            lambda: httpx.get(f"{upstream_blue.url}/inflight?tag={name}").json()["slow"] == 1,
+            deadline_s=5,
+            what="the slow request on blue",
+        )
         deployments.publish(name, upstream_green, version=2, slot="green")
         wait_until(lambda: served_version(client, name) == 2, deadline_s=2, what="green")
         thread.join(timeout=5)

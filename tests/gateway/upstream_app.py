@@ -6,7 +6,9 @@ Endpoints (all answer JSON):
 
 - ``POST /predict``: ``{"instances": [[x, ...], ...]}`` -> ``{"predictions": [version * sum(row)],
   "version": V, "slot": S}``; so a test can tell from the answer which server computed it.
-- ``POST /slow?ms=N``: the same after sleeping N ms (default 200).
+- ``POST /slow?ms=N&tag=T``: the same after sleeping N ms (default 200).
+- ``GET /inflight?tag=T``: ``{"slow": n}``, the /slow requests tagged T being answered now (a
+  test knows its request has reached this server, instead of guessing with a sleep).
 - ``POST /fail``: 500 with an error body.
 - ``POST /reject``: 422 with an error body (a model refusing its input).
 - ``POST /echo``: the request headers, query string and body size it received.
@@ -49,6 +51,7 @@ def build_app(
     fail_predict: bool = False,
 ) -> Callable[..., Awaitable[None]]:
     """Return a raw ASGI app (no framework, so the upstream itself stays cheap to call)."""
+    slow_inflight: dict[str, int] = {}
 
     async def respond(send: Send, status: int, payload: Any) -> None:
         body = json.dumps(payload).encode()
@@ -127,11 +130,16 @@ def build_app(
                 raise RuntimeError("cut mid-answer on purpose")
             await respond(send, 200, predict(raw))
         elif path == "/slow":
-            query = dict(
-                part.split("=", 1) for part in scope["query_string"].decode().split("&") if part
-            )
-            await asyncio.sleep(int(query.get("ms", "200")) / 1000)
+            query = _query(scope)
+            tag = query.get("tag", "")
+            slow_inflight[tag] = slow_inflight.get(tag, 0) + 1
+            try:
+                await asyncio.sleep(int(query.get("ms", "200")) / 1000)
+            finally:
+                slow_inflight[tag] -= 1
             await respond(send, 200, predict(raw))
+        elif path == "/inflight":
+            await respond(send, 200, {"slow": slow_inflight.get(_query(scope).get("tag", ""), 0)})
         elif path == "/fail":
             await respond(send, 500, {"error": "model crashed", "version": version})
         elif path == "/reject":
@@ -151,6 +159,10 @@ def build_app(
             await respond(send, 404, {"error": f"no route {path}"})
 
     return app
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in scope["query_string"].decode().split("&") if part)
 
 
 def main() -> None:
