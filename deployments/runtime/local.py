@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -63,6 +64,8 @@ from deployments.runtime.base import (
 )
 from registry.modelkit import serving as modelkit_serving
 
+logger = logging.getLogger(__name__)
+
 SLOT_ENV = "MODELYARD_SLOT"
 # A slot's replica 0 keeps the slot key as its unit name (records, logs, homes, marks written
 # before replicas existed stay valid); replica i > 0 is "<slot key>@<i>" ('@' is never part
@@ -79,28 +82,9 @@ _EXIT_NOTE = "exit-note.json"
 # note (a negative returncode is a signal). Inline, not a module: the model user runs it with
 # no access to the platform's code. Written by hand because nothing in the standard library
 # or our dependencies records a non-child's exit status.
-#
-# A low-priority slot (a shadow's: RuntimeBackend.slot_start) lowers itself first, so the
-# server and its workers inherit it: nice 19, SCHED_IDLE (CPU only when nothing else wants
-# it), and, when it runs in a session of its own, that session's autogroup to nice 19 too
-# (the kernel weighs each autogroup like one process: alone in its own, a niced server would
-# still get as much CPU as the whole session of a live one).
 _EXIT_NOTE_SCRIPT = """
 import json, os, signal, subprocess, sys
 note, argv = sys.argv[1], sys.argv[2:]
-priority, _, supervisor_sid = os.environ.get("MODELYARD_SLOT_PRIORITY", "").partition(":")
-if priority == "low":
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, 19)
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (OSError, AttributeError):
-        pass
-    if str(os.getsid(0)) != supervisor_sid:
-        try:
-            with open("/proc/self/autogroup", "w") as fh:
-                fh.write("19")
-        except OSError:
-            pass
 child = subprocess.Popen(argv)
 for number in (signal.SIGTERM, signal.SIGINT):
     signal.signal(number, lambda received, frame: child.send_signal(received))
@@ -206,31 +190,42 @@ class LocalProcessBackend(RuntimeBackend):
 
     def slot_priority(self, *, slot_key: str, priority: str) -> None:
         """Renice the slot's running processes (nice, SCHED_IDLE or not, their autogroup) and
-        record ``priority`` for its restarts. Raising it back needs CAP_SYS_NICE (root): without
-        it the record still says ``priority`` and RuntimeBackendError says that a restart of
-        the slot applies it."""
+        record ``priority`` for its restarts. Raising a priority needs CAP_SYS_NICE: where the
+        kernel refuses it, that server is restarted at ``priority`` on its port (one replica
+        at a time, the others serving), so a shadow promoted to a canary never answers users
+        from a server that only gets idle CPU. Returns once every server runs at it."""
         validate_slot_key(slot_key)
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
-        refused: list[str] = []
+        refused: list[tuple[_SlotRecord, str]] = []
         for unit in self._units_of(slot_key):
             with self._slot_lock(unit, timeout=2 * self.ready_timeout + 30):
                 record = self._load(unit)
                 if record is None:
                     continue
-                record.priority = priority
-                self._save(record)
+                denied = ""
                 for proc in self._marked(unit):
                     try:
                         _process_priority(proc.pid, priority)
                     except psutil.NoSuchProcess:
                         continue
                     except (OSError, psutil.AccessDenied) as exc:
-                        refused.append(f"pid {proc.pid}: {exc}")
-        if refused:
-            raise RuntimeBackendError(
-                f"slot {slot_key}: could not set priority {priority} on "
-                f"{'; '.join(refused[:3])}; its servers get it when they are restarted"
+                        denied = f"pid {proc.pid}: {exc}"
+                        break
+                if denied:
+                    refused.append((record, denied))  # its record keeps the old priority
+                else:
+                    record.priority = priority
+                    self._save(record)
+        for record, denied in refused:
+            self._event(record, "restarting", f"priority {priority} refused in place ({denied})")
+            # The record's priority differs: _unit_start replaces the server, same port.
+            self._unit_start(
+                record.slot_key,
+                bento_tag=record.bento_tag,
+                workers=record.workers,
+                batch=(record.batch_max_size, record.batch_max_latency_ms),
+                priority=priority,
             )
 
     def slot_scale(self, *, slot_key: str, replicas: int, timeout: float = 30) -> SlotHandle:
@@ -749,6 +744,8 @@ class LocalProcessBackend(RuntimeBackend):
                 )
                 self._known.add((record.slot_key, proc.pid))
                 record.starting = False
+                if record.priority == PRIORITY_LOW:
+                    self._lower(record.slot_key)
                 return
             except SlotStartError as exc:
                 self._kill_slot(record.slot_key, record, timeout=5)
@@ -762,6 +759,24 @@ class LocalProcessBackend(RuntimeBackend):
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _lower(self, unit: str) -> None:
+        """A low slot's servers, once ready: nice 19, SCHED_IDLE (CPU only when nothing else
+        wants it) and their session's autogroup at nice 19 (the kernel weighs an autogroup
+        like one process: alone in its own, a niced server would get as much CPU as the whole
+        session of a live one). Workers BentoML starts later inherit it from their arbiter.
+
+        Not from the start: a SCHED_IDLE process gets ~0.3 % of a busy core, and a shadow
+        started beside a loaded live slot spent minutes importing and missed its readiness
+        deadline. Lowering needs no privilege (the servers run as our user, or as the model
+        user when we are root)."""
+        for proc in self._marked(unit):
+            try:
+                _process_priority(proc.pid, PRIORITY_LOW)
+            except psutil.NoSuchProcess:
+                continue
+            except (OSError, psutil.AccessDenied) as exc:
+                logger.warning("slot %s: pid %d kept its priority: %s", unit, proc.pid, exc)
+
     def _process_start(self, record: _SlotRecord, slot_home: Path, port: int) -> ModelProcessStart:
         """How the slot's server starts: as every model process does (core.model_process),
         none of the platform's environment, its home as its own folder, as the model user
@@ -773,9 +788,6 @@ class LocalProcessBackend(RuntimeBackend):
             batch_max_latency_ms=record.batch_max_latency_ms,
         )
         extra[SLOT_ENV] = self._mark_prefix + record.slot_key
-        if record.priority == PRIORITY_LOW:
-            # Our session: the wrapper lowers its autogroup only when it has one of its own.
-            extra["MODELYARD_SLOT_PRIORITY"] = f"{PRIORITY_LOW}:{os.getsid(0)}"
         return model_process_start(
             argv=[
                 # The server's parent notes how it ended: whoever repairs it later (another
@@ -1191,7 +1203,7 @@ def _unit(slot_key: str, index: int) -> str:
 
 
 def _process_priority(pid: int, priority: str) -> None:
-    """What _EXIT_NOTE_SCRIPT does to a low slot at its start, done (or undone) on ``pid``."""
+    """A low slot's priority (LocalProcessBackend._lower) on ``pid``, or normal back."""
     low = priority == PRIORITY_LOW
     if hasattr(os, "SCHED_IDLE"):
         policy = os.SCHED_IDLE if low else os.SCHED_OTHER

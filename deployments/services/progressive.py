@@ -309,7 +309,7 @@ def _to_canary(rollout: Rollout, *, actor: User | None, reason: str) -> bool:
     """shadow -> canary: the shadow arm becomes a canary arm at the first step, one publish.
 
     First the slot's servers get normal CPU priority back (a shadow's run low: they answer
-    users now); a backend that cannot do that in place has recorded it for their restarts."""
+    users now; a backend that cannot raise it in place restarts them at it)."""
     slot = Slot.objects.filter(
         deployment_id=rollout.deployment_id, color=rollout.target_slot
     ).first()
@@ -319,7 +319,8 @@ def _to_canary(rollout: Rollout, *, actor: User | None, reason: str) -> bool:
                 slot_key=slot.runtime_key, priority=PRIORITY_NORMAL
             )
         except RuntimeBackendError as exc:
-            logger.warning("shadow %s promoted at low CPU priority: %s", rollout.pk, exc)
+            # The canary arm then fails over to live in the gateway, and the judge sees it.
+            logger.warning("shadow %s: no normal CPU priority for its servers: %s", rollout.pk, exc)
     with transaction.atomic():
         moved = transition(
             rollout,

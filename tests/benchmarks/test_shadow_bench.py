@@ -58,7 +58,7 @@ def stack(tmp_path: Path) -> Iterator[dict[str, object]]:
     import redis
 
     from deployments.runtime.base import PRIORITY_LOW
-    from deployments.runtime.local import _EXIT_NOTE_SCRIPT
+    from deployments.runtime.local import _process_priority
     from gateway.routes import Arm
     from tests.gateway.support import (
         UPSTREAM_SCRIPT,
@@ -83,16 +83,13 @@ def stack(tmp_path: Path) -> Iterator[dict[str, object]]:
                     "--version", "1" if role == "live" else str(SHADOW_VERSION),
                     "--slot", role, "--work-us", str(work_us), "--classify", threshold,
                 ]  # fmt: skip
-                env = None
-                if role == "shadow":
-                    # As the local runtime starts a shadow's slot: in its slot wrapper, which
-                    # lowers the server to nice 19 and SCHED_IDLE (not our session's autogroup).
-                    note = str(tmp_path / f"exit-note-{label}.json")
-                    argv = [sys.executable, "-c", _EXIT_NOTE_SCRIPT, note, *argv]
-                    env = {"MODELYARD_SLOT_PRIORITY": f"{PRIORITY_LOW}:{os.getsid(0)}"}
-                proc = start_process(f"bench-{label}-{role}", argv, port, tmp_path, env=env)
+                proc = start_process(f"bench-{label}-{role}", argv, port, tmp_path)
                 procs.append(proc)
                 wait_http(proc, "/readyz")
+                if role == "shadow":
+                    # As the local runtime lowers a shadow's slot once it is ready: nice 19,
+                    # SCHED_IDLE (our session's autogroup is left alone).
+                    _process_priority(proc.popen.pid, PRIORITY_LOW)
                 servers[role] = proc
             plain = deployments.new_name(f"bench-{label}-off")
             deployments.publish(plain, servers["live"], keys=(KEY,))
