@@ -4,9 +4,11 @@ generator (its own process, counting every request) sees no failed request eithe
 
 from __future__ import annotations
 
+import os
 import time
 
 import httpx
+import psutil
 import pytest
 
 from deployments.models import Deployment
@@ -129,3 +131,72 @@ def test_the_judge_aborts_a_slow_canary_and_no_request_fails(live_stack, tmp_pat
     assert "3" in result["by_version"]  # the canary did answer before it was aborted
     route = _route(live_stack)
     assert (route.version, route.canary) == (1, None)
+
+
+def _slot_tree(target_slot: str) -> list[psutil.Process]:
+    """The processes of churn-prod's ``target_slot`` servers (noting parent, arbiter, workers)."""
+    from deployments import backends
+    from deployments.models import Slot
+
+    key = Slot.objects.get(deployment__name="churn-prod", color=target_slot).runtime_key
+    status = backends.runtime_backend().slot_status(slot_key=key)
+    tree = []
+    for replica in status.replicas:
+        parent = psutil.Process(replica.pid)
+        tree += [parent, *parent.children(recursive=True)]
+    return tree
+
+
+def test_a_shadow_runs_low_compares_real_answers_and_its_canary_runs_at_normal_priority(
+    live_stack, tmp_path
+):
+    """On real BentoML servers: a shadow's slot serves at nice 19 and SCHED_IDLE, the gateway
+    compares its answers with live's, and promoted to a canary it answers at normal priority,
+    with no failed request from start to promotion."""
+    with httpx.Client(timeout=60) as http:
+        flow = churn_deployment(http, live_stack, versions=2, bake_seconds=5)
+        _roll_out(http, flow.base, flow.ops, 1, live_stack)
+        load = LoadProcess(
+            f"{live_stack.gateway}/d/churn-prod/predict", flow.key, flow.rows, tmp_path / "l.json"
+        )
+        try:
+            started = http.post(
+                f"{flow.base}/deployments/churn-prod/rollouts/",
+                headers=flow.ops,
+                json={"version": 2, "strategy": "shadow", "plan": {**PLAN, "mirror_percent": 100}},
+            )
+            assert started.status_code == 202, started.text
+            rollout_id = started.json()["id"]
+            body, _ = _follow(
+                http, flow, rollout_id, lambda b: b["state"] in ("shadow", "failed", "aborted")
+            )
+            assert body["state"] == "shadow", body
+            tree = _slot_tree(body["target_slot"])
+            assert tree and {(p.nice(), os.sched_getscheduler(p.pid)) for p in tree} == {
+                (19, os.SCHED_IDLE)
+            }
+            body, _ = _follow(
+                http,
+                flow,
+                rollout_id,
+                lambda b: (b["judgement"] or {}).get("shadow", {}).get("compared", 0) >= 20,
+                timeout=120,
+            )
+            compared = body["judgement"]["shadow"]
+            moved = http.post(
+                f"{flow.base}/deployments/churn-prod/rollouts/{rollout_id}/canary/",
+                headers=flow.ops,
+                json={"reason": "agrees"},
+            )
+            assert moved.status_code == 200, moved.text
+            assert moved.json()["state"] == "canary"
+            tree = _slot_tree(body["target_slot"])
+            assert {(p.nice(), os.sched_getscheduler(p.pid)) for p in tree} == {(0, os.SCHED_OTHER)}
+            _follow(http, flow, rollout_id, lambda b: b["canary_step"] == 1)
+        finally:
+            result = load.stop()
+
+    print(f"\nshadow on real servers: {compared}; load {result}")
+    assert compared["errors"] == 0 and compared["agreement_rate"] > 0.5, compared
+    assert result["errors"] == {} and set(result["by_status"]) == {"200"}, result
+    assert set(result["by_version"]) == {"1", "2"}, result  # the canary answered too
