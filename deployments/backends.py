@@ -74,6 +74,8 @@ def _kubernetes_backend() -> RuntimeBackend:
             replicas=settings.MODELYARD_K8S_SLOT_REPLICAS,
             workers=settings.MODELYARD_SLOT_WORKERS,
             ready_timeout=settings.MODELYARD_SLOT_READY_TIMEOUT_SECONDS,
+            shadow_cpu_request=settings.MODELYARD_K8S_SHADOW_CPU_REQUEST,
+            shadow_priority_class=settings.MODELYARD_K8S_SHADOW_PRIORITY_CLASS,
         )
     except (KubeError, ValueError) as exc:
         raise ImproperlyConfigured(f"Kubernetes runtime backend: {exc}") from exc

@@ -215,6 +215,11 @@ MODELYARD_K8S_SLOT_REPLICAS = env_int("MODELYARD_K8S_SLOT_REPLICAS", 1, minimum=
 # JSON: {"requests": {...}, "limits": {...}}; per deployment name: {"churn-prod": {...}}.
 MODELYARD_K8S_SLOT_RESOURCES = env_str("MODELYARD_K8S_SLOT_RESOURCES", "")
 MODELYARD_K8S_DEPLOYMENT_RESOURCES = env_str("MODELYARD_K8S_DEPLOYMENT_RESOURCES", "")
+# A shadow's pods (low priority): their CPU request, the weight of their cgroup against the
+# live pods' on a busy node; and a PriorityClass to name (created by the cluster's admin) so
+# that the scheduler evicts them first and never evicts a live pod for them. "" for none.
+MODELYARD_K8S_SHADOW_CPU_REQUEST = env_str("MODELYARD_K8S_SHADOW_CPU_REQUEST", "25m")
+MODELYARD_K8S_SHADOW_PRIORITY_CLASS = env_str("MODELYARD_K8S_SHADOW_PRIORITY_CLASS", "")
 MODELYARD_BUILD_TIMEOUT_SECONDS = env_float("MODELYARD_BUILD_TIMEOUT_SECONDS", 900, minimum=1)
 # A worker building a version or driving a rollout renews its lease every third of this;
 # a lease this old belongs to a dead worker and the reconcile sweep (every 15 s) takes the

@@ -153,15 +153,18 @@ class RuntimeBackend(ABC):
         ``priority`` :data:`PRIORITY_LOW` (a shadow's slot) asks for servers that only get
         the CPU other slots leave, where the backend can (see :meth:`slot_priority`).
         A no-op if the
-        slot already serves this Bento so; replaces the servers if they serve another. Raises
+        slot already serves this Bento so; replaces the servers if they serve another (or at
+        another priority). Raises
         SlotStartError (with the log tail) if one is not ready in time, and leaves nothing
         running then.
         """
 
     def slot_priority(self, *, slot_key: str, priority: str) -> None:
         """Give the slot's running servers ``priority`` (a shadow promoted to a canary answers
-        users: it gets :data:`PRIORITY_NORMAL` back); later restarts keep it. A backend
-        without CPU priorities does nothing (this default)."""
+        users: it gets :data:`PRIORITY_NORMAL` back) and return once they all run at it, in
+        place or replaced (the local backend renices, or restarts a server the kernel refuses
+        to raise; Kubernetes replaces the pods); later restarts keep it. A backend without
+        CPU priorities does nothing (this default)."""
         return None
 
     @abstractmethod

@@ -39,6 +39,9 @@ from deployments.integrations.kubernetes import (
     parse_quantity,
 )
 from deployments.runtime.base import (
+    PRIORITIES,
+    PRIORITY_LOW,
+    PRIORITY_NORMAL,
     ReplicaStatus,
     ResourceSample,
     RuntimeBackend,
@@ -76,6 +79,7 @@ ANN_STARTED_AT = "modelyard.io/started-at"
 ANN_LAST_EVENT = "modelyard.io/last-event"
 ANN_REPORTED = "modelyard.io/reported"  # restarts + problem last reported by supervise_once
 ANN_CPU = "modelyard.io/cpu-seconds"  # CPU counter integrated from the metrics API
+ANN_PRIORITY = "modelyard.io/priority"  # PRIORITY_LOW: a shadow's pods (_priority_render)
 SLOT_SELECTOR = f"{LABEL_NAME}=modelyard-slot,{LABEL_MANAGED_BY}=modelyard"
 
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
@@ -131,6 +135,8 @@ class KubernetesBackend(RuntimeBackend):
         ready_timeout: float = 300,
         poll_interval: float = 2.0,
         service_account: str = "",
+        shadow_cpu_request: str = "25m",
+        shadow_priority_class: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not namespace:
@@ -143,6 +149,13 @@ class KubernetesBackend(RuntimeBackend):
             )
         if replicas < 1 or workers < 1:
             raise ValueError("replicas and workers must be >= 1")
+        try:
+            parse_quantity(shadow_cpu_request)
+        except KubeError:
+            raise ValueError(
+                f"shadow CPU request {shadow_cpu_request!r} is not a Kubernetes quantity "
+                f"(e.g. '25m')"
+            ) from None
         self.client = client
         self.namespace = namespace
         self.image_registry = registry
@@ -154,6 +167,8 @@ class KubernetesBackend(RuntimeBackend):
         self.ready_timeout = float(ready_timeout)
         self.poll_interval = poll_interval
         self.service_account = service_account
+        self.shadow_cpu_request = shadow_cpu_request
+        self.shadow_priority_class = shadow_priority_class
         self._clock = clock
 
     # ------------------------------------------------------------------ naming + rendering
@@ -188,10 +203,11 @@ class KubernetesBackend(RuntimeBackend):
         replicas: int | None = None,
         workers: int | None = None,
         batch: tuple[int, int] | None = None,
+        priority: str = PRIORITY_NORMAL,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The Deployment and Service manifests of a slot serving ``bento_tag`` (``replicas``
         pods of ``workers`` BentoML workers each, batching ``batch`` = (max size, max latency
-        ms); None: the backend's defaults)."""
+        ms); None: the backend's defaults) at CPU ``priority`` (_priority_render)."""
         replicas = replicas or self.replicas
         workers = workers or self.workers
         batch_max_size, batch_max_latency_ms = batch or (
@@ -318,6 +334,7 @@ class KubernetesBackend(RuntimeBackend):
                 },
             },
         }
+        self._priority_render(deployment, slot_key=slot_key, priority=priority)
         service = {
             "apiVersion": "v1",
             "kind": "Service",
@@ -337,6 +354,30 @@ class KubernetesBackend(RuntimeBackend):
         }
         return deployment, service
 
+    def _priority_render(self, deployment: dict[str, Any], *, slot_key: str, priority: str) -> None:
+        """Write ``priority`` into a slot's Deployment manifest (in place).
+
+        Kubernetes has no nice value for a pod: a container's CPU weight on a busy node is its
+        CPU request, so a shadow's pods request ``shadow_cpu_request`` (limits unchanged: an
+        idle node's CPU is theirs) and, when configured, run in a PriorityClass the
+        scheduler evicts first. The template changes, so the pods are replaced one by one
+        (maxUnavailable 0) -- there is no in-place equivalent of renicing."""
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
+        template = deployment["spec"]["template"]
+        pod_spec = template["spec"]
+        resources = self.resources_for(slot_key)
+        pod_spec.pop("priorityClassName", None)
+        if priority == PRIORITY_LOW:
+            resources.setdefault("requests", {})["cpu"] = self.shadow_cpu_request
+            if self.shadow_priority_class:
+                pod_spec["priorityClassName"] = self.shadow_priority_class
+        for container in pod_spec["containers"]:
+            if container["name"] == CONTAINER:
+                container["resources"] = resources
+        for metadata in (deployment["metadata"], template["metadata"]):
+            metadata.setdefault("annotations", {})[ANN_PRIORITY] = priority
+
     def image_build_context(self, *, home: Path, bento_tag: str, dest: Path) -> ImageBuild:
         return image_build_context(
             registry=self.image_registry, home=home, bento_tag=bento_tag, dest=dest
@@ -352,10 +393,8 @@ class KubernetesBackend(RuntimeBackend):
         replicas: int | None = None,
         workers: int | None = None,
         batch: tuple[int, int] | None = None,
-        priority: str = "normal",
+        priority: str = PRIORITY_NORMAL,
     ) -> SlotHandle:
-        # ``priority`` is not applied here yet: a pod's CPU share follows its requests
-        # (resources_for), the same for every slot of a deployment; see RuntimeBackend.
         validate_slot_key(slot_key)
         name = self.object_name(slot_key)
         try:
@@ -365,7 +404,11 @@ class KubernetesBackend(RuntimeBackend):
         deadline = self._clock() + self.ready_timeout
         existing = self._get_deployment(name)
         annotations = (existing or {}).get("metadata", {}).get("annotations") or {}
-        if existing is not None and annotations.get(ANN_BENTO_TAG) == bento_tag:
+        if (
+            existing is not None
+            and annotations.get(ANN_BENTO_TAG) == bento_tag
+            and annotations.get(ANN_PRIORITY, PRIORITY_NORMAL) == priority
+        ):
             # Already serving this Bento: a no-op apart from making sure the Service exists
             # and handing the slot out only once it is ready.
             started_at = _parse_dt(annotations.get(ANN_STARTED_AT))
@@ -376,6 +419,7 @@ class KubernetesBackend(RuntimeBackend):
                 replicas=replicas,
                 workers=workers,
                 batch=batch,
+                priority=priority,
             )
             self._kube(f"slot {slot_key}", self.client.service_apply, body=service)
             self._wait_ready(slot_key, bento_tag, deadline)
@@ -388,6 +432,7 @@ class KubernetesBackend(RuntimeBackend):
             replicas=replicas,
             workers=workers,
             batch=batch,
+            priority=priority,
         )
         replaced = annotations.get(ANN_BENTO_TAG) if existing is not None else None
         self._kube(f"slot {slot_key}", self.client.deployment_apply, body=deployment)
@@ -398,6 +443,27 @@ class KubernetesBackend(RuntimeBackend):
             message += f"; replaced {replaced}"
         self._record_event(name, SlotEvent.now(slot_key, "started", message))
         return self._handle(slot_key, bento_tag, started_at)
+
+    def slot_priority(self, *, slot_key: str, priority: str) -> None:
+        """Re-render the running Deployment at ``priority`` (_priority_render) and return
+        once its replaced pods are ready; the old ones serve until then. A no-op when it
+        already runs at it."""
+        validate_slot_key(slot_key)
+        name = self.object_name(slot_key)
+        existing = self._get_deployment(name)
+        if existing is None:
+            raise SlotNotFound(f"no slot {slot_key!r} (Deployment {self.namespace}/{name})")
+        annotations = existing["metadata"].get("annotations") or {}
+        if annotations.get(ANN_PRIORITY, PRIORITY_NORMAL) == priority:
+            return
+        self._priority_render(existing, slot_key=slot_key, priority=priority)
+        existing.pop("status", None)
+        self._kube(f"slot {slot_key}", self.client.deployment_apply, body=existing)
+        bento_tag = annotations.get(ANN_BENTO_TAG, "")
+        self._wait_ready(slot_key, bento_tag, self._clock() + self.ready_timeout)
+        self._record_event(
+            name, SlotEvent.now(slot_key, "restarted", f"pods replaced at {priority} priority")
+        )
 
     def slot_scale(self, *, slot_key: str, replicas: int, timeout: float = 30) -> SlotHandle:
         """Set the Deployment's ``spec.replicas``; returns once every pod is ready.

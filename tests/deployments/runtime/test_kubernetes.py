@@ -26,6 +26,7 @@ from deployments.integrations.kubernetes import KubeClient, KubeConnection, Kube
 from deployments.runtime.base import RuntimeBackendError, SlotNotFound, SlotStartError
 from deployments.runtime.kubernetes import (
     BENTO_UID,
+    DEFAULT_RESOURCES,
     LABEL_SLOT_ID,
     KubernetesBackend,
     ResourceUsageUnknown,
@@ -628,3 +629,58 @@ def test_slot_scale_sets_the_deployments_replicas(k8s, fake):
             k8s.slot_scale(slot_key="never.blue", replicas=2)
     finally:
         k8s.slot_stop(slot_key="scaled.blue")
+
+
+# --------------------------------------------------------------------------- CPU priority
+
+
+def _pod_priority(deployment: dict) -> tuple[str, str | None, str]:
+    """(CPU request, PriorityClass, annotation) of a Deployment's pod template."""
+    template = deployment["spec"]["template"]
+    [container] = template["spec"]["containers"]
+    return (
+        container["resources"]["requests"]["cpu"],
+        template["spec"].get("priorityClassName"),
+        template["metadata"]["annotations"]["modelyard.io/priority"],
+    )
+
+
+def test_a_shadow_slot_renders_a_small_cpu_request_and_its_priority_class(store, make_k8s):
+    backend = make_k8s(shadow_cpu_request="50m", shadow_priority_class="modelyard-shadow")
+    low, _ = backend.render(slot_key="churn-prod.green", bento_tag=store["v1"], priority="low")
+    assert kubernetes_validate.validate(low, SCHEMA_VERSION, strict=True)
+    assert _pod_priority(low) == ("50m", "modelyard-shadow", "low")
+    [container] = low["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"] == DEFAULT_RESOURCES["limits"]  # idle CPU is its
+    normal, _ = backend.render(slot_key="churn-prod.green", bento_tag=store["v1"])
+    assert _pod_priority(normal) == ("250m", None, "normal")
+    with pytest.raises(ValueError, match="'lots' is not a Kubernetes quantity"):
+        make_k8s(shadow_cpu_request="lots")
+
+
+def test_a_shadow_promoted_gets_its_pods_replaced_at_normal_priority(make_k8s, fake):
+    fake.available_images.add(image("scorer:v1"))
+    backend = make_k8s(shadow_priority_class="modelyard-shadow")
+    key, name = "churn-prod.green", backend.object_name("churn-prod.green")
+    backend.slot_start(slot_key=key, bento_tag="scorer:v1", priority="low")
+    assert _pod_priority(fake.get("Deployment", NAMESPACE, name)) == (
+        "25m",
+        "modelyard-shadow",
+        "low",
+    )
+    low_pods = {p["metadata"]["name"] for p in fake.pods_of(NAMESPACE, name)}
+    backend.slot_priority(slot_key=key, priority="normal")
+    stored = fake.get("Deployment", NAMESPACE, name)
+    assert _pod_priority(stored) == ("250m", None, "normal")
+    assert stored["metadata"]["annotations"]["modelyard.io/priority"] == "normal"
+    pods = fake.pods_of(NAMESPACE, name)
+    assert pods and not {p["metadata"]["name"] for p in pods} & low_pods
+    assert {p["spec"]["containers"][0]["resources"]["requests"]["cpu"] for p in pods} == {"250m"}
+    assert backend.slot_status(slot_key=key).last_event.kind == "restarted"
+    fake.requests.clear()
+    backend.slot_priority(slot_key=key, priority="normal")  # already: nothing written
+    backend.slot_start(slot_key=key, bento_tag="scorer:v1")  # the same Bento, the same priority
+    writes = [r for r in fake.requests if r[0] in ("POST", "PUT", "PATCH", "DELETE")]
+    assert not [r for r in writes if "/deployments/" in r[1]], writes  # its pods left alone
+    with pytest.raises(SlotNotFound):
+        backend.slot_priority(slot_key="never.green", priority="normal")
