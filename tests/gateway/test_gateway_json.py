@@ -128,3 +128,12 @@ def test_the_refusals_are_those_of_stdlib() -> None:
         json_body_parse(b'{"instances": [["a\\u0000"]]}')
     assert nul.value.code == "nul_character"
     assert json_body_parse(b'{"instances": [[NaN, 1]]}')["instances"][0][1] == 1
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-be"])
+def test_a_nul_escape_in_a_utf16_or_utf32_body_is_refused_as_in_utf8(encoding: str) -> None:
+    """stdlib reads these encodings, where the escape's bytes are not b'\\u0000'."""
+    with pytest.raises(InputRefused) as nul:
+        json_body_parse('{"instances": [["a\\u0000"]]}'.encode(encoding))
+    assert (nul.value.code, nul.value.details) == ("nul_character", {"field": "instances[0][0]"})
+    assert json_body_parse('{"instances": [["a"]]}'.encode(encoding)) == {"instances": [["a"]]}
