@@ -203,22 +203,19 @@ class LocalProcessBackend(RuntimeBackend):
                 record = self._load(unit)
                 if record is None:
                     continue
-                denied = ""
-                for proc in self._marked(unit):
-                    try:
-                        _process_priority(proc.pid, priority)
-                    except psutil.NoSuchProcess:
-                        continue
-                    except (OSError, psutil.AccessDenied) as exc:
-                        denied = f"pid {proc.pid}: {exc}"
-                        break
+                denied = self._renice(unit, priority)
                 if denied:
                     refused.append((record, denied))  # its record keeps the old priority
                 else:
                     record.priority = priority
                     self._save(record)
         for record, denied in refused:
-            self._event(record, "restarting", f"priority {priority} refused in place ({denied})")
+            logger.info(
+                "slot %s: priority %s refused in place (%s); restarting its server at it",
+                record.slot_key,
+                priority,
+                denied,
+            )
             # The record's priority differs: _unit_start replaces the server, same port.
             self._unit_start(
                 record.slot_key,
@@ -769,13 +766,21 @@ class LocalProcessBackend(RuntimeBackend):
         started beside a loaded live slot spent minutes importing and missed its readiness
         deadline. Lowering needs no privilege (the servers run as our user, or as the model
         user when we are root)."""
+        denied = self._renice(unit, PRIORITY_LOW)
+        if denied:
+            logger.warning("slot %s: not lowered (%s)", unit, denied)
+
+    def _renice(self, unit: str, priority: str) -> str:
+        """``priority`` on the unit's running processes; the first refusal ("pid N: why"),
+        or "" when every one has it."""
         for proc in self._marked(unit):
             try:
-                _process_priority(proc.pid, PRIORITY_LOW)
+                _process_priority(proc.pid, priority)
             except psutil.NoSuchProcess:
                 continue
             except (OSError, psutil.AccessDenied) as exc:
-                logger.warning("slot %s: pid %d kept its priority: %s", unit, proc.pid, exc)
+                return f"pid {proc.pid}: {exc}"
+        return ""
 
     def _process_start(self, record: _SlotRecord, slot_home: Path, port: int) -> ModelProcessStart:
         """How the slot's server starts: as every model process does (core.model_process),

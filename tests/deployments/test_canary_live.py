@@ -56,23 +56,30 @@ def _follow(http, flow, rollout_id, until, timeout=240):
         time.sleep(1)
 
 
+def _load(live_stack, flow, tmp_path) -> LoadProcess:
+    """Steady predictions through the gateway, every one counted, until ``stop()``."""
+    return LoadProcess(
+        f"{live_stack.gateway}/d/churn-prod/predict", flow.key, flow.rows, tmp_path / "l.json"
+    )
+
+
+def _rollout_start(http, flow, **body) -> int:
+    started = http.post(
+        f"{flow.base}/deployments/churn-prod/rollouts/", headers=flow.ops, json=body
+    )
+    assert started.status_code == 202, started.text
+    return started.json()["id"]
+
+
 def test_a_canary_ramps_through_its_steps_and_is_promoted_with_no_failed_request(
     live_stack, tmp_path
 ):
     with httpx.Client(timeout=60) as http:
         flow = churn_deployment(http, live_stack, versions=2, bake_seconds=5)
         _roll_out(http, flow.base, flow.ops, 1, live_stack)
-        load = LoadProcess(
-            f"{live_stack.gateway}/d/churn-prod/predict", flow.key, flow.rows, tmp_path / "l.json"
-        )
+        load = _load(live_stack, flow, tmp_path)
         try:
-            started = http.post(
-                f"{flow.base}/deployments/churn-prod/rollouts/",
-                headers=flow.ops,
-                json={"version": 2, "strategy": "canary", "plan": PLAN},
-            )
-            assert started.status_code == 202, started.text
-            rollout_id = started.json()["id"]
+            rollout_id = _rollout_start(http, flow, version=2, strategy="canary", plan=PLAN)
             body, _ = _follow(http, flow, rollout_id, lambda b: b["state"] == "canary")
             route = _route(live_stack)
             assert route.canary is not None and route.canary.weight == 1_000
@@ -103,20 +110,15 @@ def test_the_judge_aborts_a_slow_canary_and_no_request_fails(live_stack, tmp_pat
         # v3: the stack's BentoML store is the session's, where churn:v2 is the usual tree.
         flow = churn_deployment(http, live_stack, versions=2, more=(slow,))
         _roll_out(http, flow.base, flow.ops, 1, live_stack)
-        load = LoadProcess(
-            f"{live_stack.gateway}/d/churn-prod/predict", flow.key, flow.rows, tmp_path / "l.json"
-        )
+        load = _load(live_stack, flow, tmp_path)
         try:
-            started = http.post(
-                f"{flow.base}/deployments/churn-prod/rollouts/",
-                headers=flow.ops,
-                json={"version": 3, "strategy": "canary", "plan": {**PLAN, "steps": [30, 60]}},
+            rollout_id = _rollout_start(
+                http, flow, version=3, strategy="canary", plan={**PLAN, "steps": [30, 60]}
             )
-            assert started.status_code == 202, started.text
             body, seen = _follow(
                 http,
                 flow,
-                started.json()["id"],
+                rollout_id,
                 lambda b: b["state"] in ("aborted", "baking", "live", "failed"),
             )
         finally:
@@ -156,17 +158,11 @@ def test_a_shadow_runs_low_compares_real_answers_and_its_canary_runs_at_normal_p
     with httpx.Client(timeout=60) as http:
         flow = churn_deployment(http, live_stack, versions=2, bake_seconds=5)
         _roll_out(http, flow.base, flow.ops, 1, live_stack)
-        load = LoadProcess(
-            f"{live_stack.gateway}/d/churn-prod/predict", flow.key, flow.rows, tmp_path / "l.json"
-        )
+        load = _load(live_stack, flow, tmp_path)
         try:
-            started = http.post(
-                f"{flow.base}/deployments/churn-prod/rollouts/",
-                headers=flow.ops,
-                json={"version": 2, "strategy": "shadow", "plan": {**PLAN, "mirror_percent": 100}},
+            rollout_id = _rollout_start(
+                http, flow, version=2, strategy="shadow", plan={**PLAN, "mirror_percent": 100}
             )
-            assert started.status_code == 202, started.text
-            rollout_id = started.json()["id"]
             body, _ = _follow(
                 http, flow, rollout_id, lambda b: b["state"] in ("shadow", "failed", "aborted")
             )
