@@ -31,10 +31,11 @@ run: install
 # most tests first). Most of the suite waits on servers it started: serially the two cores
 # of CI were half idle. Each worker has its own test database (pytest-django), Redis
 # databases and artifact folder (config/settings/test.py; up to 3 workers).
-# TEST_WORKERS=0 runs in one process.
+# TEST_WORKERS=0 runs in one process. The 15 slowest tests are listed at the end (where the
+# suite's time goes, in CI's output too).
 TEST_WORKERS ?= 3
 test: install
-	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack test -- -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack test -- -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 bench: install
 	BENTOML_DO_NOT_TRACK=True $(BIN)/python -m devstack test -- -m benchmark -s tests/benchmarks $(PYTEST_ARGS)
