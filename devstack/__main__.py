@@ -23,6 +23,7 @@ from devstack.stackfile import (
     stack_file_remove,
     stack_file_write,
 )
+from gateway.settings import INHERITED_FD_ENV
 
 PYTHON = sys.executable
 # What `make run` records for a second terminal (.data/stack.env).
@@ -103,7 +104,6 @@ def cmd_run(args: list[str]) -> int:
     gateway = os.environ.get("MODELYARD_GATEWAY_URL", f"http://127.0.0.1:{gateway_port}")
     stack = stack_start(database="modelyard", redis_db=0, prefer_local=False, persist=True)
     group: ProcessGroup | None = None
-    gateway_socket: socket.socket | None = None
     env = {
         **_env(stack, "config.settings.local"),
         "MODELYARD_WEB_PORT": str(web_port),
@@ -121,13 +121,13 @@ def cmd_run(args: list[str]) -> int:
         # What a second terminal needs to reach these servers (config/settings/local.py).
         stack_file_write(DATA, {key: env[key] for key in STACK_VARS})
         # Bound here, not by the gateway: a crashed gateway's clients wait in this socket's
-        # backlog for the restarted one (gateway/__main__.py INHERITED_FD_ENV).
+        # backlog for the restarted one (gateway.settings.INHERITED_FD_ENV).
         gateway_socket = socket.create_server(("127.0.0.1", gateway_port), backlog=2048)
         group = ProcessGroup(
             ROOT / "platform" / "Procfile",
             env=env,
             cwd=ROOT,
-            sockets={"gateway": ("MODELYARD_GATEWAY_FD", gateway_socket)},
+            sockets={"gateway": (INHERITED_FD_ENV, gateway_socket)},
         )
         group.start()
         if _wait_web(f"{public}/healthz", group):
@@ -150,23 +150,15 @@ def cmd_run(args: list[str]) -> int:
         # Ignore a second Ctrl-C: the shutdown below must finish to leave nothing behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _shutdown(stack, group, env, gateway_socket)
+        _shutdown(stack, group, env)
 
 
-def _shutdown(
-    stack: Stack,
-    group: ProcessGroup | None,
-    env: dict[str, str],
-    gateway_socket: socket.socket | None,
-) -> None:
+def _shutdown(stack: Stack, group: ProcessGroup | None, env: dict[str, str]) -> None:
     """Web, gateway, worker and beat first (they need Redis and PostgreSQL until they have
     exited), then the slot servers (recorded as stopped), the embedded servers last."""
     stack_file_remove(DATA)
     if group is not None:
         group.stop()
-    if gateway_socket is not None:
-        gateway_socket.close()  # refused from now on, not left waiting in the backlog
-    if group is not None:
         say("stopping the slot servers")
         subprocess.run([PYTHON, "-m", "devstack", "slots-stop"], env=env, check=False)
         for line in strays_stop(DATA):

@@ -87,7 +87,7 @@ class ProcessGroup:
         """``sockets`` maps a process name to (variable, listening socket): every start of
         that process inherits the socket, its fd number in the variable. The socket stays
         open here across the process's restarts, so its clients queue instead of being
-        refused while it is down."""
+        refused while it is down; :meth:`stop` closes it."""
         self.sockets = sockets or {}
         self.procs = [
             Proc(name, command)
@@ -163,8 +163,16 @@ class ProcessGroup:
                 say(f"restarted {proc.name} (restart {proc.restarts})")
 
     def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM every process group, SIGKILL the groups still alive after ``grace``."""
+        """SIGTERM every process group, SIGKILL the groups still alive after ``grace``; then
+        close the sockets they inherited (refused from now on, not left in a backlog)."""
         self.stopping = True
+        try:
+            self._stop_processes(grace)
+        finally:
+            for _, sock in self.sockets.values():
+                sock.close()
+
+    def _stop_processes(self, grace: float) -> None:
         running = [
             (p, p.popen) for p in self.procs if p.popen is not None and _group_alive(p.popen.pid)
         ]

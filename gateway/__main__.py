@@ -22,6 +22,7 @@ from uvicorn.supervisors import Multiprocess
 
 from gateway.app import Gateway, GatewaySettings, create_app
 from gateway.server import PROTOCOL_PATH, gc_settle, protocol_configure
+from gateway.settings import INHERITED_FD_ENV
 
 logger = logging.getLogger("modelyard.gateway")
 
@@ -94,15 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# A listening socket handed down by the supervisor (`make run`'s devstack holds the gateway's
-# across restarts): connections made while a crashed gateway restarts wait in its backlog and
-# are answered by the next process instead of being refused. systemd's socket activation
-# does the same; its LISTEN_FDS protocol needs the child's pid before exec, which a Procfile
-# line run through /bin/sh does not give the supervisor, hence a variable naming the fd.
-INHERITED_FD_ENV = "MODELYARD_GATEWAY_FD"
-
-
 def _inherited_socket() -> socket.socket | None:
+    """The listening socket named by INHERITED_FD_ENV (gateway.settings), if any."""
     raw = os.environ.get(INHERITED_FD_ENV, "")
     if not raw:
         return None
@@ -167,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         protocol_configure(settings)
         config = _uvicorn_config(create_app(settings), args)
 
-    sock = _inherited_socket() or config.bind_socket()
+    inherited = _inherited_socket()
+    sock = inherited or config.bind_socket()
     # Accepted connections inherit TCP_NODELAY from the listening socket on Linux; asyncio sets
     # it again per connection. Without it a small answer waits for the client's delayed ACK.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -176,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         "gateway listening on http://%s:%d%s (%d worker(s)), routes from %s",
         host,
         port,
-        " (inherited socket)" if os.environ.get(INHERITED_FD_ENV) else "",
+        " (inherited socket)" if inherited else "",
         args.workers,
         _redact(settings.redis_url),
     )

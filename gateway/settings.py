@@ -14,6 +14,13 @@ from typing import Any
 _BOOL_WORDS = {"1": True, "true": True, "on": True, "yes": True}
 _BOOL_WORDS.update({"0": False, "false": False, "off": False, "no": False})
 
+# A listening socket handed down by the supervisor (`make run`'s devstack holds the gateway's
+# across restarts): connections made while a crashed gateway restarts wait in its backlog and
+# are answered by the next process instead of being refused. systemd's socket activation
+# does the same; its LISTEN_FDS protocol needs the child's pid before exec, which a Procfile
+# line run through /bin/sh does not give the supervisor, hence a variable naming the fd.
+INHERITED_FD_ENV = "MODELYARD_GATEWAY_FD"
+
 
 def _env_number(environ: Mapping[str, str], name: str, default: float, cast: type) -> Any:
     raw = environ.get(name)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from gateway.__main__ import INHERITED_FD_ENV
+from gateway.settings import INHERITED_FD_ENV
 from tests.gateway.support import (
     REDIS_SERVER_BIN,
     TEST_GATEWAY_ENV,

@@ -14,12 +14,13 @@ import httpx
 import pytest
 import redis
 
-from gateway.__main__ import INHERITED_FD_ENV, _inherited_socket, _redact
+from gateway.__main__ import _inherited_socket, _redact
 from gateway.app import GatewaySettings
 from gateway.metric_buffers import metrics_buffer_read
 from gateway.routes import route_remove
 from gateway.sampling import samples_key
 from gateway.server import GC_YOUNG_THRESHOLD, gc_settle
+from gateway.settings import INHERITED_FD_ENV
 from tests.gateway.support import Deployments, Proc, auth, wait_until
 
 BODY = {"instances": [[1.0, 2.0], [3.0, 4.0]]}
