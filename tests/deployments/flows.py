@@ -70,6 +70,22 @@ def _predict(http, gateway, key, rows):
     return int(response.headers["X-Modelyard-Version"]), response.json()["predictions"]
 
 
+def _gateway_settles_on(http, gateway, key, rows, version, within=3.0, then=20):
+    """Assert the gateway answers ``version`` within ``within`` s, and then only ``version``.
+
+    A route's announcement reaches the gateway asynchronously (pub/sub, then its own read of
+    the route): a prediction sent the instant a route was published -- or put back, after a
+    failed rollback -- may still meet the one before. What must hold is that it converges
+    quickly and stays converged.
+    """
+    deadline = time.monotonic() + within
+    while (answered := _predict(http, gateway, key, rows)[0]) != version:
+        assert time.monotonic() < deadline, f"the gateway still answers v{answered}, not v{version}"
+        time.sleep(0.02)
+    answers = [_predict(http, gateway, key, rows)[0] for _ in range(then)]
+    assert answers == [version] * then, answers
+
+
 @dataclass
 class ChurnDeployment:
     base: str
