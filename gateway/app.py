@@ -1110,6 +1110,7 @@ class Gateway:
             )
             logger.info("route table re-read: changed %s", ", ".join(changed))
         self.balancer.routes_changed(routes)
+        self.shadow.routes_changed(routes)
         self.routes = routes
         self.routes_loaded = True
 
@@ -1127,6 +1128,7 @@ class Gateway:
         else:
             routes[deployment] = route
         self.balancer.routes_changed(routes)
+        self.shadow.routes_changed(routes)
         self.routes = routes
 
 

@@ -196,6 +196,9 @@ class ShadowBook:
         self._count(route.deployment, 1)
         self._cell(route).counts["dropped"] += 1
 
+    def routes_changed(self, routes: dict[str, Route]) -> None:
+        """Follow a new route table (the gateway calls it on every swap, as the balancer's)."""
+
     async def flush(self, client: redis.asyncio.Redis) -> int:
         """Write every cell in one script call; returns how many cells were written.
 
@@ -246,6 +249,9 @@ class ShadowMirror(ShadowBook):
         # Jobs finished (compared, failed or dropped): what the relay's bound is freed by.
         self.done = 0
         self._on_done = on_done
+        # Per deployment, the shadow arm its current route mirrors to, as (version, slot);
+        # None until the first route table: then no job is judged stale.
+        self._arms: dict[str, tuple[int, str]] | None = None
 
     def start(self, pool: UpstreamPool) -> None:
         self._pool = pool
@@ -281,6 +287,27 @@ class ShadowMirror(ShadowBook):
             return False
         return True
 
+    def routes_changed(self, routes: dict[str, Route]) -> None:
+        self._arms = {
+            name: (route.shadow.version, route.shadow.slot)
+            for name, route in routes.items()
+            if route.shadow is not None
+        }
+
+    def _stale(self, job: ShadowJob) -> bool:
+        """Whether ``job`` was queued for a shadow its deployment's route no longer has.
+
+        A shadow promoted to a canary (or aborted, or replaced) leaves up to a queue of jobs
+        behind; sent anyway, they land on what now answers users -- as a canary, up to
+        ``workers`` mirrored requests at once beside its share, which made a healthy canary's
+        median 25 % slower than its baseline and the judge abort it (reproduced under load).
+        """
+        if self._arms is None:
+            return False
+        shadow = job.route.shadow
+        assert shadow is not None
+        return self._arms.get(job.route.deployment) != (shadow.version, shadow.slot)
+
     @property
     def pending(self) -> int:
         return 0 if self._queue is None else self._queue.qsize()
@@ -295,7 +322,10 @@ class ShadowMirror(ShadowBook):
         while True:
             job = await self._queue.get()
             try:
-                await self._mirror(job)
+                if self._stale(job):
+                    self._drop(job.route)  # counted as any job the shadow never saw
+                else:
+                    await self._mirror(job)
             except Exception:
                 # One bad answer must not stop the worker: later jobs still get compared.
                 logger.exception("shadow comparison failed for %r", job.route.deployment)

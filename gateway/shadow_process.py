@@ -20,7 +20,9 @@ in its own cells and /metrics) without being written. A process that dies is sta
 after a second; the jobs it held are lost (logged), live requests never wait for it.
 
 Frames on stdin: a 4-byte little-endian length, then a tuple (``_frame``):
-``(0, deployment, route JSON)`` before the first job of each route object, then
+``(0, deployment, route JSON)`` before the first job of each route object, and whenever the
+route of a deployment it mirrored for changes (``(2, deployment)`` when it is gone), so jobs
+queued for a shadow that has since left the route are dropped, not sent (ShadowMirror._stale);
 ``(1, deployment, target, headers, body, live status, live body, live ms)`` per job.
 Lines on stdout: ``{"done": n, "counters": {deployment: [mirrored, dropped, errors]}}``,
 totals since the process started. EOF on stdin (or a SIGTERM) stops it: queued jobs are
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("modelyard.gateway")
 
-_ROUTE, _JOB = 0, 1
+_ROUTE, _JOB, _GONE = 0, 1, 2
 _REPORT_DELAY_S = 0.005  # finished jobs are reported at most this late (and coalesced)
 _RESTART_DELAY_S = 1.0
 _STOP_TIMEOUT_S = 10.0
@@ -148,10 +150,23 @@ class ShadowRelay(ShadowBook):
             )
         )
         self._sent += 1
-        if not self._write_soon and self._proc is not None:
-            self._write_soon = True
-            asyncio.get_running_loop().call_soon(self._write)
+        self._write_later()
         return True
+
+    def routes_changed(self, routes: dict[str, Route]) -> None:
+        """Tell the process the new route of every deployment it has mirrored for."""
+        for deployment, sent in list(self._sent_routes.items()):
+            route = routes.get(deployment)
+            if route is sent:
+                continue
+            if route is None:
+                del self._sent_routes[deployment]
+                self._out.append(_frame((_GONE, deployment)))
+            else:
+                self._sent_routes[deployment] = route
+                self._out.append(_frame((_ROUTE, deployment, route.to_json())))
+        if self._out:
+            self._write_later()
 
     @property
     def pending(self) -> int:
@@ -166,6 +181,12 @@ class ShadowRelay(ShadowBook):
                 for index in range(3):
                     into[index] += counts[index]
         return merged
+
+    def _write_later(self) -> None:
+        """Write the frames at the end of this event-loop turn (once, however many come)."""
+        if not self._write_soon and self._proc is not None:
+            self._write_soon = True
+            asyncio.get_running_loop().call_soon(self._write)
 
     def _write(self) -> None:
         self._write_soon = False
@@ -346,9 +367,13 @@ async def _serve(settings: GatewaySettings) -> None:
                 frame = frame_read(await reader.readexactly(size))
             except asyncio.IncompleteReadError:
                 break  # the gateway closed our stdin (or died)
-            if frame[0] == _ROUTE:
-                routes[frame[1]] = Route.from_json(frame[2])
+            if frame[0] in (_ROUTE, _GONE):
+                if frame[0] == _ROUTE:
+                    routes[frame[1]] = Route.from_json(frame[2])
+                else:
+                    routes.pop(frame[1], None)
                 balancer.routes_changed(routes)
+                mirror.routes_changed(routes)
                 continue
             route = routes[frame[1]]
             mirror.offer(ShadowJob(route, *frame[2:]))

@@ -355,6 +355,47 @@ def test_full_shadow_queue_drops_and_counts_without_slowing_live(
     gateway.stop()
 
 
+@pytest.mark.parametrize("in_process", ["1", "0"], ids=["shadow-process", "event-loop"])
+def test_jobs_queued_for_a_shadow_that_left_the_route_are_dropped_not_sent(
+    start_gateway: Callable[..., Proc],
+    redis_url: str,
+    deployments: Deployments,
+    redis_client: redis.Redis,
+    start_upstream: Callable[..., Proc],
+    live_classifier: Proc,
+    in_process: str,
+) -> None:
+    """A shadow promoted to a canary (or aborted) leaves queued jobs behind: they are dropped
+    and counted, not sent to what now answers users (a canary judged on its latency)."""
+    gateway = start_gateway(
+        redis_url,
+        env={
+            "MODELYARD_GATEWAY_SHADOW_PROCESS": in_process,
+            "MODELYARD_GATEWAY_SHADOW_QUEUE_SIZE": "100",
+            "MODELYARD_GATEWAY_SHADOW_WORKERS": "2",
+        },
+    )
+    slow = start_upstream(SHADOW_VERSION, "shadow-left", extra_args=("--delay-ms", "300"))
+    name = _mirrored_to(slow, gateway, deployments, live_classifier, "shleft")
+    results = send_all(f"{gateway.url}/d/{name}/predict", [({}, {"instances": [[1, 1]]})] * 40)
+    assert {status for status, *_ in results} == {200}
+    # 41 mirrored jobs, 2 workers, 300 ms each: ~37 still queued when the shadow leaves.
+    deployments.publish(name, live_classifier)
+    reached = httpx.get(f"{slow.url}/received").json()["predict"]
+    time.sleep(2.0)  # the queue would have sent ~13 more by now
+    later = httpx.get(f"{slow.url}/received").json()["predict"]
+    # Those dequeued before the gateway read the new route (pub/sub: milliseconds) may go.
+    assert later - reached <= 2, (reached, later)
+    wait_until(
+        lambda: totals(redis_client, name).mirrored + totals(redis_client, name).dropped == 41,
+        deadline_s=10,
+        what="every job to be mirrored or dropped",
+    )
+    counted = totals(redis_client, name)
+    assert counted.dropped >= 30 and counted.mirrored == later, (counted, later)
+    gateway.stop()
+
+
 def test_shadow_counts_reach_redis_as_one_hash_per_minute_with_a_ttl(
     gateway: Proc,
     deployments: Deployments,

@@ -52,6 +52,7 @@ def build_app(
 ) -> Callable[..., Awaitable[None]]:
     """Return a raw ASGI app (no framework, so the upstream itself stays cheap to call)."""
     slow_inflight: dict[str, int] = {}
+    received = {"predict": 0}  # /predict requests that reached this server (GET /received)
 
     async def respond(send: Send, status: int, payload: Any) -> None:
         body = json.dumps(payload).encode()
@@ -111,6 +112,7 @@ def build_app(
         if path == "/readyz":
             await respond(send, 200, {"ready": True, "version": version})
         elif path == "/predict":
+            received["predict"] += 1
             if delay_ms:
                 await asyncio.sleep(delay_ms / 1000)
             if fail_predict:
@@ -138,6 +140,8 @@ def build_app(
             finally:
                 slow_inflight[tag] -= 1
             await respond(send, 200, predict(raw))
+        elif path == "/received":
+            await respond(send, 200, received)
         elif path == "/inflight":
             await respond(send, 200, {"slow": slow_inflight.get(_query(scope).get("tag", ""), 0)})
         elif path == "/fail":
