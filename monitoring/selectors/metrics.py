@@ -127,23 +127,41 @@ def rollup_rows(
 
 
 def traffic_by_version(
-    *, deployment: Deployment, start: datetime, end: datetime, version: int | None = None
+    *,
+    deployment: Deployment,
+    start: datetime,
+    end: datetime,
+    version: int | None = None,
+    aligned_to: int | None = None,
 ) -> dict[int, TrafficSummary]:
-    """Merge roll-ups per version (histograms bucket by bucket, counts summed)."""
+    """Merge roll-ups per version (histograms bucket by bucket, counts summed).
+
+    With ``aligned_to``, every version counts only the roll-up periods in which that version
+    answered too: a canary is compared with its baseline over the same minutes, not with the
+    baseline's minutes before the canary took traffic (another load, another regime -- a
+    shadow's mirroring, say)."""
     summaries: dict[int, TrafficSummary] = {}
     rows_qs = rollup_rows(deployment=deployment, start=start, end=end, version=version)
-    for v, status, count, rows, errors, lat, hist, row_start, period in rows_qs.values_list(
-        "version",
-        "status",
-        "count",
-        "rows",
-        "errors",
-        "latency_us_sum",
-        "histogram",
-        "start",
-        "period_seconds",
-    ):
+    found = list(
+        rows_qs.values_list(
+            "version",
+            "status",
+            "count",
+            "rows",
+            "errors",
+            "latency_us_sum",
+            "histogram",
+            "start",
+            "period_seconds",
+        )
+    )
+    periods = (
+        None if aligned_to is None else {(row[7], row[8]) for row in found if row[0] == aligned_to}
+    )
+    for v, status, count, rows, errors, lat, hist, row_start, period in found:
         if len(hist) != BUCKET_COUNT:  # written by another bucket layout: unusable, skip
+            continue
+        if periods is not None and (row_start, period) not in periods:
             continue
         summaries.setdefault(v, TrafficSummary()).add(
             status=status,

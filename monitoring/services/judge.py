@@ -139,7 +139,12 @@ def canary_judge(
     module docstring.
     """
     policy = policy or {}
+    # The cost guard divides the window's resources by all its predictions; the error and
+    # latency comparison takes only the minutes in which the canary answered, on both arms.
     traffic = traffic_by_version(deployment=deployment, start=start, end=end)
+    aligned = traffic_by_version(
+        deployment=deployment, start=start, end=end, aligned_to=canary_version
+    )
     window = _Window(deployment, (baseline_version, canary_version), start, end, traffic)
     guards = [window.labelled(key, policy) for key in LABEL_RULES if policy.get(key) is not None]
     if policy.get("max_cost_increase") is not None:
@@ -147,8 +152,8 @@ def canary_judge(
     if policy.get("max_drift_increase") is not None:
         guards.append(window.drift(policy))
     return judge(
-        _arm(traffic.get(baseline_version)),
-        _arm(traffic.get(canary_version)),
+        _arm(aligned.get(baseline_version)),
+        _arm(aligned.get(canary_version)),
         JudgePolicy.from_dict(policy),
         guards,
     )

@@ -72,6 +72,46 @@ def test_a_healthy_canary_passes_and_a_slow_one_fails_on_latency(
     assert [m.verdict for m in slow.metrics] == ["pass", "fail"]
 
 
+def test_the_baseline_is_judged_over_the_minutes_the_canary_answered_only(
+    deployment, monitoring_redis, settings
+):
+    """A window that starts before the canary took traffic: the baseline's earlier minute (a
+    quieter machine, 8 ms) is left out, or the canary's 20 ms would look 2.5x slower than a
+    baseline that answers in 20 ms beside it."""
+    from monitoring.services.rollups import metrics_rollup
+
+    recorder = MetricsRecorder()
+    before, during = minute_ago(3), minute_ago(2)
+    serve_traffic(
+        recorder, deployment, 1, requests=4_000, errors=0, median_ms=8.0, now=before, seed=1
+    )
+    for version, seed in ((1, 2), (2, 3)):
+        serve_traffic(
+            recorder,
+            deployment,
+            version,
+            requests=1_000,
+            errors=0,
+            median_ms=20.0,
+            now=during,
+            seed=seed,
+        )
+    flush(recorder, settings.REDIS_URL)
+    metrics_rollup()
+    start = utc(before // 60 * 60)
+    judged = canary_judge(
+        deployment=deployment,
+        baseline_version=1,
+        canary_version=2,
+        start=start,
+        end=start + timedelta(minutes=2),
+    )
+    assert judged.verdict == "pass", judged.as_dict()
+    assert judged.metrics[0].counts["baseline_requests"] == 1_000
+    latency = judged.metrics[1]
+    assert 0.8 < latency.canary / latency.baseline < 1.25, latency
+
+
 def test_an_arm_without_traffic_or_labels_is_not_yet(deployment, monitoring_redis, settings):
     now = utc(minute_ago(2) // 60 * 60)
     quiet = canary_judge(
