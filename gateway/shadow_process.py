@@ -157,7 +157,7 @@ class ShadowRelay(ShadowBook):
         """Tell the process the new route of every deployment it has mirrored for."""
         for deployment, sent in list(self._sent_routes.items()):
             route = routes.get(deployment)
-            if route is sent:
+            if route is sent or route == sent:  # the periodic re-read parses equal routes anew
                 continue
             if route is None:
                 del self._sent_routes[deployment]

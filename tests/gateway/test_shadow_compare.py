@@ -225,3 +225,67 @@ def test_relay_hands_jobs_over_in_frames_and_drops_past_its_bound_without_writin
     relay._done, relay._theirs = 2, {"shunit-relay": [2, 0, 1]}
     assert relay.pending == 0
     assert relay.counters == {"shunit-relay": [2, 1, 1]}
+
+
+def _frames(relay) -> list[tuple]:
+    from gateway.shadow_process import frame_read
+
+    frames, data = [], b"".join(relay._out)
+    while data:
+        size = int.from_bytes(data[:4], "little")
+        frames.append(frame_read(data[4 : 4 + size]))
+        data = data[4 + size :]
+    relay._out.clear()
+    return frames
+
+
+def test_relay_tells_the_process_of_each_route_change_of_a_mirrored_deployment() -> None:
+    """After a job, the process hears of that deployment's new route (a shadow promoted: no
+    shadow arm), or that it is gone; an equal route re-read says nothing; a deployment it
+    never mirrored for is not described."""
+    import dataclasses
+
+    from gateway.settings import GatewaySettings
+    from gateway.shadow_process import ShadowRelay
+
+    async def run() -> list[list[tuple]]:
+        relay = ShadowRelay(settings=GatewaySettings())  # no process started
+        route, other = _route("shunit-change"), _route("shunit-never")
+        relay.offer(ShadowJob(route, b"/predict", b"", b"{}", 200, b"{}", 1.0))
+        seen = [_frames(relay)]
+        promoted = dataclasses.replace(route, shadow=None)
+        relay.routes_changed(
+            {route.deployment: dataclasses.replace(route), other.deployment: other}
+        )
+        seen.append(_frames(relay))  # equal to what was sent: nothing
+        relay.routes_changed({route.deployment: promoted, other.deployment: other})
+        seen.append(_frames(relay))
+        relay.routes_changed({other.deployment: other})
+        seen.append(_frames(relay))
+        return seen
+
+    after_job, equal, promoted, gone = asyncio.run(run())
+    assert [frame[0] for frame in after_job] == [0, 1]
+    assert equal == []
+    assert [(frame[0], frame[1]) for frame in promoted] == [(0, "shunit-change")]
+    assert Route.from_json(promoted[0][2]).shadow is None
+    assert gone == [(2, "shunit-change")]
+
+
+def test_a_mirror_drops_jobs_of_a_shadow_its_route_no_longer_has() -> None:
+    import dataclasses
+
+    mirror = _mirror()
+    route = _route("shunit-stale")
+    job = ShadowJob(route, b"/predict", b"", b"{}", 200, b"{}", 1.0)
+    assert not mirror._stale(job)  # no route table yet: nothing is judged stale
+    mirror.routes_changed({route.deployment: dataclasses.replace(route)})
+    assert not mirror._stale(job)
+    replaced = dataclasses.replace(route, shadow=dataclasses.replace(route.shadow, version=5))
+    for table in (
+        {route.deployment: dataclasses.replace(route, shadow=None)},
+        {},
+        {route.deployment: replaced},
+    ):
+        mirror.routes_changed(table)
+        assert mirror._stale(job), table
