@@ -6,7 +6,8 @@ process restarted — sees the servers its predecessor started: it re-adopts the
 (PID checked together with the process start time, against PID reuse) and restarts the
 dead ones, instead of orphaning or duplicating them. All changes to a slot happen under
 that slot's file lock, so two supervisors, or a rollout and a supervisor, never start two
-servers for one slot.
+servers for one slot. The records, locks and logs are ``local_state``'s (``SlotState``);
+this module is the process control around them.
 
 BentoML's serving arbiter starts its worker in a session of its own, and that worker
 outlives a SIGKILLed arbiter (still answering on the port). Every process of a slot
@@ -28,21 +29,16 @@ import http.client
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import psutil
-from filelock import FileLock, Timeout
 
 from core.model_process import ModelProcessStart, model_process_start
 from deployments.integrations import bentoml as bentoml_integration
@@ -62,19 +58,24 @@ from deployments.runtime.base import (
     SlotStatus,
     validate_slot_key,
 )
+from deployments.runtime.local_state import (
+    SlotRecord,
+    SlotState,
+    index_of,
+    last_error_line,
+    log_cause,
+    log_refusal,
+    slot_of,
+    unit_of,
+)
 from registry.modelkit import serving as modelkit_serving
 
 logger = logging.getLogger(__name__)
 
 SLOT_ENV = "MODELYARD_SLOT"
-# A slot's replica 0 keeps the slot key as its unit name (records, logs, homes, marks written
-# before replicas existed stay valid); replica i > 0 is "<slot key>@<i>" ('@' is never part
-# of a slot key, so the names cannot collide).
-_REPLICA_SEP = "@"
 # The lock of a whole slot (start, scale, stop) apart from its replicas' locks, which the
 # supervisor and repairs take one by one.
 _SLOT_LOCK_PREFIX = "slot~"
-_LOG_TAIL_LINES = 40
 # How long a replica may fail /readyz (as the supervisor saw) and still count as ready.
 _UNREADY_GRACE_S = 10.0
 _EXIT_NOTE = "exit-note.json"
@@ -97,33 +98,9 @@ except OSError:
 sys.exit(code if code >= 0 else 128 - code)
 """
 _PORT_ATTEMPTS = 3
-
-
-@dataclass
-class _SlotRecord:
-    """What is persisted per slot (state_dir/slots/<key>.json)."""
-
-    slot_key: str
-    bento_tag: str
-    host: str
-    port: int
-    workers: int
-    # Adaptive batching of the server (modelkit.serving.BatchSettings), from the deployment.
-    batch_max_size: int = modelkit_serving.DEFAULT_BATCH_MAX_SIZE
-    batch_max_latency_ms: int = modelkit_serving.DEFAULT_BATCH_MAX_LATENCY_MS
-    pid: int | None = None
-    create_time: float | None = None  # psutil create_time of pid: guards against PID reuse
-    started_at: float | None = None  # epoch seconds of the current server's start
-    restarts: int = 0
-    failures: int = 0  # consecutive crashes/failed starts without a stable run between
-    next_attempt_at: float | None = None  # when a crashed server may be restarted
-    unready_since: float | None = None
-    last_event: dict[str, Any] | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    isolation: dict[str, Any] | None = None  # Confinement.to_dict() of the current server
-    log_offset: int | None = None  # where the current server's output starts in its log
-    starting: bool = False  # spawned, not yet ready once (it gets no traffic until it is)
-    priority: str = PRIORITY_NORMAL  # PRIORITY_LOW: a shadow's servers (_EXIT_NOTE_SCRIPT)
+# How often a start waiting for /readyz reads its log for a loader refusal (log_refusal):
+# one repeats on every restart, so it fails the start at once, not at the ready deadline.
+_REFUSAL_CHECK_SECONDS = 0.5
 
 
 class LocalProcessBackend(RuntimeBackend):
@@ -150,12 +127,7 @@ class LocalProcessBackend(RuntimeBackend):
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.stable_after = stable_after
-        self.log_max_bytes = log_max_bytes
-        # Servers run as the model user: they pass through homes/ to their own home and
-        # never see the records or the logs (other slots' tracebacks and requests).
-        for sub, mode in (("slots", 0o700), ("homes", 0o711), ("logs", 0o700)):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-            (self.state_dir / sub).chmod(mode)
+        self.state = SlotState(self.state_dir, log_max_bytes=log_max_bytes)
         # Marks this state dir's processes; two backends on two state dirs never mix.
         self._mark_prefix = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12] + "/"
         self._children: dict[int, subprocess.Popen[bytes]] = {}
@@ -180,8 +152,10 @@ class LocalProcessBackend(RuntimeBackend):
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
         workers = workers or self.workers
-        with self._slot_lock(_SLOT_LOCK_PREFIX + slot_key, timeout=2 * self.ready_timeout + 60):
-            units = [_unit(slot_key, index) for index in range(replicas)]
+        with self.state.slot_lock(
+            _SLOT_LOCK_PREFIX + slot_key, timeout=2 * self.ready_timeout + 60
+        ):
+            units = [unit_of(slot_key, index) for index in range(replicas)]
             self._units_start(
                 units, bento_tag=bento_tag, workers=workers, batch=batch, priority=priority
             )
@@ -197,10 +171,10 @@ class LocalProcessBackend(RuntimeBackend):
         validate_slot_key(slot_key)
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {PRIORITIES}, got {priority!r}")
-        refused: list[tuple[_SlotRecord, str]] = []
+        refused: list[tuple[SlotRecord, str]] = []
         for unit in self._units_of(slot_key):
-            with self._slot_lock(unit, timeout=2 * self.ready_timeout + 30):
-                record = self._load(unit)
+            with self.state.slot_lock(unit, timeout=2 * self.ready_timeout + 30):
+                record = self.state.load(unit)
                 if record is None:
                     continue
                 denied = self._renice(unit, priority)
@@ -208,7 +182,7 @@ class LocalProcessBackend(RuntimeBackend):
                     refused.append((record, denied))  # its record keeps the old priority
                 else:
                     record.priority = priority
-                    self._save(record)
+                    self.state.save(record)
         for record, denied in refused:
             logger.info(
                 "slot %s: priority %s refused in place (%s); restarting its server at it",
@@ -229,14 +203,16 @@ class LocalProcessBackend(RuntimeBackend):
         validate_slot_key(slot_key)
         if replicas < 1:
             raise ValueError("replicas must be >= 1")
-        with self._slot_lock(_SLOT_LOCK_PREFIX + slot_key, timeout=2 * self.ready_timeout + 60):
+        with self.state.slot_lock(
+            _SLOT_LOCK_PREFIX + slot_key, timeout=2 * self.ready_timeout + 60
+        ):
             current = [
-                record for record in self._records() if _slot_of(record.slot_key) == slot_key
+                record for record in self.state.records() if slot_of(record.slot_key) == slot_key
             ]
             if not current:
                 raise SlotNotFound(f"no slot {slot_key!r} in {self.state_dir}")
-            first = min(current, key=lambda record: _index_of(record.slot_key))
-            units = [_unit(slot_key, index) for index in range(replicas)]
+            first = min(current, key=lambda record: index_of(record.slot_key))
+            units = [unit_of(slot_key, index) for index in range(replicas)]
             # Only the missing ones start: a replica already serving is left alone (no-op).
             self._units_start(
                 units,
@@ -254,8 +230,8 @@ class LocalProcessBackend(RuntimeBackend):
         record = next(
             (
                 record
-                for record in self._records()
-                if _slot_of(record.slot_key) == slot_key and self._url(record) == url
+                for record in self.state.records()
+                if slot_of(record.slot_key) == slot_key and self._url(record) == url
             ),
             None,
         )
@@ -264,8 +240,8 @@ class LocalProcessBackend(RuntimeBackend):
         unit = record.slot_key
         # Waits for a supervisor or another repair holding this replica: after it, the
         # replica is found alive and nothing happens twice.
-        with self._slot_lock(unit, timeout=2 * self.ready_timeout + 30):
-            record = self._load(unit)
+        with self.state.slot_lock(unit, timeout=2 * self.ready_timeout + 30):
+            record = self.state.load(unit)
             if record is None:
                 return None
             if self._alive(record) is not None and self._ready(record):
@@ -284,7 +260,7 @@ class LocalProcessBackend(RuntimeBackend):
                     "repair_failed",
                     f"{cause}; restart failed: {str(exc).splitlines()[0]}",
                 )
-                self._save(record)
+                self.state.save(record)
                 return event
             record.restarts += 1
             record.next_attempt_at = None
@@ -294,7 +270,7 @@ class LocalProcessBackend(RuntimeBackend):
                 f"{cause}; restarted in {time.monotonic() - started:.1f} s at "
                 f"{self._url(record)} (pid {record.pid})",
             )
-            self._save(record)
+            self.state.save(record)
             return event
 
     def _units_start(
@@ -355,8 +331,8 @@ class LocalProcessBackend(RuntimeBackend):
             modelkit_serving.DEFAULT_BATCH_MAX_SIZE,
             modelkit_serving.DEFAULT_BATCH_MAX_LATENCY_MS,
         )
-        with self._slot_lock(unit, timeout=2 * self.ready_timeout + 30):
-            record = self._load(unit)
+        with self.state.slot_lock(unit, timeout=2 * self.ready_timeout + 30):
+            record = self.state.load(unit)
             if (
                 record is not None
                 and record.bento_tag == bento_tag
@@ -373,7 +349,7 @@ class LocalProcessBackend(RuntimeBackend):
                     self._wait_ready(record, deadline=time.monotonic() + self.ready_timeout)
                 except SlotStartError:
                     self._kill_slot(unit, record, timeout=5)
-                    self._delete_record(unit)
+                    self.state.delete_record(unit)
                     raise
                 return
             if record is not None:
@@ -384,7 +360,7 @@ class LocalProcessBackend(RuntimeBackend):
                 self._kill_processes(self._marked(unit), timeout=5)
             if not bentoml_integration.bento_exists(home=self.home, bento_tag=bento_tag):
                 raise self._not_built(unit, bento_tag)
-            new = _SlotRecord(
+            new = SlotRecord(
                 slot_key=unit,
                 bento_tag=bento_tag,
                 host=self.host,
@@ -398,35 +374,37 @@ class LocalProcessBackend(RuntimeBackend):
             try:
                 self._spawn_until_ready(new)
             except SlotStartError:
-                self._delete_record(unit)
+                self.state.delete_record(unit)
                 raise
             self._event(new, "started", f"serving {bento_tag} at {self._url(new)} (pid {new.pid})")
-            self._save(new)
+            self.state.save(new)
 
     def _units_stop(self, units: list[str], *, timeout: float) -> None:
         for unit in units:
-            with self._slot_lock(unit, timeout=2 * self.ready_timeout + 30):
-                record = self._load(unit)
+            with self.state.slot_lock(unit, timeout=2 * self.ready_timeout + 30):
+                record = self.state.load(unit)
                 if record is not None:
                     self._kill_slot(unit, record, timeout=timeout)
                 else:
                     self._kill_processes(self._marked(unit), timeout=timeout)
-                self._delete_record(unit)
+                self.state.delete_record(unit)
                 with contextlib.suppress(FileNotFoundError):
                     # The unit's home only holds its Bento (hard links) and BentoML's scratch.
                     _remove_tree(self.state_dir / "homes" / unit)
 
     def _units_of(self, slot_key: str, *, beyond: int = 0) -> list[str]:
         """The slot's recorded (or still marked) units with a replica index >= ``beyond``."""
-        names = {record.slot_key for record in self._records()} | set(self._marked_by_slot())
+        names = {record.slot_key for record in self.state.records()} | set(self._marked_by_slot())
         return sorted(
-            (name for name in names if _slot_of(name) == slot_key and _index_of(name) >= beyond),
-            key=_index_of,
+            (name for name in names if slot_of(name) == slot_key and index_of(name) >= beyond),
+            key=index_of,
         )
 
-    def _slot_records(self, slot_key: str) -> list[_SlotRecord]:
-        records = [record for record in self._records() if _slot_of(record.slot_key) == slot_key]
-        return sorted(records, key=lambda record: _index_of(record.slot_key))
+    def _slot_records(self, slot_key: str) -> list[SlotRecord]:
+        records = [
+            record for record in self.state.records() if slot_of(record.slot_key) == slot_key
+        ]
+        return sorted(records, key=lambda record: index_of(record.slot_key))
 
     def _slot_handle(self, slot_key: str) -> SlotHandle:
         records = self._slot_records(slot_key)
@@ -446,7 +424,9 @@ class LocalProcessBackend(RuntimeBackend):
 
     def slot_stop(self, *, slot_key: str, timeout: float = 10) -> None:
         validate_slot_key(slot_key)
-        with self._slot_lock(_SLOT_LOCK_PREFIX + slot_key, timeout=2 * self.ready_timeout + 60):
+        with self.state.slot_lock(
+            _SLOT_LOCK_PREFIX + slot_key, timeout=2 * self.ready_timeout + 60
+        ):
             self._units_stop(self._units_of(slot_key) or [slot_key], timeout=timeout)
 
     def servers_stop(self, *, reason: str, timeout: float = 10) -> list[SlotEvent]:
@@ -456,9 +436,9 @@ class LocalProcessBackend(RuntimeBackend):
         (a ``restarted`` event) instead of finding a dead pid and calling it a crash.
         """
         events: list[SlotEvent] = []
-        for slot_key in sorted(record.slot_key for record in self._records()):
-            with self._slot_lock(slot_key, timeout=2 * self.ready_timeout + 30):
-                record = self._load(slot_key)
+        for slot_key in sorted(record.slot_key for record in self.state.records()):
+            with self.state.slot_lock(slot_key, timeout=2 * self.ready_timeout + 30):
+                record = self.state.load(slot_key)
                 if record is None or record.pid is None:
                     continue
                 pid = record.pid
@@ -467,7 +447,7 @@ class LocalProcessBackend(RuntimeBackend):
                 record.next_attempt_at = None
                 record.failures = 0
                 events.append(self._event(record, "stopped", f"server pid {pid} stopped: {reason}"))
-                self._save(record)
+                self.state.save(record)
         return events
 
     def slot_status(self, *, slot_key: str) -> SlotStatus:
@@ -520,11 +500,11 @@ class LocalProcessBackend(RuntimeBackend):
         )
 
     def slots(self) -> list[SlotStatus]:
-        by_slot: dict[str, list[_SlotRecord]] = {}
-        for record in self._records():
-            by_slot.setdefault(_slot_of(record.slot_key), []).append(record)
+        by_slot: dict[str, list[SlotRecord]] = {}
+        for record in self.state.records():
+            by_slot.setdefault(slot_of(record.slot_key), []).append(record)
         return [
-            self._status(slot_key, sorted(records, key=lambda r: _index_of(r.slot_key)))
+            self._status(slot_key, sorted(records, key=lambda r: index_of(r.slot_key)))
             for slot_key, records in sorted(by_slot.items())
         ]
 
@@ -540,16 +520,16 @@ class LocalProcessBackend(RuntimeBackend):
         """
         events: list[SlotEvent] = []
         marked = self._marked_by_slot()
-        keys = {record.slot_key for record in self._records()} | set(marked)
+        keys = {record.slot_key for record in self.state.records()} | set(marked)
         for slot_key in sorted(keys):
-            lock = self._slot_lock(slot_key, timeout=0)
+            lock = self.state.slot_lock(slot_key, timeout=0)
             try:
                 lock.acquire()
             except RuntimeBackendError:
                 continue
             try:
                 # Re-read under the lock: the record may have changed since the scan.
-                record = self._load(slot_key)
+                record = self.state.load(slot_key)
                 if record is None:
                     # Processes of a slot nobody manages (e.g. a start that died before it
                     # recorded its server): kill them rather than let them hold a port.
@@ -557,7 +537,7 @@ class LocalProcessBackend(RuntimeBackend):
                     if self._kill_processes(strays, timeout=5):
                         events.append(
                             SlotEvent.now(
-                                _slot_of(slot_key),
+                                slot_of(slot_key),
                                 "orphans_killed",
                                 f"killed {len(strays)} process(es) of an unmanaged slot",
                             )
@@ -566,7 +546,7 @@ class LocalProcessBackend(RuntimeBackend):
                 try:
                     self._supervise_record(record, marked.get(slot_key, []), events)
                 finally:
-                    self._save(record)
+                    self.state.save(record)
             finally:
                 lock.release()
         return events
@@ -574,7 +554,7 @@ class LocalProcessBackend(RuntimeBackend):
     # ------------------------------------------------------------------ supervision
 
     def _supervise_record(
-        self, record: _SlotRecord, marked: list[psutil.Process], events: list[SlotEvent]
+        self, record: SlotRecord, marked: list[psutil.Process], events: list[SlotEvent]
     ) -> None:
         slot_key = record.slot_key
         now = time.time()
@@ -645,7 +625,7 @@ class LocalProcessBackend(RuntimeBackend):
         )
 
     def _crashed(
-        self, record: _SlotRecord, now: float, kind: str, message: str, events: list[SlotEvent]
+        self, record: SlotRecord, now: float, kind: str, message: str, events: list[SlotEvent]
     ) -> None:
         if record.started_at is not None and now - record.started_at >= self.stable_after:
             record.failures = 0
@@ -656,7 +636,7 @@ class LocalProcessBackend(RuntimeBackend):
         record.next_attempt_at = now + self._backoff(record.failures)
         events.append(self._event(record, kind, message))
 
-    def _crash_cause(self, record: _SlotRecord) -> str:
+    def _crash_cause(self, record: SlotRecord) -> str:
         """How the record's server ended and the last error line of its own output.
 
         From its parent's exit note (written by the wrapper every server starts under), else
@@ -678,7 +658,7 @@ class LocalProcessBackend(RuntimeBackend):
             how = " alive but not answering /readyz"
         else:
             how = " exited (how is unknown: its parent left no note)"
-        error = _last_error_line(self._log_tail(record.slot_key, offset=record.log_offset))
+        error = last_error_line(self.state.log_tail(record.slot_key, offset=record.log_offset))
         return f"server pid {pid}{how}; " + (
             f"last error: {error}" if error else "no error line in its log"
         )
@@ -690,7 +670,7 @@ class LocalProcessBackend(RuntimeBackend):
 
     # ------------------------------------------------------------------ processes
 
-    def _spawn_until_ready(self, record: _SlotRecord) -> None:
+    def _spawn_until_ready(self, record: SlotRecord) -> None:
         """Start the server for ``record`` and wait for /readyz; record pid/port on it.
 
         The record is saved as soon as the process exists, so a supervisor that dies
@@ -708,11 +688,11 @@ class LocalProcessBackend(RuntimeBackend):
             (slot_home / _EXIT_NOTE).unlink(missing_ok=True)
             start = self._process_start(record, slot_home, port)
             record.isolation = start.confinement.to_dict()
-            log_offset = self._open_log(
+            log_offset = self.state.open_log(
                 record.slot_key,
                 f"starting {record.bento_tag} on port {port} ({_confinement_line(start)})",
             )
-            with self._log_path(record.slot_key).open("ab") as log:
+            with self.state.log_path(record.slot_key).open("ab") as log:
                 # Own session: a Ctrl-C or a death of the supervising process does not take
                 # the server down; a new supervisor adopts it instead.
                 proc = subprocess.Popen(
@@ -734,7 +714,7 @@ class LocalProcessBackend(RuntimeBackend):
             record.unready_since = None
             record.log_offset = log_offset
             record.starting = True
-            self._save(record)
+            self.state.save(record)
             try:
                 self._wait_ready(
                     record, deadline=time.monotonic() + self.ready_timeout, log_offset=log_offset
@@ -782,7 +762,7 @@ class LocalProcessBackend(RuntimeBackend):
                 return f"pid {proc.pid}: {exc}"
         return ""
 
-    def _process_start(self, record: _SlotRecord, slot_home: Path, port: int) -> ModelProcessStart:
+    def _process_start(self, record: SlotRecord, slot_home: Path, port: int) -> ModelProcessStart:
         """How the slot's server starts: as every model process does (core.model_process),
         none of the platform's environment, its home as its own folder, as the model user
         where the machine allows; it reads its Bento from its home (_prepare_home)."""
@@ -811,7 +791,7 @@ class LocalProcessBackend(RuntimeBackend):
         )
 
     def _wait_ready(
-        self, record: _SlotRecord, *, deadline: float, log_offset: int | None = None
+        self, record: SlotRecord, *, deadline: float, log_offset: int | None = None
     ) -> None:
         next_log_check = time.monotonic() + _REFUSAL_CHECK_SECONDS
         while True:
@@ -821,17 +801,17 @@ class LocalProcessBackend(RuntimeBackend):
             exited = proc.poll() if proc is not None else None
             if exited is not None or self._alive(record) is None:
                 status = f" with status {exited}" if exited is not None else ""
-                tail = self._log_tail(record.slot_key, offset=log_offset)
+                tail = self.state.log_tail(record.slot_key, offset=log_offset)
                 raise SlotStartError(
                     f"slot {record.slot_key}: server for {record.bento_tag} exited{status} "
-                    f"before it was ready{_cause(tail)}; last log lines:\n{tail}",
+                    f"before it was ready{log_cause(tail)}; last log lines:\n{tail}",
                     tail,
                 )
             now = time.monotonic()
             if now >= next_log_check:
                 next_log_check = now + _REFUSAL_CHECK_SECONDS
-                tail = self._log_tail(record.slot_key, offset=log_offset)
-                refusal = _refusal(tail)
+                tail = self.state.log_tail(record.slot_key, offset=log_offset)
+                refusal = log_refusal(tail)
                 if refusal:
                     raise SlotStartError(
                         f"slot {record.slot_key}: server for {record.bento_tag} cannot load "
@@ -840,19 +820,19 @@ class LocalProcessBackend(RuntimeBackend):
                         tail,
                     )
             if now >= deadline:
-                tail = self._log_tail(record.slot_key, offset=log_offset)
+                tail = self.state.log_tail(record.slot_key, offset=log_offset)
                 # A service whose __init__ raises never exits: BentoML restarts the worker
                 # every few seconds and /readyz stays 503, so the deadline decides.
                 raise SlotStartError(
                     f"slot {record.slot_key}: server for {record.bento_tag} did not answer "
                     f"/readyz with 200 within {self.ready_timeout:.0f} s (pid {record.pid} "
-                    f"killed){_cause(tail)}; last log lines:\n{tail}",
+                    f"killed){log_cause(tail)}; last log lines:\n{tail}",
                     tail,
                 )
             # A refused connect costs ~0.1 ms: poll often, a rollout waits on this.
             time.sleep(0.025)
 
-    def _ready(self, record: _SlotRecord) -> bool:
+    def _ready(self, record: SlotRecord) -> bool:
         if not record.port:
             return False
         # http.client, not httpx: no proxy settings apply, and no INFO log line per poll.
@@ -867,7 +847,7 @@ class LocalProcessBackend(RuntimeBackend):
         finally:
             connection.close()
 
-    def _alive(self, record: _SlotRecord) -> psutil.Process | None:
+    def _alive(self, record: SlotRecord) -> psutil.Process | None:
         """The slot's main process if it is still the very process we started."""
         if record.pid is None:
             return None
@@ -900,7 +880,7 @@ class LocalProcessBackend(RuntimeBackend):
             return ""
         return f" with signal {-code}" if code < 0 else f" with status {code}"
 
-    def _kill_slot(self, slot_key: str, record: _SlotRecord, *, timeout: float) -> None:
+    def _kill_slot(self, slot_key: str, record: SlotRecord, *, timeout: float) -> None:
         """Stop everything of a slot: SIGTERM, then SIGKILL what is left after ``timeout``.
 
         With the arbiter alive only it gets SIGTERM (it shuts its workers down in order);
@@ -966,7 +946,7 @@ class LocalProcessBackend(RuntimeBackend):
             found.setdefault(mark[len(self._mark_prefix) :], []).append(proc)
         return found
 
-    # ------------------------------------------------------------------ files
+    # ------------------------------------------------------------------ homes
 
     def _prepare_home(self, slot_key: str, bento_tag: str) -> Path:
         """The slot's own BENTOML_HOME, holding only its Bento and that Bento's models.
@@ -987,85 +967,26 @@ class LocalProcessBackend(RuntimeBackend):
             f"slot {slot_key}: Bento {bento_tag} is not built in the store at {self.home}"
         )
 
-    def _log_path(self, slot_key: str) -> Path:
-        return self.state_dir / "logs" / f"{slot_key}.log"
-
-    def _open_log(self, slot_key: str, line: str) -> int:
-        """Rotate a large log, append a header line; the offset where this run's output starts."""
-        path = self._log_path(slot_key)
-        if path.exists() and path.stat().st_size > self.log_max_bytes:
-            os.replace(path, path.with_suffix(".log.1"))
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(f"--- {datetime.now(UTC).isoformat(timespec='seconds')} {line}\n")
-        return path.stat().st_size
-
-    def _log_tail(
-        self, slot_key: str, *, offset: int | None = None, lines: int = _LOG_TAIL_LINES
-    ) -> str:
-        path = self._log_path(slot_key)
-        try:
-            with path.open("rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                start = max(offset or 0, size - 64 * 1024)
-                fh.seek(start)
-                text = fh.read().decode("utf-8", errors="replace")
-        except OSError:
-            return ""
-        kept = [line for line in text.splitlines() if line.strip()]
-        return "\n".join(kept[-lines:])
-
-    def _record_path(self, slot_key: str) -> Path:
-        return self.state_dir / "slots" / f"{slot_key}.json"
-
-    def _slot_lock(self, slot_key: str, *, timeout: float) -> _SlotLock:
-        return _SlotLock(self.state_dir / "slots" / f"{slot_key}.lock", slot_key, timeout)
-
-    def _load(self, slot_key: str) -> _SlotRecord | None:
-        try:
-            data = json.loads(self._record_path(slot_key).read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise RuntimeBackendError(f"slot {slot_key}: unreadable state file: {exc}") from exc
-        return _SlotRecord(**data)
-
-    def _records(self) -> list[_SlotRecord]:
-        records = []
-        for path in sorted((self.state_dir / "slots").glob("*.json")):
-            record = self._load(path.stem)
-            if record is not None:
-                records.append(record)
-        return records
-
-    def _save(self, record: _SlotRecord) -> None:
-        path = self._record_path(record.slot_key)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(record), indent=2))
-        os.replace(tmp, path)  # atomic: readers never see half a record
-
-    def _delete_record(self, slot_key: str) -> None:
-        self._record_path(slot_key).unlink(missing_ok=True)
-
     # ------------------------------------------------------------------ values
 
-    def _connect_host(self, record: _SlotRecord) -> str:
+    def _connect_host(self, record: SlotRecord) -> str:
         # A server bound to all interfaces is reached on the loopback address.
         return "127.0.0.1" if record.host in ("0.0.0.0", "") else record.host  # noqa: S104
 
-    def _url(self, record: _SlotRecord) -> str:
+    def _url(self, record: SlotRecord) -> str:
         return f"http://{self._connect_host(record)}:{record.port}"
 
-    def _event(self, record: _SlotRecord, kind: str, message: str) -> SlotEvent:
+    def _event(self, record: SlotRecord, kind: str, message: str) -> SlotEvent:
         """An event of the record's slot; a replica other than the first is named in it."""
-        index = _index_of(record.slot_key)
+        index = index_of(record.slot_key)
         if index:
             message = f"replica {index}: {message}"
-        event = SlotEvent.now(_slot_of(record.slot_key), kind, message)
+        event = SlotEvent.now(slot_of(record.slot_key), kind, message)
         record.last_event = {"kind": kind, "message": message, "at": event.at.isoformat()}
         record.history = ([*record.history, record.last_event])[-20:]
         return event
 
-    def _status(self, slot_key: str, records: list[_SlotRecord]) -> SlotStatus:
+    def _status(self, slot_key: str, records: list[SlotRecord]) -> SlotStatus:
         replicas = []
         for record in records:
             alive = self._alive(record) is not None
@@ -1086,7 +1007,7 @@ class LocalProcessBackend(RuntimeBackend):
                 state = "starting"
             replicas.append(
                 ReplicaStatus(
-                    index=_index_of(record.slot_key),
+                    index=index_of(record.slot_key),
                     url=self._url(record),
                     state=state,
                     pid=record.pid if alive else None,
@@ -1120,91 +1041,10 @@ class LocalProcessBackend(RuntimeBackend):
         )
 
 
-class _SlotLock:
-    """A slot's file lock; ``timeout=0`` tries once (supervision skips busy slots)."""
-
-    def __init__(self, path: Path, slot_key: str, timeout: float) -> None:
-        self._lock = FileLock(str(path))
-        self._slot_key = slot_key
-        self._timeout = timeout
-
-    def acquire(self) -> None:
-        try:
-            self._lock.acquire(timeout=self._timeout, blocking=self._timeout > 0)
-        except Timeout:
-            raise RuntimeBackendError(
-                f"slot {self._slot_key} is busy (another start/stop holds its lock)"
-            ) from None
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def __enter__(self) -> _SlotLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
 def _confinement_line(start: ModelProcessStart) -> str:
     confinement = start.confinement
     who = f"as {confinement.user.name}" if confinement.user else "as the platform's user"
     return "; ".join([who, *confinement.notes])
-
-
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b(: .*)?$")
-
-
-def _exception_lines(log_tail: str) -> Iterator[str]:
-    """The exception lines of a log (``ValueError: ...``), stripped and cut to 300
-    characters, the last first."""
-    for line in reversed(log_tail.splitlines()):
-        line = line.strip()
-        if _EXCEPTION_LINE.match(line):
-            yield line[:300]
-
-
-def _cause(log_tail: str) -> str:
-    """The last exception line of a log, as ``: <line>``, or ``""``."""
-    line = next(_exception_lines(log_tail), None)
-    return f": {line}" if line else ""
-
-
-# The model loader's refusals (modelkit.allowlist / modelkit.loading; named, not imported:
-# the platform never imports what runs inside model processes). They are decided by the
-# file and the recorded decision alone, so a server whose worker raised one will raise it on
-# every restart BentoML makes: its start fails at once instead of at the ready deadline
-# (90 s by default), and the operator reads why.
-_REFUSALS = ("GlobalRefusedError", "LoaderDecisionError", "UntrustedTypesFoundException")
-_REFUSAL_CHECK_SECONDS = 0.5
-
-
-def _refusal(log_tail: str) -> str:
-    """The last line of ``log_tail`` that raises one of the loader's refusals, or ``""``."""
-    for line in _exception_lines(log_tail):
-        if line.partition(":")[0].rpartition(".")[2] in _REFUSALS:
-            return line
-    return ""
-
-
-_ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL|FATAL|Traceback)\b")
-
-
-def _last_error_line(log_tail: str) -> str:
-    """The last exception line of a log, else the last line logged at ERROR or worse."""
-    exception = next(_exception_lines(log_tail), None)
-    if exception:
-        return exception
-    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if _ERROR_LINE.search(line) and not line.startswith("---"):
-            return line[:300]
-    return ""
-
-
-def _unit(slot_key: str, index: int) -> str:
-    return slot_key if index == 0 else f"{slot_key}{_REPLICA_SEP}{index}"
 
 
 def _process_priority(pid: int, priority: str) -> None:
@@ -1217,15 +1057,6 @@ def _process_priority(pid: int, priority: str) -> None:
     if os.getsid(pid) != os.getsid(0):  # never our own session's autogroup
         with contextlib.suppress(FileNotFoundError):
             Path(f"/proc/{pid}/autogroup").write_text("19" if low else "0")
-
-
-def _slot_of(unit: str) -> str:
-    return unit.partition(_REPLICA_SEP)[0]
-
-
-def _index_of(unit: str) -> int:
-    _, sep, index = unit.partition(_REPLICA_SEP)
-    return int(index) if sep and index.isdigit() else 0
 
 
 def _tree(main: psutil.Process) -> list[psutil.Process]:

@@ -85,7 +85,7 @@ def test_slot_server_start_cost(tmp_path, monkeypatch):
             began = time.monotonic()
             backend.slot_start(slot_key="bench.blue", bento_tag=tag)
             seconds[user].append(time.monotonic() - began)
-            isolation = backend._load("bench.blue").isolation
+            isolation = backend.state.load("bench.blue").isolation
             backend.slot_stop(slot_key="bench.blue")
             assert (isolation["user"] is None) == (user == "none"), isolation
     medians = {user: statistics.median(values) for user, values in seconds.items()}

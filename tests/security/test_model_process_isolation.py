@@ -171,18 +171,18 @@ def test_slot_server_runs_as_the_model_user_and_cannot_read_platform_files(
     user = model_user()
     assert user is not None
     for proc in _slot_processes(slot_backend, "churn.green"):
-        assert _uid(proc.pid) == user.uid, slot_backend._load("churn.green").isolation
+        assert _uid(proc.pid) == user.uid, slot_backend.state.load("churn.green").isolation
         status = Path(f"/proc/{proc.pid}/status").read_text()
         assert "CapEff:\t0000000000000000" in status
         assert "NoNewPrivs:\t1" in status
     record = slot_backend.slot_status(slot_key="churn.green")
     assert record.running
     # What the record says matches what the process is.
-    assert slot_backend._load("churn.green").isolation["user"] == user.name
+    assert slot_backend.state.load("churn.green").isolation["user"] == user.name
     # The model user cannot read a 0640 platform file, the slots' logs or their records.
-    log = slot_backend._log_path("churn.green")
+    log = slot_backend.state.log_path("churn.green")
     assert "starting scorer:v2" in log.read_text()
-    for path in (secret, log, slot_backend._record_path("churn.green")):
+    for path in (secret, log, slot_backend.state.record_path("churn.green")):
         check = model_process_start(argv=["/bin/cat", str(path)], home=shared_tmp / "probe")
         assert check.confinement.user == user
         result = subprocess.run(check.argv, env=check.env, cwd=check.cwd, capture_output=True)

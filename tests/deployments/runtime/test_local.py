@@ -267,7 +267,7 @@ def serving_processes_of(pid: int) -> list[psutil.Process]:
 
 
 def test_a_loader_refusal_in_the_log_is_told_apart_from_other_failures():
-    from deployments.runtime.local import _refusal
+    from deployments.runtime.local_state import log_refusal
 
     refused = (
         "Traceback (most recent call last):\n"
@@ -275,14 +275,14 @@ def test_a_loader_refusal_in_the_log_is_told_apart_from_other_failures():
         "modelkit.allowlist.GlobalRefusedError: posix.system is not on the allow-list\n"
         "2026-12-07 INFO worker restarting"
     )
-    assert _refusal(refused) == (
+    assert log_refusal(refused) == (
         "modelkit.allowlist.GlobalRefusedError: posix.system is not on the allow-list"
     )
-    assert _refusal("skops.io.exceptions.UntrustedTypesFoundException: ['x.Y']")
+    assert log_refusal("skops.io.exceptions.UntrustedTypesFoundException: ['x.Y']")
     # A broken file or a bug may be transient or the deadline's to judge: not a refusal.
-    assert _refusal("_pickle.UnpicklingError: invalid load key, 'x'.") == ""
-    assert _refusal("NotGlobalRefusedErrorAtAll: no") == ""
-    assert _refusal("") == ""
+    assert log_refusal("_pickle.UnpicklingError: invalid load key, 'x'.") == ""
+    assert log_refusal("NotGlobalRefusedErrorAtAll: no") == ""
+    assert log_refusal("") == ""
 
 
 # --- CPU priority of a shadow's slot ---------------------------------------------------------

@@ -108,10 +108,11 @@ def test_repair_from_another_process_names_the_signal_once(make_backend, store):
 
 def test_a_servers_batching_comes_from_its_start(tmp_path):
     """What the server is started with: the deployment's batching in its BentoML options."""
-    from deployments.runtime.local import LocalProcessBackend, _SlotRecord
+    from deployments.runtime.local import LocalProcessBackend
+    from deployments.runtime.local_state import SlotRecord
 
     backend = LocalProcessBackend(home=tmp_path / "home", state_dir=tmp_path / "state")
-    record = _SlotRecord(
+    record = SlotRecord(
         slot_key="d.blue",
         bento_tag="m:v1",
         host="127.0.0.1",
