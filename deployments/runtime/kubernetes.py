@@ -53,6 +53,23 @@ from deployments.runtime.base import (
     SlotStatus,
     validate_slot_key,
 )
+from deployments.runtime.kubernetes_status import (
+    ANN_SLOT_KEY,
+    LABEL_SLOT_ID,
+    deployment_condition,
+    deployment_ready,
+    deployment_summary,
+    event_json,
+    image_pull_failures,
+    json_annotation,
+    last_termination,
+    parse_dt,
+    pod_state,
+    pods_of,
+    pods_problem,
+    restart_count,
+    slot_key_of,
+)
 from registry.modelkit import serving as modelkit_serving
 
 BENTO_PORT = 3000  # BentoML's default HTTP port; the generated image EXPOSEs it
@@ -66,14 +83,14 @@ CONTAINER = "bento"
 # emptyDir lets the root filesystem stay read-only.
 BENTOML_HOME = "/var/lib/bentoml"
 
+# LABEL_SLOT_ID and ANN_SLOT_KEY live in kubernetes_status (reading them back needs them)
+# and are imported above, so they stay importable from here.
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_SLOT_ID = "modelyard.io/slot-id"
 LABEL_DEPLOYMENT = "modelyard.io/deployment"
 LABEL_SLOT = "modelyard.io/slot"
 LABEL_VERSION = "modelyard.io/version"
 LABEL_BENTO = "modelyard.io/bento"
-ANN_SLOT_KEY = "modelyard.io/slot-key"
 ANN_BENTO_TAG = "modelyard.io/bento-tag"
 ANN_STARTED_AT = "modelyard.io/started-at"
 ANN_LAST_EVENT = "modelyard.io/last-event"
@@ -86,9 +103,6 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "250m", "memory": "512Mi"},
     "limits": {"cpu": "1", "memory": "1Gi"},
 }
-
-# Waiting reasons that mean the image will not arrive by waiting longer.
-IMAGE_PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _NAME_BAD = re.compile(r"[^a-z0-9-]+")
@@ -411,7 +425,7 @@ class KubernetesBackend(RuntimeBackend):
         ):
             # Already serving this Bento: a no-op apart from making sure the Service exists
             # and handing the slot out only once it is ready.
-            started_at = _parse_dt(annotations.get(ANN_STARTED_AT))
+            started_at = parse_dt(annotations.get(ANN_STARTED_AT))
             deployment, service = self.render(
                 slot_key=slot_key,
                 bento_tag=bento_tag,
@@ -487,7 +501,7 @@ class KubernetesBackend(RuntimeBackend):
             patch={"spec": {"replicas": int(replicas)}},
         )
         self._wait_ready(slot_key, bento_tag, self._clock() + self.ready_timeout)
-        return self._handle(slot_key, bento_tag, _parse_dt(annotations.get(ANN_STARTED_AT)))
+        return self._handle(slot_key, bento_tag, parse_dt(annotations.get(ANN_STARTED_AT)))
 
     def replica_repair(self, *, slot_key: str, url: str) -> SlotEvent | None:
         """Nothing to do by hand: the kubelet restarts a dead container and the readiness
@@ -585,7 +599,7 @@ class KubernetesBackend(RuntimeBackend):
         if deployment is None:
             return False
         annotations = deployment["metadata"].get("annotations") or {}
-        return annotations.get(ANN_BENTO_TAG) == bento_tag and _deployment_ready(deployment)
+        return annotations.get(ANN_BENTO_TAG) == bento_tag and deployment_ready(deployment)
 
     def slot_resources(self, *, slot_key: str) -> ResourceSample:
         """Memory (working set) and a CPU-seconds counter from the metrics API.
@@ -615,7 +629,7 @@ class KubernetesBackend(RuntimeBackend):
             raise RuntimeBackendError(f"slot {slot_key}: {exc}") from None
         cores, memory, containers, newest = Decimal(0), 0, 0, None
         for item in items:
-            stamp = _parse_dt(item.get("timestamp"))
+            stamp = parse_dt(item.get("timestamp"))
             if stamp is not None and (newest is None or stamp > newest):
                 newest = stamp
             for entry in item.get("containers") or []:
@@ -638,7 +652,7 @@ class KubernetesBackend(RuntimeBackend):
             "listing slots", self.client.deployment_list, label_selector=SLOT_SELECTOR
         )
         pods = self._kube("listing slots", self.client.pod_list, label_selector=SLOT_SELECTOR)
-        return [self._status(d, pods) for d in deployments if _slot_key_of(d)]
+        return [self._status(d, pods) for d in deployments if slot_key_of(d)]
 
     def supervise_once(self) -> list[SlotEvent]:
         """Report, once per change, container restarts and pods that cannot become ready.
@@ -653,15 +667,15 @@ class KubernetesBackend(RuntimeBackend):
         )
         pods = self._kube("supervising", self.client.pod_list, label_selector=SLOT_SELECTOR)
         for deployment in deployments:
-            slot_key = _slot_key_of(deployment)
+            slot_key = slot_key_of(deployment)
             if not slot_key:
                 continue
             name = deployment["metadata"]["name"]
-            own = _pods_of(name, pods)
-            reported = _json_annotation(deployment, ANN_REPORTED) or {}
-            restarts = _restarts(own)
+            own = pods_of(name, pods)
+            reported = json_annotation(deployment, ANN_REPORTED) or {}
+            restarts = restart_count(own)
             seen = int(reported.get("restarts", 0))
-            problem = _problem(own)
+            problem = pods_problem(own)
             found: list[SlotEvent] = []
             if restarts > seen:
                 found.append(
@@ -669,7 +683,7 @@ class KubernetesBackend(RuntimeBackend):
                         slot_key,
                         "restarted",
                         f"Kubernetes restarted the server {restarts - seen} "
-                        f"time(s) (total {restarts}){_last_termination(own)}",
+                        f"time(s) (total {restarts}){last_termination(own)}",
                     )
                 )
             if problem and problem != reported.get("problem", ""):
@@ -684,7 +698,7 @@ class KubernetesBackend(RuntimeBackend):
                     }
                 }
                 if found:
-                    patch["metadata"]["annotations"][ANN_LAST_EVENT] = _event_json(found[-1])
+                    patch["metadata"]["annotations"][ANN_LAST_EVENT] = event_json(found[-1])
                 try:
                     self.client.deployment_patch(namespace=self.namespace, name=name, patch=patch)
                 except KubeNotFound:
@@ -706,7 +720,7 @@ class KubernetesBackend(RuntimeBackend):
             if deployment is None:
                 raise SlotStartError(f"slot {slot_key}: Deployment {name} vanished while starting")
             pods = self._kube(f"slot {slot_key}", self.client.pod_list, label_selector=selector)
-            pulls = _image_pull_failures(pods)
+            pulls = image_pull_failures(pods)
             if pulls:
                 self._fail_start(
                     slot_key,
@@ -715,9 +729,9 @@ class KubernetesBackend(RuntimeBackend):
                     f"'Running in production')",
                     pods,
                 )
-            if _deployment_ready(deployment):
+            if deployment_ready(deployment):
                 return
-            stalled = _condition(deployment, "Progressing")
+            stalled = deployment_condition(deployment, "Progressing")
             if stalled and stalled.get("reason") == "ProgressDeadlineExceeded":
                 self._fail_start(
                     slot_key,
@@ -728,7 +742,7 @@ class KubernetesBackend(RuntimeBackend):
                 self._fail_start(
                     slot_key,
                     f"slot {slot_key}: {bento_tag} was not ready within "
-                    f"{self.ready_timeout:.0f} s ({_summary(deployment, pods)})",
+                    f"{self.ready_timeout:.0f} s ({deployment_summary(deployment, pods)})",
                     pods,
                 )
             time.sleep(self.poll_interval)
@@ -743,7 +757,7 @@ class KubernetesBackend(RuntimeBackend):
         lines = []
         for pod in pods:
             pod_name = pod["metadata"]["name"]
-            lines.append(f"pod {pod_name}: {_pod_state(pod)}")
+            lines.append(f"pod {pod_name}: {pod_state(pod)}")
             try:
                 log = self.client.pod_log_tail(
                     namespace=self.namespace,
@@ -773,7 +787,7 @@ class KubernetesBackend(RuntimeBackend):
             raise RuntimeBackendError(f"{context}: {exc}") from None
 
     def _record_event(self, name: str, event: SlotEvent) -> None:
-        patch = {"metadata": {"annotations": {ANN_LAST_EVENT: _event_json(event)}}}
+        patch = {"metadata": {"annotations": {ANN_LAST_EVENT: event_json(event)}}}
         try:
             self.client.deployment_patch(namespace=self.namespace, name=name, patch=patch)
         except KubeError as exc:
@@ -782,9 +796,9 @@ class KubernetesBackend(RuntimeBackend):
     def _advance_cpu_counter(
         self, deployment: dict[str, Any], cores: Decimal, taken_at: datetime
     ) -> float:
-        state = _json_annotation(deployment, ANN_CPU) or {}
+        state = json_annotation(deployment, ANN_CPU) or {}
         total = float(state.get("cpu_seconds", 0.0))
-        last = _parse_dt(state.get("at"))
+        last = parse_dt(state.get("at"))
         if last is not None and taken_at <= last:
             return total  # the metrics API has no newer sample yet
         if last is not None:
@@ -821,15 +835,15 @@ class KubernetesBackend(RuntimeBackend):
         metadata = deployment["metadata"]
         annotations = metadata.get("annotations") or {}
         slot_key = annotations.get(ANN_SLOT_KEY, "")
-        own = _pods_of(metadata["name"], pods)
-        last = _json_annotation(deployment, ANN_LAST_EVENT)
+        own = pods_of(metadata["name"], pods)
+        last = json_annotation(deployment, ANN_LAST_EVENT)
         return SlotStatus(
             slot_key=slot_key,
             bento_tag=annotations.get(ANN_BENTO_TAG, ""),
             url=self.url_for(slot_key),
             running=any((pod.get("status") or {}).get("phase") == "Running" for pod in own),
-            ready=_deployment_ready(deployment),
-            restarts=_restarts(own),
+            ready=deployment_ready(deployment),
+            restarts=restart_count(own),
             last_event=(
                 SlotEvent(
                     slot_key=slot_key,
@@ -841,7 +855,7 @@ class KubernetesBackend(RuntimeBackend):
                 else None
             ),
             pid=None,
-            started_at=_parse_dt(annotations.get(ANN_STARTED_AT)),
+            started_at=parse_dt(annotations.get(ANN_STARTED_AT)),
             # The gateway reaches a slot through its Service, which kube-proxy balances over
             # the pods whose readiness probe passes: one address, ready while any pod is.
             replicas=(
@@ -892,146 +906,3 @@ def _label_value(value: str) -> str:
     annotations."""
     cleaned = _LABEL_VALUE_BAD.sub("-", value)[:63]
     return cleaned.strip("-._")
-
-
-def _slot_key_of(deployment: dict[str, Any]) -> str:
-    return ((deployment.get("metadata") or {}).get("annotations") or {}).get(ANN_SLOT_KEY, "")
-
-
-def _pods_of(name: str, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        pod
-        for pod in pods
-        if ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_SLOT_ID) == name
-        and not (pod.get("metadata") or {}).get("deletionTimestamp")
-    ]
-
-
-def _deployment_ready(deployment: dict[str, Any]) -> bool:
-    """Every wanted pod runs the current template and is available; no old pods remain."""
-    spec = deployment.get("spec") or {}
-    status = deployment.get("status") or {}
-    wanted = int(spec.get("replicas", 1))
-    generation = int((deployment.get("metadata") or {}).get("generation", 0))
-    return (
-        wanted > 0
-        and int(status.get("observedGeneration", 0)) >= generation
-        and int(status.get("updatedReplicas", 0)) >= wanted
-        and int(status.get("availableReplicas", 0)) >= wanted
-        and int(status.get("readyReplicas", 0)) >= wanted
-        and int(status.get("replicas", 0)) <= wanted
-    )
-
-
-def _condition(deployment: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for condition in (deployment.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == kind:
-            return condition
-    return None
-
-
-def _container_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    status = pod.get("status") or {}
-    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
-
-
-def _image_pull_failures(pods: list[dict[str, Any]]) -> str:
-    found = []
-    for pod in pods:
-        for container in _container_statuses(pod):
-            waiting = (container.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in IMAGE_PULL_FAILURES:
-                detail = waiting.get("message", "")
-                found.append(f"{waiting['reason']}" + (f": {detail}" if detail else ""))
-    return "; ".join(dict.fromkeys(found))
-
-
-def _restarts(pods: list[dict[str, Any]]) -> int:
-    return sum(int(c.get("restartCount", 0)) for pod in pods for c in _container_statuses(pod))
-
-
-def _pod_state(pod: dict[str, Any]) -> str:
-    status = pod.get("status") or {}
-    parts = [status.get("phase", "Unknown")]
-    for container in _container_statuses(pod):
-        state = container.get("state") or {}
-        for key in ("waiting", "terminated"):
-            if state.get(key):
-                reason = state[key].get("reason", key)
-                message = state[key].get("message", "")
-                parts.append(
-                    f"{container.get('name')} {reason}" + (f": {message}" if message else "")
-                )
-        if container.get("restartCount"):
-            parts.append(f"{container['restartCount']} restart(s)")
-        if not container.get("ready") and "running" in state:
-            parts.append(f"{container.get('name')} running, not ready")
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            parts.append(f"unschedulable: {condition.get('message', '')}")
-    return ", ".join(parts)
-
-
-def _problem(pods: list[dict[str, Any]]) -> str:
-    """Why a slot's pods cannot serve (crash loop, pull failure, unschedulable), or ""."""
-    problems = []
-    for pod in pods:
-        for container in _container_statuses(pod):
-            waiting = (container.get("state") or {}).get("waiting") or {}
-            reason = waiting.get("reason", "")
-            if reason == "CrashLoopBackOff" or reason in IMAGE_PULL_FAILURES:
-                problems.append(f"{reason}: {waiting.get('message', '')}".rstrip(": "))
-        for condition in (pod.get("status") or {}).get("conditions") or []:
-            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-                problems.append(f"Unschedulable: {condition.get('message', '')}")
-    return "; ".join(dict.fromkeys(problems))
-
-
-def _last_termination(pods: list[dict[str, Any]]) -> str:
-    for pod in pods:
-        for container in _container_statuses(pod):
-            terminated = (container.get("lastState") or {}).get("terminated") or {}
-            if terminated:
-                return (
-                    f"; last exit: {terminated.get('reason', 'terminated')} "
-                    f"(exit code {terminated.get('exitCode', '?')})"
-                )
-    return ""
-
-
-def _summary(deployment: dict[str, Any], pods: list[dict[str, Any]]) -> str:
-    status = deployment.get("status") or {}
-    wanted = (deployment.get("spec") or {}).get("replicas", 1)
-    text = f"{status.get('availableReplicas', 0) or 0}/{wanted} pods available"
-    if pods:
-        text += "; " + "; ".join(
-            f"{pod['metadata']['name']}: {_pod_state(pod)}" for pod in pods[:3]
-        )
-    else:
-        text += "; no pods were created (check the namespace's quota and events)"
-    return text
-
-
-def _json_annotation(deployment: dict[str, Any], key: str) -> dict[str, Any] | None:
-    raw = ((deployment.get("metadata") or {}).get("annotations") or {}).get(key)
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None  # hand-edited: ignore rather than fail every status read
-    return value if isinstance(value, dict) else None
-
-
-def _event_json(event: SlotEvent) -> str:
-    return json.dumps({"kind": event.kind, "message": event.message, "at": event.at.isoformat()})
-
-
-def _parse_dt(value: Any) -> datetime | None:
-    if not value or not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
