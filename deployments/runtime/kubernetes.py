@@ -731,6 +731,18 @@ class KubernetesBackend(RuntimeBackend):
                 )
             if deployment_ready(deployment):
                 return
+            refused = deployment_condition(deployment, "ReplicaFailure")
+            if refused and refused.get("status") == "True":
+                # The API server refused its pods (admission: a quota, a policy, an unknown
+                # PriorityClass): waiting will not change that, so the start fails now, saying
+                # what the cluster said rather than "not ready" at the deadline.
+                self._fail_start(
+                    slot_key,
+                    f"slot {slot_key}: the cluster refused to create its pods: "
+                    f"{refused.get('message', refused.get('reason', ''))}"
+                    + self._refusal_hint(deployment),
+                    pods,
+                )
             stalled = deployment_condition(deployment, "Progressing")
             if stalled and stalled.get("reason") == "ProgressDeadlineExceeded":
                 self._fail_start(
@@ -746,6 +758,16 @@ class KubernetesBackend(RuntimeBackend):
                     pods,
                 )
             time.sleep(self.poll_interval)
+
+    def _refusal_hint(self, deployment: dict[str, Any]) -> str:
+        """Which of our settings put the refused field in the pods, when one did."""
+        named = deployment["spec"]["template"]["spec"].get("priorityClassName")
+        if named and named == self.shadow_priority_class:
+            return (
+                f" (MODELYARD_K8S_SHADOW_PRIORITY_CLASS names {named!r}: create that "
+                "PriorityClass, or unset the setting)"
+            )
+        return ""
 
     def _fail_start(self, slot_key: str, message: str, pods: list[dict[str, Any]]) -> None:
         """Leave nothing running, then raise with the pods' states and log tail."""

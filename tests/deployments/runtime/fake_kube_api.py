@@ -80,6 +80,9 @@ class FakeKubeAPI:
         self.unready_images: set[str] = set()
         self.logs: dict[str, str] = {}  # image -> what its containers print
         self.metrics_enabled = False
+        # The cluster's PriorityClasses (a real one has these two built in): a pod naming
+        # another is refused at admission, and its Deployment reports ReplicaFailure.
+        self.priority_classes = {"system-cluster-critical", "system-node-critical"}
         self.usage = {"cpu": "250m", "memory": "300Mi"}
         self.requests: list[tuple[str, str]] = []
         self._rv = 1000
@@ -433,7 +436,16 @@ class FakeKubeAPI:
                 for p in self.pods.values()
                 if p["metadata"]["ownerDeployment"] == name and p["metadata"]["namespace"] == ns
             ]
+            refused = None
+            priority_class = template["spec"].get("priorityClassName")
+            if priority_class and priority_class not in self.priority_classes:
+                refused = (
+                    f'pods "{name}-{template_hash}-" is forbidden: no PriorityClass with name '
+                    f"{priority_class} was found"
+                )
             for _ in range(len(current), int(dep["spec"].get("replicas", 1))):
+                if refused:
+                    break
                 pod_name = f"{name}-{template_hash}-{uuid.uuid4().hex[:5]}"
                 self.pods[(ns, pod_name)] = {
                     "metadata": {
@@ -486,7 +498,19 @@ class FakeKubeAPI:
                         else "MinimumReplicasUnavailable",
                     },
                     {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"},
-                ],
+                ]
+                + (
+                    [
+                        {
+                            "type": "ReplicaFailure",
+                            "status": "True",
+                            "reason": "FailedCreate",
+                            "message": refused,
+                        }
+                    ]
+                    if refused
+                    else []
+                ),
             }
 
     def _kubelet(self, pod: dict[str, Any], now: float) -> None:

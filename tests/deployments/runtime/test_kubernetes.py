@@ -658,8 +658,29 @@ def test_a_shadow_slot_renders_a_small_cpu_request_and_its_priority_class(store,
         make_k8s(shadow_cpu_request="lots")
 
 
+def test_a_priority_class_the_cluster_lacks_fails_the_shadow_start_at_once_naming_it(
+    make_k8s, fake
+):
+    """The API server refuses pods that name an unknown PriorityClass (the Deployment says
+    ReplicaFailure): the start fails at once, names the setting, and leaves nothing behind."""
+    fake.available_images.add(image("scorer:v1"))
+    backend = make_k8s(shadow_priority_class="modelyard-shadow", ready_timeout=60)
+    began = time.monotonic()
+    with pytest.raises(SlotStartError) as refused:
+        backend.slot_start(slot_key="churn-prod.green", bento_tag="scorer:v1", priority="low")
+    assert time.monotonic() - began < 10  # not the 60 s ready deadline
+    message = str(refused.value)
+    assert "no PriorityClass with name modelyard-shadow was found" in message, message
+    assert "MODELYARD_K8S_SHADOW_PRIORITY_CLASS" in message, message
+    assert fake.get("Deployment", NAMESPACE, backend.object_name("churn-prod.green")) is None
+    fake.priority_classes.add("modelyard-shadow")  # once it exists, the shadow starts
+    backend.slot_start(slot_key="churn-prod.green", bento_tag="scorer:v1", priority="low")
+    backend.slot_stop(slot_key="churn-prod.green")
+
+
 def test_a_shadow_promoted_gets_its_pods_replaced_at_normal_priority(make_k8s, fake):
     fake.available_images.add(image("scorer:v1"))
+    fake.priority_classes.add("modelyard-shadow")
     backend = make_k8s(shadow_priority_class="modelyard-shadow")
     key, name = "churn-prod.green", backend.object_name("churn-prod.green")
     backend.slot_start(slot_key=key, bento_tag="scorer:v1", priority="low")
