@@ -1109,9 +1109,7 @@ class Gateway:
                 if routes.get(name) != self.routes.get(name)
             )
             logger.info("route table re-read: changed %s", ", ".join(changed))
-        self.balancer.routes_changed(routes)
-        self.shadow.routes_changed(routes)
-        self.routes = routes
+        self._routes_swap(routes)
         self.routes_loaded = True
 
     async def _reload_one(self, deployment: str) -> None:
@@ -1127,6 +1125,11 @@ class Gateway:
             routes.pop(deployment, None)
         else:
             routes[deployment] = route
+        self._routes_swap(routes)
+
+    def _routes_swap(self, routes: dict[str, Route]) -> None:
+        """The one place the route table changes: what follows it (the balancer's replica sets,
+        the shadow's current arms) is told first, then the table is one assignment."""
         self.balancer.routes_changed(routes)
         self.shadow.routes_changed(routes)
         self.routes = routes
