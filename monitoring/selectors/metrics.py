@@ -3,7 +3,7 @@ cost, drift, guard breaches, alerts, webhooks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -127,22 +127,31 @@ def rollup_rows(
 
 
 def traffic_by_version(
-    *,
-    deployment: Deployment,
-    start: datetime,
-    end: datetime,
-    version: int | None = None,
-    aligned_to: int | None = None,
+    *, deployment: Deployment, start: datetime, end: datetime, version: int | None = None
 ) -> dict[int, TrafficSummary]:
-    """Merge roll-ups per version (histograms bucket by bucket, counts summed).
+    """Merge roll-ups per version (histograms bucket by bucket, counts summed)."""
+    return _merged(_rollup_values(deployment, start, end, version))
 
-    With ``aligned_to``, every version counts only the roll-up periods in which that version
-    answered too: a canary is compared with its baseline over the same minutes, not with the
+
+def traffic_aligned(
+    *, deployment: Deployment, start: datetime, end: datetime, to_version: int
+) -> tuple[dict[int, TrafficSummary], dict[int, TrafficSummary]]:
+    """:func:`traffic_by_version` over the window, and the same counting, for every version,
+    only the roll-up periods in which ``to_version`` answered too -- from one read.
+
+    The second is what a canary is compared on: its baseline over the same minutes, not the
     baseline's minutes before the canary took traffic (another load, another regime -- a
     shadow's mirroring, say)."""
-    summaries: dict[int, TrafficSummary] = {}
+    found = _rollup_values(deployment, start, end, None)
+    periods = {(row[7], row[8]) for row in found if row[0] == to_version}
+    return _merged(found), _merged(row for row in found if (row[7], row[8]) in periods)
+
+
+def _rollup_values(
+    deployment: Deployment, start: datetime, end: datetime, version: int | None
+) -> list[tuple[Any, ...]]:
     rows_qs = rollup_rows(deployment=deployment, start=start, end=end, version=version)
-    found = list(
+    return list(
         rows_qs.values_list(
             "version",
             "status",
@@ -155,13 +164,12 @@ def traffic_by_version(
             "period_seconds",
         )
     )
-    periods = (
-        None if aligned_to is None else {(row[7], row[8]) for row in found if row[0] == aligned_to}
-    )
+
+
+def _merged(found: Iterable[tuple[Any, ...]]) -> dict[int, TrafficSummary]:
+    summaries: dict[int, TrafficSummary] = {}
     for v, status, count, rows, errors, lat, hist, row_start, period in found:
         if len(hist) != BUCKET_COUNT:  # written by another bucket layout: unusable, skip
-            continue
-        if periods is not None and (row_start, period) not in periods:
             continue
         summaries.setdefault(v, TrafficSummary()).add(
             status=status,

@@ -29,7 +29,7 @@ from monitoring.selectors.metrics import (
     cost_summary,
     prices_for,
     resources_by_version,
-    traffic_by_version,
+    traffic_aligned,
 )
 from monitoring.selectors.quality import quality_compute
 from monitoring.services.guard_evidence import LABEL_RULES, guard_window
@@ -141,9 +141,8 @@ def canary_judge(
     policy = policy or {}
     # The cost guard divides the window's resources by all its predictions; the error and
     # latency comparison takes only the minutes in which the canary answered, on both arms.
-    traffic = traffic_by_version(deployment=deployment, start=start, end=end)
-    aligned = traffic_by_version(
-        deployment=deployment, start=start, end=end, aligned_to=canary_version
+    traffic, aligned = traffic_aligned(
+        deployment=deployment, start=start, end=end, to_version=canary_version
     )
     window = _Window(deployment, (baseline_version, canary_version), start, end, traffic)
     guards = [window.labelled(key, policy) for key in LABEL_RULES if policy.get(key) is not None]
