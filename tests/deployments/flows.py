@@ -9,6 +9,7 @@ import httpx
 
 from accounts.services import token_create
 from tests.factories import UserFactory
+from tests.gateway.support import wait_until
 from tests.models import TrainedModel, train_sklearn_joblib
 
 
@@ -78,10 +79,11 @@ def _gateway_settles_on(http, gateway, key, rows, version, within=3.0, then=20):
     failed rollback -- may still meet the one before. What must hold is that it converges
     quickly and stays converged.
     """
-    deadline = time.monotonic() + within
-    while (answered := _predict(http, gateway, key, rows)[0]) != version:
-        assert time.monotonic() < deadline, f"the gateway still answers v{answered}, not v{version}"
-        time.sleep(0.02)
+    wait_until(
+        lambda: _predict(http, gateway, key, rows)[0] == version,
+        deadline_s=within,
+        what=f"the gateway to answer v{version}",
+    )
     answers = [_predict(http, gateway, key, rows)[0] for _ in range(then)]
     assert answers == [version] * then, answers
 

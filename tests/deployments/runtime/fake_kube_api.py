@@ -443,9 +443,8 @@ class FakeKubeAPI:
                     f'pods "{name}-{template_hash}-" is forbidden: no PriorityClass with name '
                     f"{priority_class} was found"
                 )
-            for _ in range(len(current), int(dep["spec"].get("replicas", 1))):
-                if refused:
-                    break
+            wanted = 0 if refused else int(dep["spec"].get("replicas", 1))
+            for _ in range(len(current), wanted):
                 pod_name = f"{name}-{template_hash}-{uuid.uuid4().hex[:5]}"
                 self.pods[(ns, pod_name)] = {
                     "metadata": {
